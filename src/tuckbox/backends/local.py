@@ -1,0 +1,138 @@
+"""A repository on a local (or mounted) file system.
+
+Writes are crash-safe and never replace: the bytes go to a temporary file in
+the same directory, are fsynced, then ``link``ed to the final name (which fails
+if the name exists), and the directory is fsynced. A crash leaves at worst a
+``.tmp-*`` file, which ``list`` ignores.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from typing import Iterator
+
+from ..errors import ObjectExists, ObjectNotFound, PermanentError, TransientError
+from ..types import ObjectInfo, ObjectType
+from .layout import directories, object_path
+
+_PERMANENT = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR}
+
+
+class LocalBackend:
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(os.path.expanduser(root))
+        self.location = self.root
+
+    def _path(self, type: ObjectType, name: str) -> str:
+        return os.path.join(self.root, object_path(type, name))
+
+    def _fail(self, e: OSError, what: str) -> Exception:
+        if e.errno == errno.ENOENT:
+            return ObjectNotFound(f"{what} not found in repository {self.location}")
+        if e.errno == errno.ENOSPC:
+            return PermanentError(f"no space left on the device holding {self.location}; free some space and run again")
+        if e.errno in _PERMANENT:
+            return PermanentError(f"cannot access {what} in {self.location}: {e.strerror}")
+        return TransientError(f"I/O error on {what} in {self.location}: {e.strerror}")
+
+    def exists(self) -> bool:
+        return os.path.isdir(self.root)
+
+    def create(self) -> None:
+        try:
+            os.makedirs(self.root, exist_ok=True)
+            for d in directories():
+                os.makedirs(os.path.join(self.root, d), exist_ok=True)
+        except OSError as e:
+            raise self._fail(e, "repository directory") from None
+
+    def save(self, type: ObjectType, name: str, data: bytes) -> None:
+        path = self._path(type, name)
+        dirname = os.path.dirname(path)
+        tmp = os.path.join(dirname, f".tmp-{secrets.token_hex(8)}")
+        try:
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileNotFoundError:
+                os.makedirs(dirname, exist_ok=True)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise ObjectExists(f"{type.value}/{name} already exists in {self.location}") from None
+            finally:
+                os.unlink(tmp)
+            dfd = os.open(dirname, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as e:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise self._fail(e, f"{type.value}/{name}") from None
+
+    def load(self, type: ObjectType, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        try:
+            with open(self._path(type, name), "rb", buffering=0) as f:
+                if offset:
+                    f.seek(offset)
+                return f.read() if length is None else f.read(length)
+        except OSError as e:
+            raise self._fail(e, f"{type.value}/{name}") from None
+
+    def stat(self, type: ObjectType, name: str) -> ObjectInfo:
+        try:
+            st = os.stat(self._path(type, name))
+        except OSError as e:
+            raise self._fail(e, f"{type.value}/{name}") from None
+        return ObjectInfo(type, name, st.st_size)
+
+    def list(self, type: ObjectType) -> Iterator[ObjectInfo]:
+        if type is ObjectType.CONFIG:
+            try:
+                yield ObjectInfo(type, "config", os.stat(os.path.join(self.root, "config")).st_size)
+            except FileNotFoundError:
+                pass
+            return
+        base = os.path.join(self.root, type.value)
+        dirs = [base]
+        if type is ObjectType.PACK:
+            try:
+                dirs = [e.path for e in os.scandir(base) if e.is_dir()]
+            except FileNotFoundError:
+                return
+        for d in dirs:
+            try:
+                entries = list(os.scandir(d))
+            except FileNotFoundError:
+                continue
+            for e in entries:
+                if e.name.startswith(".") or not e.is_file(follow_symlinks=False):
+                    continue
+                try:
+                    size = e.stat(follow_symlinks=False).st_size
+                except FileNotFoundError:
+                    continue
+                yield ObjectInfo(type, e.name, size)
+
+    def remove(self, type: ObjectType, name: str) -> None:
+        try:
+            os.unlink(self._path(type, name))
+        except OSError as e:
+            raise self._fail(e, f"{type.value}/{name}") from None
+
+    def close(self) -> None:
+        pass

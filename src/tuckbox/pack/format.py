@@ -1,0 +1,224 @@
+"""Pack byte layout. Pure format code: builds and parses bytes, knows no backend.
+
+A pack (see docs/design.md, "Packs")::
+
+    prefix   "TBXP" | version u8 (1) | 3 zero bytes | epk (32)            40 bytes, clear
+    blobs    AES-256-GCM(blob key, nonce = blob id[:12],
+                         ad = blob id | type u8 | compression u8)     one after another
+    header   AES-256-GCM(header key, nonce 0, msgpack entries)
+    padding  zero bytes, so the pack's total length is a Padmé length
+    trailer  AES-256-GCM(trailer key, nonce 0, header offset u64 | header length u32)   28 bytes
+
+The pack key is derived by X25519 between the ephemeral key ``epk`` and the
+recipient (data or metadata) public key, so a write-only key can make packs
+that only a full key can open. Blob, header and trailer keys are separate HKDF
+outputs of the pack key. Ids are unique within a pack, so blob nonces never
+repeat under one key.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import msgpack
+import zstandard
+
+from ..errors import IntegrityError, UnsupportedFormat
+from ..types import ID_LEN, BlobType
+from ..crypto.aead import (
+    EPK_LEN,
+    TAG_LEN,
+    counter_nonce,
+    decrypt_with_nonce,
+    encrypt_with_nonce,
+    hkdf,
+    new_ephemeral_key,
+    recover_ephemeral_key,
+)
+
+MAGIC = b"TBXP"
+VERSION = 1
+PREFIX_LEN = 4 + 1 + 3 + EPK_LEN
+TRAILER_PLAIN = struct.Struct(">QI")
+TRAILER_LEN = TRAILER_PLAIN.size + TAG_LEN
+PURPOSE = b"pack"
+
+COMPRESSION_NONE = 0
+COMPRESSION_ZSTD = 1
+ZSTD_LEVEL = 3
+# Store raw when zstd saves less than this fraction.
+MIN_SAVING = 0.03
+
+
+@dataclass(frozen=True)
+class BlobEntry:
+    id: bytes
+    type: BlobType
+    offset: int
+    length: int  # ciphertext length in the pack, tag included
+    raw_length: int  # plaintext length
+    compression: int
+
+    def to_list(self) -> list[object]:
+        return [self.id, int(self.type), self.offset, self.length, self.raw_length, self.compression]
+
+    @staticmethod
+    def from_list(item: list[object]) -> "BlobEntry":
+        try:
+            bid, btype, offset, length, raw, comp = item
+            if not isinstance(bid, bytes) or len(bid) != ID_LEN:
+                raise ValueError
+            return BlobEntry(bid, BlobType(btype), int(offset), int(length), int(raw), int(comp))  # type: ignore[arg-type]
+        except (ValueError, TypeError):
+            raise IntegrityError("a blob entry is malformed") from None
+
+
+def padme(length: int) -> int:
+    """Padmé padding: at most 12 % overhead, leaks O(log log L) bits of the length."""
+    if length < 2:
+        return length
+    e = length.bit_length() - 1
+    s = e.bit_length()
+    last_bits = e - s
+    mask = (1 << last_bits) - 1
+    return (length + mask) & ~mask
+
+
+def _subkeys(pack_key: bytes) -> tuple[bytes, bytes, bytes]:
+    return (
+        hkdf(pack_key, b"tuckbox v1 pack blobs"),
+        hkdf(pack_key, b"tuckbox v1 pack header"),
+        hkdf(pack_key, b"tuckbox v1 pack trailer"),
+    )
+
+
+def _blob_ad(blob_id: bytes, blob_type: BlobType, compression: int) -> bytes:
+    return blob_id + bytes((int(blob_type), compression))
+
+
+_zstd_local = __import__("threading").local()
+
+
+def compress(data: bytes | memoryview) -> tuple[bytes | memoryview, int]:
+    """zstd, or the raw bytes where compression does not pay. Thread-safe."""
+    c = getattr(_zstd_local, "c", None)
+    if c is None:
+        c = _zstd_local.c = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    out = c.compress(data)
+    if len(out) <= len(data) * (1 - MIN_SAVING):
+        return out, COMPRESSION_ZSTD
+    return data, COMPRESSION_NONE
+
+
+def decompress(data: bytes, compression: int, raw_length: int) -> bytes:
+    if compression == COMPRESSION_NONE:
+        return data
+    if compression != COMPRESSION_ZSTD:
+        raise UnsupportedFormat(f"unknown compression {compression}; upgrade tuckbox")
+    d = getattr(_zstd_local, "d", None)
+    if d is None:
+        d = _zstd_local.d = zstandard.ZstdDecompressor()
+    try:
+        out = d.decompress(data, max_output_size=raw_length)
+    except zstandard.ZstdError:
+        raise IntegrityError("a blob failed to decompress") from None
+    if len(out) != raw_length:
+        raise IntegrityError("a blob decompressed to the wrong length")
+    return out
+
+
+class PackBuilder:
+    """Accumulates sealed blobs for one pack in memory. ``seal`` is thread-safe; ``append`` is not."""
+
+    def __init__(self, kind: BlobType, recipient_public: bytes) -> None:
+        self.kind = kind
+        self.epk, pack_key = new_ephemeral_key(recipient_public, PURPOSE)
+        self._blob_key, self._header_key, self._trailer_key = _subkeys(pack_key)
+        self._buf = bytearray(MAGIC + bytes((VERSION, 0, 0, 0)) + self.epk)
+        self.entries: list[BlobEntry] = []
+        self._ids: set[bytes] = set()
+        self.raw_bytes = 0
+
+    @property
+    def size(self) -> int:
+        return len(self._buf)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def seal(self, blob_id: bytes, blob_type: BlobType, payload: bytes | memoryview, compression: int) -> bytes:
+        return encrypt_with_nonce(
+            self._blob_key, blob_id[:12], payload, _blob_ad(blob_id, blob_type, compression)
+        )
+
+    def append(self, blob_id: bytes, blob_type: BlobType, sealed: bytes, raw_length: int, compression: int) -> BlobEntry:
+        if blob_id in self._ids:
+            raise ValueError("blob already in this pack")
+        entry = BlobEntry(blob_id, blob_type, len(self._buf), len(sealed), raw_length, compression)
+        self._buf += sealed
+        self.entries.append(entry)
+        self._ids.add(blob_id)
+        self.raw_bytes += raw_length
+        return entry
+
+    def contains(self, blob_id: bytes) -> bool:
+        return blob_id in self._ids
+
+    def finish(self) -> bytes:
+        header_plain = msgpack.packb([e.to_list() for e in self.entries])
+        header = encrypt_with_nonce(self._header_key, counter_nonce(0), header_plain, bytes(self._buf[:PREFIX_LEN]))
+        header_offset = len(self._buf)
+        self._buf += header
+        total = padme(len(self._buf) + TRAILER_LEN)
+        self._buf += bytes(total - TRAILER_LEN - len(self._buf))
+        self._buf += encrypt_with_nonce(
+            self._trailer_key, counter_nonce(0), TRAILER_PLAIN.pack(header_offset, len(header)), b""
+        )
+        out = bytes(self._buf)
+        self._buf = bytearray()
+        return out
+
+
+def parse_prefix(prefix: bytes) -> bytes:
+    """Return the epk from a pack's first PREFIX_LEN bytes."""
+    if len(prefix) < PREFIX_LEN or prefix[:4] != MAGIC:
+        raise IntegrityError("not a tuckbox pack (bad magic)")
+    if prefix[4] != VERSION:
+        raise UnsupportedFormat(f"pack version {prefix[4]} is not supported; upgrade tuckbox")
+    return bytes(prefix[8:PREFIX_LEN])
+
+
+class PackKey:
+    """The keys of one existing pack, recovered with the recipient's private key."""
+
+    def __init__(self, recipient_private: bytes, epk: bytes) -> None:
+        pack_key = recover_ephemeral_key(recipient_private, epk, PURPOSE)
+        self._blob_key, self._header_key, self._trailer_key = _subkeys(pack_key)
+
+    def open_blob(self, entry: BlobEntry, sealed: bytes | memoryview) -> bytes:
+        payload = decrypt_with_nonce(
+            self._blob_key, entry.id[:12], sealed, _blob_ad(entry.id, entry.type, entry.compression), "blob"
+        )
+        return decompress(payload, entry.compression, entry.raw_length)
+
+    def read_header(self, pack: bytes) -> list[BlobEntry]:
+        """Parse a whole pack's header (used by check and index rebuilding)."""
+        if len(pack) < PREFIX_LEN + TRAILER_LEN:
+            raise IntegrityError("pack is truncated")
+        trailer = decrypt_with_nonce(self._trailer_key, counter_nonce(0), pack[-TRAILER_LEN:], b"", "pack trailer")
+        offset, length = TRAILER_PLAIN.unpack(trailer)
+        if offset + length > len(pack) - TRAILER_LEN or offset < PREFIX_LEN:
+            raise IntegrityError("pack trailer points outside the pack")
+        plain = decrypt_with_nonce(
+            self._header_key, counter_nonce(0), pack[offset : offset + length], pack[:PREFIX_LEN], "pack header"
+        )
+        try:
+            items = msgpack.unpackb(plain)
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+            raise IntegrityError("pack header is malformed") from None
+        entries = [BlobEntry.from_list(i) for i in items]
+        for e in entries:
+            if e.offset < PREFIX_LEN or e.offset + e.length > offset:
+                raise IntegrityError("pack header names a blob outside the pack")
+        return entries
