@@ -25,6 +25,7 @@ NORMALIZED_CHUNKING = 1
 ALGORITHM = "fastcdc2020/nc1/xor-seed"
 _GOLDEN = 0x9E3779B97F4A7C15
 _M64 = (1 << 64) - 1
+_M63 = (1 << 63) - 1  # pyfastcdc shifts the seed left by one in a uint64
 
 
 @dataclass(frozen=True)
@@ -62,11 +63,11 @@ def _cuts_on_runs(seed: int, params: ChunkerParams) -> bool:
 
 
 def effective_seed(seed: int, params: ChunkerParams) -> int:
-    candidate = seed & _M64 or 1
+    candidate = seed & _M63 or 1
     k = 0
     while _cuts_on_runs(candidate, params):
         k += 1
-        candidate = (seed ^ (k * _GOLDEN)) & _M64 or 1
+        candidate = (seed ^ (k * _GOLDEN)) & _M63 or 1
     return candidate
 
 

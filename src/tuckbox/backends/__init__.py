@@ -1,9 +1,25 @@
-"""Storage backends. ``open_backend`` turns a repository URL into a Backend."""
+"""Storage backends. ``open_backend`` turns a repository URL into a Backend.
+
+Each remote backend lives in its own module with a ``from_url(url, options)``
+classmethod; this module only dispatches on the scheme.
+"""
 
 from __future__ import annotations
 
+import importlib
+
 from ..errors import UsageError
 from ..types import Backend
+
+# scheme -> (module, class)
+_SCHEMES = {
+    "sftp": ("sftp", "SFTPBackend"),
+    "s3": ("s3", "S3Backend"),
+    "tahoe": ("tahoe", "TahoeBackend"),
+    "webdav+http": ("webdav", "WebDAVBackend"),
+    "webdav+https": ("webdav", "WebDAVBackend"),
+    "rclone": ("rclone", "RcloneBackend"),
+}
 
 
 def open_backend(url: str, options: dict[str, str] | None = None) -> Backend:
@@ -13,13 +29,18 @@ def open_backend(url: str, options: dict[str, str] | None = None) -> Backend:
         from .memory import MemoryBackend
 
         return MemoryBackend(url)
-    if "://" not in url and not url.startswith("rclone:"):
+    if url.startswith("file://"):
+        url = url[len("file://"):]
+    scheme = url.split(":", 1)[0] if ("://" in url or url.startswith("rclone:")) else ""
+    if not scheme:
         from .local import LocalBackend
 
         return LocalBackend(url)
-    scheme = url.split(":", 1)[0]
-    if scheme == "file":
-        from .local import LocalBackend
-
-        return LocalBackend(url[len("file://"):])
-    raise UsageError(f"unknown repository scheme '{scheme}:'; use a path, sftp://, s3://, tahoe://, webdav+https://, or rclone:")
+    if scheme not in _SCHEMES:
+        raise UsageError(
+            f"unknown repository scheme '{scheme}:'; use a path, sftp://, s3://, tahoe://, "
+            "webdav+https://, webdav+http:// or rclone:"
+        )
+    module_name, class_name = _SCHEMES[scheme]
+    module = importlib.import_module(f".{module_name}", __name__)
+    return getattr(module, class_name).from_url(url, options)

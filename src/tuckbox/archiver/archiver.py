@@ -1,0 +1,365 @@
+"""The backup walk: file system -> chunks and trees, handed to a BlobStore.
+
+The archiver depends on the narrow ``BlobStore`` protocol, not on the
+repository. It reads each file once (never whole into memory: large files are
+streamed through the chunker), skips files the files cache knows are
+unchanged, keeps holes as holes, and reports every problem as a warning while
+the rest of the snapshot goes on.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import stat
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..chunker import Chunker
+from ..errors import UsageError
+from ..fsmeta import Owners, SkipEntry, data_extents, node_from_stat, open_for_backup
+from ..snapshot.tree import DIR, FILE, Node, encode_tree
+from ..types import BlobStore, BlobType
+from .files_cache import FilesCache
+
+SMALL_FILE = 4 << 20  # read whole and cut in memory below this size
+_LEAF = object()
+
+
+class Progress:
+    """Receives progress events; the CLI subclasses it to draw a bar or print JSON lines."""
+
+    def file_started(self, path: bytes, size: int) -> None:  # noqa: D102
+        pass
+
+    def bytes_done(self, n: int) -> None:  # noqa: D102
+        pass
+
+    def warning(self, message: str) -> None:  # noqa: D102
+        pass
+
+
+@dataclass
+class Summary:
+    files_new: int = 0
+    files_changed: int = 0
+    files_unmodified: int = 0
+    dirs: int = 0
+    others: int = 0
+    bytes_total: int = 0  # size of every file in the snapshot
+    bytes_read: int = 0  # bytes actually read from disk
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "files_new": self.files_new,
+            "files_changed": self.files_changed,
+            "files_unmodified": self.files_unmodified,
+            "dirs": self.dirs,
+            "others": self.others,
+            "bytes_total": self.bytes_total,
+            "bytes_read": self.bytes_read,
+            "warnings": len(self.warnings),
+        }
+
+
+def _display(path: bytes) -> str:
+    return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def normalize_paths(paths: list[str | bytes]) -> list[bytes]:
+    out: list[bytes] = []
+    for p in paths:
+        raw = os.fsencode(p)
+        absolute = os.path.normpath(os.path.abspath(raw))
+        if not os.path.lexists(absolute):
+            raise UsageError(f"cannot back up {_display(raw)}: it does not exist")
+        out.append(absolute)
+    out = sorted(set(out))
+    # drop paths inside other paths
+    kept: list[bytes] = []
+    for p in out:
+        if not any(p == k or p.startswith(k.rstrip(b"/") + b"/") for k in kept):
+            kept.append(p)
+    return kept
+
+
+class Archiver:
+    def __init__(
+        self,
+        store: BlobStore,
+        chunker: Chunker,
+        files_cache: FilesCache,
+        *,
+        excludes: list[str] | None = None,
+        progress: Progress | None = None,
+        one_file_system: bool = False,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
+        self.store = store
+        self.chunker = chunker
+        self.files_cache = files_cache
+        self.excludes = [os.fsencode(p) for p in (excludes or [])]
+        self.progress = progress or Progress()
+        self.one_file_system = one_file_system
+        self.should_stop = should_stop or (lambda: False)
+        self.owners = Owners()
+        self.summary = Summary()
+        self._hardlinks: dict[tuple[int, int], tuple[int, int, int, list[Any]]] = {}
+        self._root_devs: set[int] = set()
+
+    # ------------------------------------------------------------ entry point
+
+    def run(self, paths: list[bytes]) -> bytes:
+        """Back up ``paths`` (absolute, normalized); return the root tree id."""
+        if sys.getrecursionlimit() < 10000:
+            sys.setrecursionlimit(10000)
+        spec: dict[bytes, Any] = {}
+        whole_root = b"/" in paths
+        for p in paths:
+            if p == b"/":
+                continue
+            parts = [c for c in p.split(b"/") if c]
+            node = spec
+            for comp in parts[:-1]:
+                sub = node.setdefault(comp, {})
+                if sub is _LEAF:
+                    break
+                node = sub
+            else:
+                node[parts[-1]] = _LEAF
+        if whole_root:
+            self._root_devs.add(os.lstat(b"/").st_dev)
+            return self._save_dir(b"/", os.lstat(b"/").st_dev)
+        return self._save_virtual(b"/", spec)
+
+    def _warn(self, message: str) -> None:
+        self.summary.warnings.append(message)
+        self.progress.warning(message)
+
+    def _excluded(self, path: bytes, name: bytes) -> bool:
+        for pat in self.excludes:
+            if fnmatch.fnmatchcase(path, pat) or fnmatch.fnmatchcase(name, pat):
+                return True
+        return False
+
+    # ------------------------------------------------------------ trees
+
+    def _save_tree(self, nodes: list[Node]) -> bytes:
+        data = encode_tree(nodes)
+        tree_id = self.store.blob_id(data)
+        self.store.add_blob(BlobType.TREE, tree_id, data)
+        return tree_id
+
+    def _save_virtual(self, prefix: bytes, spec: dict[bytes, Any]) -> bytes:
+        nodes: list[Node] = []
+        for name in sorted(spec):
+            sub = spec[name]
+            path = os.path.join(prefix, name)
+            try:
+                st = os.lstat(path)
+            except OSError as e:
+                self._warn(f"{_display(path)}: cannot read: {e.strerror}")
+                continue
+            if sub is _LEAF:
+                self._root_devs.add(st.st_dev)
+                node = self._save_entry(path, name, st)
+            else:
+                node, warnings = node_from_stat(name, path, st, self.owners)
+                for w in warnings:
+                    self._warn(w)
+                node.subtree = self._save_virtual(path, sub)
+            if node is not None:
+                nodes.append(node)
+        return self._save_tree(nodes)
+
+    def _save_dir(self, path: bytes, dev: int) -> bytes:
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            self._warn(f"{_display(path)}: cannot list directory: {e.strerror}")
+            entries = []
+        nodes: list[Node] = []
+        for entry in entries:
+            if self.should_stop():
+                break
+            child = entry.path
+            if self.excludes and self._excluded(child, entry.name):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                self._warn(f"{_display(child)}: vanished during backup")
+                continue
+            except OSError as e:
+                self._warn(f"{_display(child)}: cannot stat: {e.strerror}")
+                continue
+            node = self._save_entry(child, entry.name, st)
+            if node is not None:
+                nodes.append(node)
+        return self._save_tree(nodes)
+
+    def _save_entry(self, path: bytes, name: bytes, st: os.stat_result) -> Node | None:
+        if stat.S_ISSOCK(st.st_mode):
+            return None  # sockets cannot be restored meaningfully; skipped silently
+        try:
+            node, warnings = node_from_stat(name, path, st, self.owners)
+        except FileNotFoundError:
+            self._warn(f"{_display(path)}: vanished during backup")
+            return None
+        except OSError as e:
+            self._warn(f"{_display(path)}: cannot read: {e.strerror}")
+            return None
+        except SkipEntry as e:  # changed under us, or an unsupported type
+            self._warn(str(e))
+            return None
+        for w in warnings:
+            self._warn(w)
+        if node.type == FILE:
+            return self._save_file(path, st, node)
+        if node.type == DIR:
+            self.summary.dirs += 1
+            if self.one_file_system and st.st_dev not in self._root_devs:
+                node.subtree = self._save_tree([])
+            else:
+                node.subtree = self._save_dir(path, st.st_dev)
+            return node
+        self.summary.others += 1
+        return node
+
+    # ------------------------------------------------------------ files
+
+    def _save_file(self, path: bytes, st: os.stat_result, node: Node) -> Node | None:
+        self.progress.file_started(path, st.st_size)
+        self.summary.bytes_total += st.st_size
+        cached = self.files_cache.lookup(path, st)
+        if cached is not None and all(self.store.has_blob(c) for c in cached if isinstance(c, bytes)):
+            node.content = cached
+            self.summary.files_unmodified += 1
+            self.files_cache.remember(path, st, cached, time.time_ns())
+            self.progress.bytes_done(st.st_size)
+            return node
+        link_key = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1:
+            seen = self._hardlinks.get(link_key)
+            if seen is not None and seen[:3] == (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+                node.content = seen[3]
+                self.summary.files_unmodified += 1
+                self.progress.bytes_done(st.st_size)
+                return node
+        if self.files_cache.known(path):
+            self.summary.files_changed += 1
+        else:
+            self.summary.files_new += 1
+        for attempt in (0, 1):
+            read_at = time.time_ns()
+            try:
+                fd = open_for_backup(path)
+            except FileNotFoundError:
+                self._warn(f"{_display(path)}: vanished during backup")
+                return None
+            except OSError as e:
+                self._warn(f"{_display(path)}: cannot read: {e.strerror}")
+                return None
+            try:
+                before = os.fstat(fd)
+                if not stat.S_ISREG(before.st_mode):
+                    self._warn(f"{_display(path)}: replaced by another kind of entry during backup; skipped")
+                    return None
+                content, nbytes = self._read_content(fd, before)
+                after = os.fstat(fd)
+            except OSError as e:
+                self._warn(f"{_display(path)}: read error: {e.strerror}")
+                return None
+            finally:
+                os.close(fd)
+            stable = _same(before, after) and nbytes == after.st_size
+            if stable and _same(before, st):
+                break
+            if attempt == 0:
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    self._warn(f"{_display(path)}: vanished during backup")
+                    return None
+                if not stat.S_ISREG(st.st_mode):
+                    self._warn(f"{_display(path)}: replaced by another kind of entry during backup; skipped")
+                    return None
+                continue
+            if not stable:
+                node.warning = "changed during backup"
+                self._warn(f"{_display(path)}: changed while being read; the stored copy may mix old and new data")
+        # metadata from the state the content was read in
+        node.size = nbytes
+        node.mtime_ns, node.ctime_ns, node.mode = after.st_mtime_ns, after.st_ctime_ns, stat.S_IMODE(after.st_mode)
+        node.content = content
+        if not node.warning:
+            self.files_cache.remember(path, after, content, read_at)
+            if after.st_nlink > 1:
+                self._hardlinks[link_key] = (after.st_size, after.st_mtime_ns, after.st_ctime_ns, content)
+        return node
+
+    def _add_chunk(self, chunk: bytes | memoryview, content: list[Any]) -> None:
+        blob_id = self.store.blob_id(chunk)
+        self.store.add_blob(BlobType.DATA, blob_id, chunk)
+        content.append(blob_id)
+        self.summary.bytes_read += len(chunk)
+        self.progress.bytes_done(len(chunk))
+
+    def _read_content(self, fd: int, st: os.stat_result) -> tuple[list[Any], int]:
+        size = st.st_size
+        content: list[Any] = []
+        if size == 0:
+            # a file may still grow; read what is there
+            data = os.read(fd, SMALL_FILE)
+            if data:
+                for chunk in self.chunker.chunks_of(data):
+                    self._add_chunk(chunk, content)
+            return content, len(data)
+        if st.st_blocks * 512 >= size:
+            extents = [(0, size)]
+        else:
+            extents = data_extents(fd, size)
+        pos = 0
+        for off, length in extents:
+            if off > pos:
+                _add_hole(content, off - pos)
+                pos = off
+            got = 0
+            if length <= SMALL_FILE:
+                data = os.pread(fd, length, off)
+                while len(data) < length:
+                    more = os.pread(fd, length - len(data), off + len(data))
+                    if not more:
+                        break
+                    data += more
+                for chunk in self.chunker.chunks_of(data):
+                    self._add_chunk(chunk, content)
+                got = len(data)
+            else:
+                os.lseek(fd, off, os.SEEK_SET)
+                with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
+                    for chunk in self.chunker.chunks(f, length):
+                        self._add_chunk(chunk, content)
+                        got += len(chunk)
+            pos += got
+            if got < length:
+                return content, pos  # file shrank while being read
+        if pos < size:
+            _add_hole(content, size - pos)
+            pos = size
+        return content, pos
+
+
+def _add_hole(content: list[Any], length: int) -> None:
+    if content and isinstance(content[-1], int):
+        content[-1] += length
+    else:
+        content.append(length)
+
+
+def _same(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_size, a.st_mtime_ns, a.st_ctime_ns, a.st_ino) == (b.st_size, b.st_mtime_ns, b.st_ctime_ns, b.st_ino)

@@ -1,0 +1,93 @@
+"""The local cache: copies of content-addressed repository objects, and local state.
+
+Layout under ``$TUCKBOX_CACHE_DIR`` or ``$XDG_CACHE_HOME/tuckbox`` (default
+``~/.cache/tuckbox``), one directory per repository id::
+
+    <repo id>/index/<name>     sealed index objects, as stored
+    <repo id>/trees/<name>     whole tree (metadata) packs, as stored
+    <repo id>/snapshots/<name> snapshot objects, as stored
+    <repo id>/state/...        files cache, backup journals (not copies)
+
+Every cached copy is named by the BLAKE3 hash of its bytes, so it can be
+verified on every read; a copy that fails is deleted and fetched again. The
+cache is never the only copy of anything and can be deleted at any time.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import blake3
+
+
+def cache_root() -> Path:
+    explicit = os.environ.get("TUCKBOX_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "tuckbox"
+
+
+class Cache:
+    def __init__(self, repo_id: str, root: Path | None = None) -> None:
+        self.dir = (root or cache_root()) / repo_id
+        self.enabled = True
+        try:
+            for sub in ("index", "trees", "snapshots", "state"):
+                (self.dir / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError:
+            self.enabled = False  # a read-only home must not stop a restore
+
+    @property
+    def state_dir(self) -> Path:
+        return self.dir / "state"
+
+    def _path(self, kind: str, name: str) -> Path:
+        return self.dir / kind / name
+
+    def get(self, kind: str, name: str) -> bytes | None:
+        if not self.enabled:
+            return None
+        path = self._path(kind, name)
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        if blake3.blake3(data).hexdigest() != name:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+            return None
+        return data
+
+    def put(self, kind: str, name: str, data: bytes) -> None:
+        if not self.enabled:
+            return
+        path = self._path(kind, name)
+        tmp = path.with_name(f".tmp-{secrets.token_hex(6)}")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+
+    def names(self, kind: str) -> set[str]:
+        if not self.enabled:
+            return set()
+        try:
+            return {p.name for p in (self.dir / kind).iterdir() if not p.name.startswith(".")}
+        except OSError:
+            return set()
+
+    def discard(self, kind: str, name: str) -> None:
+        try:
+            self._path(kind, name).unlink()
+        except OSError:
+            pass

@@ -1,0 +1,155 @@
+"""Repository locks: objects under ``locks/`` announcing who is using the repository.
+
+Backups, restores and checks take *shared* locks: any number run at once.
+Only operations that delete data (prune) take an *exclusive* lock. A lock
+object is sealed with the index key and holds host, pid, user, time and kind.
+Objects are immutable, so a lock is refreshed by writing a new one and removing
+the old. A lock is stale when it was not refreshed for ``STALE_AFTER`` seconds,
+or when it was taken on this host by a process that no longer exists.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+from ..crypto.aead import open_sealed, seal
+from ..errors import IntegrityError, ObjectNotFound, RepositoryLocked
+from ..types import Backend, ObjectType
+
+LOCK_AD = b"tuckbox lock v1"
+REFRESH_EVERY = 300.0
+STALE_AFTER = 1800.0
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    name: str
+    host: str
+    pid: int
+    user: str
+    time: float
+    exclusive: bool
+
+    def describe(self) -> str:
+        when = _dt.datetime.fromtimestamp(self.time).isoformat(timespec="seconds")
+        kind = "exclusive" if self.exclusive else "shared"
+        return f"{self.name[:8]} {kind} lock by {self.user}@{self.host} pid {self.pid} since {when}"
+
+    def is_stale(self, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        if now - self.time > STALE_AFTER:
+            return True
+        if self.host == socket.gethostname():
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                return False
+        return False
+
+
+def _user() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (KeyError, ImportError):
+        return str(os.getuid())
+
+
+def read_locks(backend: Backend, index_key: bytes) -> list[LockInfo]:
+    out: list[LockInfo] = []
+    for info in backend.list(ObjectType.LOCK):
+        try:
+            raw = backend.load(ObjectType.LOCK, info.name)
+            doc = json.loads(open_sealed(index_key, raw, LOCK_AD, "lock"))
+            out.append(
+                LockInfo(info.name, str(doc["host"]), int(doc["pid"]), str(doc["user"]), float(doc["time"]), bool(doc["exclusive"]))
+            )
+        except ObjectNotFound:
+            continue
+        except (IntegrityError, ValueError, KeyError, TypeError):
+            # unreadable lock: treat as stale-by-age using a zero time so 'unlock' can show and remove it
+            out.append(LockInfo(info.name, "?", 0, "?", 0.0, False))
+    return out
+
+
+class Lock:
+    """A held lock, refreshed in the background until released."""
+
+    def __init__(self, backend: Backend, index_key: bytes, exclusive: bool) -> None:
+        self.backend = backend
+        self.index_key = index_key
+        self.exclusive = exclusive
+        self.name = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._mutex = threading.Lock()
+
+    def _write(self) -> str:
+        doc = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "user": _user(),
+            "time": time.time(),
+            "exclusive": self.exclusive,
+        }
+        name = secrets.token_hex(16)
+        self.backend.save(ObjectType.LOCK, name, seal(self.index_key, json.dumps(doc).encode(), LOCK_AD))
+        return name
+
+    def acquire(self) -> "Lock":
+        self.name = self._write()
+        conflicts = [
+            lk
+            for lk in read_locks(self.backend, self.index_key)
+            if lk.name != self.name and (self.exclusive or lk.exclusive) and not lk.is_stale()
+        ]
+        if conflicts:
+            self._remove(self.name)
+            raise RepositoryLocked(
+                f"repository is locked: {conflicts[0].describe()}; wait for it to finish, "
+                "or run 'tuckbox unlock' if that process is gone"
+            )
+        self._thread = threading.Thread(target=self._refresh_loop, name="tuckbox-lock", daemon=True)
+        self._thread.start()
+        return self
+
+    def _remove(self, name: str) -> None:
+        try:
+            self.backend.remove(ObjectType.LOCK, name)
+        except Exception:  # noqa: BLE001 - a lock we cannot remove goes stale on its own
+            pass
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(REFRESH_EVERY):
+            try:
+                new = self._write()
+            except Exception:  # noqa: BLE001 - retry at the next interval
+                continue
+            with self._mutex:
+                old, self.name = self.name, new
+            self._remove(old)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._mutex:
+            if self.name:
+                self._remove(self.name)
+                self.name = ""
+
+    def __enter__(self) -> "Lock":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

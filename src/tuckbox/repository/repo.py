@@ -1,0 +1,352 @@
+"""The repository: opening and creating, blobs with deduplication, indexes, snapshots.
+
+Write order invariants (docs/design.md "Crash consistency"):
+  init:     keys/<key> before config (config's presence means "a repository")
+  backup:   packs -> index naming them -> snapshot naming their trees
+Objects are never modified; every name is the BLAKE3 hash of the stored bytes
+(except ``config`` and locks).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator
+
+import blake3
+
+from ..crypto import aead
+from ..crypto.keyfile import keyfile_info, make_keyfile, needs_passphrase, open_keyfile
+from ..crypto.keys import ROOT_LEN, KeyKind, KeySet, derive_keyset
+from ..errors import (
+    IntegrityError,
+    NotARepository,
+    ObjectExists,
+    ObjectNotFound,
+    RepositoryExists,
+    RepositoryNotFound,
+    SnapshotNotFound,
+    UsageError,
+    WrongPassphrase,
+)
+from ..pack.format import PREFIX_LEN, PackKey
+from ..snapshot import model as snapmodel
+from ..snapshot.model import Snapshot
+from ..types import Backend, BlobType, ObjectType
+from .cache import Cache
+from .config import Config
+from .index import MasterIndex, PackRecord, decode_index, encode_index
+from .packer import Packer
+
+PassphraseSource = Callable[[], bytes]
+
+
+def object_name(data: bytes) -> str:
+    return blake3.blake3(data).hexdigest()
+
+
+class Repository:
+    def __init__(self, backend: Backend, config: Config, keys: KeySet, key_name: str = "") -> None:
+        self.backend = backend
+        self.config = config
+        self.keys = keys
+        self.key_name = key_name
+        self.cache = Cache(config.id)
+        self.index = MasterIndex()
+        self._pack_keys: dict[str, PackKey] = {}
+        self._tree_packs: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+        self.connections = 4
+
+    # ---------------------------------------------------------------- init / open
+
+    @classmethod
+    def init(
+        cls,
+        backend: Backend,
+        passphrase: bytes,
+        *,
+        created: str,
+        host: str,
+        user: str,
+        config: Config | None = None,
+    ) -> "Repository":
+        if backend.exists():
+            try:
+                backend.stat(ObjectType.CONFIG, "config")
+                raise RepositoryExists(f"a repository already exists at {backend.location}")
+            except ObjectNotFound:
+                pass
+            if any(True for _ in backend.list(ObjectType.PACK)):
+                raise RepositoryExists(f"{backend.location} holds packs but no config; refusing to initialise over it")
+        backend.create()
+        cfg = config or Config.new(created)
+        keys = derive_keyset(os.urandom(ROOT_LEN))
+        keyfile = make_keyfile(keys, passphrase, repository_id=cfg.id, created=created, host=host, user=user)
+        key_name = object_name(keyfile)
+        backend.save(ObjectType.KEY, key_name, keyfile)
+        try:
+            backend.save(ObjectType.CONFIG, "config", cfg.encode(keys.config_key))
+        except ObjectExists:
+            backend.remove(ObjectType.KEY, key_name)
+            raise RepositoryExists(f"a repository was created at {backend.location} at the same time") from None
+        return cls(backend, cfg, keys, key_name)
+
+    @classmethod
+    def read_config(cls, backend: Backend) -> tuple[Config, dict]:
+        try:
+            raw = backend.load(ObjectType.CONFIG, "config")
+        except ObjectNotFound:
+            if not backend.exists():
+                raise RepositoryNotFound(
+                    f"no repository at {backend.location}; check the path, or create one with 'tuckbox init'"
+                ) from None
+            raise NotARepository(
+                f"{backend.location} is not a tuckbox repository (it has no config); check the path, or run 'tuckbox init'"
+            ) from None
+        return Config.decode_unverified(raw, backend.location)
+
+    @classmethod
+    def open(
+        cls,
+        backend: Backend,
+        passphrase: PassphraseSource | None,
+        *,
+        key_file: bytes | None = None,
+        load_index: bool = True,
+    ) -> "Repository":
+        config, doc = cls.read_config(backend)
+        if key_file is not None:
+            info = keyfile_info(key_file)
+            if info.repository != config.id:
+                raise UsageError(
+                    f"the key file belongs to repository {info.repository[:8]}, not to {backend.location} ({config.id[:8]})"
+                )
+            pw = passphrase() if (info.protected and passphrase) else None
+            if info.protected and pw is None:
+                raise UsageError("the key file needs a passphrase; set TUCKBOX_PASSWORD_FILE or use a terminal")
+            keys, key_name = open_keyfile(key_file, pw), object_name(key_file)
+        else:
+            keys, key_name = cls._unlock(backend, passphrase)
+        config.verify(doc, keys.config_key, backend.location)
+        repo = cls(backend, config, keys, key_name)
+        if load_index:
+            repo.load_index()
+        return repo
+
+    @staticmethod
+    def _unlock(backend: Backend, passphrase: PassphraseSource | None) -> tuple[KeySet, str]:
+        names = [i.name for i in backend.list(ObjectType.KEY)]
+        if not names:
+            raise NotARepository(f"{backend.location} has no keys; it is damaged or not a tuckbox repository")
+        keyfiles: list[tuple[str, bytes]] = []
+        for name in names:
+            try:
+                raw = backend.load(ObjectType.KEY, name)
+                if needs_passphrase(raw):
+                    keyfiles.append((name, raw))
+            except (IntegrityError, ObjectNotFound):
+                continue
+        if not keyfiles:
+            raise NotARepository(f"{backend.location} has no readable passphrase key; use --key-file or --recover")
+        if passphrase is None:
+            raise UsageError("a passphrase is needed; set TUCKBOX_PASSWORD_FILE, TUCKBOX_PASSWORD_COMMAND or use a terminal")
+        pw = passphrase()
+        for name, raw in keyfiles:
+            try:
+                return open_keyfile(raw, pw), name
+            except WrongPassphrase:
+                continue
+        raise WrongPassphrase(f"wrong passphrase for repository {backend.location}")
+
+    def add_key(
+        self, keys: KeySet, passphrase: bytes | None, *, created: str, host: str, user: str, comment: str = ""
+    ) -> tuple[str, bytes]:
+        keyfile = make_keyfile(
+            keys, passphrase, repository_id=self.config.id, created=created, host=host, user=user, comment=comment
+        )
+        name = object_name(keyfile)
+        self.backend.save(ObjectType.KEY, name, keyfile)
+        return name, keyfile
+
+    # ---------------------------------------------------------------- index
+
+    def load_index(self) -> None:
+        names = {i.name for i in self.backend.list(ObjectType.INDEX)}
+        for stale in self.cache.names("index") - names:
+            self.cache.discard("index", stale)
+        todo = sorted(names - self.index.index_names)
+
+        def fetch(name: str) -> tuple[str, list[PackRecord]]:
+            raw = self.cache.get("index", name)
+            if raw is None:
+                raw = self.backend.load(ObjectType.INDEX, name)
+                if object_name(raw) != name:
+                    raise IntegrityError(f"index {name[:8]} does not match its name: it was modified or damaged")
+                self.cache.put("index", name, raw)
+            return name, decode_index(raw, self.keys.index_key, name)
+
+        with ThreadPoolExecutor(self.connections) as pool:
+            for name, packs in pool.map(fetch, todo):
+                for pack in packs:
+                    self.index.add_pack(pack)
+                self.index.index_names.add(name)
+
+    def write_index(self, packs: list[PackRecord]) -> str:
+        sealed = encode_index(packs, self.keys.index_key)
+        name = object_name(sealed)
+        self.backend.save(ObjectType.INDEX, name, sealed)
+        self.cache.put("index", name, sealed)
+        self.index.index_names.add(name)
+        return name
+
+    # ---------------------------------------------------------------- blobs
+
+    def blob_id(self, data: bytes | memoryview) -> bytes:
+        return self.keys.chunk_id(data)
+
+    def has_blob(self, blob_id: bytes) -> bool:
+        return self.index.has(blob_id)
+
+    def new_packer(self, on_pack_saved: Callable[[PackRecord], None] | None = None) -> Packer:
+        def recipient(kind: BlobType) -> bytes:
+            return self.keys.data_public if kind is BlobType.DATA else self.keys.meta_public
+
+        def cache_tree_pack(record: PackRecord) -> None:
+            if on_pack_saved is not None:
+                on_pack_saved(record)
+
+        return Packer(
+            self.backend,
+            self.index,
+            recipient,
+            self.config.pack_size,
+            self.write_index,
+            connections=self.connections,
+            on_pack_saved=cache_tree_pack,
+        )
+
+    def pack_key(self, pack: PackRecord) -> PackKey:
+        with self._lock:
+            key = self._pack_keys.get(pack.name)
+        if key is None:
+            self.keys.require_full("read file contents or trees")
+            private = self.keys.data_private if pack.kind is BlobType.DATA else self.keys.meta_private
+            assert private is not None
+            key = PackKey(private, pack.epk)
+            with self._lock:
+                if len(self._pack_keys) > 4096:
+                    self._pack_keys.clear()
+                self._pack_keys[pack.name] = key
+        return key
+
+    def _tree_pack_bytes(self, pack: PackRecord) -> bytes:
+        with self._lock:
+            data = self._tree_packs.get(pack.name)
+        if data is not None:
+            return data
+        data = self.cache.get("trees", pack.name)
+        if data is None:
+            data = self.backend.load(ObjectType.PACK, pack.name)
+            if object_name(data) != pack.name:
+                raise IntegrityError(f"pack {pack.name[:8]} does not match its name: it was modified or damaged")
+            self.cache.put("trees", pack.name, data)
+        with self._lock:
+            if len(self._tree_packs) > 64:
+                self._tree_packs.clear()
+            self._tree_packs[pack.name] = data
+        return data
+
+    def open_blob(self, pack: PackRecord, entry, sealed: bytes | memoryview) -> bytes:
+        """Decrypt, decompress and verify one blob's stored bytes."""
+        plain = self.pack_key(pack).open_blob(entry, sealed)
+        if self.keys.chunk_id(plain) != entry.id:
+            raise IntegrityError(f"blob {entry.id.hex()[:8]} in pack {pack.name[:8]} does not match its id")
+        return plain
+
+    def load_blob(self, blob_type: BlobType, blob_id: bytes) -> bytes:
+        loc = self.index.lookup(blob_id)
+        if loc is None:
+            raise IntegrityError(f"blob {blob_id.hex()[:8]} is missing from the repository index")
+        pack, entry = loc.pack, loc.entry
+        self.keys.require_full("read file contents or trees")
+        if pack.kind is BlobType.TREE:
+            data = self._tree_pack_bytes(pack)
+            sealed: bytes | memoryview = memoryview(data)[entry.offset : entry.offset + entry.length]
+        else:
+            sealed = self.backend.load(ObjectType.PACK, pack.name, entry.offset, entry.length)
+            if len(sealed) != entry.length:
+                raise IntegrityError(f"pack {pack.name[:8]} is truncated")
+        return self.open_blob(pack, entry, sealed)
+
+    # ---------------------------------------------------------------- snapshots
+
+    def save_snapshot(self, snap: Snapshot) -> str:
+        body = aead.seal_to(self.keys.meta_public, snap.encode(), snapmodel.PURPOSE)
+        data = snapmodel.MAGIC + bytes((snapmodel.VERSION,)) + body
+        name = object_name(data)
+        self.backend.save(ObjectType.SNAPSHOT, name, data)
+        self.cache.put("snapshots", name, data)
+        snap.id = name
+        return name
+
+    def snapshot_names(self) -> list[str]:
+        return sorted(i.name for i in self.backend.list(ObjectType.SNAPSHOT))
+
+    def load_snapshot(self, name: str) -> Snapshot:
+        self.keys.require_full("read snapshots")
+        data = self.cache.get("snapshots", name)
+        if data is None:
+            data = self.backend.load(ObjectType.SNAPSHOT, name)
+            if object_name(data) != name:
+                raise IntegrityError(f"snapshot {name[:8]} does not match its name: it was modified or damaged")
+            self.cache.put("snapshots", name, data)
+        if data[:4] != snapmodel.MAGIC or len(data) < 5:
+            raise IntegrityError(f"snapshot {name[:8]} is not a tuckbox snapshot")
+        if data[4] != snapmodel.VERSION:
+            raise IntegrityError(f"snapshot {name[:8]} has unknown version {data[4]}")
+        assert self.keys.meta_private is not None
+        plain = aead.open_sealed_to(self.keys.meta_private, data[5:], snapmodel.PURPOSE, what=f"snapshot {name[:8]}")
+        return Snapshot.decode(plain, name)
+
+    def snapshots(self) -> list[Snapshot]:
+        names = self.snapshot_names()
+        for stale in self.cache.names("snapshots") - set(names):
+            self.cache.discard("snapshots", stale)
+        with ThreadPoolExecutor(self.connections) as pool:
+            snaps = list(pool.map(self.load_snapshot, names))
+        return sorted(snaps, key=lambda s: (s.datetime, s.id))
+
+    def find_snapshot(self, ref: str, snaps: list[Snapshot] | None = None) -> Snapshot:
+        snaps = self.snapshots() if snaps is None else snaps
+        if ref == "latest":
+            complete = [s for s in snaps if not s.partial]
+            pool = complete or snaps
+            if not pool:
+                raise SnapshotNotFound(f"repository {self.backend.location} has no snapshots yet")
+            return pool[-1]
+        ref = ref.lower()
+        if len(ref) < 4 or any(c not in "0123456789abcdef" for c in ref):
+            raise SnapshotNotFound(f"'{ref}' is not a snapshot id; use 'latest' or at least 4 hex digits of an id from 'tuckbox snapshots'")
+        matches = [s for s in snaps if s.id.startswith(ref)]
+        if not matches:
+            raise SnapshotNotFound(f"no snapshot {ref} in {self.backend.location}; see 'tuckbox snapshots'")
+        if len(matches) > 1:
+            raise UsageError(f"snapshot id {ref} is ambiguous ({len(matches)} match); give more digits")
+        return matches[0]
+
+    # ---------------------------------------------------------------- misc
+
+    def is_full(self) -> bool:
+        return self.keys.kind is KeyKind.FULL
+
+    def iter_pack_prefix(self, pack: PackRecord) -> bytes:
+        return self.backend.load(ObjectType.PACK, pack.name, 0, PREFIX_LEN)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def list_objects(self, t: ObjectType) -> Iterator[str]:
+        for i in self.backend.list(t):
+            yield i.name

@@ -1,0 +1,89 @@
+"""Snapshot documents.
+
+A snapshot object is ``b"TBXS" | version u8 | seal_to(metadata public key,
+msgpack(document), purpose "snapshot")``; its name is the BLAKE3 hash of the
+whole object. Only a full key can read it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from ..errors import IntegrityError, UnsupportedFormat
+
+MAGIC = b"TBXS"
+VERSION = 1
+PURPOSE = b"snapshot"
+
+
+@dataclass
+class Snapshot:
+    time: str  # ISO 8601 with microseconds and offset
+    host: str
+    user: str
+    paths: list[bytes]
+    tree: bytes  # root tree id
+    tags: list[str] = field(default_factory=list)
+    parent: str = ""
+    partial: bool = False  # a checkpoint of an unfinished backup
+    summary: dict[str, Any] = field(default_factory=dict)
+    program: str = ""
+    id: str = ""  # object name; not part of the document
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "v": VERSION,
+            "time": self.time,
+            "host": self.host,
+            "user": self.user,
+            "paths": list(self.paths),
+            "tree": self.tree,
+            "tags": list(self.tags),
+            "parent": self.parent,
+            "partial": self.partial,
+            "summary": self.summary,
+            "program": self.program,
+        }
+
+    def encode(self) -> bytes:
+        return msgpack.packb(self.to_doc())
+
+    @staticmethod
+    def decode(raw: bytes, name: str) -> "Snapshot":
+        try:
+            d = msgpack.unpackb(raw)
+            if d.get("v") != VERSION:
+                raise UnsupportedFormat(f"snapshot {name[:8]} has version {d.get('v')}; upgrade tuckbox")
+            return Snapshot(
+                time=str(d["time"]),
+                host=str(d["host"]),
+                user=str(d["user"]),
+                paths=[bytes(p) for p in d["paths"]],
+                tree=bytes(d["tree"]),
+                tags=[str(t) for t in d.get("tags", [])],
+                parent=str(d.get("parent", "")),
+                partial=bool(d.get("partial", False)),
+                summary=dict(d.get("summary", {})),
+                program=str(d.get("program", "")),
+                id=name,
+            )
+        except UnsupportedFormat:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+            raise IntegrityError(f"snapshot {name[:8]} is malformed") from None
+
+    @property
+    def datetime(self) -> _dt.datetime:
+        return _dt.datetime.fromisoformat(self.time)
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:8]
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="microseconds")

@@ -1,0 +1,97 @@
+"""Walking snapshot trees: depth-first iteration, path lookup, and tree diffs."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterator
+
+from ..errors import UsageError
+from .tree import DIR, Node, decode_tree
+
+LoadTree = Callable[[bytes], bytes]
+
+
+def load_nodes(load: LoadTree, tree_id: bytes) -> list[Node]:
+    return decode_tree(load(tree_id))
+
+
+def walk(load: LoadTree, tree_id: bytes, prefix: bytes = b"/") -> Iterator[tuple[bytes, Node]]:
+    """Yield (absolute path, node) for every entry below the tree, parents before children."""
+    for node in load_nodes(load, tree_id):
+        path = os.path.join(prefix, node.name)
+        yield path, node
+        if node.type == DIR and node.subtree:
+            yield from walk(load, node.subtree, path)
+
+
+def find(load: LoadTree, root: bytes, path: bytes) -> Node | None:
+    """The node at an absolute path, or a synthetic directory node for '/'."""
+    parts = [p for p in os.path.normpath(path).split(b"/") if p]
+    if not parts:
+        return Node(name=b"/", type=DIR, subtree=root)
+    tree = root
+    node: Node | None = None
+    for i, part in enumerate(parts):
+        match = [n for n in load_nodes(load, tree) if n.name == part]
+        if not match:
+            return None
+        node = match[0]
+        if i < len(parts) - 1:
+            if node.type != DIR:
+                return None
+            tree = node.subtree
+    return node
+
+
+def require(load: LoadTree, root: bytes, path: bytes, snapshot: str) -> Node:
+    node = find(load, root, path)
+    if node is None:
+        shown = os.fsdecode(path)
+        raise UsageError(f"{shown} is not in snapshot {snapshot[:8]}; see 'tuckbox ls {snapshot[:8]}'")
+    return node
+
+
+def _same_file(a: Node, b: Node) -> bool:
+    return (a.type, a.content, a.mode, a.uid, a.gid, a.mtime_ns, a.size, a.link_target, a.xattrs, a.rdev) == (
+        b.type,
+        b.content,
+        b.mode,
+        b.uid,
+        b.gid,
+        b.mtime_ns,
+        b.size,
+        b.link_target,
+        b.xattrs,
+        b.rdev,
+    )
+
+
+def diff(load: LoadTree, a: bytes, b: bytes, prefix: bytes = b"/") -> Iterator[tuple[str, bytes]]:
+    """Yield ('+', path) / ('-', path) / ('M', path) for differences from tree a to tree b."""
+    if a == b:
+        return
+    left = {n.name: n for n in load_nodes(load, a)} if a else {}
+    right = {n.name: n for n in load_nodes(load, b)} if b else {}
+    for name in sorted(set(left) | set(right)):
+        path = os.path.join(prefix, name)
+        la, rb = left.get(name), right.get(name)
+        if la is None:
+            assert rb is not None
+            yield "+", path
+            if rb.type == DIR:
+                for p, _ in walk(load, rb.subtree, path):
+                    yield "+", p
+        elif rb is None:
+            yield "-", path
+            if la.type == DIR:
+                for p, _ in walk(load, la.subtree, path):
+                    yield "-", p
+        elif la.type == DIR and rb.type == DIR:
+            if (la.mode, la.uid, la.gid, la.xattrs) != (rb.mode, rb.uid, rb.gid, rb.xattrs):
+                yield "M", path
+            yield from diff(load, la.subtree, rb.subtree, path)
+        elif la.type != rb.type:
+            yield "-", path
+            yield "+", path
+        elif not _same_file(la, rb):
+            yield "M", path
