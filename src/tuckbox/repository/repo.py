@@ -114,10 +114,16 @@ class Repository:
         passphrase: PassphraseSource | None,
         *,
         key_file: bytes | None = None,
+        keys: KeySet | None = None,
         load_index: bool = True,
     ) -> "Repository":
+        """Open with a passphrase (tried on every passphrase key), a key file, or a key set
+        already recovered (e.g. from recovery-kit shares)."""
         config, doc = cls.read_config(backend)
-        if key_file is not None:
+        key_name = ""
+        if keys is not None:
+            pass
+        elif key_file is not None:
             info = keyfile_info(key_file)
             if info.repository != config.id:
                 raise UsageError(

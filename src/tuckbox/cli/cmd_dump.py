@@ -1,0 +1,35 @@
+"""Write one file of a snapshot to standard output."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..errors import UsageError
+from ..restorer.restorer import dump_file
+from ..snapshot.tree import FILE
+from ..snapshot.walk import require
+from ..types import BlobType
+from .common import open_repository
+
+HELP = "print a file from a snapshot"
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    p.add_argument("snapshot", help="snapshot id prefix or 'latest'")
+    p.add_argument("path", help="absolute path of the file in the snapshot")
+
+
+def run(args: argparse.Namespace) -> int:
+    repo = open_repository(args)
+    repo.keys.require_full("dump files")
+    snap = repo.find_snapshot(args.snapshot)
+    path = os.path.normpath(os.path.abspath(os.fsencode(os.path.expanduser(args.path))))
+    node = require(lambda t: repo.load_blob(BlobType.TREE, t), snap.tree, path, snap.id)
+    if node.type != FILE:
+        raise UsageError(f"{args.path} is a {node.type}, not a file; use 'tuckbox restore --include' for directories")
+    out = sys.stdout.buffer
+    dump_file(repo, node, out.write)
+    out.flush()
+    return 0

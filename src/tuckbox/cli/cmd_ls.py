@@ -1,0 +1,57 @@
+"""List the entries of a snapshot, below an optional path (recursively)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import stat
+
+from ..snapshot.tree import DIR, Node
+from ..snapshot.walk import require, walk
+from ..types import BlobType
+from .common import display, emit_json, open_repository, opt
+
+HELP = "list files in a snapshot"
+
+_KIND = {"file": "-", "dir": "d", "symlink": "l", "fifo": "p", "chardev": "c", "blockdev": "b"}
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    p.add_argument("snapshot", help="snapshot id prefix or 'latest'")
+    p.add_argument("path", nargs="?", default="/", help="list below this absolute path (default: everything)")
+    p.add_argument("-l", "--long", action="store_true", help="show mode, owner, size and time")
+
+
+def _entry_json(path: bytes, n: Node) -> dict:
+    return {
+        "path": display(path), "type": n.type, "mode": n.mode, "uid": n.uid, "gid": n.gid,
+        "user": n.user, "group": n.group, "size": n.size, "mtime_ns": n.mtime_ns,
+        "link_target": display(n.link_target) if n.link_target else None,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    repo = open_repository(args)
+    repo.keys.require_full("list files")
+    snap = repo.find_snapshot(args.snapshot)
+    load = lambda tid: repo.load_blob(BlobType.TREE, tid)  # noqa: E731
+    base = os.path.normpath(os.path.abspath(os.fsencode(os.path.expanduser(args.path))))
+    node = require(load, snap.tree, base, snap.id)
+    entries: list[tuple[bytes, Node]] = [] if base == b"/" else [(base, node)]
+    if node.type == DIR:
+        entries += list(walk(load, node.subtree, base))
+    if opt(args, "json"):
+        emit_json({"snapshot": snap.id, "entries": [_entry_json(p, n) for p, n in entries]})
+        return 0
+    for path, n in entries:
+        if args.long:
+            mode = _KIND.get(n.type, "?") + stat.filemode(n.mode)[1:]
+            when = dt.datetime.fromtimestamp(n.mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
+            line = f"{mode} {n.user or n.uid:>8} {n.group or n.gid:>8} {n.size:>12} {when} {display(path)}"
+            if n.link_target:
+                line += f" -> {display(n.link_target)}"
+            print(line)
+        else:
+            print(display(path))
+    return 0

@@ -1,0 +1,50 @@
+"""List snapshots: id, time, host, tags, paths and size. Checkpoints of unfinished backups are marked."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import display, emit_json, human, open_repository, opt
+
+HELP = "list snapshots"
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", action="append", default=[], help="only snapshots of this host (repeatable)")
+    p.add_argument("--tag", action="append", default=[], help="only snapshots with this tag (repeatable)")
+
+
+def run(args: argparse.Namespace) -> int:
+    repo = open_repository(args, load_index=False)
+    repo.keys.require_full("list snapshots (a write-only key cannot read them)")
+    snaps = [
+        s for s in repo.snapshots()
+        if (not args.host or s.host in args.host) and (not args.tag or set(args.tag) & set(s.tags))
+    ]
+    if opt(args, "json"):
+        emit_json([
+            {
+                "id": s.id, "short_id": s.short_id, "time": s.time, "host": s.host, "user": s.user,
+                "tags": s.tags, "paths": [display(p) for p in s.paths], "parent": s.parent,
+                "partial": s.partial, "summary": s.summary, "tree": s.tree.hex(),
+            }
+            for s in snaps
+        ])
+        return 0
+    rows = [("ID", "Time", "Host", "Tags", "Paths", "Size")]
+    for s in snaps:
+        rows.append((
+            s.short_id + (" (checkpoint)" if s.partial else ""),
+            s.datetime.strftime("%Y-%m-%d %H:%M:%S"),
+            s.host,
+            ",".join(s.tags),
+            ", ".join(display(p) for p in s.paths),
+            human(s.summary.get("bytes_total", 0)),
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for k, r in enumerate(rows):
+        print("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip())
+        if k == 0:
+            print("-" * (sum(widths) + 2 * (len(widths) - 1)))
+    print(f"{len(snaps)} snapshot(s)")
+    return 0

@@ -1,0 +1,31 @@
+"""Show how much is stored versus backed up: sizes, counts, compression and deduplication."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..maintenance.stats import compute_stats
+from .common import emit_json, human, open_repository, opt
+
+HELP = "show repository statistics"
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run(args: argparse.Namespace) -> int:
+    repo = open_repository(args)
+    st = compute_stats(repo)
+    repo.close()
+    if opt(args, "json"):
+        emit_json(st.as_dict())
+        return 0
+    print(f"snapshots:            {st.snapshots}")
+    print(f"stored in repository: {human(st.stored_bytes)} in {st.packs} packs")
+    print(f"unique data:          {human(st.unique_bytes)} in {st.blobs} chunks ({st.data_blobs} data, {st.tree_blobs} trees)")
+    print(f"original size:        {human(st.original_bytes)} over all snapshots, {human(st.latest_original_bytes)} in the latest")
+    print(f"compression ratio:    {st.compression_ratio:.2f}x (unique data / stored)")
+    print(f"dedup ratio:          {st.dedup_ratio:.2f}x (original / unique data)")
+    print(f"total saving:         {st.space_saving_ratio:.2f}x (original / stored)")
+    return 0

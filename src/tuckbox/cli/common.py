@@ -1,0 +1,193 @@
+"""Shared CLI plumbing: global options, the repository opener, passphrases, output."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import re
+import subprocess
+import sys
+from typing import Any
+
+from ..backends import open_backend
+from ..errors import UsageError
+from ..repository.repo import Repository
+from ..types import Backend
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """'2MiB', '500k', '1.5G' -> bytes (k/M/G are 1024-based, as everywhere in tuckbox)."""
+    m = _SIZE.match(text)
+    if not m:
+        raise UsageError(f"'{text}' is not a size; write it like 512KiB, 2MiB or 1GiB")
+    mult = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
+    return int(float(m.group(1)) * mult)
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def display(path: bytes | str) -> str:
+    raw = os.fsencode(path)
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def add_global_options(p: argparse.ArgumentParser, suppress: bool = False) -> None:
+    """Options every command accepts, before or after the command name."""
+    default = argparse.SUPPRESS if suppress else None
+    p.add_argument("-r", "--repo", metavar="URL", default=default,
+                   help="repository location: a path, sftp://, s3://, tahoe://, webdav+https:// or rclone: "
+                        "(default: $TUCKBOX_REPOSITORY)")
+    p.add_argument("--password-file", metavar="FILE", default=default,
+                   help="read the passphrase from FILE (default: $TUCKBOX_PASSWORD_FILE)")
+    p.add_argument("--password-command", metavar="CMD", default=default,
+                   help="run CMD and read the passphrase from its output (default: $TUCKBOX_PASSWORD_COMMAND)")
+    p.add_argument("--key-file", metavar="FILE", default=default,
+                   help="use this key file (e.g. a write-only key) instead of the repository's passphrase keys")
+    p.add_argument("-o", "--option", metavar="KEY=VALUE", action="append", default=default,
+                   help="backend option, e.g. s3.endpoint=http://127.0.0.1:8333 (repeatable)")
+    p.add_argument("--limit-upload", metavar="RATE", default=default, help="limit uploads to RATE per second, e.g. 2MiB")
+    p.add_argument("--limit-download", metavar="RATE", default=default, help="limit downloads to RATE per second")
+    p.add_argument("--connections", metavar="N", type=int, default=default, help="parallel storage connections (default 4)")
+    p.add_argument("--json", action="store_true", default=default, help="machine-readable output (JSON)")
+    p.add_argument("-q", "--quiet", action="store_true", default=default, help="print only errors and warnings")
+
+
+def opt(args: argparse.Namespace, name: str, default: Any = None) -> Any:
+    value = getattr(args, name, None)
+    return default if value is None else value
+
+
+def repo_url(args: argparse.Namespace) -> str:
+    url = opt(args, "repo") or os.environ.get("TUCKBOX_REPOSITORY")
+    if not url:
+        raise UsageError("no repository given; use -r/--repo or set TUCKBOX_REPOSITORY")
+    return url
+
+
+def backend_options(args: argparse.Namespace) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in opt(args, "option", []) or []:
+        if "=" not in item:
+            raise UsageError(f"option '{item}' must look like KEY=VALUE")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def open_storage(args: argparse.Namespace) -> Backend:
+    backend = open_backend(repo_url(args), backend_options(args))
+    limit_up, limit_down = opt(args, "limit_upload"), opt(args, "limit_download")
+    connections = opt(args, "connections")
+    if connections is not None and connections < 1:
+        raise UsageError("--connections must be at least 1")
+    try:
+        from ..backends.wrappers import wrap_backend
+    except ImportError:  # pragma: no cover - wrappers ship with the package
+        return backend
+    return wrap_backend(
+        backend,
+        retries=not repo_url(args).startswith("memory:"),
+        limit_upload=parse_size(limit_up) if limit_up else None,
+        limit_download=parse_size(limit_down) if limit_down else None,
+        connections=connections,
+    )
+
+
+def _strip(secret: bytes) -> bytes:
+    return secret[:-1] if secret.endswith(b"\n") else secret
+
+
+def passphrase_from_sources(args: argparse.Namespace) -> bytes | None:
+    """The passphrase from a flag, file, command or environment; None if none is configured."""
+    pfile = opt(args, "password_file") or os.environ.get("TUCKBOX_PASSWORD_FILE")
+    pcmd = opt(args, "password_command") or os.environ.get("TUCKBOX_PASSWORD_COMMAND")
+    if pfile:
+        try:
+            with open(os.path.expanduser(pfile), "rb") as f:
+                return _strip(f.read())
+        except OSError as e:
+            raise UsageError(f"cannot read the password file {pfile}: {e.strerror}") from None
+    if pcmd:
+        try:
+            out = subprocess.run(pcmd, shell=True, check=True, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        except subprocess.CalledProcessError as e:
+            raise UsageError(f"the password command failed with exit code {e.returncode}") from None
+        return _strip(out.stdout)
+    env = os.environ.get("TUCKBOX_PASSWORD")
+    if env is not None:
+        return env.encode()
+    return None
+
+
+def _tty_available() -> bool:
+    try:
+        with open("/dev/tty", "rb"):
+            return sys.stdin.isatty()
+    except OSError:
+        return False
+
+
+def ask_passphrase(args: argparse.Namespace, prompt: str = "Passphrase: ", confirm: bool = False) -> bytes:
+    configured = passphrase_from_sources(args)
+    if configured is not None:
+        if not configured:
+            raise UsageError("the configured passphrase is empty")
+        return configured
+    if not _tty_available():
+        raise UsageError(
+            "a passphrase is needed: set TUCKBOX_PASSWORD_FILE or TUCKBOX_PASSWORD_COMMAND, or run in a terminal"
+        )
+    first = getpass.getpass(prompt).encode()
+    if not first:
+        raise UsageError("an empty passphrase is not allowed")
+    if confirm and getpass.getpass("Repeat passphrase: ").encode() != first:
+        raise UsageError("the passphrases did not match; nothing was changed")
+    return first
+
+
+def open_repository(args: argparse.Namespace, *, load_index: bool = True) -> Repository:
+    backend = open_storage(args)
+    key_file = opt(args, "key_file")
+    raw_key: bytes | None = None
+    if key_file:
+        try:
+            with open(os.path.expanduser(key_file), "rb") as f:
+                raw_key = f.read()
+        except OSError as e:
+            raise UsageError(f"cannot read the key file {key_file}: {e.strerror}") from None
+    cache: dict[str, bytes] = {}
+
+    def passphrase() -> bytes:
+        if "pw" not in cache:
+            cache["pw"] = ask_passphrase(args)
+        return cache["pw"]
+
+    repo = Repository.open(backend, passphrase, key_file=raw_key, load_index=load_index)
+    connections = opt(args, "connections")
+    if connections:
+        repo.connections = connections
+    return repo
+
+
+def emit_json(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def out(args: argparse.Namespace, text: str) -> None:
+    if not opt(args, "quiet", False):
+        print(text)
+
+
+def warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr)

@@ -1,0 +1,109 @@
+"""The ``tuckbox`` command: parses arguments, dispatches to one module per command.
+
+Exit codes: 0 success, 1 fatal error, 2 usage error, 3 backup finished but some
+files could not be read, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from importlib import import_module
+
+from .. import __version__
+from ..errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, TuckboxError
+from .common import add_global_options
+
+COMMANDS = [
+    "init", "backup", "snapshots", "ls", "diff", "restore", "dump", "check", "stats", "unlock",
+]
+
+DESCRIPTION = """\
+tuckbox makes encrypted, deduplicated, compressed, versioned backups of file
+trees to storage nobody has to trust, and restores them exactly.
+
+Every command needs a repository (-r/--repo or $TUCKBOX_REPOSITORY) and, except
+'init', its passphrase: from --password-file, --password-command,
+$TUCKBOX_PASSWORD_FILE, $TUCKBOX_PASSWORD_COMMAND, $TUCKBOX_PASSWORD, or a
+prompt on a terminal. The passphrase never appears in arguments or output.
+"""
+
+EPILOG = """\
+snapshots are named by 'latest' or by a unique prefix (at least 4 hex digits)
+of their id. Exit codes: 0 success, 1 error, 2 usage error, 3 backup finished
+but some files could not be read (each reported as a warning), 130 interrupted.
+
+examples:
+  export TUCKBOX_REPOSITORY=/mnt/usb/backups
+  tuckbox init
+  tuckbox backup ~/Documents ~/Music --tag daily
+  tuckbox snapshots
+  tuckbox restore latest --target /tmp/r --include '*.txt'
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        self.exit(EXIT_USAGE, f"tuckbox: usage error: {message} (see 'tuckbox --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="tuckbox",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"tuckbox {__version__}")
+    add_global_options(parser)
+    common = argparse.ArgumentParser(add_help=False)
+    add_global_options(common, suppress=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS:
+        module = import_module(f".cmd_{name}", __package__)
+        p = sub.add_parser(
+            name.replace("_", "-"),
+            parents=[common],
+            help=module.HELP,
+            description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.register(p)
+        p.set_defaults(func=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        code = args.func(args)
+    except TuckboxError as e:
+        print(f"tuckbox: error: {e.message}", file=sys.stderr)
+        code = e.exit_code
+    except KeyboardInterrupt:
+        print("tuckbox: interrupted", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    except BrokenPipeError:
+        code = EXIT_FATAL
+    except Exception as e:  # noqa: BLE001 - a traceback in front of a user is a bug
+        if os.environ.get("TUCKBOX_DEBUG"):
+            raise
+        # the exception text is not shown: a library's message may quote a URL or credential
+        tb = e.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = f" at {os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}" if tb else ""
+        print(f"tuckbox: internal error: {type(e).__name__}{where} (set TUCKBOX_DEBUG=1 for details; please report it)",
+              file=sys.stderr)
+        code = EXIT_FATAL
+    sys.stdout.flush()
+    return int(code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Progress display: a rich bar on a terminal, JSON lines with --json, nothing otherwise."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Any
+
+from ..archiver.archiver import Progress
+from .common import display, emit_json, human
+
+
+class CliProgress(Progress):
+    """Used by backup and restore; thread-safe counters, rendered at most a few times a second."""
+
+    def __init__(self, json_mode: bool, quiet: bool, verb: str) -> None:
+        self.json_mode = json_mode
+        self.quiet = quiet
+        self.verb = verb
+        self.files = 0
+        self.bytes = 0
+        self.current = ""
+        self.started = time.monotonic()
+        self._last = 0.0
+        self._lock = threading.Lock()
+        self._bar: Any = None
+        self._task: Any = None
+        if not json_mode and not quiet and sys.stderr.isatty():
+            from rich.progress import Progress as Bar, TextColumn, TimeElapsedColumn
+
+            self._bar = Bar(
+                TextColumn("[bold]{task.description}"),
+                TextColumn("{task.fields[files]} files"),
+                TextColumn("{task.fields[size]}"),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[current]}"),
+                transient=True,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(verb, files=0, size="0 B", rate="", current="")
+
+    def file_started(self, path: bytes, size: int) -> None:
+        with self._lock:
+            self.files += 1
+            self.current = display(path)
+        self._render()
+
+    def bytes_done(self, n: int) -> None:
+        with self._lock:
+            self.bytes += n
+        self._render()
+
+    def warning(self, message: str) -> None:
+        if self.json_mode:
+            emit_json({"type": "warning", "message": message})
+        elif self._bar is not None:
+            self._bar.console.print(f"warning: {message}", style="yellow", markup=False, highlight=False)
+        else:
+            print(f"warning: {message}", file=sys.stderr)
+
+    def _render(self, force: bool = False) -> None:
+        now = time.monotonic()
+        interval = 1.0 if self.json_mode else 0.25
+        if (not force and now - self._last < interval) or (self._bar is None and not self.json_mode):
+            return
+        self._last = now
+        elapsed = max(now - self.started, 1e-6)
+        if self.json_mode:
+            emit_json({"type": "status", "files": self.files, "bytes": self.bytes, "seconds": round(elapsed, 1)})
+        elif self._bar is not None:
+            cur = self.current[-60:]
+            self._bar.update(self._task, files=self.files, size=human(self.bytes), rate=f"{human(self.bytes / elapsed)}/s", current=cur)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None

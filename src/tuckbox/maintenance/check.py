@@ -1,0 +1,203 @@
+"""Repository check: structure always, every byte with ``read_data``.
+
+Structure: every index object matches its name and decrypts; every indexed
+pack exists with the indexed size; every snapshot decrypts; every tree of
+every snapshot loads; every chunk a file names is indexed. ``read_data``
+downloads every pack, checks its hash against its name, decrypts every blob
+and checks it against its id and the index. Problems name the damaged object
+and every file that depends on it; nothing is repaired here.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..errors import IntegrityError, ObjectNotFound, TuckboxError
+from ..pack.format import PackKey
+from ..repository.index import PackRecord, decode_index
+from ..repository.repo import Repository, object_name
+from ..snapshot.model import Snapshot
+from ..snapshot.tree import DIR, FILE, decode_tree
+from ..types import BlobType, ObjectType
+
+
+@dataclass
+class CheckReport:
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    damaged_files: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def _display(path: bytes) -> str:
+    return path.decode("utf-8", "backslashreplace")
+
+
+class Checker:
+    def __init__(self, repo: Repository, on_progress: Callable[[str], None] | None = None) -> None:
+        self.repo = repo
+        self.report = CheckReport()
+        self.on_progress = on_progress or (lambda _msg: None)
+        self._bad_blobs: dict[bytes, str] = {}  # blob id -> why
+        self._bad_trees: dict[bytes, str] = {}
+
+    def _error(self, msg: str) -> None:
+        self.report.errors.append(msg)
+
+    def run(self, read_data: bool = False) -> CheckReport:
+        backend = self.repo.backend
+        self.on_progress("loading indexes")
+        index_names = sorted(i.name for i in backend.list(ObjectType.INDEX))
+        for name in index_names:
+            try:
+                raw = backend.load(ObjectType.INDEX, name)
+                if object_name(raw) != name:
+                    raise IntegrityError(f"index {name[:8]} does not match its name: it was modified or damaged")
+                for pack in decode_index(raw, self.repo.keys.index_key, name):
+                    self.repo.index.add_pack(pack)
+            except TuckboxError as e:
+                self._error(f"index {name}: {e}")
+        self.repo.index.index_names.update(index_names)
+        self.on_progress("listing packs")
+        stored = {i.name: i.size for i in backend.list(ObjectType.PACK)}
+        for name, pack in self.repo.index.packs.items():
+            if name not in stored:
+                self._error(f"pack {name}: missing (named by the index)")
+                self._mark_pack(pack, "its pack is missing")
+            elif stored[name] != pack.size:
+                self._error(f"pack {name}: size {stored[name]} but the index says {pack.size} (truncated or damaged)")
+                self._mark_pack(pack, "its pack is damaged")
+        unindexed = set(stored) - set(self.repo.index.packs)
+        if unindexed:
+            self.report.notes.append(
+                f"{len(unindexed)} pack(s) are not in any index (left by an interrupted backup; harmless, a later "
+                "backup or prune takes care of them)"
+            )
+        if read_data:
+            self._read_data([p for n, p in self.repo.index.packs.items() if n in stored])
+        snaps: list[Snapshot] = []
+        if self.repo.is_full():
+            for name in sorted(i.name for i in backend.list(ObjectType.SNAPSHOT)):
+                try:
+                    snaps.append(self.repo.load_snapshot(name))
+                except TuckboxError as e:
+                    self._error(f"snapshot {name}: {e}")
+            self.on_progress("checking trees")
+            self._check_trees(snaps)
+        else:
+            self.report.notes.append("write-only key: snapshots and trees were not checked (they need a full key)")
+        renew = getattr(backend, "renew_leases", None)
+        if callable(renew):
+            try:
+                renew()
+            except TuckboxError as e:
+                self._error(f"renewing storage leases failed: {e}")
+        self.report.counts = {
+            "indexes": len(index_names),
+            "packs": len(stored),
+            "blobs": len(self.repo.index),
+            "snapshots": len(snaps),
+        }
+        return self.report
+
+    def _mark_pack(self, pack: PackRecord, why: str) -> None:
+        for entry in pack.blobs:
+            self._bad_blobs.setdefault(entry.id, why)
+
+    def _read_data(self, packs: list[PackRecord]) -> None:
+        full = self.repo.is_full()
+        total = len(packs)
+
+        def check_pack(pack: PackRecord) -> list[str]:
+            problems: list[str] = []
+            try:
+                data = self.repo.backend.load(ObjectType.PACK, pack.name)
+            except ObjectNotFound:
+                return [f"pack {pack.name}: missing"]
+            except TuckboxError as e:
+                return [f"pack {pack.name}: cannot be read: {e}"]
+            if object_name(data) != pack.name:
+                problems.append(f"pack {pack.name}: contents do not match its name (modified or damaged)")
+                if not full:  # without a key every blob of the pack is suspect
+                    self._mark_pack(pack, f"its pack {pack.name[:8]} is damaged")
+            if not full:
+                return problems
+            private = self.repo.keys.data_private if pack.kind is BlobType.DATA else self.repo.keys.meta_private
+            assert private is not None
+            try:
+                key = PackKey(private, pack.epk)
+                header = {e.id: e for e in key.read_header(data)}
+            except TuckboxError as e:
+                problems.append(f"pack {pack.name}: header damaged: {e}")
+                header = {}
+            for entry in pack.blobs:
+                if header and header.get(entry.id) != entry:
+                    problems.append(f"pack {pack.name}: blob {entry.id.hex()[:8]} differs between pack header and index")
+                try:
+                    sealed = memoryview(data)[entry.offset : entry.offset + entry.length]
+                    if len(sealed) != entry.length:
+                        raise IntegrityError("pack is truncated")
+                    self.repo.open_blob(pack, entry, sealed)
+                except TuckboxError as e:
+                    with_id = f"{entry.id.hex()[:8]}"
+                    problems.append(f"pack {pack.name}: blob {with_id} damaged: {e}")
+                    self._bad_blobs.setdefault(entry.id, f"damaged in pack {pack.name[:8]}")
+            return problems
+
+        with ThreadPoolExecutor(max(1, min(self.repo.connections, os.cpu_count() or 2))) as pool:
+            for done, problems in enumerate(pool.map(check_pack, packs), 1):
+                for p in problems:
+                    self._error(p)
+                if done % 20 == 0:
+                    self.on_progress(f"read {done}/{total} packs")
+
+    def _check_trees(self, snaps: list[Snapshot]) -> None:
+        seen: set[bytes] = set()
+        damaged: set[str] = set()
+
+        def visit(tree_id: bytes, prefix: bytes, snap: Snapshot) -> None:
+            if tree_id in self._bad_trees:
+                damaged.add(f"{_display(prefix)} (snapshot {snap.short_id}): {self._bad_trees[tree_id]}")
+                return
+            first_visit = tree_id not in seen
+            seen.add(tree_id)
+            try:
+                if tree_id in self._bad_blobs:
+                    raise IntegrityError(f"tree {tree_id.hex()[:8]} {self._bad_blobs[tree_id]}")
+                nodes = decode_tree(self.repo.load_blob(BlobType.TREE, tree_id))
+            except TuckboxError as e:
+                self._bad_trees[tree_id] = str(e)
+                self._error(f"tree {tree_id.hex()[:16]} at {_display(prefix)} (snapshot {snap.short_id}): {e}")
+                damaged.add(f"{_display(prefix)} (snapshot {snap.short_id}): directory listing damaged")
+                return
+            for node in nodes:
+                path = os.path.join(prefix, node.name)
+                if node.type == DIR:
+                    if node.subtree and (first_visit or node.subtree in self._bad_trees or self._bad_blobs):
+                        visit(node.subtree, path, snap)
+                elif node.type == FILE:
+                    for item in node.content:
+                        if not isinstance(item, bytes):
+                            continue
+                        why = self._bad_blobs.get(item)
+                        if why is None and not self.repo.index.has(item):
+                            why = "a chunk is missing from the index"
+                            self._error(f"chunk {item.hex()[:16]} of {_display(path)} is missing from the index")
+                            self._bad_blobs[item] = why
+                        if why is not None:
+                            damaged.add(f"{_display(path)} (snapshot {snap.short_id}): {why}")
+                            break
+
+        for snap in snaps:
+            if not self.repo.index.has(snap.tree):
+                self._error(f"snapshot {snap.id}: its root tree is missing from the index")
+                continue
+            visit(snap.tree, b"/", snap)
+        self.report.damaged_files = sorted(damaged)
