@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
+from ..repository.keyring import own_snapshots
+from ..repository.repo import Repository
 from .common import display, emit_json, human, open_repository, opt
 
 HELP = "list snapshots"
@@ -16,7 +19,8 @@ def register(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     repo = open_repository(args, load_index=False)
-    repo.keys.require_full("list snapshots (a write-only key cannot read them)")
+    if not repo.is_full():
+        return _own_work(args, repo)
     snaps = [
         s for s in repo.snapshots()
         if (not args.host or s.host in args.host) and (not args.tag or set(args.tag) & set(s.tags))
@@ -47,4 +51,34 @@ def run(args: argparse.Namespace) -> int:
         if k == 0:
             print("-" * (sum(widths) + 2 * (len(widths) - 1)))
     print(f"{len(snaps)} snapshot(s)")
+    return 0
+
+
+def _own_work(args: argparse.Namespace, repo: Repository) -> int:
+    """A write-only key cannot read snapshots: list only what it saved from this machine (a local record)."""
+    snaps = [
+        s for s in own_snapshots(repo)
+        if (not args.host or s.host in args.host) and (not args.tag or set(args.tag) & set(s.tags))
+    ]
+    if opt(args, "json"):
+        emit_json([s.as_dict() for s in snaps])
+        return 0
+    print("write-only key: it cannot read the repository's snapshots; these are only the ones it saved from "
+          "this machine (its own work, recorded locally)", file=sys.stderr)
+    rows = [("ID", "Time", "Host", "Tags", "Paths", "Size")]
+    for s in snaps:
+        rows.append((
+            s.short_id + (" (checkpoint)" if s.partial else "") + ("" if s.present else " (gone)"),
+            s.time[:19].replace("T", " "),
+            s.host,
+            ",".join(s.tags),
+            ", ".join(s.paths),
+            human(s.summary.get("bytes_total", 0)),
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for k, r in enumerate(rows):
+        print("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip())
+        if k == 0:
+            print("-" * (sum(widths) + 2 * (len(widths) - 1)))
+    print(f"{len(snaps)} snapshot(s) saved by this write-only key (own work)")
     return 0

@@ -53,6 +53,8 @@ def add_global_options(p: argparse.ArgumentParser, suppress: bool = False) -> No
                    help="run CMD and read the passphrase from its output (default: $TUCKBOX_PASSWORD_COMMAND)")
     p.add_argument("--key-file", metavar="FILE", default=default,
                    help="use this key file (e.g. a write-only key) instead of the repository's passphrase keys")
+    p.add_argument("--recover", metavar="FILE", nargs="+", action="extend", default=default,
+                   help="open with recovery-kit share files instead of a passphrase (enough shares of one kit)")
     p.add_argument("-o", "--option", metavar="KEY=VALUE", action="append", default=default,
                    help="backend option, e.g. s3.endpoint=http://127.0.0.1:8333 (repeatable)")
     p.add_argument("--limit-upload", metavar="RATE", default=default, help="limit uploads to RATE per second, e.g. 2MiB")
@@ -155,6 +157,19 @@ def ask_passphrase(args: argparse.Namespace, prompt: str = "Passphrase: ", confi
     return first
 
 
+OPENED: list[Repository] = []
+
+
+def report_problems() -> None:
+    """Print, once, every damaged object the opened repositories skipped while reading."""
+    seen: set[str] = set()
+    for repo in OPENED:
+        for p in repo.problems:
+            if p not in seen:
+                seen.add(p)
+                warn(p)
+
+
 def open_repository(args: argparse.Namespace, *, load_index: bool = True) -> Repository:
     backend = open_storage(args)
     key_file = opt(args, "key_file")
@@ -172,7 +187,16 @@ def open_repository(args: argparse.Namespace, *, load_index: bool = True) -> Rep
             cache["pw"] = ask_passphrase(args)
         return cache["pw"]
 
-    repo = Repository.open(backend, passphrase, key_file=raw_key, load_index=load_index)
+    recover = opt(args, "recover")
+    if recover:
+        if raw_key is not None:
+            raise UsageError("use either --key-file or --recover, not both")
+        from ..repository.keyring import open_with_shares
+
+        repo = open_with_shares(backend, recover, load_index=load_index)
+    else:
+        repo = Repository.open(backend, passphrase, key_file=raw_key, load_index=load_index)
+    OPENED.append(repo)
     connections = opt(args, "connections")
     if connections:
         repo.connections = connections

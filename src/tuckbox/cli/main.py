@@ -13,10 +13,11 @@ from importlib import import_module
 
 from .. import __version__
 from ..errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, TuckboxError
-from .common import add_global_options
+from .common import add_global_options, report_problems
 
 COMMANDS = [
     "init", "backup", "snapshots", "ls", "diff", "restore", "dump", "check", "stats", "unlock",
+    "key", "recovery_kit",
 ]
 
 DESCRIPTION = """\
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tuckbox: internal error: {type(e).__name__}{where} (set TUCKBOX_DEBUG=1 for details; please report it)",
               file=sys.stderr)
         code = EXIT_FATAL
+    report_problems()
     sys.stdout.flush()
     return int(code or 0)
 

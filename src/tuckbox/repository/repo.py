@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator
+from typing import Callable
 
 import blake3
 
@@ -27,10 +27,11 @@ from ..errors import (
     RepositoryExists,
     RepositoryNotFound,
     SnapshotNotFound,
+    UnsupportedFormat,
     UsageError,
     WrongPassphrase,
 )
-from ..pack.format import PREFIX_LEN, PackKey
+from ..pack.format import PackKey
 from ..snapshot import model as snapmodel
 from ..snapshot.model import Snapshot
 from ..types import Backend, BlobType, ObjectType
@@ -58,6 +59,7 @@ class Repository:
         self._tree_packs: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self.connections = 4
+        self.problems: list[str] = []  # damaged objects skipped while reading (reported as warnings)
 
     # ---------------------------------------------------------------- init / open
 
@@ -164,7 +166,7 @@ class Repository:
                 return open_keyfile(raw, pw), name
             except WrongPassphrase:
                 continue
-        raise WrongPassphrase(f"wrong passphrase for repository {backend.location}")
+        raise WrongPassphrase(f"wrong passphrase for repository {backend.location} (or its key files were modified)")
 
     def add_key(
         self, keys: KeySet, passphrase: bytes | None, *, created: str, host: str, user: str, comment: str = ""
@@ -193,8 +195,18 @@ class Repository:
                 self.cache.put("index", name, raw)
             return name, decode_index(raw, self.keys.index_key, name)
 
+        def fetch_safely(name: str) -> tuple[str, list[PackRecord] | None]:
+            try:
+                return fetch(name)
+            except (IntegrityError, UnsupportedFormat) as e:
+                # a damaged index must not make the rest of the repository unreadable
+                self.problems.append(f"index {name[:8]} skipped: {e}; run 'tuckbox check'")
+                return name, None
+
         with ThreadPoolExecutor(self.connections) as pool:
-            for name, packs in pool.map(fetch, todo):
+            for name, packs in pool.map(fetch_safely, todo):
+                if packs is None:
+                    continue
                 for pack in packs:
                     self.index.add_pack(pack)
                 self.index.index_names.add(name)
@@ -317,11 +329,21 @@ class Repository:
         return Snapshot.decode(plain, name)
 
     def snapshots(self) -> list[Snapshot]:
+        """Every readable snapshot, oldest first; damaged ones are noted in ``problems`` and skipped."""
         names = self.snapshot_names()
         for stale in self.cache.names("snapshots") - set(names):
             self.cache.discard("snapshots", stale)
+        self.keys.require_full("read snapshots")
+
+        def load(name: str) -> Snapshot | None:
+            try:
+                return self.load_snapshot(name)
+            except (IntegrityError, UnsupportedFormat, ObjectNotFound) as e:
+                self.problems.append(f"snapshot {name[:8]} skipped: {e}")
+                return None
+
         with ThreadPoolExecutor(self.connections) as pool:
-            snaps = list(pool.map(self.load_snapshot, names))
+            snaps = [s for s in pool.map(load, names) if s is not None]
         return sorted(snaps, key=lambda s: (s.datetime, s.id))
 
     def find_snapshot(self, ref: str, snaps: list[Snapshot] | None = None) -> Snapshot:
@@ -347,12 +369,5 @@ class Repository:
     def is_full(self) -> bool:
         return self.keys.kind is KeyKind.FULL
 
-    def iter_pack_prefix(self, pack: PackRecord) -> bytes:
-        return self.backend.load(ObjectType.PACK, pack.name, 0, PREFIX_LEN)
-
     def close(self) -> None:
         self.backend.close()
-
-    def list_objects(self, t: ObjectType) -> Iterator[str]:
-        for i in self.backend.list(t):
-            yield i.name

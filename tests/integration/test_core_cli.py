@@ -1,0 +1,153 @@
+"""End to end through the real CLI on a local repository: round trips, errors, tampering."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tuckbox.testing.trees import compare_trees, sample_tree
+
+
+def restored(target: Path, src: Path) -> Path:
+    return Path(str(target) + str(src))
+
+
+def test_sample_tree_round_trip(tb, tmp_path):
+    src = tmp_path / "src"
+    sample_tree(src)
+    tb("init")
+    backup = tb("backup", str(src), "--tag", "first", "--json")
+    summary = [line for line in backup.out.splitlines() if '"summary"' in line]
+    assert summary, backup.out
+    snaps = tb("snapshots", "--json").json()
+    assert len(snaps) == 1 and snaps[0]["tags"] == ["first"] and snaps[0]["paths"] == [str(src)]
+    tb("restore", "latest", "--target", str(tmp_path / "r"))
+    assert compare_trees(src, restored(tmp_path / "r", src)) == []
+    check = tb("check", "--read-data", "--json").json()
+    assert check["ok"] and check["errors"] == []
+    # dump gives the exact bytes of one file
+    some_file = next(p for p in sorted(src.rglob("*")) if p.is_file() and not p.is_symlink() and p.stat().st_size > 0)
+    assert tb("dump", "latest", str(some_file)).raw == some_file.read_bytes()
+    listing = tb("ls", "latest", str(src)).out.splitlines()
+    assert str(some_file) in listing
+
+
+def test_incremental_diff_and_prefix_ids(tb, tmp_path):
+    src = tmp_path / "data"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("alpha\n")
+    (src / "sub" / "b.txt").write_text("beta\n")
+    tb("init")
+    first = [ln for ln in tb("backup", str(src), "--json").out.splitlines() if '"summary"' in ln][0]
+    (src / "a.txt").write_text("alpha changed\n")
+    (src / "c.txt").write_text("new\n")
+    (src / "sub" / "b.txt").unlink()
+    tb("backup", str(src))
+    snaps = tb("snapshots", "--json").json()
+    assert len(snaps) == 2
+    d = tb("diff", snaps[0]["short_id"][:6], "latest", "--json").json()
+    changes = {(c["change"], c["path"]) for c in d["changes"]}
+    assert ("modified", str(src / "a.txt")) in changes
+    assert ("added", str(src / "c.txt")) in changes
+    assert ("removed", str(src / "sub" / "b.txt")) in changes
+    # the old snapshot still restores the old content
+    tb("restore", snaps[0]["short_id"], "--target", str(tmp_path / "old"))
+    assert (restored(tmp_path / "old", src) / "a.txt").read_text() == "alpha\n"
+    assert (restored(tmp_path / "old", src) / "sub" / "b.txt").read_text() == "beta\n"
+    assert '"files_new": 2' in first
+
+
+def test_restore_include_exclude(tb, tmp_path):
+    src = tmp_path / "t"
+    (src / "keep").mkdir(parents=True)
+    (src / "skip").mkdir()
+    (src / "keep" / "x.txt").write_text("x")
+    (src / "keep" / "y.log").write_text("y")
+    (src / "skip" / "z.txt").write_text("z")
+    tb("init")
+    tb("backup", str(src))
+    tb("restore", "latest", "--target", str(tmp_path / "r"), "--include", str(src / "keep"), "--exclude", "*.log")
+    out = restored(tmp_path / "r", src)
+    assert (out / "keep" / "x.txt").read_text() == "x"
+    assert not (out / "keep" / "y.log").exists()
+    assert not (out / "skip").exists()
+
+
+def _one_line_error(res, *words):
+    lines = [ln for ln in res.err.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.err
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_errors_are_one_line_with_exit_codes(tb, tmp_path):
+    src = tmp_path / "s"
+    src.mkdir()
+    (src / "f").write_text("f")
+    # missing repository
+    _one_line_error(tb("snapshots", expect=1), "no repository at", "tuckbox init")
+    tb("init")
+    # init twice
+    _one_line_error(tb("init", expect=1), "already exists")
+    tb("backup", str(src))
+    # wrong passphrase
+    bad = tmp_path / "bad"
+    bad.write_text("wrong\n")
+    _one_line_error(tb("snapshots", env={"TUCKBOX_PASSWORD_FILE": str(bad)}, expect=1), "wrong passphrase")
+    # a directory that is not a repository
+    other = tmp_path / "notrepo"
+    other.mkdir()
+    _one_line_error(tb("-r", str(other), "snapshots", expect=1), "not a tuckbox repository")
+    # unknown snapshot id, malformed id
+    _one_line_error(tb("restore", "deadbeef", "--target", str(tmp_path / "x"), expect=2), "no snapshot deadbeef")
+    _one_line_error(tb("ls", "zz", expect=2), "not a snapshot id")
+    # target that exists and is not empty
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "something").write_text("keep me")
+    _one_line_error(tb("restore", "latest", "--target", str(tmp_path / "full"), expect=2), "exists and is not empty")
+    assert (tmp_path / "full" / "something").read_text() == "keep me"
+    # backing up a path that does not exist
+    _one_line_error(tb("backup", str(tmp_path / "nope"), expect=2), "does not exist")
+    # no repository configured, bad option
+    env = {"TUCKBOX_REPOSITORY": ""}
+    _one_line_error(tb("snapshots", env=env, expect=2), "no repository given")
+    _one_line_error(tb("backup", expect=2), "usage error")
+    # no passphrase source and no terminal
+    _one_line_error(tb("snapshots", env={"TUCKBOX_PASSWORD_FILE": ""}, expect=2), "passphrase is needed")
+
+
+def test_passphrase_never_in_output(tb, tmp_path):
+    secret = "s3cret-phrase-4711"
+    tb.passfile.write_text(secret + "\n")
+    src = tmp_path / "s"
+    src.mkdir()
+    (src / "f").write_text("f")
+    outputs = [tb("init"), tb("backup", str(src), "--json"), tb("snapshots", "--json"), tb("check", "--json")]
+    outputs.append(tb("snapshots", env={"TUCKBOX_PASSWORD_FILE": "", "TUCKBOX_PASSWORD_COMMAND": "echo wrong-" + secret}, expect=1))
+    for res in outputs:
+        assert secret not in res.out and secret not in res.err
+    for key in (tmp_path / "repo" / "keys").iterdir():
+        assert secret.encode() not in key.read_bytes()
+
+
+def test_password_command_and_env(tb, tmp_path):
+    tb("init")
+    env = {"TUCKBOX_PASSWORD_FILE": "", "TUCKBOX_PASSWORD_COMMAND": f"cat {tb.passfile}"}
+    tb("snapshots", env=env)
+    env = {"TUCKBOX_PASSWORD_FILE": "", "TUCKBOX_PASSWORD": tb.passfile.read_text().strip()}
+    tb("snapshots", env=env)
+    tb("snapshots", "--password-file", str(tb.passfile), env={"TUCKBOX_PASSWORD_FILE": ""})
+
+
+def test_write_order_leaves_only_complete_objects(tb, tmp_path):
+    """After a backup, every snapshot's trees and chunks are indexed and every index's packs exist."""
+    src = tmp_path / "s"
+    src.mkdir()
+    for i in range(30):
+        (src / f"f{i}").write_bytes(os.urandom(50_000))
+    tb("init")
+    tb("backup", str(src))
+    repo = tmp_path / "repo"
+    assert not list(repo.rglob(".tmp-*"))
+    check = tb("check", "--json").json()
+    assert check["ok"] and check["counts"]["snapshots"] == 1
