@@ -19,7 +19,7 @@ from typing import Any
 
 import msgpack
 
-RACY_NS = 2_000_000_000
+RACY_NS = 1_000_000_000
 VERSION = 1
 
 Entry = tuple[int, int, int, int, int, list[Any]]

@@ -1,0 +1,199 @@
+"""The S3 backend against real S3 servers: SeaweedFS and rclone serve s3."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from tuckbox.backends import open_backend
+from tuckbox.backends.s3 import S3Backend
+from tuckbox.errors import ObjectExists, ObjectNotFound, PermanentError, TransientError, UsageError
+from tuckbox.testing.conformance import CONFORMANCE_CHECKS
+from tuckbox.testing.servers import server_env
+from tuckbox.types import ObjectType
+
+pytestmark = pytest.mark.servers
+
+SERVERS = ["seaweedfs", "rclone-s3"]
+
+
+@pytest.fixture(params=SERVERS)
+def s3env(request, monkeypatch) -> dict[str, str]:
+    env = server_env(request.param)
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
+        monkeypatch.setenv(k, env[k])
+    for k in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    return env
+
+
+def _open(env: dict[str, str], **extra: str) -> S3Backend:
+    opts = {"s3.endpoint": env["S3_ENDPOINT"]}
+    opts.update(extra)
+    b = open_backend(f"s3://{env['S3_BUCKET']}/t-{uuid.uuid4().hex}", opts)
+    assert isinstance(b, S3Backend)
+    return b
+
+
+@pytest.fixture
+def fresh_backend(s3env):
+    b = _open(s3env)
+    b.create()
+    yield b
+    b.close()
+
+
+@pytest.mark.parametrize("check", CONFORMANCE_CHECKS, ids=lambda c: c.__name__)
+def test_conformance(check, fresh_backend):
+    check(fresh_backend)
+
+
+@pytest.mark.parametrize("mode", ["multipart", "no-conditional", "multipart-no-conditional"])
+def test_conformance_variants(s3env, mode):
+    """Multipart uploads and the HEAD-then-PUT fallback, through the core checks."""
+    extra: dict[str, str] = {}
+    if "multipart" in mode:
+        extra.update({"s3.multipart-threshold": "6MiB", "s3.part-size": "5MiB"})
+    if "no-conditional" in mode:
+        extra["s3.conditional-write"] = "false"
+    b = _open(s3env, **extra)
+    try:
+        b.create()
+        data = os.urandom(1 << 20) * 13 + b"tail"  # 13 MiB + 4: three parts
+        name = hashlib.sha256(data).hexdigest()
+        b.save(ObjectType.PACK, name, data)
+        assert b.stat(ObjectType.PACK, name).size == len(data)
+        assert hashlib.sha256(b.load(ObjectType.PACK, name)).digest() == hashlib.sha256(data).digest()
+        assert b.load(ObjectType.PACK, name, (5 << 20) - 3, 10) == data[(5 << 20) - 3 : (5 << 20) + 7]
+        with pytest.raises(ObjectExists):
+            b.save(ObjectType.PACK, name, b"x" * len(data))
+        with pytest.raises(ObjectExists):
+            b.save(ObjectType.PACK, name, b"small")
+        assert b.load(ObjectType.PACK, name, len(data) - 4) == b"tail"
+        for check in CONFORMANCE_CHECKS:
+            if check.__name__ in ("check_big_object", "check_list_many"):
+                continue
+            sub = _open(s3env, **extra)
+            sub.create()
+            check(sub)
+            sub.close()
+    finally:
+        b.close()
+
+
+def test_conditional_write_detected(fresh_backend):
+    fresh_backend.save(ObjectType.LOCK, "ab" * 32, b"x")
+    assert fresh_backend._conditional in (True, False)
+    # the probe object is gone and never listed
+    assert [i.name for i in fresh_backend.list(ObjectType.LOCK)] == ["ab" * 32]
+
+
+def test_exists_and_create(s3env):
+    b = _open(s3env)
+    try:
+        assert not b.exists()
+        b.create()
+        b.save(ObjectType.CONFIG, "config", b"{}")
+        assert b.exists()
+    finally:
+        b.close()
+
+
+def test_missing_bucket(s3env):
+    b = S3Backend(f"no-such-bucket-{uuid.uuid4().hex[:12]}", "x", endpoint=s3env["S3_ENDPOINT"])
+    try:
+        assert not b.exists()
+        with pytest.raises((PermanentError, ObjectNotFound)):
+            b.load(ObjectType.CONFIG, "config")
+    finally:
+        b.close()
+
+
+def test_wrong_credentials_fail_fast(s3env, monkeypatch):
+    secret = "wrong-secret-" + uuid.uuid4().hex
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    b = _open(s3env)
+    t0 = time.monotonic()
+    try:
+        for call in (
+            lambda: b.load(ObjectType.CONFIG, "config"),
+            lambda: b.save(ObjectType.INDEX, "cd" * 32, b"data"),
+            lambda: list(b.list(ObjectType.SNAPSHOT)),
+            lambda: b.stat(ObjectType.INDEX, "cd" * 32),
+        ):
+            with pytest.raises(PermanentError) as info:
+                call()
+            msg = str(info.value)
+            assert secret not in msg and s3env["AWS_SECRET_ACCESS_KEY"] not in msg
+            assert "denied" in msg and "\n" not in msg
+    finally:
+        b.close()
+    assert time.monotonic() - t0 < 15
+    assert secret not in repr(b)
+
+
+def test_unknown_access_key_fails_fast(s3env, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "NOSUCHKEY" + uuid.uuid4().hex[:8].upper())
+    b = _open(s3env)
+    try:
+        with pytest.raises(PermanentError):
+            b.save(ObjectType.INDEX, "cd" * 32, b"data")
+    finally:
+        b.close()
+
+
+def test_no_secret_in_repr_or_messages(fresh_backend, s3env):
+    secret = s3env["AWS_SECRET_ACCESS_KEY"]
+    assert secret not in repr(fresh_backend) and secret not in fresh_backend.location
+    with pytest.raises(ObjectNotFound) as info:
+        fresh_backend.load(ObjectType.PACK, "ee" * 32)
+    assert secret not in str(info.value)
+
+
+def test_unreachable_endpoint_is_transient(s3env):
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    b = S3Backend(s3env["S3_BUCKET"], "x", endpoint=f"http://127.0.0.1:{port}")
+    try:
+        with pytest.raises(TransientError):
+            b.stat(ObjectType.INDEX, "cd" * 32)
+    finally:
+        b.close()
+
+
+def test_listing_ignores_foreign_keys(fresh_backend, s3env):
+    raw = boto3.client(
+        "s3", endpoint_url=s3env["S3_ENDPOINT"], region_name=s3env["AWS_REGION"],
+        config=Config(s3={"addressing_style": "path"}, request_checksum_calculation="when_required"),
+    )
+    base = fresh_backend._base
+    for key in ("data/ab/not-hex!", "data/zz", "data/ab/" + "cd" * 32, "index/sub/" + "aa" * 32, "index/.tmp-x"):
+        raw.put_object(Bucket=s3env["S3_BUCKET"], Key=base + key, Body=b"junk")
+    fresh_backend.save(ObjectType.PACK, "ab" * 32, b"ok")
+    fresh_backend.save(ObjectType.INDEX, "ab" * 32, b"ok")
+    assert [i.name for i in fresh_backend.list(ObjectType.PACK)] == ["ab" * 32]
+    assert [i.name for i in fresh_backend.list(ObjectType.INDEX)] == ["ab" * 32]
+
+
+def test_url_parsing():
+    with pytest.raises(UsageError):
+        open_backend("s3://", {})
+    with pytest.raises(UsageError) as info:
+        open_backend("s3://key:secretvalue@bucket/x", {})
+    assert "secretvalue" not in str(info.value)
+    b = open_backend("s3://bucket/some/prefix/", {"s3.endpoint": "http://127.0.0.1:1", "s3.region": "eu-west-1"})
+    assert b.location == "s3://bucket/some/prefix"
+    assert b._key(ObjectType.PACK, "ab" * 32) == "some/prefix/data/ab/" + "ab" * 32
+    b.close()

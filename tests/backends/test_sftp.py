@@ -1,0 +1,187 @@
+"""The SFTP backend against a real OpenSSH sshd (scripts/servers/sshd.sh)."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import time
+import uuid
+
+import pytest
+
+from tuckbox.backends import open_backend
+from tuckbox.backends.sftp import SFTPBackend
+from tuckbox.errors import ObjectExists, PermanentError, TransientError, UsageError
+from tuckbox.testing.conformance import CONFORMANCE_CHECKS
+from tuckbox.testing.servers import server_env
+from tuckbox.types import ObjectType
+
+pytestmark = pytest.mark.servers
+
+
+@pytest.fixture(scope="module")
+def sshd() -> dict[str, str]:
+    return server_env("sshd")
+
+
+def _url(env: dict[str, str], sub: str) -> str:
+    root = env["SFTP_ROOT"]
+    path = posixpath.join(root if root.startswith("/") else "/" + root, sub)
+    return f"sftp://{env['SFTP_USER']}@{env['SFTP_HOST']}:{env['SFTP_PORT']}{path}"
+
+
+def _options(env: dict[str, str], **extra: str) -> dict[str, str]:
+    opts = {"sftp.identity": env["SFTP_IDENTITY"], "sftp.known_hosts": env["SFTP_KNOWN_HOSTS"], "sftp.config": os.devnull}
+    opts.update(extra)
+    return opts
+
+
+@pytest.fixture
+def fresh_backend(sshd):
+    b = open_backend(_url(sshd, f"t-{uuid.uuid4().hex}"), _options(sshd))
+    assert isinstance(b, SFTPBackend)
+    assert not b.exists()
+    b.create()
+    assert b.exists()
+    yield b
+    b.close()
+
+
+@pytest.mark.parametrize("check", CONFORMANCE_CHECKS, ids=lambda c: c.__name__)
+def test_conformance(check, fresh_backend):
+    check(fresh_backend)
+
+
+def test_layout_directories_created(sshd, fresh_backend):
+    local = sshd.get("SFTP_LOCAL_ROOT")
+    if not local:
+        pytest.skip("server root not visible locally")
+    root = os.path.join(local, fresh_backend.root.lstrip("/"))
+    assert os.path.isdir(os.path.join(root, "data", "00"))
+    assert os.path.isdir(os.path.join(root, "data", "ff"))
+    for d in ("keys", "index", "snapshots", "locks"):
+        assert os.path.isdir(os.path.join(root, d))
+    fresh_backend.save(ObjectType.PACK, "ab" * 32, b"pack")
+    assert os.listdir(os.path.join(root, "data", "ab")) == ["ab" * 32]  # no temporary file left behind
+    with pytest.raises(ObjectExists):
+        fresh_backend.save(ObjectType.PACK, "ab" * 32, b"other")
+    assert os.listdir(os.path.join(root, "data", "ab")) == ["ab" * 32]
+
+
+def test_unknown_host_key_refused(sshd, tmp_path):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    b = open_backend(_url(sshd, "nothing"), _options(sshd, **{"sftp.known_hosts": str(empty)}))
+    try:
+        with pytest.raises(PermanentError) as info:
+            b.exists()
+    finally:
+        b.close()
+    msg = str(info.value)
+    assert "host key" in msg and sshd["SFTP_HOST"] in msg and "known_hosts" in msg
+    assert "\n" not in msg
+
+
+def test_wrong_host_key_refused(sshd, tmp_path):
+    other = tmp_path / "known_hosts"
+    # a syntactically valid but different ed25519 key for the same host:port
+    import asyncssh
+
+    key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().split()[:2]
+    other.write_text(f"[{sshd['SFTP_HOST']}]:{sshd['SFTP_PORT']} {' '.join(key)}\n")
+    b = open_backend(_url(sshd, "nothing"), _options(sshd, **{"sftp.known_hosts": str(other)}))
+    try:
+        with pytest.raises(PermanentError, match="host key"):
+            b.exists()
+    finally:
+        b.close()
+
+
+def test_wrong_key_is_permanent(sshd, tmp_path):
+    import asyncssh
+
+    k = tmp_path / "id_other"
+    asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(k))
+    b = SFTPBackend(
+        sshd["SFTP_HOST"], "/x", port=int(sshd["SFTP_PORT"]), username=sshd["SFTP_USER"],
+        identity=str(k), known_hosts=sshd["SFTP_KNOWN_HOSTS"], config=os.devnull,
+    )
+    os.environ.pop("SSH_AUTH_SOCK", None) if False else None
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(PermanentError, match="refused"):
+            b.exists()
+    finally:
+        b.close()
+    assert time.monotonic() - t0 < 30
+
+
+def test_connection_refused_is_transient(sshd):
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    b = SFTPBackend("127.0.0.1", "/x", port=port, known_hosts=sshd["SFTP_KNOWN_HOSTS"], config=os.devnull)
+    try:
+        with pytest.raises(TransientError):
+            b.exists()
+    finally:
+        b.close()
+
+
+def test_password_in_url_refused():
+    with pytest.raises(UsageError) as info:
+        open_backend("sftp://me:hunter2@example.invalid/repo", {})
+    assert "hunter2" not in str(info.value)
+
+
+def test_ssh_config_alias(sshd, tmp_path):
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(
+        "Host tuckbox-test-alias\n"
+        f"  HostName {sshd['SFTP_HOST']}\n  Port {sshd['SFTP_PORT']}\n  User {sshd['SFTP_USER']}\n"
+        f"  IdentityFile {sshd['SFTP_IDENTITY']}\n  IdentitiesOnly yes\n"
+        f"  UserKnownHostsFile {sshd['SFTP_KNOWN_HOSTS']}\n"
+    )
+    root = sshd["SFTP_ROOT"]
+    path = posixpath.join(root if root.startswith("/") else "/" + root, f"alias-{uuid.uuid4().hex}")
+    b = open_backend(f"sftp://tuckbox-test-alias{path}", {"sftp.config": str(cfg)})
+    try:
+        b.create()
+        b.save(ObjectType.CONFIG, "config", b"cfg")
+        assert b.load(ObjectType.CONFIG, "config") == b"cfg"
+    finally:
+        b.close()
+
+
+def test_repr_and_messages_have_no_secret(sshd, monkeypatch):
+    monkeypatch.setenv("TUCKBOX_SFTP_PASSWORD", "s3cr3t-pw-value")
+    b = open_backend(_url(sshd, f"t-{uuid.uuid4().hex}"), _options(sshd))
+    try:
+        assert "s3cr3t" not in repr(b) and "s3cr3t" not in b.location
+        b.create()
+        try:
+            b.load(ObjectType.INDEX, "00" * 32)
+        except Exception as e:  # noqa: BLE001
+            assert "s3cr3t" not in str(e)
+    finally:
+        b.close()
+
+
+def test_reconnects_after_connection_loss(fresh_backend):
+    fresh_backend.save(ObjectType.INDEX, "11" * 32, b"one")
+    # kill the SSH connection under the backend: the next call fails transiently or reconnects
+    conn = fresh_backend._conn
+    assert conn is not None
+    fresh_backend._loop.loop.call_soon_threadsafe(conn.abort)
+    time.sleep(0.2)
+    for _ in range(3):
+        try:
+            assert fresh_backend.load(ObjectType.INDEX, "11" * 32) == b"one"
+            break
+        except TransientError:
+            continue
+    else:
+        raise AssertionError("did not reconnect")

@@ -1,0 +1,120 @@
+"""Unreadable, vanishing and changing files: warnings, exit code 3, a valid snapshot of the rest."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tuckbox.archiver.archiver import Progress
+from tuckbox.archiver.backup import BackupRequest, run_backup
+from tuckbox.backends.local import LocalBackend
+from tuckbox.repository.repo import Repository
+from tuckbox.restorer.restorer import Restorer
+
+
+DROP_READ_CAPS = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def test_unreadable_entries_give_exit_3_and_a_snapshot_of_the_rest(tb, tmp_path):
+    src = tmp_path / "src"
+    (src / "closed_dir").mkdir(parents=True)
+    (src / "closed_dir" / "inside.txt").write_text("hidden")
+    (src / "open.txt").write_text("readable")
+    (src / "secret.txt").write_text("unreadable")
+    (src / "secret.txt").chmod(0)
+    (src / "closed_dir").chmod(0)
+    tb("init")
+    try:
+        if os.geteuid() == 0:
+            # root reads everything: run the backup without the capabilities that bypass permissions
+            assert shutil.which("setpriv"), "setpriv (util-linux) is needed to test unreadable files as root"
+            proc = subprocess.run(
+                [*DROP_READ_CAPS, sys.executable, "-m", "tuckbox.cli.main", "backup", str(src)],
+                env=tb.env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300,
+            )
+            code, err = proc.returncode, proc.stderr
+        else:
+            res = tb("backup", str(src), expect=None)
+            code, err = res.code, res.err
+    finally:
+        (src / "closed_dir").chmod(0o755)
+    assert code == 3, err
+    assert "Traceback" not in err
+    assert "secret.txt" in err and "closed_dir" in err
+    tb("restore", "latest", "--target", str(tmp_path / "r"))
+    out = Path(str(tmp_path / "r") + str(src))
+    assert (out / "open.txt").read_text() == "readable"
+    assert not (out / "secret.txt").exists()
+    tb("check", "--read-data")
+
+
+class _Saboteur(Progress):
+    """Deletes one file when another starts, and appends to a file while it is being read."""
+
+    def __init__(self, trigger: bytes, victim: Path, grower: Path) -> None:
+        self.trigger, self.victim, self.grower = trigger, victim, grower
+        self.current = b""
+        self.warnings: list[str] = []
+
+    def file_started(self, path: bytes, size: int) -> None:
+        self.current = path
+        if path == self.trigger and self.victim.exists():
+            self.victim.unlink()
+
+    def bytes_done(self, n: int) -> None:
+        if self.current == os.fsencode(self.grower):
+            with open(self.grower, "ab") as f:
+                f.write(b"more data appended while reading\n")
+
+    def warning(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+def test_vanishing_and_changing_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUCKBOX_CACHE_DIR", str(tmp_path / "cache"))
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a_first.txt").write_text("first")
+    (src / "b_grows.log").write_bytes(os.urandom(100_000))
+    (src / "c_stable.txt").write_text("stable")
+    (src / "z_vanishes.txt").write_text("soon gone")
+    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), b"pw", created="t", host="h", user="u")
+    saboteur = _Saboteur(os.fsencode(src / "c_stable.txt"), src / "z_vanishes.txt", src / "b_grows.log")
+    result = run_backup(repo, BackupRequest([str(src)]), saboteur)
+    joined = "\n".join(result.warnings)
+    assert "z_vanishes.txt" in joined and "vanished" in joined
+    assert "b_grows.log" in joined and "changed while being read" in joined
+    # the snapshot is valid and holds everything else exactly
+    Restorer(repo).restore(result.snapshot, os.fsencode(tmp_path / "r"))
+    out = Path(str(tmp_path / "r") + str(src))
+    assert (out / "a_first.txt").read_text() == "first"
+    assert (out / "c_stable.txt").read_text() == "stable"
+    assert not (out / "z_vanishes.txt").exists()
+    assert (out / "b_grows.log").exists()
+
+
+def test_file_changed_once_is_reread_consistently(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUCKBOX_CACHE_DIR", str(tmp_path / "cache"))
+    src = tmp_path / "src"
+    src.mkdir()
+    target = src / "edited.txt"
+    target.write_bytes(b"version one\n" * 1000)
+
+    class EditOnce(Progress):
+        done = False
+
+        def bytes_done(self, n: int) -> None:
+            if not self.done:
+                self.done = True
+                target.write_bytes(b"version two\n" * 1200)
+
+    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), b"pw", created="t", host="h", user="u")
+    result = run_backup(repo, BackupRequest([str(src)]), EditOnce())
+    assert result.warnings == []  # retried once and read a consistent copy
+    Restorer(repo).restore(result.snapshot, os.fsencode(tmp_path / "r"))
+    assert (Path(str(tmp_path / "r") + str(src)) / "edited.txt").read_bytes() == b"version two\n" * 1200

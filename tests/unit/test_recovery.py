@@ -1,0 +1,226 @@
+"""Recovery shares (crypto.recovery) and kit pages (recovery_kit): split, parse, combine, refuse."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import stat
+from pathlib import Path
+
+import pytest
+from shamir_mnemonic.share import Share
+from shamir_mnemonic.wordlist import WORDLIST
+
+from tuckbox.crypto.recovery import (
+    BEGIN,
+    WORDS_PER_SHARE,
+    check_repository,
+    combine,
+    parse_share,
+    share_block,
+    split_secret,
+)
+from tuckbox.errors import AccessDenied, IntegrityError, TuckboxError, UsageError
+from tuckbox.recovery_kit import KitPage, qr_payload, render_html, render_text, write_kit
+
+REPO = "5a" * 32
+OTHER = "c3" * 32
+
+
+def _kit(root: bytes, k: int = 3, n: int = 5, repo: str = REPO) -> list[str]:
+    return [share_block(repo, m, i + 1, n, k) for i, m in enumerate(split_secret(root, k, n))]
+
+
+def _parse_all(blocks: list[str]) -> list:
+    return [parse_share(b, f"share-{i + 1}.txt") for i, b in enumerate(blocks)]
+
+
+def _words(block: str) -> list[str]:
+    return [w for line in block.splitlines()[3:-1] for w in line.split() if not w.isdigit()]
+
+
+def _no_words_in(message: str, blocks: list[str]) -> None:
+    words = {w for b in blocks for w in _words(b)}
+    leaked = [w for w in message.replace(",", " ").replace(";", " ").split() if w in words]
+    assert not leaked, f"share words in an error message: {leaked}"
+
+
+def test_every_threshold_subset_recovers_the_root() -> None:
+    root = os.urandom(32)
+    shares = _parse_all(_kit(root))
+    for subset in itertools.combinations(shares, 3):
+        assert combine(list(subset)) == root
+    assert combine(shares) == root  # extra shares are checked against the others, not ignored
+    assert all(len(_words(b)) == WORDS_PER_SHARE for b in _kit(root))
+
+
+def test_paper_key_is_one_of_one() -> None:
+    root = os.urandom(32)
+    (block,) = _kit(root, 1, 1)
+    share = parse_share(block, "paper-key.txt")
+    assert share.threshold == 1 and share.number == 1
+    assert combine([share]) == root
+
+
+@pytest.mark.parametrize("given,missing", [(2, "1 more share needed"), (1, "2 more shares needed")])
+def test_fewer_shares_than_the_threshold_reveal_nothing(given: int, missing: str) -> None:
+    root = os.urandom(32)
+    blocks = _kit(root)
+    with pytest.raises(AccessDenied) as e:
+        combine(_parse_all(blocks)[:given])
+    assert missing in e.value.message
+    assert root.hex() not in e.value.message
+    _no_words_in(e.value.message, blocks)
+
+
+def test_the_same_share_twice_counts_once() -> None:
+    shares = _parse_all(_kit(os.urandom(32)))
+    with pytest.raises(AccessDenied, match="1 more share needed"):
+        combine([shares[0], shares[0], shares[1]])
+
+
+def test_one_changed_word_is_named_by_position_at_every_position() -> None:
+    blocks = _kit(os.urandom(32))
+    rng = random.Random(7)
+    for pos in range(WORDS_PER_SHARE):
+        words = _words(blocks[1])
+        words[pos] = rng.choice([w for w in WORDLIST if w != words[pos]])
+        with pytest.raises(IntegrityError) as e:
+            parse_share(" ".join(words), "kit/share-2.txt")
+        assert f"word {pos + 1} is wrong" in e.value.message
+        assert "kit/share-2.txt" in e.value.message
+        _no_words_in(e.value.message, blocks)
+
+
+def test_two_changed_words_are_caught_without_a_false_position() -> None:
+    blocks = _kit(os.urandom(32))
+    words = _words(blocks[0])
+    words[5], words[20] = WORDLIST[(WORDLIST.index(words[5]) + 1) % 1024], WORDLIST[(WORDLIST.index(words[20]) + 3) % 1024]
+    with pytest.raises(IntegrityError, match="more than one word is wrong"):
+        parse_share(" ".join(words), "s.txt")
+
+
+def test_a_misspelt_word_is_named_without_quoting_it() -> None:
+    blocks = _kit(os.urandom(32))
+    words = _words(blocks[0])
+    typo = words[6][:-1] + "qq"
+    words[6] = typo
+    with pytest.raises(IntegrityError) as e:
+        parse_share(" ".join(words), "s.txt")
+    assert "word 7" in e.value.message and "word list" in e.value.message
+    assert typo not in e.value.message
+
+
+def test_a_missing_word_is_reported_with_the_count() -> None:
+    block = _kit(os.urandom(32))[0]
+    lines = block.splitlines()
+    damaged = "\n".join(lines[:4] + [lines[4].split("  ")[0]] + lines[5:])  # drop words 2 and 3 of the first row
+    with pytest.raises(IntegrityError, match=f"has {WORDS_PER_SHARE - 2} words, a share has {WORDS_PER_SHARE}"):
+        parse_share(damaged, "s.txt")
+
+
+def test_something_that_is_not_a_share_is_refused() -> None:
+    with pytest.raises(UsageError, match="does not hold a recovery share"):
+        parse_share("my passphrase is hunter2\n", "notes.txt")
+
+
+def test_a_share_of_another_repository_is_refused_naming_both() -> None:
+    shares = _parse_all(_kit(os.urandom(32), repo=OTHER))
+    with pytest.raises(AccessDenied) as e:
+        check_repository(shares, REPO, "/backups")
+    assert OTHER[:8] in e.value.message and REPO[:8] in e.value.message
+    mixed = _parse_all(_kit(os.urandom(32)))[:2] + shares[:1]
+    with pytest.raises(AccessDenied, match="different repositories"):
+        combine(mixed)
+
+
+def test_shares_of_two_kits_of_the_same_secret_do_not_mix() -> None:
+    root = os.urandom(32)
+    a, b = _parse_all(_kit(root)), _parse_all(_kit(root))
+    with pytest.raises(AccessDenied, match="different recovery kits"):
+        combine([a[0], a[1], b[2]])
+
+
+def test_a_share_altered_with_a_valid_checksum_is_caught() -> None:
+    root = os.urandom(32)
+    shares = _parse_all(_kit(root))
+    s = shares[3].share
+    forged = Share(s.identifier, s.extendable, s.iteration_exponent, s.group_index, s.group_threshold,
+                   s.group_count, s.index, s.member_threshold, bytes([s.value[0] ^ 1]) + s.value[1:])
+    bad = parse_share(forged.mnemonic(), "forged.txt")  # passes its own checksum
+    with pytest.raises(IntegrityError, match="forged.txt does not agree"):
+        combine(shares[:3] + [bad])
+    with pytest.raises(IntegrityError, match="do not fit together"):
+        combine(shares[:2] + [bad])
+
+
+@pytest.mark.parametrize("k,n", [(4, 3), (1, 3), (2, 17), (0, 1)])
+def test_impossible_kits_are_refused(k: int, n: int) -> None:
+    with pytest.raises(UsageError):
+        split_secret(os.urandom(32), k, n)
+
+
+def _page(number: int = 2, mnemonic: str | None = None, count: int = 5, threshold: int = 3) -> KitPage:
+    mnemonic = mnemonic or split_secret(os.urandom(32), threshold, count)[number - 1]
+    return KitPage(REPO, "/mnt/<usb> & backups", number, count, threshold, mnemonic, "2025-01-02 03:04 UTC")
+
+
+def test_every_page_form_parses_back_to_the_share() -> None:
+    root = os.urandom(32)
+    mnemonics = split_secret(root, 3, 5)
+    pages = [_page(i + 1, m) for i, m in enumerate(mnemonics)]
+    from_text = [parse_share(render_text(p), "t") for p in pages[:3]]
+    from_qr = [parse_share(qr_payload(p), "q") for p in pages[2:]]
+    assert all(s.repository == REPO for s in from_text + from_qr)
+    assert combine(from_text) == root and combine(from_qr) == root
+    # just the words, typed by hand in capitals with odd spacing
+    typed = [parse_share("\n  ".join(m.upper().split()), "typed") for m in mnemonics[1:4]]
+    assert typed[0].repository is None and combine(typed) == root
+
+
+def test_text_page_tells_a_non_technical_keeper_what_to_do() -> None:
+    page = _page()
+    text = render_text(page)
+    for needed in (REPO, "share 2 of 5", "any 3 of the 5", "WHAT THIS IS", "KEEP IT SAFE", "HOW TO USE IT",
+                   "--recover share-1.txt share-2.txt share-3.txt", BEGIN):
+        assert needed in text
+    last = page.mnemonic.split()[-1]
+    numbered = [line for line in text.splitlines() if f"33 {last}" in line]
+    assert numbered, "words are numbered so errors can name a position"
+
+
+def test_html_page_has_qr_code_words_and_escaped_fields() -> None:
+    page = _page(count=5, threshold=3)
+    doc = render_html(page)
+    assert doc.startswith("<!DOCTYPE html>") and "<svg" in doc
+    assert REPO in doc and "Backup recovery share 2 of 5" in doc and "any 3 of the 5" in doc
+    assert all(w in doc for w in page.mnemonic.split())
+    assert "/mnt/&lt;usb&gt; &amp; backups" in doc and "<usb>" not in doc
+
+
+def test_write_kit_files_are_private_and_never_overwritten(tmp_path: Path) -> None:
+    root = os.urandom(32)
+    out = tmp_path / "kit"
+    files = write_kit(out, root, repository_id=REPO, location="/b", created="now", shares=3, threshold=2)
+    assert sorted(f.name for f in files) == [f"share-{i}.{e}" for i in (1, 2, 3) for e in ("html", "txt")]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
+    before = (out / "share-1.txt").read_bytes()
+    with pytest.raises(UsageError, match="already exists"):
+        write_kit(out, os.urandom(32), repository_id=REPO, location="/b", created="now", shares=3, threshold=2)
+    assert (out / "share-1.txt").read_bytes() == before
+    shares = [parse_share((out / f"share-{i}.txt").read_text(), str(i)) for i in (1, 3)]
+    assert combine(shares) == root
+    paper = write_kit(tmp_path / "paper", root, repository_id=REPO, location="/b", created="now", shares=1,
+                      threshold=1)
+    assert [f.name for f in paper] == ["paper-key.txt", "paper-key.html"]
+    assert combine([parse_share(paper[0].read_text(), "p")]) == root
+
+
+def test_errors_are_tuckbox_errors_with_one_line() -> None:
+    blocks = _kit(os.urandom(32))
+    for bad in ("", "word " * 33, blocks[0].replace(_words(blocks[0])[0], "zzzz", 1)):
+        with pytest.raises(TuckboxError) as e:
+            parse_share(bad, "x.txt")
+        assert "\n" not in e.value.message
