@@ -545,3 +545,19 @@ def test_open_for_backup_without_noatime_permission(shared_dir: Path) -> None:
             os.close(fd)
 
     assert run_as(NOBODY, NOBODY, [], child) == (b"readable by all", 0)
+
+
+@needs_root
+def test_not_root_acl_that_drops_owner_write_does_not_block_user_xattrs(shared_dir: Path) -> None:
+    path = b(shared_dir / "f")
+    acl = acl_xattr(4, 4, 0, users=[(1000, 6)])  # u::r-- : the owner may not write once it is set
+
+    def child() -> tuple[list[str], dict[bytes, bytes], int]:
+        with open(path, "wb"):
+            pass
+        node = Node(name=b"f", type=FILE, mode=0o460, xattrs=[(ACL_ACCESS, acl), (b"user.z", b"v")])
+        warnings = apply_metadata(path, node, owners=Owners())  # root defaults to "am I root now": no
+        return warnings, _xattrs(path), stat.S_IMODE(os.lstat(path).st_mode)
+
+    warnings, xattrs, mode = run_as(NOBODY, NOBODY, [], child)
+    assert warnings == [] and xattrs[b"user.z"] == b"v" and ACL_ACCESS in xattrs and mode == 0o460

@@ -404,7 +404,7 @@ def _round_trip_in(base: Path, spec: TreeSpec) -> tuple[list[str], list[str]]:
 
 
 @needs_root
-def test_non_root_round_trip_of_the_sample(tmp_path: Path) -> None:
+def test_non_root_round_trip_of_the_sample() -> None:
     base = Path(tempfile.mkdtemp(dir="/tmp"))  # pytest's tmp_path is not reachable by nobody
     try:
         base.chmod(0o777)
