@@ -10,6 +10,7 @@ from typing import Callable
 
 from .. import __version__
 from ..chunker import Chunker
+from ..repository.keyring import record_own_snapshot
 from ..repository.locks import Lock
 from ..repository.repo import Repository
 from ..snapshot.model import Snapshot, now_iso
@@ -107,6 +108,8 @@ def run_backup(
             program=f"tuckbox {__version__}",
         )
         repo.save_snapshot(snap)  # only after the index is durable
+        if not repo.is_full():  # a write-only key cannot read it back: remember it locally
+            record_own_snapshot(repo, snap)
         files_cache.save(paths)
         return BackupResult(snap, archiver.summary.warnings)
     finally:

@@ -18,7 +18,6 @@ import datetime as dt
 from pathlib import Path
 
 from ..errors import UsageError
-from ..recovery_kit import write_kit
 from .common import emit_json, open_repository, opt, out
 
 HELP = "make a printable recovery kit (k-of-n shares of the master secret)"
@@ -38,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     shares, threshold = (1, 1) if args.paper else (args.shares or 5, args.threshold or 3)
     if not args.paper and threshold > shares:
         raise UsageError(f"the threshold ({threshold}) cannot exceed the number of shares ({shares})")
+    from ..recovery_kit import write_kit  # segno is imported only when a kit is made
+
     repo = open_repository(args, load_index=False)
     try:
         repo.keys.require_full("make a recovery kit")

@@ -53,8 +53,10 @@ def add_global_options(p: argparse.ArgumentParser, suppress: bool = False) -> No
                    help="run CMD and read the passphrase from its output (default: $TUCKBOX_PASSWORD_COMMAND)")
     p.add_argument("--key-file", metavar="FILE", default=default,
                    help="use this key file (e.g. a write-only key) instead of the repository's passphrase keys")
-    p.add_argument("--recover", metavar="FILE", nargs="+", action="extend", default=default,
-                   help="open with recovery-kit share files instead of a passphrase (enough shares of one kit)")
+    # after the command name --recover takes several files; before it, one per --recover (else it eats the command)
+    p.add_argument("--recover", metavar="FILE", nargs="+" if suppress else None, action="extend" if suppress else "append",
+                   default=default, help="open with recovery-kit share files instead of a passphrase (enough shares of "
+                                         "one kit; before the command name, repeat --recover for each file)")
     p.add_argument("-o", "--option", metavar="KEY=VALUE", action="append", default=default,
                    help="backend option, e.g. s3.endpoint=http://127.0.0.1:8333 (repeatable)")
     p.add_argument("--limit-upload", metavar="RATE", default=default, help="limit uploads to RATE per second, e.g. 2MiB")

@@ -1,0 +1,289 @@
+"""Recovery shares: the 32-byte root secret split into k-of-n SLIP-39 mnemonic shares.
+
+A share is a SLIP-39 mnemonic (33 words from a 1024-word list for a 32-byte
+secret) with a single group: group threshold 1, one group of ``threshold``
+out of ``count`` members. A paper key is the 1-of-1 case. The SLIP-39
+passphrase is always empty: a kit must work with nothing but its pages (the
+pages themselves are the secret to protect; see docs/keys.md).
+
+Each share travels in an armoured block that also names the repository, so a
+share from another repository is refused before anything is combined::
+
+    -----BEGIN TUCKBOX RECOVERY SHARE-----
+    repository <64 hex digits>
+    share 1 of 5, any 3 restore
+     1 academic   2 acid      3 acne  ...
+    -----END TUCKBOX RECOVERY SHARE-----
+
+The repository line is informational (it is not authenticated); the real
+check is that the combined secret authenticates the repository's config.
+Nothing here prints or returns share words in an error message: problems
+are named by share file and word position only.
+
+This module has no CLI and no repository knowledge.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import shamir_mnemonic
+from shamir_mnemonic.constants import CUSTOMIZATION_STRING_EXTENDABLE, CUSTOMIZATION_STRING_ORIG
+from shamir_mnemonic.share import Share
+from shamir_mnemonic.utils import MnemonicError
+from shamir_mnemonic.wordlist import WORD_INDEX_MAP
+
+from ..errors import AccessDenied, IntegrityError, UsageError
+from .keys import ROOT_LEN
+
+BEGIN = "-----BEGIN TUCKBOX RECOVERY SHARE-----"
+END = "-----END TUCKBOX RECOVERY SHARE-----"
+MAX_SHARES = 16  # SLIP-39's limit
+WORDS_PER_SHARE = 33  # for a 32-byte secret: 7 metadata/checksum words + 26 value words
+_REPO_LINE = re.compile(r"^\s*repository(?:\s+id)?\s*[:=]?\s*([0-9a-fA-F]{64})\s*$", re.MULTILINE | re.IGNORECASE)
+_BLOCK = re.compile(re.escape(BEGIN) + r"(.*?)" + re.escape(END), re.DOTALL)
+_METADATA_PREFIXES = ("repository", "share ")
+
+# RS1024 generator (SLIP-39): the checksum is an affine function of the word values,
+# which lets a single wrong word be located without ever printing any word.
+_GEN = (0xE0E040, 0x1C1C080, 0x3838100, 0x7070200, 0xE0E0009, 0x1C0C2412, 0x38086C24, 0x3090FC48, 0x21B1F890, 0x3F3F120)
+
+
+@dataclass(frozen=True)
+class ParsedShare:
+    source: str  # where it came from (a file name), for messages
+    repository: str | None  # repository id named by the share's block, if any
+    share: Share
+
+    @property
+    def number(self) -> int:
+        """The share's number as printed on its page (1-based)."""
+        return self.share.index + 1
+
+    @property
+    def threshold(self) -> int:
+        return self.share.member_threshold
+
+    @property
+    def mnemonic(self) -> str:
+        return self.share.mnemonic()
+
+
+# --------------------------------------------------------------------------- split
+
+
+def split_secret(root: bytes, threshold: int, count: int) -> list[str]:
+    """Split the root secret into ``count`` mnemonics, any ``threshold`` of which recover it."""
+    if len(root) != ROOT_LEN:
+        raise ValueError("the root secret must be 32 bytes")
+    if not 1 <= count <= MAX_SHARES:
+        raise UsageError(f"a kit has between 1 and {MAX_SHARES} shares, not {count}")
+    if not 1 <= threshold <= count:
+        raise UsageError(f"the threshold must be between 1 and the number of shares ({count}), not {threshold}")
+    if threshold == 1 and count > 1:
+        raise UsageError("with a threshold of 1 every share is a full key; use --paper for a single printed key, "
+                         "or a threshold of at least 2")
+    groups = shamir_mnemonic.generate_mnemonics(1, [(threshold, count)], root, b"", extendable=True)
+    return groups[0]
+
+
+def share_block(repository_id: str, mnemonic: str, number: int, count: int, threshold: int,
+                numbered: bool = True, per_line: int = 3) -> str:
+    """The armoured block for one share (with numbered words for a printed page, plain for a QR code)."""
+    words = mnemonic.split()
+    lines = [BEGIN, f"repository {repository_id}", f"share {number} of {count}, any {threshold} restore"]
+    if numbered:
+        for start in range(0, len(words), per_line):
+            row = words[start : start + per_line]
+            lines.append("  ".join(f"{start + i + 1:>2} {w:<9}" for i, w in enumerate(row)).rstrip())
+    else:
+        lines.append(" ".join(words))
+    lines.append(END)
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- parse
+
+
+def _polymod(values: Sequence[int], chk: int) -> int:
+    for v in values:
+        b = chk >> 20
+        chk = (chk & 0xFFFFF) << 10 ^ v
+        for i in range(10):
+            chk ^= _GEN[i] if ((b >> i) & 1) else 0
+    return chk
+
+
+def _custom(extendable: bool) -> bytes:
+    return CUSTOMIZATION_STRING_EXTENDABLE if extendable else CUSTOMIZATION_STRING_ORIG
+
+
+def _extendable(indices: Sequence[int]) -> bool:
+    return bool(((indices[0] << 10 | indices[1]) >> 4) & 1)
+
+
+def single_word_suspects(indices: Sequence[int]) -> list[int]:
+    """0-based positions where replacing one word would make the checksum valid.
+
+    RS1024 has distance 4, so a share with exactly one wrong word has exactly
+    one such position under its own checksum variant (tried first); the other
+    variant is tried only when a typo in the first two words may have flipped
+    the "extendable" flag that selects it. With two or three wrong words there
+    is (almost always) none.
+    """
+    own = _extendable(indices)
+    for extendable in (own, not own):
+        found = _suspects_for(indices, extendable)
+        if found:
+            return found
+    return []
+
+
+def _suspects_for(indices: Sequence[int], extendable: bool) -> list[int]:
+    prefix = list(_custom(extendable))
+    syndrome = _polymod(prefix + list(indices), 1) ^ 1
+    if syndrome == 0:
+        return []
+    found: list[int] = []
+    total = len(prefix) + len(indices)
+    for pos in range(len(indices)):
+        # the checksum is affine in the words: the effect of flipping bit b of word `pos`
+        # is the polymod of a unit vector, started at 0
+        tail = total - (len(prefix) + pos) - 1
+        basis = [_polymod([1 << b] + [0] * tail, 0) for b in range(10)]
+        contrib = [0] * 1024
+        for delta in range(1, 1024):
+            low = (delta & -delta).bit_length() - 1
+            contrib[delta] = contrib[delta & (delta - 1)] ^ basis[low]
+            if contrib[delta] == syndrome:
+                fixed = list(indices)
+                fixed[pos] ^= delta
+                if _extendable(fixed) == extendable:
+                    found.append(pos)
+                    break
+    return found
+
+
+def _words_of(text: str) -> tuple[list[str], str | None]:
+    m = _BLOCK.search(text)
+    block = m.group(1) if m else text
+    repo = _REPO_LINE.search(block) or _REPO_LINE.search(text)
+    words: list[str] = []
+    for line in block.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.lower().startswith(_METADATA_PREFIXES) or stripped.startswith("-----"):
+            continue
+        words.extend(tok.lower() for tok in re.findall(r"[A-Za-z]+", stripped))
+    return words, (repo.group(1).lower() if repo else None)
+
+
+def parse_share(text: str, source: str) -> ParsedShare:
+    """Parse a share page, a scanned QR code's text, or a file holding just the words.
+
+    Errors name the file and the word's number as printed on the page; no word is ever quoted.
+    """
+    words, repo = _words_of(text)
+    if not _BLOCK.search(text) and len(words) != WORDS_PER_SHARE:
+        raise UsageError(f"{source} does not hold a recovery share (no '{BEGIN}' block, and not just the "
+                         f"{WORDS_PER_SHARE} words of one)")
+    if len(words) != WORDS_PER_SHARE:
+        what = "missing" if len(words) < WORDS_PER_SHARE else "too many"
+        raise IntegrityError(
+            f"share file {source} has {len(words)} words, a share has {WORDS_PER_SHARE} ({what}); "
+            "compare it with the printed page"
+        )
+    unknown = [i + 1 for i, w in enumerate(words) if w not in WORD_INDEX_MAP]
+    if unknown:
+        listed = ", ".join(str(i) for i in unknown[:5])
+        raise IntegrityError(
+            f"share file {source}: word {listed} {'is' if len(unknown) == 1 else 'are'} not on the recovery-kit "
+            "word list (a typing mistake?); compare with the printed page"
+        )
+    indices = [WORD_INDEX_MAP[w] for w in words]
+    if _polymod(list(_custom(_extendable(indices))) + indices, 1) != 1:
+        suspects = single_word_suspects(indices)
+        if len(suspects) == 1:
+            where = f"word {suspects[0] + 1} is wrong"
+        else:
+            where = "more than one word is wrong"
+        raise IntegrityError(
+            f"share file {source} fails its checksum: {where}; compare it with the printed page word by word"
+        )
+    try:
+        share = Share.from_mnemonic(" ".join(words))
+    except MnemonicError:
+        raise IntegrityError(f"share file {source} is not a valid recovery share (its words check out but "
+                             "its contents do not); compare it with the printed page") from None
+    if share.group_count != 1 or share.group_threshold != 1:
+        raise UsageError(f"share file {source} is a multi-group SLIP-39 share, not a tuckbox recovery share")
+    return ParsedShare(source, repo, share)
+
+
+# --------------------------------------------------------------------------- combine
+
+
+def check_repository(shares: Sequence[ParsedShare], repository_id: str, location: str) -> None:
+    """Refuse shares whose block names another repository (before anything is combined)."""
+    for s in shares:
+        if s.repository is not None and s.repository != repository_id:
+            raise AccessDenied(
+                f"share file {s.source} is for repository {s.repository[:8]}, but {location} is repository "
+                f"{repository_id[:8]}; use the recovery kit made for this repository"
+            )
+
+
+def combine(shares: Sequence[ParsedShare]) -> bytes:
+    """The root secret from at least ``threshold`` shares of one kit.
+
+    Nothing is combined (and so nothing can leak) unless enough distinct shares of one kit are given.
+    """
+    if not shares:
+        raise UsageError("no recovery share given")
+    first = shares[0]
+    named = {s.repository for s in shares if s.repository}
+    if len(named) > 1:
+        a, b = sorted(named)[:2]
+        raise AccessDenied(f"the share files belong to different repositories ({a[:8]} and {b[:8]}); "
+                           "use shares of one kit only")
+    by_number: dict[int, ParsedShare] = {}
+    for s in shares:
+        if s.share.common_parameters() != first.share.common_parameters() or s.threshold != first.threshold:
+            raise AccessDenied(f"share files {first.source} and {s.source} come from different recovery kits; "
+                               "shares of different kits cannot be combined")
+        seen = by_number.get(s.number)
+        if seen is not None and seen.share.value != s.share.value:
+            raise IntegrityError(f"share files {seen.source} and {s.source} both claim to be share {s.number} "
+                                 "but differ; one of them was changed")
+        by_number[s.number] = s
+    need = first.threshold
+    if len(by_number) < need:
+        missing = need - len(by_number)
+        raise AccessDenied(
+            f"{missing} more share{'s' if missing > 1 else ''} needed: this kit needs any {need}, "
+            f"{len(by_number)} different share{'s' if len(by_number) != 1 else ''} given"
+        )
+    chosen = sorted(by_number.values(), key=lambda s: s.number)
+    base = chosen[:need]
+    ems = _recover(base)
+    for extra in chosen[need:]:  # every further share must agree with the first ones
+        try:
+            agrees = _recover(base[1:] + [extra]) == ems
+        except IntegrityError:
+            agrees = False
+        if not agrees:
+            raise IntegrityError(f"share file {extra.source} does not agree with the other shares; it was changed")
+    secret = ems.decrypt(b"")
+    if len(secret) != ROOT_LEN:
+        raise IntegrityError("the shares hold a secret of the wrong length; they are not a tuckbox recovery kit")
+    return secret
+
+
+def _recover(shares: Sequence[ParsedShare]) -> shamir_mnemonic.EncryptedMasterSecret:
+    try:
+        return shamir_mnemonic.recover_ems(shamir_mnemonic.decode_mnemonics(s.mnemonic for s in shares))
+    except MnemonicError:
+        raise IntegrityError("the shares do not fit together: one of them was changed or comes from another kit "
+                             "(each one passed its checksum)") from None
+
