@@ -20,7 +20,7 @@ class CliProgress(Progress):
         self.verb = verb
         self.files = 0
         self.bytes = 0
-        self.current = ""
+        self._path = b""
         self.started = time.monotonic()
         self._last = 0.0
         self._lock = threading.Lock()
@@ -42,15 +42,16 @@ class CliProgress(Progress):
             self._task = self._bar.add_task(verb, files=0, size="0 B", rate="", current="")
 
     def file_started(self, path: bytes, size: int) -> None:
-        with self._lock:
-            self.files += 1
-            self.current = display(path)
-        self._render()
+        self.files += 1
+        if self._bar is not None:
+            self._path = path
+            self._render()
 
     def bytes_done(self, n: int) -> None:
         with self._lock:
             self.bytes += n
-        self._render()
+        if self._bar is not None or self.json_mode:
+            self._render()
 
     def warning(self, message: str) -> None:
         if self.json_mode:
@@ -70,7 +71,7 @@ class CliProgress(Progress):
         if self.json_mode:
             emit_json({"type": "status", "files": self.files, "bytes": self.bytes, "seconds": round(elapsed, 1)})
         elif self._bar is not None:
-            cur = self.current[-60:]
+            cur = display(self._path)[-60:]
             self._bar.update(self._task, files=self.files, size=human(self.bytes), rate=f"{human(self.bytes / elapsed)}/s", current=cur)
 
     def close(self) -> None:

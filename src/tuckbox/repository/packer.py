@@ -26,6 +26,10 @@ from ..types import Backend, BlobType, ObjectType
 from .index import MasterIndex, PackRecord
 
 
+BATCH_BYTES = 1 << 20  # hand blobs to a worker once this much is queued ...
+BATCH_COUNT = 256  # ... or this many
+
+
 @dataclass
 class PackerStats:
     blobs_new: int = 0
@@ -59,7 +63,7 @@ class Packer:
         nworkers = workers or max(2, os.cpu_count() or 2)
         self._workers = ThreadPoolExecutor(nworkers, thread_name_prefix="tuckbox-pack")
         self._uploads = ThreadPoolExecutor(connections, thread_name_prefix="tuckbox-upload")
-        self._blob_slots = threading.BoundedSemaphore(nworkers * 2 + 2)
+        self._blob_slots = threading.BoundedSemaphore(nworkers + 1)
         self._upload_slots = threading.BoundedSemaphore(connections + 1)
         self._lock = threading.Lock()
         self._open: dict[BlobType, PackBuilder] = {}
@@ -67,6 +71,8 @@ class Packer:
         self._inflight: set[Future[None]] = set()
         self._unindexed: list[PackRecord] = []
         self._error: BaseException | None = None
+        self._batch: list[tuple[BlobType, bytes, bytes]] = []
+        self._batch_bytes = 0
 
     # -- public --
 
@@ -74,23 +80,37 @@ class Packer:
         return self.index.has(blob_id) or blob_id in self._pending
 
     def add(self, blob_type: BlobType, blob_id: bytes, data: bytes | memoryview) -> bool:
-        """Queue a blob for storage; False if the repository (or this run) already has it."""
-        self._raise_error()
-        with self._lock:
-            if self.index.has(blob_id) or blob_id in self._pending:
-                return False
-            self._pending.add(blob_id)
+        """Queue a blob for storage; False if the repository (or this run) already has it.
+
+        Small blobs are handed to the workers in batches: one hand-off per blob
+        would cost more than compressing it.
+        """
+        if self._error is not None:
+            raise self._error
+        if blob_id in self._pending or self.index.has(blob_id):
+            return False
+        self._pending.add(blob_id)  # only this (the archiver's) thread adds
+        self._batch.append((blob_type, blob_id, bytes(data)))
+        self._batch_bytes += len(data)
+        if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_COUNT:
+            self._submit_batch()
+        return True
+
+    def _submit_batch(self) -> None:
+        if not self._batch:
+            return
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
         self._blob_slots.acquire()
         try:
-            fut = self._workers.submit(self._store, blob_type, blob_id, bytes(data))
+            fut = self._workers.submit(self._store, batch)
         except BaseException:
             self._blob_slots.release()
             raise
         self._track(fut)
-        return True
 
     def flush(self) -> None:
         """Finish open packs, wait for every upload, and write the index for them."""
+        self._submit_batch()
         self._wait_all()
         with self._lock:
             builders = [b for b in self._open.values() if len(b)]
@@ -134,22 +154,23 @@ class Packer:
                     pass
         self._raise_error()
 
-    def _store(self, blob_type: BlobType, blob_id: bytes, data: bytes) -> None:
+    def _store(self, batch: list[tuple[BlobType, bytes, bytes]]) -> None:
         try:
-            payload, compression = compress(data)
-            full: PackBuilder | None = None
+            compressed = [(t, i, len(d), *compress(d)) for t, i, d in batch]
+            full: list[PackBuilder] = []
             with self._lock:
-                builder = self._open.get(blob_type)
-                if builder is None:
-                    builder = self._open[blob_type] = PackBuilder(blob_type, self.recipient(blob_type))
-                sealed = builder.seal(blob_id, blob_type, payload, compression)
-                builder.append(blob_id, blob_type, sealed, len(data), compression)
-                if builder.size >= self.pack_size:
-                    full = self._open.pop(blob_type)
+                for blob_type, blob_id, raw_len, payload, compression in compressed:
+                    builder = self._open.get(blob_type)
+                    if builder is None:
+                        builder = self._open[blob_type] = PackBuilder(blob_type, self.recipient(blob_type))
+                    sealed = builder.seal(blob_id, blob_type, payload, compression)
+                    builder.append(blob_id, blob_type, sealed, raw_len, compression)
+                    if builder.size >= self.pack_size:
+                        full.append(self._open.pop(blob_type))
         finally:
             self._blob_slots.release()
-        if full is not None:
-            self._upload(full)
+        for builder in full:
+            self._upload(builder)
 
     def _upload(self, builder: PackBuilder) -> None:
         self._upload_slots.acquire()

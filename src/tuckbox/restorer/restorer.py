@@ -95,6 +95,7 @@ class Restorer:
         self.result = RestoreResult()
         self._lock = threading.Lock()
         self._damaged: set[int] = set()
+        self._opened: set[int] = set()
 
     def _warn(self, msg: str) -> None:
         self.result.warnings.append(msg)
@@ -156,7 +157,9 @@ class Restorer:
                     if first != i:
                         hardlinked.append((i, first))
                         continue
-                self._create(dest[i], node, resume)
+                lazy = node.type == FILE and not resume and any(isinstance(c, bytes) for c in node.content)
+                if not lazy:  # files with data are created by their first write (one open instead of two)
+                    self._create(dest[i], node, resume)
                 if node.type == FILE:
                     files.append(i)
                     self.result.files += 1
@@ -306,8 +309,13 @@ class Restorer:
                         if i in self._damaged:
                             continue
                         try:
-                            fd = os.open(dest[i], os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                            with self._lock:
+                                first = i not in self._opened
+                                self._opened.add(i)
+                            fd = os.open(dest[i], os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
                             try:
+                                if first:  # idempotent: every write lies within the final size
+                                    os.ftruncate(fd, entries[i][1].size)
                                 os.pwrite(fd, plain, off)
                             finally:
                                 os.close(fd)
