@@ -9,6 +9,7 @@ the rest of the snapshot goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 import stat
@@ -26,6 +27,10 @@ from .files_cache import FilesCache
 
 SMALL_FILE = 4 << 20  # read whole and cut in memory below this size
 _LEAF = object()
+
+
+class _Stopped(Exception):
+    """Raised inside a file read when the run was asked to stop."""
 
 
 class Progress:
@@ -97,6 +102,7 @@ class Archiver:
         progress: Progress | None = None,
         one_file_system: bool = False,
         should_stop: Callable[[], bool] | None = None,
+        after_entry: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.chunker = chunker
@@ -109,6 +115,10 @@ class Archiver:
         self.summary = Summary()
         self._hardlinks: dict[tuple[int, int], tuple[int, int, int, list[Any]]] = {}
         self._root_devs: set[int] = set()
+        self.after_entry = after_entry or (lambda: None)
+        # directories being walked, outermost first: (their node in the parent, entries done so far)
+        self._stack: list[tuple[Node | None, list[Node]]] = []
+        self.stopped = False
 
     # ------------------------------------------------------------ entry point
 
@@ -132,8 +142,21 @@ class Archiver:
                 node[parts[-1]] = _LEAF
         if whole_root:
             self._root_devs.add(os.lstat(b"/").st_dev)
-            return self._save_dir(b"/", os.lstat(b"/").st_dev)
-        return self._save_virtual(b"/", spec)
+            return self._save_dir(b"/", os.lstat(b"/").st_dev, None)
+        return self._save_virtual(b"/", spec, None)
+
+    def partial_tree(self) -> bytes:
+        """Store trees for everything completed so far and return the root tree id (for checkpoints)."""
+        child: Node | None = None
+        root = b""
+        for frame_node, nodes in reversed(list(self._stack)):
+            entries = list(nodes) + ([child] if child is not None else [])
+            tree_id = self._save_tree(entries)
+            if frame_node is None:
+                root = tree_id
+                break
+            child = dataclasses.replace(frame_node, subtree=tree_id)
+        return root
 
     def _warn(self, message: str) -> None:
         self.summary.warnings.append(message)
@@ -153,9 +176,13 @@ class Archiver:
         self.store.add_blob(BlobType.TREE, tree_id, data)
         return tree_id
 
-    def _save_virtual(self, prefix: bytes, spec: dict[bytes, Any]) -> bytes:
+    def _save_virtual(self, prefix: bytes, spec: dict[bytes, Any], this: Node | None) -> bytes:
         nodes: list[Node] = []
+        self._stack.append((this, nodes))
         for name in sorted(spec):
+            if self.should_stop():
+                self.stopped = True
+                break
             sub = spec[name]
             path = os.path.join(prefix, name)
             try:
@@ -170,12 +197,13 @@ class Archiver:
                 node, warnings = node_from_stat(name, path, st, self.owners)
                 for w in warnings:
                     self._warn(w)
-                node.subtree = self._save_virtual(path, sub)
+                node.subtree = self._save_virtual(path, sub, node)
             if node is not None:
                 nodes.append(node)
+        self._stack.pop()
         return self._save_tree(nodes)
 
-    def _save_dir(self, path: bytes, dev: int) -> bytes:
+    def _save_dir(self, path: bytes, dev: int, this: Node | None) -> bytes:
         try:
             with os.scandir(path) as it:
                 entries = sorted(it, key=lambda e: e.name)
@@ -183,8 +211,10 @@ class Archiver:
             self._warn(f"{_display(path)}: cannot list directory: {e.strerror}")
             entries = []
         nodes: list[Node] = []
+        self._stack.append((this, nodes))
         for entry in entries:
             if self.should_stop():
+                self.stopped = True
                 break
             child = entry.path
             if self.excludes and self._excluded(child, entry.name):
@@ -200,6 +230,8 @@ class Archiver:
             node = self._save_entry(child, entry.name, st)
             if node is not None:
                 nodes.append(node)
+                self.after_entry()
+        self._stack.pop()
         return self._save_tree(nodes)
 
     def _save_entry(self, path: bytes, name: bytes, st: os.stat_result) -> Node | None:
@@ -225,7 +257,9 @@ class Archiver:
             if self.one_file_system and st.st_dev not in self._root_devs:
                 node.subtree = self._save_tree([])
             else:
-                node.subtree = self._save_dir(path, st.st_dev)
+                node.subtree = self._save_dir(path, st.st_dev, node)
+            if self.stopped:
+                node.warning = "incomplete: the backup was interrupted"
             return node
         self.summary.others += 1
         return node
@@ -274,6 +308,9 @@ class Archiver:
             except OSError as e:
                 self._warn(f"{_display(path)}: read error: {e.strerror}")
                 return None
+            except _Stopped:
+                self.stopped = True
+                return None
             finally:
                 os.close(fd)
             stable = _same(before, after) and nbytes == after.st_size
@@ -303,6 +340,8 @@ class Archiver:
         return node
 
     def _add_chunk(self, chunk: bytes | memoryview, content: list[Any]) -> None:
+        if self.should_stop():
+            raise _Stopped
         blob_id = self.store.blob_id(chunk)
         self.store.add_blob(BlobType.DATA, blob_id, chunk)
         content.append(blob_id)

@@ -1,22 +1,45 @@
-"""One backup run: lock, walk, flush packs and index, then save the snapshot."""
+"""One backup run: lock, adopt leftovers, walk, checkpoint, flush packs and index, save the snapshot.
+
+Resuming after an interruption (Ctrl-C, kill -9, power loss, lost network):
+
+* every uploaded pack is journaled locally before anything depends on it, and
+  the next run *adopts* journaled packs that no index names yet, so no stored
+  pack is uploaded again (see repository/journal.py);
+* the files cache is saved every minute with the files whose chunks are all
+  stored, so the next run re-reads only files that were not yet saved;
+* every ``checkpoint_interval`` seconds the run saves a *checkpoint*: a partial
+  snapshot (``partial: true``) of everything finished so far, restorable like
+  any snapshot; a complete snapshot of the same paths later removes the
+  checkpoints this machine wrote for them;
+* ``should_stop`` (Ctrl-C) ends the walk at the next file boundary or chunk
+  and saves what is done as a checkpoint.
+"""
 
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import socket
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from .. import __version__
 from ..chunker import Chunker
+from ..errors import ObjectNotFound, TuckboxError
+from ..repository.journal import PackJournal, read_journal
 from ..repository.keyring import record_own_snapshot
 from ..repository.locks import Lock
 from ..repository.repo import Repository
 from ..snapshot.model import Snapshot, now_iso
-from ..types import BlobType
+from ..types import BlobType, ObjectType
 from .archiver import Archiver, Progress, normalize_paths
 from .files_cache import FilesCache
+
+DEFAULT_CHECKPOINT_INTERVAL = 15 * 60.0
+FILES_CACHE_SAVE_INTERVAL = 60.0
 
 
 class _Store:
@@ -43,12 +66,16 @@ class BackupRequest:
     excludes: list[str] = field(default_factory=list)
     host: str = ""
     one_file_system: bool = False
+    checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL  # seconds; 0 disables
 
 
 @dataclass
 class BackupResult:
     snapshot: Snapshot
     warnings: list[str]
+    interrupted: bool = False
+    adopted_packs: int = 0
+    checkpoints: list[str] = field(default_factory=list)
 
 
 def _find_parent(repo: Repository, host: str, paths: list[bytes]) -> str:
@@ -56,6 +83,76 @@ def _find_parent(repo: Repository, host: str, paths: list[bytes]) -> str:
         return ""
     candidates = [s for s in repo.snapshots() if s.host == host and sorted(s.paths) == sorted(paths) and not s.partial]
     return candidates[-1].id if candidates else ""
+
+
+def adopt_journaled_packs(repo: Repository, journal: PackJournal) -> int:
+    """Index packs an interrupted run stored but never indexed; return how many were adopted."""
+    adopted = 0
+    for path in journal.leftovers():
+        records = [r for r in read_journal(path) if r.name not in repo.index.packs]
+        keep = []
+        for record in records:
+            try:
+                if repo.backend.stat(ObjectType.PACK, record.name).size == record.size:
+                    keep.append(record)
+            except ObjectNotFound:
+                continue  # never fully stored: its blobs will be stored again
+        if keep:
+            repo.write_index(keep)
+            for record in keep:
+                repo.index.add_pack(record)
+            adopted += len(keep)
+        try:
+            path.unlink()
+        except OSError:
+            pass
+    return adopted
+
+
+class _Checkpoints:
+    """Local record of the checkpoint snapshots this machine wrote, per set of paths."""
+
+    def __init__(self, state_dir: Path | None, paths: list[bytes]) -> None:
+        self.file = None
+        if state_dir is not None:
+            key = json.dumps(sorted(p.decode("utf-8", "surrogateescape") for p in paths), ensure_ascii=True)
+            import hashlib
+
+            self.file = state_dir / "checkpoints" / hashlib.sha256(key.encode()).hexdigest()[:32]
+
+    def names(self) -> list[str]:
+        if self.file is None:
+            return []
+        try:
+            return [n for n in self.file.read_text().split() if n]
+        except OSError:
+            return []
+
+    def add(self, name: str) -> None:
+        if self.file is None:
+            return
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with open(self.file, "a") as f:
+                f.write(name + "\n")
+        except OSError:
+            pass
+
+    def supersede(self, repo: Repository) -> None:
+        """A complete snapshot now exists: remove this machine's checkpoints of the same paths."""
+        for name in self.names():
+            try:
+                repo.backend.remove(ObjectType.SNAPSHOT, name)
+            except ObjectNotFound:
+                pass
+            except TuckboxError:
+                return  # keep the record; try again next time
+            repo.cache.discard("snapshots", name)
+        if self.file is not None:
+            try:
+                self.file.unlink()
+            except OSError:
+                pass
 
 
 def run_backup(
@@ -66,52 +163,86 @@ def run_backup(
 ) -> BackupResult:
     paths = normalize_paths(request.paths)
     host = request.host or socket.gethostname()
-    lock = Lock(repo.backend, repo.keys.index_key, exclusive=False).acquire()
-    packer = repo.new_packer()
     try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    state = repo.cache.state_dir if repo.cache.enabled else None
+    lock = Lock(repo.backend, repo.keys.index_key, exclusive=False).acquire()
+    journal = PackJournal(state / "journal" if state else None)
+    packer = repo.new_packer(on_pack_saved=journal.record)
+    finished = False
+    try:
+        adopted = adopt_journaled_packs(repo, journal)
         parent = _find_parent(repo, host, paths)
-        chunker = Chunker(repo.config.chunker, repo.keys.chunker_seed)
-        files_cache = FilesCache(repo.cache.state_dir / "files-cache" if repo.cache.enabled else None)
+        checkpoints = _Checkpoints(state, paths)
+        files_cache = FilesCache(state / "files-cache" if state else None)
+        durable = repo.index.has  # packs enter the master index once stored (and journaled)
+        written: list[str] = []
+
+        def snapshot(tree: bytes, partial: bool) -> Snapshot:
+            summary = archiver.summary.as_dict()
+            summary.update(
+                {
+                    "blobs_new": packer.stats.blobs_new,
+                    "bytes_new_raw": packer.stats.bytes_new_raw,
+                    "bytes_added": packer.stats.bytes_new_stored,
+                    "packs_new": packer.stats.packs_new,
+                    "packs_adopted": adopted,
+                }
+            )
+            snap = Snapshot(
+                time=now_iso(), host=host, user=user, paths=paths, tree=tree,
+                tags=sorted(set(request.tags)), parent=parent, partial=partial,
+                summary=summary, program=f"tuckbox {__version__}",
+            )
+            repo.save_snapshot(snap)  # only after the index is durable
+            if not repo.is_full():  # a write-only key cannot read it back: remember it locally
+                record_own_snapshot(repo, snap)
+            return snap
+
+        clock = {"checkpoint": time.monotonic(), "cache": time.monotonic()}
+
+        def after_entry() -> None:
+            now = time.monotonic()
+            if now - clock.get("journal", 0.0) >= 1.0:
+                files_cache.flush_journal()  # to the OS: survives kill -9
+                clock["journal"] = now
+            if request.checkpoint_interval and now - clock["checkpoint"] >= request.checkpoint_interval:
+                tree = archiver.partial_tree()
+                packer.flush()
+                snap = snapshot(tree, partial=True)
+                checkpoints.add(snap.id)
+                written.append(snap.id)
+                files_cache.save(paths, durable=durable, final=False)
+                clock["checkpoint"] = clock["cache"] = time.monotonic()
+            elif now - clock["cache"] >= FILES_CACHE_SAVE_INTERVAL:
+                files_cache.save(paths, durable=durable, final=False)
+                clock["cache"] = now
+
         archiver = Archiver(
             _Store(repo, packer),
-            chunker,
+            Chunker(repo.config.chunker, repo.keys.chunker_seed),
             files_cache,
             excludes=request.excludes,
             progress=progress,
             one_file_system=request.one_file_system,
             should_stop=should_stop,
+            after_entry=after_entry,
         )
         tree = archiver.run(paths)
         packer.flush()  # every pack, then the index naming them, is stored
-        summary = archiver.summary.as_dict()
-        summary.update(
-            {
-                "blobs_new": packer.stats.blobs_new,
-                "bytes_new_raw": packer.stats.bytes_new_raw,
-                "bytes_added": packer.stats.bytes_new_stored,
-                "packs_new": packer.stats.packs_new,
-            }
-        )
-        try:
-            user = getpass.getuser()
-        except (KeyError, OSError):
-            user = str(os.getuid())
-        snap = Snapshot(
-            time=now_iso(),
-            host=host,
-            user=user,
-            paths=paths,
-            tree=tree,
-            tags=sorted(set(request.tags)),
-            parent=parent,
-            summary=summary,
-            program=f"tuckbox {__version__}",
-        )
-        repo.save_snapshot(snap)  # only after the index is durable
-        if not repo.is_full():  # a write-only key cannot read it back: remember it locally
-            record_own_snapshot(repo, snap)
-        files_cache.save(paths)
-        return BackupResult(snap, archiver.summary.warnings)
+        snap = snapshot(tree, partial=archiver.stopped)
+        if archiver.stopped:
+            checkpoints.add(snap.id)
+            written.append(snap.id)
+            files_cache.save(paths, durable=durable, final=False)
+        else:
+            checkpoints.supersede(repo)
+            files_cache.save(paths, durable=durable, final=True)
+        finished = True
+        return BackupResult(snap, archiver.summary.warnings, archiver.stopped, adopted, written)
     finally:
         packer.close()
+        journal.close(remove=finished)
         lock.release()

@@ -9,9 +9,13 @@ everything else is still saved and the exit code is 3.
 from __future__ import annotations
 
 import argparse
+import re
+import signal
+import sys
+import threading
 
-from ..archiver.backup import BackupRequest, run_backup
-from ..errors import EXIT_PARTIAL
+from ..archiver.backup import DEFAULT_CHECKPOINT_INTERVAL, BackupRequest, run_backup
+from ..errors import EXIT_INTERRUPTED, EXIT_PARTIAL, UsageError
 from .common import emit_json, human, open_repository, opt, out
 from .progress import CliProgress
 
@@ -25,22 +29,65 @@ def register(p: argparse.ArgumentParser) -> None:
                    help="skip entries whose path or name matches PATTERN (shell wildcards; repeatable)")
     p.add_argument("--host", default="", help="host name to record (default: this machine's)")
     p.add_argument("--one-file-system", action="store_true", help="do not cross into other mounted file systems")
+    p.add_argument("--checkpoint-interval", metavar="DURATION", default=None,
+                   help="save a restorable checkpoint this often during a long backup, e.g. 15m, 1h, 90s; "
+                        "0 disables (default 15m)")
+
+
+def parse_duration(text: str) -> float:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|)\s*", text)
+    if not m:
+        raise UsageError(f"'{text}' is not a duration; write it like 90s, 15m or 1h")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+class _StopOnSignal:
+    """First Ctrl-C (or SIGTERM): finish the current chunk, save a checkpoint, exit. Second: quit at once."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._old: dict[int, object] = {}
+
+    def __enter__(self) -> "_StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt
+        self.event.set()
+        print("\nstopping: saving what is done as a checkpoint (press Ctrl-C again to quit at once)", file=sys.stderr)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)  # type: ignore[arg-type]
 
 
 def run(args: argparse.Namespace) -> int:
+    interval = parse_duration(args.checkpoint_interval) if args.checkpoint_interval else DEFAULT_CHECKPOINT_INTERVAL
     repo = open_repository(args)
     progress = CliProgress(bool(opt(args, "json")), bool(opt(args, "quiet")), "backup")
     try:
-        result = run_backup(
-            repo,
-            BackupRequest(args.paths, tags=args.tag, excludes=args.exclude, host=args.host,
-                          one_file_system=args.one_file_system),
-            progress,
-        )
+        with _StopOnSignal() as stop:
+            result = run_backup(
+                repo,
+                BackupRequest(args.paths, tags=args.tag, excludes=args.exclude, host=args.host,
+                              one_file_system=args.one_file_system, checkpoint_interval=interval),
+                progress,
+                should_stop=stop.event.is_set,
+            )
     finally:
         progress.close()
         repo.close()
     snap, s = result.snapshot, result.snapshot.summary
+    if result.interrupted:
+        if opt(args, "json"):
+            emit_json({"type": "summary", "snapshot": snap.id, "short_id": snap.short_id, "interrupted": True, **s})
+        print(f"tuckbox: interrupted: checkpoint {snap.short_id} saved with what was done; "
+              "run the same backup again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if opt(args, "json"):
         emit_json({"type": "summary", "snapshot": snap.id, "short_id": snap.short_id, **s})
     else:
@@ -48,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
         out(args, f"dirs:  {s['dirs']}; other entries: {s['others']}")
         out(args, f"processed {human(s['bytes_total'])}, read {human(s['bytes_read'])}, "
                   f"added {human(s['bytes_added'])} to the repository ({s['blobs_new']} new chunks)")
+        if result.adopted_packs:
+            out(args, f"resumed: {result.adopted_packs} pack(s) stored by an interrupted run were reused")
         out(args, f"snapshot {snap.short_id} saved")
         if result.warnings:
             out(args, f"{len(result.warnings)} warning(s): some entries could not be read completely (listed above)")

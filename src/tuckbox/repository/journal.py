@@ -1,0 +1,97 @@
+"""The pack journal: local, durable record of packs uploaded but perhaps not yet indexed.
+
+After every pack upload, the backup appends the pack's record (name, epk,
+kind, size, blob entries) to ``state/journal/<run id>`` and fsyncs it. An
+index object naming the packs is written every few packs and at the end; if
+the process dies in between, the next backup on this machine *adopts* the
+journaled packs — each is confirmed to exist with the recorded size, then an
+index naming them is written — so no pack that was fully stored is ever
+uploaded again. A journal is deleted once everything in it is indexed.
+
+Format: one msgpack map per record, appended; a torn last record (crash
+while appending) is ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Iterator
+
+import msgpack
+
+from ..pack.format import BlobEntry
+from ..types import BlobType
+from .index import PackRecord
+
+
+def _encode(p: PackRecord) -> bytes:
+    return msgpack.packb(
+        {"id": p.name, "epk": p.epk, "kind": int(p.kind), "size": p.size, "blobs": [b.to_list() for b in p.blobs]}
+    )
+
+
+class PackJournal:
+    def __init__(self, directory: Path | None) -> None:
+        self.dir = directory
+        self.path: Path | None = None
+        self._fd: int | None = None
+        if directory is not None:
+            try:
+                directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+                self.path = directory / f"{secrets.token_hex(8)}-{os.getpid()}"
+            except OSError:
+                self.dir = None
+
+    def record(self, pack: PackRecord) -> None:
+        if self.path is None:
+            return
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            os.write(self._fd, _encode(pack))
+            os.fsync(self._fd)
+        except OSError:
+            pass  # the journal only saves work on resume; never fail a backup over it
+
+    def close(self, *, remove: bool) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if remove and self.path is not None:
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
+
+    def leftovers(self) -> list[Path]:
+        """Journals of earlier runs (not this one's)."""
+        if self.dir is None:
+            return []
+        try:
+            return [p for p in self.dir.iterdir() if p != self.path and not p.name.startswith(".")]
+        except OSError:
+            return []
+
+
+def read_journal(path: Path) -> Iterator[PackRecord]:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return
+    unpacker = msgpack.Unpacker()
+    unpacker.feed(data)
+    try:
+        for doc in unpacker:
+            yield PackRecord(
+                name=str(doc["id"]),
+                epk=bytes(doc["epk"]),
+                kind=BlobType(doc["kind"]),
+                size=int(doc["size"]),
+                blobs=tuple(BlobEntry.from_list(b) for b in doc["blobs"]),
+            )
+    except (ValueError, KeyError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+        return  # a torn or damaged tail: what came before is still good
+    except Exception:  # noqa: BLE001 - an unreadable journal only costs re-uploading
+        return
