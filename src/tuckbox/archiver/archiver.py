@@ -116,8 +116,9 @@ class Archiver:
         self._hardlinks: dict[tuple[int, int], tuple[int, int, int, list[Any]]] = {}
         self._root_devs: set[int] = set()
         self.after_entry = after_entry or (lambda: None)
+        self._report_files = type(self.progress).file_started is not Progress.file_started
         # directories being walked, outermost first: (their node in the parent, entries done so far)
-        self._stack: list[tuple[Node | None, list[Node]]] = []
+        self._stack: list[tuple[Node | None, list[Node | dict[str, Any]]]] = []
         self.stopped = False
 
     # ------------------------------------------------------------ entry point
@@ -170,14 +171,14 @@ class Archiver:
 
     # ------------------------------------------------------------ trees
 
-    def _save_tree(self, nodes: list[Node]) -> bytes:
+    def _save_tree(self, nodes: list[Node | dict[str, Any]]) -> bytes:
         data = encode_tree(nodes)
         tree_id = self.store.blob_id(data)
         self.store.add_blob(BlobType.TREE, tree_id, data)
         return tree_id
 
     def _save_virtual(self, prefix: bytes, spec: dict[bytes, Any], this: Node | None) -> bytes:
-        nodes: list[Node] = []
+        nodes: list[Node | dict[str, Any]] = []
         self._stack.append((this, nodes))
         for name in sorted(spec):
             if self.should_stop():
@@ -210,7 +211,7 @@ class Archiver:
         except OSError as e:
             self._warn(f"{_display(path)}: cannot list directory: {e.strerror}")
             entries = []
-        nodes: list[Node] = []
+        nodes: list[Node | dict[str, Any]] = []
         self._stack.append((this, nodes))
         for entry in entries:
             if self.should_stop():
@@ -234,8 +235,12 @@ class Archiver:
         self._stack.pop()
         return self._save_tree(nodes)
 
-    def _save_entry(self, path: bytes, name: bytes, st: os.stat_result) -> Node | None:
-        if stat.S_ISSOCK(st.st_mode):
+    def _save_entry(self, path: bytes, name: bytes, st: os.stat_result) -> Node | dict[str, Any] | None:
+        if stat.S_ISREG(st.st_mode):
+            hit = self._unchanged_file(path, st)
+            if hit is not None:
+                return hit
+        elif stat.S_ISSOCK(st.st_mode):
             return None  # sockets cannot be restored meaningfully; skipped silently
         try:
             node, warnings = node_from_stat(name, path, st, self.owners)
@@ -266,16 +271,33 @@ class Archiver:
 
     # ------------------------------------------------------------ files
 
+    def _unchanged_file(self, path: bytes, st: os.stat_result) -> dict[str, Any] | None:
+        """The stored node of a file the files cache knows is unchanged (and whose chunks all exist)."""
+        cached = self.files_cache.lookup(path, st)
+        if cached is None:
+            return None
+        has = self.store.has_blob
+        for c in cached.get("c", ()):
+            if isinstance(c, bytes) and not has(c):
+                return None
+        if cached.get("at", 0) != st.st_atime_ns:  # read by someone else since: keep key order canonical
+            node = Node.from_map(cached)
+            node.atime_ns = st.st_atime_ns
+            cached = node.to_map()
+            self.files_cache.remember(path, st, cached, time.time_ns())
+        else:
+            self.files_cache.keep(path)
+        size = st.st_size
+        self.summary.bytes_total += size
+        self.summary.files_unmodified += 1
+        if self._report_files:
+            self.progress.file_started(path, size)
+            self.progress.bytes_done(size)
+        return cached
+
     def _save_file(self, path: bytes, st: os.stat_result, node: Node) -> Node | None:
         self.progress.file_started(path, st.st_size)
         self.summary.bytes_total += st.st_size
-        cached = self.files_cache.lookup(path, st)
-        if cached is not None and all(self.store.has_blob(c) for c in cached if isinstance(c, bytes)):
-            node.content = cached
-            self.summary.files_unmodified += 1
-            self.files_cache.remember(path, st, cached, time.time_ns())
-            self.progress.bytes_done(st.st_size)
-            return node
         link_key = (st.st_dev, st.st_ino)
         if st.st_nlink > 1:
             seen = self._hardlinks.get(link_key)
@@ -334,7 +356,7 @@ class Archiver:
         node.mtime_ns, node.ctime_ns, node.mode = after.st_mtime_ns, after.st_ctime_ns, stat.S_IMODE(after.st_mode)
         node.content = content
         if not node.warning:
-            self.files_cache.remember(path, after, content, read_at)
+            self.files_cache.remember(path, after, node.to_map(), read_at)
             if after.st_nlink > 1:
                 self._hardlinks[link_key] = (after.st_size, after.st_mtime_ns, after.st_ctime_ns, content)
         return node

@@ -1,8 +1,12 @@
 """The files cache: lets a backup skip reading files that have not changed.
 
 Key: the file's path; value: (device, inode, size, mtime_ns, ctime_ns) and the
-content list stored last time. A file whose five values all match is assumed
-unchanged, provided every chunk it names is still in the repository index.
+file's whole tree node as stored last time (its encoded map, content
+included). A file whose five values all match is assumed unchanged, provided
+every chunk it names is still in the repository index; since every metadata
+change (mode, owner, xattrs, ACLs, link count) moves ctime, the stored node is
+reused as it is (only a different atime is filled in), with no further
+system call.
 Files modified within ``RACY_NS`` of being read are never cached (a second
 write within the file system's timestamp granularity would be invisible).
 
@@ -20,7 +24,7 @@ from typing import Any, Callable
 import msgpack
 
 RACY_NS = 1_000_000_000
-VERSION = 1
+VERSION = 2
 
 Entry = tuple[int, int, int, int, int, list[Any]]
 
@@ -64,7 +68,8 @@ class FilesCache:
         unpacker.feed(data)
         try:
             for rec in unpacker:
-                if isinstance(rec, list) and len(rec) == 2 and isinstance(rec[0], bytes) and len(rec[1]) == 6:
+                if isinstance(rec, list) and len(rec) == 2 and isinstance(rec[0], bytes) and len(rec[1]) == 6 \
+                        and isinstance(rec[1][5], dict):
                     self.old[rec[0]] = rec[1]
         except Exception:  # noqa: BLE001 - a torn tail: keep what was read
             pass
@@ -87,21 +92,37 @@ class FilesCache:
         except OSError:
             self._journal = None
 
-    def lookup(self, path: bytes, st: os.stat_result) -> list[Any] | None:
+    def lookup(self, path: bytes, st: os.stat_result) -> dict[str, Any] | None:
         e = self.old.get(path)
         if e is None or len(e) != 6:
             return None
         if (e[0], e[1], e[2], e[3], e[4]) != (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
             return None
-        return e[5]
+        return e[5] if isinstance(e[5], dict) else None
+
+    def _dirty(self, backed_up: list[bytes]) -> bool:
+        """Whether a final save would change anything (an unchanged tree skips the write)."""
+        if self._journal is not None or (self.journal_path is not None and self.journal_path.exists()):
+            return True
+        old = self.old
+        for k, v in self.new.items():
+            if old.get(k) is not v and old.get(k) != v:
+                return True
+        prefixes = tuple(p.rstrip(b"/") + b"/" for p in backed_up)
+        inside = sum(1 for k in old if k in backed_up or k.startswith(prefixes))
+        return inside != len(self.new)
+
+    def keep(self, path: bytes) -> None:
+        """The file is unchanged: carry its entry over as it is."""
+        self.new[path] = self.old[path]
 
     def known(self, path: bytes) -> bool:
         return path in self.old
 
-    def remember(self, path: bytes, st: os.stat_result, content: list[Any], read_at_ns: int) -> None:
+    def remember(self, path: bytes, st: os.stat_result, node_map: dict[str, Any], read_at_ns: int) -> None:
         if max(st.st_mtime_ns, st.st_ctime_ns) >= read_at_ns - RACY_NS:
             return
-        entry = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, content]
+        entry = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, node_map]
         self.new[path] = entry
         if self.old.get(path) != entry:
             self._append(path, entry)
@@ -117,6 +138,8 @@ class FilesCache:
         """
         if self.path is None:
             return
+        if final and not self._dirty(backed_up):
+            return
         if final:
             prefixes = [p.rstrip(b"/") + b"/" for p in backed_up]
             merged = {
@@ -127,7 +150,7 @@ class FilesCache:
         else:
             merged = dict(self.old)
         for k, v in self.new.items():
-            if all(durable(c) for c in v[5] if isinstance(c, bytes)):
+            if all(durable(c) for c in v[5].get("c", ()) if isinstance(c, bytes)):
                 merged[k] = v
         tmp = self.path.with_name(f".tmp-{secrets.token_hex(6)}")
         try:

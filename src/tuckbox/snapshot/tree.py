@@ -132,9 +132,11 @@ _FIELDS = (
 )
 
 
-def encode_tree(nodes: list[Node]) -> bytes:
-    nodes = sorted(nodes, key=lambda n: n.name)
-    return msgpack.packb({"v": TREE_VERSION, "nodes": [n.to_map() for n in nodes]})
+def encode_tree(nodes: list[Node | dict[str, Any]]) -> bytes:
+    """Encode entries given as Nodes or as maps already in canonical form (``Node.to_map``)."""
+    maps = [n if isinstance(n, dict) else n.to_map() for n in nodes]
+    maps.sort(key=lambda m: m["n"])
+    return msgpack.packb({"v": TREE_VERSION, "nodes": maps})
 
 
 def decode_tree(raw: bytes) -> list[Node]:
