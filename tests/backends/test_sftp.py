@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import shutil
 import time
 import uuid
 
@@ -45,6 +46,14 @@ def fresh_backend(sshd):
     assert b.exists()
     yield b
     b.close()
+    _cleanup(sshd, b)
+
+
+def _cleanup(env: dict[str, str], b: SFTPBackend) -> None:
+    """Free the server's disk for the next run (the served directory is local)."""
+    local = env.get("SFTP_LOCAL_ROOT")
+    if local:
+        shutil.rmtree(os.path.join(local, posixpath.relpath(b.root, env["SFTP_ROOT"])), ignore_errors=True)
 
 
 @pytest.mark.parametrize("check", CONFORMANCE_CHECKS, ids=lambda c: c.__name__)
@@ -56,7 +65,7 @@ def test_layout_directories_created(sshd, fresh_backend):
     local = sshd.get("SFTP_LOCAL_ROOT")
     if not local:
         pytest.skip("server root not visible locally")
-    root = os.path.join(local, fresh_backend.root.lstrip("/"))
+    root = os.path.join(local, posixpath.relpath(fresh_backend.root, sshd["SFTP_ROOT"]))
     assert os.path.isdir(os.path.join(root, "data", "00"))
     assert os.path.isdir(os.path.join(root, "data", "ff"))
     for d in ("keys", "index", "snapshots", "locks"):
@@ -106,7 +115,6 @@ def test_wrong_key_is_permanent(sshd, tmp_path):
         sshd["SFTP_HOST"], "/x", port=int(sshd["SFTP_PORT"]), username=sshd["SFTP_USER"],
         identity=str(k), known_hosts=sshd["SFTP_KNOWN_HOSTS"], config=os.devnull,
     )
-    os.environ.pop("SSH_AUTH_SOCK", None) if False else None
     t0 = time.monotonic()
     try:
         with pytest.raises(PermanentError, match="refused"):
@@ -154,6 +162,7 @@ def test_ssh_config_alias(sshd, tmp_path):
         assert b.load(ObjectType.CONFIG, "config") == b"cfg"
     finally:
         b.close()
+        _cleanup(sshd, b)
 
 
 def test_repr_and_messages_have_no_secret(sshd, monkeypatch):
@@ -168,6 +177,7 @@ def test_repr_and_messages_have_no_secret(sshd, monkeypatch):
             assert "s3cr3t" not in str(e)
     finally:
         b.close()
+        _cleanup(sshd, b)
 
 
 def test_reconnects_after_connection_loss(fresh_backend):
@@ -185,3 +195,27 @@ def test_reconnects_after_connection_loss(fresh_backend):
             continue
     else:
         raise AssertionError("did not reconnect")
+
+
+def test_closed_backend_refuses_quickly(sshd):
+    b = open_backend(_url(sshd, "closed"), _options(sshd))
+    b.close()
+    t0 = time.monotonic()
+    with pytest.raises(UsageError, match="closed"):
+        b.exists()
+    assert time.monotonic() - t0 < 1
+
+
+def test_url_forms():
+    b = SFTPBackend.from_url("sftp://alice@example.invalid:2200/srv/repo/", {})
+    try:
+        assert (b.host, b.port, b.username, b.root) == ("example.invalid", 2200, "alice", "/srv/repo")
+        assert b.location == "sftp://alice@example.invalid:2200/srv/repo/"
+    finally:
+        b.close()
+    for url, root in [("sftp://h/~/backups", "backups"), ("sftp://h/~", "."), ("sftp://h", ".")]:
+        b = SFTPBackend.from_url(url, {})
+        assert b.root == root and b.port is None and b.username is None
+        b.close()
+    with pytest.raises(UsageError):
+        SFTPBackend.from_url("sftp:///no-host", {})

@@ -151,7 +151,7 @@ def test_transient_errors_bounded_by_attempts():
     assert inner.calls == 5
     assert len(slept) == 4
     # exponential with equal jitter: each wait in [cap/2, cap], caps 1, 2, 4, 4
-    for wait, cap in zip(slept, [1, 2, 4, 4]):
+    for wait, cap in zip(slept, [1, 2, 4, 4], strict=True):
         assert cap / 2 <= wait <= cap
 
 

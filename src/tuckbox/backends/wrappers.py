@@ -1,0 +1,416 @@
+"""Backends that wrap a Backend: retries, bandwidth limits, a connection limit,
+and fault injection for tests.
+
+``wrap_backend`` stacks them in the order that makes sense for a repository::
+
+    RetryBackend( RateLimitBackend( ConnectionLimitBackend( backend ) ) )
+
+so every retried upload is charged again to the bandwidth budget, and a thread
+waiting for bandwidth does not hold one of the limited connections.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from typing import Callable, Iterator, TypeVar
+
+from ..errors import ObjectExists, ObjectNotFound, TransientError
+from ..types import Backend, ObjectInfo, ObjectType
+
+T = TypeVar("T")
+log = logging.getLogger("tuckbox.backends")
+
+
+class _Wrapper:
+    """Passes every Backend method through to ``inner``."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.location = inner.location
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.inner!r})"
+
+    def save(self, type: ObjectType, name: str, data: bytes) -> None:
+        self.inner.save(type, name, data)
+
+    def load(self, type: ObjectType, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        return self.inner.load(type, name, offset, length)
+
+    def stat(self, type: ObjectType, name: str) -> ObjectInfo:
+        return self.inner.stat(type, name)
+
+    def list(self, type: ObjectType) -> Iterator[ObjectInfo]:
+        return self.inner.list(type)
+
+    def remove(self, type: ObjectType, name: str) -> None:
+        self.inner.remove(type, name)
+
+    def exists(self) -> bool:
+        return self.inner.exists()
+
+    def create(self) -> None:
+        self.inner.create()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+# -- retries --------------------------------------------------------------------
+
+
+class RetryBackend(_Wrapper):
+    """Retries TransientError with exponential backoff and jitter.
+
+    PermanentError, ObjectNotFound, ObjectExists and everything else fail at
+    once. Attempts and the total time spent (including waits) are bounded; the
+    last TransientError is raised when either runs out.
+
+    A failed attempt may still have taken effect (the connection dropped after
+    the server stored the object, or deleted it). So on a retry: ObjectExists
+    from ``save`` counts as success when the stored object's size equals the
+    data's length (names are content hashes, so the bytes are the ones we
+    sent), and ObjectNotFound from ``remove`` counts as success. A load that
+    asked for ``length`` bytes and got fewer is checked against ``stat`` and
+    retried if the object is long enough to have given them (a silently
+    truncated transfer).
+    """
+
+    def __init__(
+        self,
+        inner: Backend,
+        *,
+        attempts: int = 8,
+        base_delay: float = 0.5,
+        max_delay: float = 30.0,
+        max_elapsed: float = 300.0,
+        seed: int | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        super().__init__(inner)
+        self.attempts = max(1, attempts)
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.max_elapsed = max_elapsed
+        self._rng = random.Random(seed)
+        self._rng_lock = threading.Lock()
+        self._sleep = sleep
+        self.retries = 0  # total retries made (for statistics and tests)
+
+    def _delay(self, attempt: int) -> float:
+        cap = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
+        with self._rng_lock:
+            return cap / 2 + self._rng.uniform(0, cap / 2)  # "equal jitter"
+
+    def _retry(self, what: str, fn: Callable[[int], T]) -> T:
+        """Call ``fn(attempt)`` (attempt counts from 1) until it stops raising TransientError."""
+        start = time.monotonic()
+        attempt = 1
+        while True:
+            try:
+                return fn(attempt)
+            except TransientError as e:
+                delay = self._delay(attempt)
+                if attempt >= self.attempts or time.monotonic() - start + delay > self.max_elapsed:
+                    log.warning("giving up on %s in %s after %d attempts: %s", what, self.location, attempt, e)
+                    raise
+                log.info("retrying %s in %s in %.1fs (attempt %d): %s", what, self.location, delay, attempt + 1, e)
+                with self._rng_lock:
+                    self.retries += 1
+                self._sleep(delay)
+                attempt += 1
+
+    def save(self, type: ObjectType, name: str, data: bytes) -> None:
+        def go(attempt: int) -> None:
+            try:
+                self.inner.save(type, name, data)
+            except ObjectExists:
+                if attempt > 1 and self.inner.stat(type, name).size == len(data):
+                    return  # an earlier attempt stored it before failing
+                raise
+
+        self._retry(f"saving {type.value}/{name}", go)
+
+    def load(self, type: ObjectType, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        def go(attempt: int) -> bytes:
+            data = self.inner.load(type, name, offset, length)
+            if length is not None and len(data) < length:
+                size = self.inner.stat(type, name).size
+                if len(data) < min(length, max(0, size - offset)):
+                    raise TransientError(
+                        f"short read of {type.value}/{name} from {self.location} ({len(data)} of {length} bytes)"
+                    )
+            return data
+
+        return self._retry(f"loading {type.value}/{name}", go)
+
+    def stat(self, type: ObjectType, name: str) -> ObjectInfo:
+        return self._retry(f"stat of {type.value}/{name}", lambda _: self.inner.stat(type, name))
+
+    def list(self, type: ObjectType) -> Iterator[ObjectInfo]:
+        """Restarts a listing that fails part-way, without repeating names already yielded."""
+        seen: set[str] = set()
+        start = time.monotonic()
+        attempt = 1
+        progress = False
+        while True:
+            try:
+                for info in self.inner.list(type):
+                    if info.name not in seen:
+                        seen.add(info.name)
+                        progress = True
+                        yield info
+                return
+            except TransientError as e:
+                if progress:
+                    attempt, start, progress = 1, time.monotonic(), False  # a listing that moves is not stuck
+                delay = self._delay(attempt)
+                if attempt >= self.attempts or time.monotonic() - start + delay > self.max_elapsed:
+                    raise
+                log.info("retrying the %s listing in %s in %.1fs: %s", type.value, self.location, delay, e)
+                with self._rng_lock:
+                    self.retries += 1
+                self._sleep(delay)
+                attempt += 1
+
+    def remove(self, type: ObjectType, name: str) -> None:
+        def go(attempt: int) -> None:
+            try:
+                self.inner.remove(type, name)
+            except ObjectNotFound:
+                if attempt > 1:
+                    return  # an earlier attempt removed it before failing
+                raise
+
+        self._retry(f"removing {type.value}/{name}", go)
+
+    def exists(self) -> bool:
+        return self._retry("checking the repository", lambda _: self.inner.exists())
+
+    def create(self) -> None:
+        self._retry("creating the repository", lambda _: self.inner.create())
+
+
+# -- bandwidth ------------------------------------------------------------------
+
+
+class TokenBucket:
+    """Bytes per second, shared by every thread.
+
+    A request larger than the bucket is allowed to run the balance negative;
+    the caller (and every later one) then waits until it is paid back, so the
+    long-run rate holds whatever the object sizes.
+    """
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.rate = float(rate)
+        self.burst = float(burst if burst is not None else max(rate / 4, 64 * 1024))
+        self._tokens = self.burst
+        self._last = time.monotonic()
+        self._lock = threading.Lock()
+
+    def consume(self, n: int, sleep: Callable[[float], None] = time.sleep) -> None:
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            self._tokens -= n
+            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
+        if wait > 0:
+            sleep(wait)
+
+
+class RateLimitBackend(_Wrapper):
+    """Limits upload and download bytes per second (None: no limit)."""
+
+    def __init__(self, inner: Backend, *, upload: float | None = None, download: float | None = None) -> None:
+        super().__init__(inner)
+        self.upload = TokenBucket(upload) if upload else None
+        self.download = TokenBucket(download) if download else None
+
+    def save(self, type: ObjectType, name: str, data: bytes) -> None:
+        if self.upload:
+            self.upload.consume(len(data))
+        self.inner.save(type, name, data)
+
+    def load(self, type: ObjectType, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        if self.download and length is not None:
+            self.download.consume(length)  # pay before, so concurrent readers queue up
+            return self.inner.load(type, name, offset, length)
+        data = self.inner.load(type, name, offset, length)
+        if self.download:
+            self.download.consume(len(data))
+        return data
+
+
+# -- connections ----------------------------------------------------------------
+
+
+class ConnectionLimitBackend(_Wrapper):
+    """At most ``connections`` operations in flight at once."""
+
+    def __init__(self, inner: Backend, connections: int) -> None:
+        super().__init__(inner)
+        if connections < 1:
+            raise ValueError("connections must be at least 1")
+        self._sem = threading.BoundedSemaphore(connections)
+
+    def _with(self, fn: Callable[[], T]) -> T:
+        with self._sem:
+            return fn()
+
+    def save(self, type: ObjectType, name: str, data: bytes) -> None:
+        self._with(lambda: self.inner.save(type, name, data))
+
+    def load(self, type: ObjectType, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        return self._with(lambda: self.inner.load(type, name, offset, length))
+
+    def stat(self, type: ObjectType, name: str) -> ObjectInfo:
+        return self._with(lambda: self.inner.stat(type, name))
+
+    def list(self, type: ObjectType) -> Iterator[ObjectInfo]:
+        # one slot per step, never held while the caller works on an item
+        it = iter(self.inner.list(type))
+        while True:
+            with self._sem:
+                try:
+                    info = next(it)
+                except StopIteration:
+                    return
+            yield info
+
+    def remove(self, type: ObjectType, name: str) -> None:
+        self._with(lambda: self.inner.remove(type, name))
+
+    def exists(self) -> bool:
+        return self._with(self.inner.exists)
+
+    def create(self) -> None:
+        self._with(self.inner.create)
+
+
+# -- fault injection (tests) ----------------------------------------------------
+
+
+class FaultyBackend(_Wrapper):
+    """Injects failures, seeded so a failing test can be replayed.
+
+    error_rate       each call raises a "dropped connection" TransientError with this probability
+                     (before doing anything; list may fail part-way through)
+    lost_ack_rate    save stores the data, then raises TransientError anyway (the reply was lost)
+    truncate_rate    load silently returns a prefix of the bytes
+    max_delay        each call first sleeps a random time up to this many seconds
+    """
+
+    def __init__(
+        self,
+        inner: Backend,
+        *,
+        seed: int = 0,
+        error_rate: float = 0.0,
+        lost_ack_rate: float = 0.0,
+        truncate_rate: float = 0.0,
+        max_delay: float = 0.0,
+    ) -> None:
+        super().__init__(inner)
+        self.error_rate = error_rate
+        self.lost_ack_rate = lost_ack_rate
+        self.truncate_rate = truncate_rate
+        self.max_delay = max_delay
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self.injected: dict[str, int] = {"error": 0, "lost_ack": 0, "truncate": 0}
+
+    def _roll(self, p: float, kind: str) -> bool:
+        if p <= 0:
+            return False
+        with self._lock:
+            hit = self._rng.random() < p
+            if hit:
+                self.injected[kind] += 1
+        return hit
+
+    def _before(self, what: str) -> None:
+        if self.max_delay > 0:
+            with self._lock:
+                d = self._rng.uniform(0, self.max_delay)
+            time.sleep(d)
+        if self._roll(self.error_rate, "error"):
+            raise TransientError(f"injected fault: connection to {self.location} dropped during {what}")
+
+    def save(self, type: ObjectType, name: str, data: bytes) -> None:
+        self._before(f"save of {type.value}/{name}")
+        self.inner.save(type, name, data)
+        if self._roll(self.lost_ack_rate, "lost_ack"):
+            raise TransientError(f"injected fault: connection to {self.location} dropped after saving {type.value}/{name}")
+
+    def load(self, type: ObjectType, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        self._before(f"load of {type.value}/{name}")
+        data = self.inner.load(type, name, offset, length)
+        if data and self._roll(self.truncate_rate, "truncate"):
+            with self._lock:
+                cut = self._rng.randrange(len(data))
+            return data[:cut]
+        return data
+
+    def stat(self, type: ObjectType, name: str) -> ObjectInfo:
+        self._before(f"stat of {type.value}/{name}")
+        return self.inner.stat(type, name)
+
+    def list(self, type: ObjectType) -> Iterator[ObjectInfo]:
+        # a listing fails at most once, before it starts or after a random number of items
+        fail_at = -1
+        if self._roll(self.error_rate, "error"):
+            with self._lock:
+                fail_at = self._rng.randrange(0, 1000) if self._rng.random() < 0.5 else 0
+        for i, info in enumerate(self.inner.list(type)):
+            if i == fail_at:
+                break
+            yield info
+        else:
+            if fail_at < 0:
+                return
+        raise TransientError(f"injected fault: connection to {self.location} dropped during the {type.value} listing")
+
+    def remove(self, type: ObjectType, name: str) -> None:
+        self._before(f"removal of {type.value}/{name}")
+        self.inner.remove(type, name)
+
+    def exists(self) -> bool:
+        self._before("exists")
+        return self.inner.exists()
+
+    def create(self) -> None:
+        self._before("create")
+        self.inner.create()
+
+
+def wrap_backend(
+    backend: Backend,
+    *,
+    retries: bool | dict[str, float] = True,
+    limit_upload: float | None = None,
+    limit_download: float | None = None,
+    connections: int | None = None,
+) -> Backend:
+    """Stack the wrappers a repository wants around ``backend``.
+
+    ``limit_upload``/``limit_download`` are bytes per second; ``connections``
+    bounds concurrent operations; ``retries`` is True (defaults), False, or a
+    dict of RetryBackend keyword arguments.
+    """
+    b: Backend = backend
+    if connections:
+        b = ConnectionLimitBackend(b, connections)
+    if limit_upload or limit_download:
+        b = RateLimitBackend(b, upload=limit_upload, download=limit_download)
+    if isinstance(retries, dict):
+        b = RetryBackend(b, **retries)  # type: ignore[arg-type]
+    elif retries:
+        b = RetryBackend(b)
+    return b
