@@ -61,7 +61,7 @@ def add_global_options(p: argparse.ArgumentParser, suppress: bool = False) -> No
                    help="backend option, e.g. s3.endpoint=http://127.0.0.1:8333 (repeatable)")
     p.add_argument("--limit-upload", metavar="RATE", default=default, help="limit uploads to RATE per second, e.g. 2MiB")
     p.add_argument("--limit-download", metavar="RATE", default=default, help="limit downloads to RATE per second")
-    p.add_argument("--connections", metavar="N", type=int, default=default, help="parallel storage connections (default 4)")
+    p.add_argument("--connections", metavar="N", type=int, default=default, help="parallel storage connections (default 4; 2 for a local repository)")
     p.add_argument("--json", action="store_true", default=default, help="machine-readable output (JSON)")
     p.add_argument("-q", "--quiet", action="store_true", default=default, help="print only errors and warnings")
 
@@ -98,9 +98,18 @@ def open_storage(args: argparse.Namespace) -> Backend:
         from ..backends.wrappers import wrap_backend
     except ImportError:  # pragma: no cover - wrappers ship with the package
         return backend
+    retries: bool | dict[str, float] = not repo_url(args).startswith("memory:")
+    # TEST-ONLY hook: TUCKBOX_TEST_FAULTS="rate=0.05,seed=7" (keys in tuckbox/testing/crash.py) puts a
+    # FaultyBackend and exact crash/quota points directly around the real backend, under the retry wrapper,
+    # so the test suite can prove real runs survive storage faults and kills. Never set it outside tests.
+    faults = os.environ.get("TUCKBOX_TEST_FAULTS")
+    if faults:
+        from ..testing.crash import inject_faults
+
+        backend, retries = inject_faults(backend, faults, retries)
     return wrap_backend(
         backend,
-        retries=not repo_url(args).startswith("memory:"),
+        retries=retries,
         limit_upload=parse_size(limit_up) if limit_up else None,
         limit_download=parse_size(limit_down) if limit_down else None,
         connections=connections,
@@ -202,6 +211,8 @@ def open_repository(args: argparse.Namespace, *, load_index: bool = True) -> Rep
     connections = opt(args, "connections")
     if connections:
         repo.connections = connections
+    elif "://" not in repo_url(args) and not repo_url(args).startswith("rclone:"):
+        repo.connections = 2  # a local disk gains nothing from more writers, and each holds a pack in memory
     return repo
 
 

@@ -14,6 +14,7 @@ from importlib import import_module
 from .. import __version__
 from ..errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, TuckboxError
 from .common import add_global_options, report_problems
+from .memory import tune_allocator
 
 COMMANDS = [
     "init", "backup", "snapshots", "ls", "diff", "restore", "dump", "check", "stats", "unlock",
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_allocator()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

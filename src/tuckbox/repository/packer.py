@@ -64,7 +64,7 @@ class Packer:
         self._workers = ThreadPoolExecutor(nworkers, thread_name_prefix="tuckbox-pack")
         self._uploads = ThreadPoolExecutor(connections, thread_name_prefix="tuckbox-upload")
         self._blob_slots = threading.BoundedSemaphore(nworkers + 1)
-        self._upload_slots = threading.BoundedSemaphore(connections + 1)
+        self._upload_slots = threading.BoundedSemaphore(connections)
         self._lock = threading.Lock()
         self._open: dict[BlobType, PackBuilder] = {}
         self._pending: set[bytes] = set()
