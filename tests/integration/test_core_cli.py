@@ -151,3 +151,44 @@ def test_write_order_leaves_only_complete_objects(tb, tmp_path):
     assert not list(repo.rglob(".tmp-*"))
     check = tb("check", "--json").json()
     assert check["ok"] and check["counts"]["snapshots"] == 1
+
+
+def test_huge_sparse_file_costs_only_its_data(tb, tmp_path):
+    src = tmp_path / "s"
+    src.mkdir()
+    big = src / "sparse.img"
+    with open(big, "wb") as f:
+        f.truncate(10 << 30)  # 10 GiB apparent
+        f.seek(5 << 30)
+        f.write(os.urandom(1 << 20))  # 1 MiB of data in the middle
+    tb("init")
+    line = [ln for ln in tb("backup", str(src), "--json").out.splitlines() if '"summary"' in ln][0]
+    import json
+
+    summary = json.loads(line)
+    assert summary["bytes_total"] == (10 << 30)
+    assert summary["bytes_read"] <= 2 << 20  # only the data extent was read
+    tb("restore", "latest", "--target", str(tmp_path / "r"))
+    out = Path(str(tmp_path / "r") + str(big))
+    st = out.stat()
+    assert st.st_size == 10 << 30
+    assert st.st_blocks * 512 <= 8 << 20  # holes stay holes
+    with open(out, "rb") as f, open(big, "rb") as g:
+        f.seek(5 << 30)
+        g.seek(5 << 30)
+        assert f.read(1 << 20) == g.read(1 << 20)
+
+
+def test_unknown_format_version_or_feature_is_refused(tb, tmp_path):
+    import json
+
+    tb("init")
+    cfg_path = Path(tb.repo) / "config"
+    original = cfg_path.read_bytes()
+    doc = json.loads(original)
+    for change, words in (({"version": 2}, "format version 2"), ({"features": ["shiny-new-thing"]}, "shiny-new-thing")):
+        cfg_path.write_text(json.dumps({**doc, **change}))
+        res = tb("snapshots", expect=1)
+        assert words in res.err and "upgrade tuckbox" in res.err
+    cfg_path.write_bytes(original)
+    tb("snapshots")

@@ -96,7 +96,16 @@ class Checker:
         renew = getattr(backend, "renew_leases", None)
         if callable(renew):
             try:
-                renew()
+                self.on_progress("renewing storage leases")
+                result = renew()
+                walked = getattr(result, "objects", None)
+                self.report.notes.append(
+                    "storage leases renewed" + (f" on {walked} objects" if walked is not None else "")
+                )
+                if getattr(result, "unhealthy", 0):
+                    self.report.notes.append(f"{result.unhealthy} stored object(s) have fewer shares than wanted")
+                if getattr(result, "unrecoverable", 0):
+                    self._error(f"{result.unrecoverable} stored object(s) are unrecoverable in the storage grid")
             except TuckboxError as e:
                 self._error(f"renewing storage leases failed: {e}")
         self.report.counts = {
