@@ -314,8 +314,9 @@ class Restorer:
                                 self._opened.add(i)
                             fd = os.open(dest[i], os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
                             try:
-                                if first:  # idempotent: every write lies within the final size
-                                    os.ftruncate(fd, entries[i][1].size)
+                                content = entries[i][1].content
+                                if first and isinstance(content[-1], int):  # a trailing hole: set the size
+                                    os.ftruncate(fd, entries[i][1].size)  # idempotent: writes lie within it
                                 os.pwrite(fd, plain, off)
                             finally:
                                 os.close(fd)
