@@ -5,8 +5,10 @@ Resuming after an interruption (Ctrl-C, kill -9, power loss, lost network):
 * every uploaded pack is journaled locally before anything depends on it, and
   the next run *adopts* journaled packs that no index names yet, so no stored
   pack is uploaded again (see repository/journal.py);
-* the files cache is saved every minute with the files whose chunks are all
-  stored, so the next run re-reads only files that were not yet saved;
+* the files cache is written as the walk goes and flushed every second; an
+  interrupted run's stream is consulted first by the next run (entries are
+  trusted only if their chunks are indexed), so it re-reads only files that
+  were not yet saved;
 * every ``checkpoint_interval`` seconds the run saves a *checkpoint*: a partial
   snapshot (``partial: true``) of everything finished so far, restorable like
   any snapshot; a complete snapshot of the same paths later removes the
@@ -39,7 +41,6 @@ from .archiver import Archiver, Progress, normalize_paths
 from .files_cache import FilesCache
 
 DEFAULT_CHECKPOINT_INTERVAL = 15 * 60.0
-FILES_CACHE_SAVE_INTERVAL = 60.0
 
 
 class _Store:
@@ -172,12 +173,12 @@ def run_backup(
     journal = PackJournal(state / "journal" if state else None)
     packer = repo.new_packer(on_pack_saved=journal.record)
     finished = False
+    files_cache: FilesCache | None = None
     try:
         adopted = adopt_journaled_packs(repo, journal)
         parent = _find_parent(repo, host, paths)
         checkpoints = _Checkpoints(state, paths)
-        files_cache = FilesCache(state / "files-cache" if state else None)
-        durable = repo.index.has  # packs enter the master index once stored (and journaled)
+        files_cache = FilesCache(state / "files-cache" if state else None, paths)
         written: list[str] = []
 
         def snapshot(tree: bytes, partial: bool) -> Snapshot:
@@ -201,12 +202,12 @@ def run_backup(
                 record_own_snapshot(repo, snap)
             return snap
 
-        clock = {"checkpoint": time.monotonic(), "cache": time.monotonic()}
+        clock = {"checkpoint": time.monotonic()}
 
         def after_entry() -> None:
             now = time.monotonic()
             if now - clock.get("journal", 0.0) >= 1.0:
-                files_cache.flush_journal()  # to the OS: survives kill -9
+                files_cache.flush()  # to the OS: survives kill -9
                 clock["journal"] = now
             if request.checkpoint_interval and now - clock["checkpoint"] >= request.checkpoint_interval:
                 tree = archiver.partial_tree()
@@ -214,11 +215,7 @@ def run_backup(
                 snap = snapshot(tree, partial=True)
                 checkpoints.add(snap.id)
                 written.append(snap.id)
-                files_cache.save(paths, durable=durable, final=False)
-                clock["checkpoint"] = clock["cache"] = time.monotonic()
-            elif now - clock["cache"] >= FILES_CACHE_SAVE_INTERVAL:
-                files_cache.save(paths, durable=durable, final=False)
-                clock["cache"] = now
+                clock["checkpoint"] = time.monotonic()
 
         archiver = Archiver(
             _Store(repo, packer),
@@ -236,13 +233,14 @@ def run_backup(
         if archiver.stopped:
             checkpoints.add(snap.id)
             written.append(snap.id)
-            files_cache.save(paths, durable=durable, final=False)
         else:
             checkpoints.supersede(repo)
-            files_cache.save(paths, durable=durable, final=True)
+        files_cache.finish(complete=not archiver.stopped)
         finished = True
         return BackupResult(snap, archiver.summary.warnings, archiver.stopped, adopted, written)
     finally:
+        if not finished and files_cache is not None:
+            files_cache.abandon()
         packer.close()
         journal.close(remove=finished)
         lock.release()

@@ -1,168 +1,246 @@
-"""The files cache: lets a backup skip reading files that have not changed.
+"""The files cache: lets a backup skip reading files that have not changed, in constant memory.
 
-Key: the file's path; value: (device, inode, size, mtime_ns, ctime_ns) and the
-file's whole tree node as stored last time (its encoded map, content
-included). A file whose five values all match is assumed unchanged, provided
-every chunk it names is still in the repository index; since every metadata
-change (mode, owner, xattrs, ACLs, link count) moves ctime, the stored node is
-reused as it is (only a different atime is filled in), with no further
-system call.
-Files modified within ``RACY_NS`` of being read are never cached (a second
-write within the file system's timestamp granularity would be invisible).
+For each file the cache holds its path, (device, inode, size, mtime_ns,
+ctime_ns) and its whole tree node as stored last time (content included). A
+file whose five values match is unchanged, provided every chunk it names is
+still in the repository index; since every metadata change (mode, owner,
+xattrs, ACLs, link count) moves ctime, the stored node is reused as it is.
 
-Stored as one msgpack file in the repository's local state directory, written
-atomically at the end of a successful backup. A damaged cache is discarded.
+The cache is a stream of records **in the order the backup walks** (depth
+first, names sorted, parents before children), one stream per set of backup
+paths. The next run reads it in lockstep with its own walk — a merge join —
+so memory does not grow with the number of files, and writes its new stream
+as it goes. A finished run renames its stream over the old one; an
+interrupted run leaves its stream as ``<name>.partial``, consulted first by
+the next run (it is flushed every second, so it survives ``kill -9``), so a
+resumed backup re-reads only files that were not yet saved. Files modified
+within ``RACY_NS`` of being read are never cached.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-import secrets
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Iterator
 
 import msgpack
 
 RACY_NS = 1_000_000_000
-VERSION = 2
-
-Entry = tuple[int, int, int, int, int, list[Any]]
+VERSION = 3
 
 
-class FilesCache:
-    """The cache, plus an append-only journal of entries learnt since it was last saved.
+def _order(path: bytes) -> list[bytes]:
+    return path.split(b"/")
 
-    The journal (``<path>.journal``) lets a run that dies before saving the
-    cache still spare the next run from re-reading the files it finished:
-    entries are replayed on load, and every lookup still requires each chunk
-    to be in the repository index, so an entry whose data never got stored is
-    simply not trusted.
-    """
+
+class _Cursor:
+    """Reads one cache stream forward, in walk order."""
 
     def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self.old: dict[bytes, list[Any]] = {}
-        self.new: dict[bytes, list[Any]] = {}
-        self._journal: Any = None
+        self._it: Iterator[Any] | None = None
+        self._f: BinaryIO | None = None
+        self.current: list[Any] | None = None
+        self._key: list[bytes] = []
         if path is None:
             return
         try:
-            doc = msgpack.unpackb(path.read_bytes(), use_list=True)
-            if doc.get("v") == VERSION and isinstance(doc.get("files"), dict):
-                self.old = doc["files"]
-        except (OSError, ValueError, TypeError, AttributeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
-            self.old = {}
-        self._replay()
+            self._f = open(path, "rb")
+        except OSError:
+            return
+        unpacker = msgpack.Unpacker(self._f, use_list=True, max_buffer_size=64 << 20)
+        self._it = iter(unpacker)
+        try:
+            header = next(self._it)
+            if not (isinstance(header, dict) and header.get("v") == VERSION):
+                self._it = None
+        except Exception:  # noqa: BLE001 - unreadable: behave as empty
+            self._it = None
+        self._advance()
+
+    def _advance(self) -> None:
+        self.current = None
+        if self._it is None:
+            return
+        try:
+            rec = next(self._it)
+        except StopIteration:
+            self._it = None
+            return
+        except Exception:  # noqa: BLE001 - a torn or damaged tail ends the stream
+            self._it = None
+            return
+        if isinstance(rec, list) and len(rec) == 7 and isinstance(rec[0], bytes) and isinstance(rec[6], dict):
+            self.current = rec
+            self._key = _order(rec[0])
+        else:
+            self._it = None
+
+    def find(self, path: bytes) -> list[Any] | None:
+        key = _order(path)
+        while self.current is not None and self._key < key:
+            self._advance()
+        if self.current is not None and self._key == key:
+            return self.current
+        return None
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+class FilesCache:
+    def __init__(self, directory: Path | None, paths: list[bytes] | None = None) -> None:
+        self.dir = directory
+        self.path: Path | None = None
+        self._out: BinaryIO | None = None
+        self._last: list[Any] | None = None
+        self._last_written = b""
+        self.entries_written = 0
+        if directory is None:
+            self._old = self._partial = _Cursor(None)
+            return
+        names = sorted(os.fsdecode(p) for p in (paths or []))
+        digest = hashlib.sha256("\0".join(names).encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError:
+            self.dir = None
+            self._old = self._partial = _Cursor(None)
+            return
+        self.path = directory / digest
+        self._adopt_leftovers()
+        self._partial = _Cursor(self._partial_path)
+        self._old = _Cursor(self.path)
+        self._last_written = b""
+
+    def _adopt_leftovers(self) -> None:
+        """A run killed outright leaves ``.new-<pid>``: keep the longest stream as the partial one."""
+        assert self.path is not None
+        candidates = [p for p in self.path.parent.glob(self.path.name + ".new-*") if _dead(p)]
+        if not candidates:
+            return
+        if self._partial_path.exists():
+            candidates.append(self._partial_path)
+        best = max(candidates, key=lambda p: p.stat().st_size)
+        for p in candidates:
+            if p != best:
+                p.unlink(missing_ok=True)
+        if best != self._partial_path:
+            os.replace(best, self._partial_path)
 
     @property
-    def journal_path(self) -> Path | None:
-        return self.path.with_name(self.path.name + ".journal") if self.path else None
+    def _partial_path(self) -> Path:
+        assert self.path is not None
+        return self.path.with_name(self.path.name + ".partial")
 
-    def _replay(self) -> None:
-        jp = self.journal_path
-        try:
-            data = jp.read_bytes() if jp else b""
-        except OSError:
-            return
-        unpacker = msgpack.Unpacker(use_list=True)
-        unpacker.feed(data)
-        try:
-            for rec in unpacker:
-                if isinstance(rec, list) and len(rec) == 2 and isinstance(rec[0], bytes) and len(rec[1]) == 6 \
-                        and isinstance(rec[1][5], dict):
-                    self.old[rec[0]] = rec[1]
-        except Exception:  # noqa: BLE001 - a torn tail: keep what was read
-            pass
+    @property
+    def _new_path(self) -> Path:
+        assert self.path is not None
+        return self.path.with_name(self.path.name + f".new-{os.getpid()}")
 
-    def flush_journal(self) -> None:
-        if self._journal is not None:
-            try:
-                self._journal.flush()
-            except OSError:
-                self._journal = None
-
-    def _append(self, path: bytes, entry: list[Any]) -> None:
-        jp = self.journal_path
-        if jp is None:
-            return
-        try:
-            if self._journal is None:
-                self._journal = open(jp, "ab", buffering=256 * 1024)
-            self._journal.write(msgpack.packb([path, entry]))
-        except OSError:
-            self._journal = None
+    # -- reading (calls come in walk order) --
 
     def lookup(self, path: bytes, st: os.stat_result) -> dict[str, Any] | None:
-        e = self.old.get(path)
-        if e is None or len(e) != 6:
-            return None
-        if (e[0], e[1], e[2], e[3], e[4]) != (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
-            return None
-        return e[5] if isinstance(e[5], dict) else None
-
-    def _dirty(self, backed_up: list[bytes]) -> bool:
-        """Whether a final save would change anything (an unchanged tree skips the write)."""
-        if self._journal is not None or (self.journal_path is not None and self.journal_path.exists()):
-            return True
-        old = self.old
-        for k, v in self.new.items():
-            if old.get(k) is not v and old.get(k) != v:
-                return True
-        prefixes = tuple(p.rstrip(b"/") + b"/" for p in backed_up)
-        inside = sum(1 for k in old if k in backed_up or k.startswith(prefixes))
-        return inside != len(self.new)
-
-    def keep(self, path: bytes) -> None:
-        """The file is unchanged: carry its entry over as it is."""
-        self.new[path] = self.old[path]
+        """The stored node of an unchanged file, or None."""
+        self._last = None
+        for cursor in (self._partial, self._old):
+            rec = cursor.find(path)
+            if rec is not None and (rec[1], rec[2], rec[3], rec[4], rec[5]) == (
+                st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+            ):
+                self._last = rec
+                return rec[6]
+        return None
 
     def known(self, path: bytes) -> bool:
-        return path in self.old
+        """Whether an earlier backup saw this path (after ``lookup`` of the same path missed)."""
+        return self._partial.find(path) is not None or self._old.find(path) is not None
+
+    # -- writing (in walk order) --
+
+    def _write(self, rec: list[Any]) -> None:
+        if self.path is None:
+            return
+        try:
+            if self._out is None:
+                self._out = open(self._new_path, "wb", buffering=256 * 1024)
+                self._out.write(msgpack.packb({"v": VERSION}))
+            self._out.write(msgpack.packb(rec))
+            self._last_written = rec[0]
+            self.entries_written += 1
+        except OSError:
+            self._out = None
+            self.path = None  # stop caching; never fail a backup over it
+
+    def keep(self, path: bytes) -> None:
+        """The file just looked up is unchanged: carry its record over."""
+        if self._last is not None:
+            self._write(self._last)
 
     def remember(self, path: bytes, st: os.stat_result, node_map: dict[str, Any], read_at_ns: int) -> None:
         if max(st.st_mtime_ns, st.st_ctime_ns) >= read_at_ns - RACY_NS:
             return
-        entry = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, node_map]
-        self.new[path] = entry
-        if self.old.get(path) != entry:
-            self._append(path, entry)
+        self._write([path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, node_map])
 
-    def save(self, backed_up: list[bytes], *, durable: Callable[[bytes], bool], final: bool) -> None:
-        """Write the cache atomically.
-
-        Only entries whose every chunk is ``durable`` (stored) are written. A
-        ``final`` save (after a complete snapshot) drops old entries inside this
-        run's paths that were not seen again (deleted files); an intermediate
-        save keeps them, so a resumed run still skips unchanged files it had
-        not reached yet.
-        """
-        if self.path is None:
-            return
-        if final and not self._dirty(backed_up):
-            return
-        if final:
-            prefixes = [p.rstrip(b"/") + b"/" for p in backed_up]
-            merged = {
-                k: v
-                for k, v in self.old.items()
-                if k not in backed_up and not any(k.startswith(p) for p in prefixes)
-            }
-        else:
-            merged = dict(self.old)
-        for k, v in self.new.items():
-            if all(durable(c) for c in v[5].get("c", ()) if isinstance(c, bytes)):
-                merged[k] = v
-        tmp = self.path.with_name(f".tmp-{secrets.token_hex(6)}")
-        try:
-            tmp.write_bytes(msgpack.packb({"v": VERSION, "files": merged}))
-            os.replace(tmp, self.path)
-            if self._journal is not None:
-                self._journal.close()
-                self._journal = None
-            if self.journal_path is not None:
-                self.journal_path.unlink(missing_ok=True)  # its entries are in the cache (or not durable)
-        except OSError:
+    def flush(self) -> None:
+        """Push buffered records to the OS (they then survive the process being killed)."""
+        if self._out is not None:
             try:
-                tmp.unlink()
+                self._out.flush()
             except OSError:
                 pass
+
+    def finish(self, complete: bool) -> None:
+        """End of run: a complete run replaces the cache; an interrupted one leaves a partial stream."""
+        try:
+            self._finish(complete)
+        finally:
+            self._old.close()
+            self._partial.close()
+
+    def _finish(self, complete: bool) -> None:
+        if self.path is None:
+            return
+        try:
+            if self._out is None:
+                if complete:
+                    self._partial_path.unlink(missing_ok=True)
+                return
+            if not complete:
+                # keep what the earlier partial stream knew beyond the point this run reached
+                for cursor in (self._partial,):
+                    while cursor.current is not None:
+                        if _order(cursor.current[0]) > _order(self._last_written):
+                            self._out.write(msgpack.packb(cursor.current))
+                        cursor._advance()
+            self._out.close()
+            self._out = None
+            if complete:
+                os.replace(self._new_path, self.path)
+                self._partial_path.unlink(missing_ok=True)
+            else:
+                os.replace(self._new_path, self._partial_path)
+        except OSError:
+            pass
+
+    def abandon(self) -> None:
+        """The run failed: keep what it wrote as the partial stream (entries are verified on use)."""
+        self.finish(complete=False)
+
+
+def _dead(path: Path) -> bool:
+    try:
+        pid = int(path.name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return True
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False

@@ -117,7 +117,7 @@ class Checker:
         return self.report
 
     def _mark_pack(self, pack: PackRecord, why: str) -> None:
-        for entry in pack.blobs:
+        for entry in self.repo.index.pack_blobs(pack.name):
             self._bad_blobs.setdefault(entry.id, why)
 
     def _read_data(self, packs: list[PackRecord]) -> None:
@@ -146,7 +146,7 @@ class Checker:
             except TuckboxError as e:
                 problems.append(f"pack {pack.name}: header damaged: {e}")
                 header = {}
-            for entry in pack.blobs:
+            for entry in self.repo.index.pack_blobs(pack.name):
                 if header and header.get(entry.id) != entry:
                     problems.append(f"pack {pack.name}: blob {entry.id.hex()[:8]} differs between pack header and index")
                 try:

@@ -15,6 +15,7 @@ racing to store it), any copy will do.
 from __future__ import annotations
 
 import threading
+from array import array
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -80,36 +81,85 @@ def decode_index(sealed: bytes, index_key: bytes, name: str) -> list[PackRecord]
 
 @dataclass(frozen=True)
 class Location:
-    pack: PackRecord
+    pack: PackRecord  # without its blob list
     entry: BlobEntry
 
 
 class MasterIndex:
-    """Every blob of the repository: id -> (pack, entry). Thread-safe for concurrent add/lookup."""
+    """Every blob of the repository: id -> where it is stored. Thread-safe for concurrent add/lookup.
+
+    Kept compact because it holds one row per blob of the whole repository: a
+    dict from blob id to a row number, and the rows in parallel arrays (about
+    140 bytes per blob instead of several Python objects).
+    """
 
     def __init__(self) -> None:
-        self._blobs: dict[bytes, tuple[PackRecord, BlobEntry]] = {}
-        self.packs: dict[str, PackRecord] = {}
+        self._rows: dict[bytes, int] = {}
+        self._ids: list[bytes] = []
+        self._pack = array("I")
+        self._offset = array("Q")
+        self._length = array("I")
+        self._raw = array("I")
+        self._kind = array("B")  # blob type << 4 | compression
+        self._pack_list: list[PackRecord] = []
+        self.packs: dict[str, PackRecord] = {}  # name -> record without its blob list
+        self._pack_no: dict[str, int] = {}
         self.index_names: set[str] = set()
         self._lock = threading.Lock()
+        self._grouped: dict[int, list[int]] | None = None
 
     def add_pack(self, pack: PackRecord) -> None:
         with self._lock:
-            self.packs[pack.name] = pack
-            for entry in pack.blobs:
-                self._blobs.setdefault(entry.id, (pack, entry))
+            if pack.name in self._pack_no:
+                return
+            slim = PackRecord(pack.name, pack.epk, pack.kind, pack.size, ())
+            no = len(self._pack_list)
+            self._pack_list.append(slim)
+            self._pack_no[pack.name] = no
+            self.packs[pack.name] = slim
+            self._grouped = None
+            for e in pack.blobs:
+                if e.id in self._rows:
+                    continue  # any stored copy serves
+                self._rows[e.id] = len(self._ids)
+                self._ids.append(e.id)
+                self._pack.append(no)
+                self._offset.append(e.offset)
+                self._length.append(e.length)
+                self._raw.append(e.raw_length)
+                self._kind.append(int(e.type) << 4 | e.compression)
 
     def has(self, blob_id: bytes) -> bool:
-        return blob_id in self._blobs
+        return blob_id in self._rows
+
+    def _entry(self, row: int) -> BlobEntry:
+        kind = self._kind[row]
+        return BlobEntry(self._ids[row], BlobType(kind >> 4), self._offset[row], self._length[row], self._raw[row], kind & 15)
 
     def lookup(self, blob_id: bytes) -> Location | None:
-        found = self._blobs.get(blob_id)
-        return Location(*found) if found else None
+        row = self._rows.get(blob_id)
+        if row is None:
+            return None
+        return Location(self._pack_list[self._pack[row]], self._entry(row))
+
+    def raw_length(self, blob_id: bytes) -> int | None:
+        row = self._rows.get(blob_id)
+        return None if row is None else self._raw[row]
 
     def __len__(self) -> int:
-        return len(self._blobs)
+        return len(self._rows)
+
+    def pack_blobs(self, name: str) -> list[BlobEntry]:
+        """The blobs this index attributes to one pack (first copies only)."""
+        with self._lock:
+            if self._grouped is None:
+                grouped: dict[int, list[int]] = {}
+                for row, no in enumerate(self._pack):
+                    grouped.setdefault(no, []).append(row)
+                self._grouped = grouped
+            rows = self._grouped.get(self._pack_no.get(name, -1), [])
+        return [self._entry(r) for r in rows]
 
     def entries(self) -> Iterator[tuple[PackRecord, BlobEntry]]:
-        for pack in list(self.packs.values()):
-            for entry in pack.blobs:
-                yield pack, entry
+        for row in range(len(self._ids)):
+            yield self._pack_list[self._pack[row]], self._entry(row)

@@ -24,8 +24,7 @@ from typing import Any, Callable
 from ..errors import IntegrityError, TargetExists, TuckboxError, UsageError
 from ..fsmeta import apply_metadata, create_special
 from ..snapshot.model import Snapshot
-from ..snapshot.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node
-from ..snapshot.walk import walk
+from ..snapshot.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, decode_tree
 from ..types import BlobType, ObjectType
 
 MARKER = b".tuckbox-restore"
@@ -134,13 +133,32 @@ class Restorer:
         except OSError as e:
             raise TuckboxError(f"cannot write to restore target {_display(target)}: {e.strerror}") from None
 
-        def load_tree(tree_id: bytes) -> bytes:
-            return self.repo.load_blob(BlobType.TREE, tree_id)
+        # a damaged directory listing costs what is below it, not the whole restore (the root's costs all)
+        unreadable: dict[bytes, str] = {}
+        entries: list[tuple[bytes, Node]] = []
 
-        entries = list(walk(load_tree, snap.tree))
+        def visit(tree_id: bytes, prefix: bytes) -> None:
+            try:
+                nodes = decode_tree(self.repo.load_blob(BlobType.TREE, tree_id))
+            except TuckboxError as e:
+                if prefix == b"/":
+                    raise
+                unreadable[prefix] = str(e)
+                return
+            for node in nodes:
+                path = os.path.join(prefix, node.name)
+                entries.append((path, node))
+                if node.type == DIR and node.subtree:
+                    visit(node.subtree, path)
+
+        visit(snap.tree, b"/")
         entries = select(entries, includes or [], excludes or [])
         if (includes or excludes) and not entries:
             raise UsageError("no entries in the snapshot match the --include/--exclude patterns")
+        for path, _ in entries:
+            if path in unreadable:
+                self.result.errors.append(f"{_display(path)}: contents not restored: directory listing damaged: {unreadable[path]}")
+                self.progress.warning(self.result.errors[-1])
 
         dest = [os.path.join(target, p.lstrip(b"/")) for p, _ in entries]
         files: list[int] = []
@@ -233,8 +251,7 @@ class Restorer:
                 out.append((None, pos, item))
                 pos += item
                 continue
-            loc = self.repo.index.lookup(item)
-            length = loc.entry.raw_length if loc is not None else 0
+            length = self.repo.index.raw_length(item) or 0
             out.append((item, pos, length))
             pos += length
         return out
