@@ -80,9 +80,9 @@ def test_vanishing_and_changing_files(tmp_path, monkeypatch):
     src = tmp_path / "src"
     src.mkdir()
     (src / "a_first.txt").write_text("first")
-    (src / "b_grows.log").write_bytes(os.urandom(100_000))
+    (src / "b_grows.log").write_bytes(os.urandom(5 << 20))  # large: streamed, so appends land mid-read
     (src / "c_stable.txt").write_text("stable")
-    (src / "z_vanishes.txt").write_text("soon gone")
+    (src / "z_vanishes.txt").write_bytes(os.urandom(5 << 20))  # large: not read ahead by the reader pool
     repo = Repository.init(LocalBackend(str(tmp_path / "repo")), b"pw", created="t", host="h", user="u")
     saboteur = _Saboteur(os.fsencode(src / "c_stable.txt"), src / "z_vanishes.txt", src / "b_grows.log")
     result = run_backup(repo, BackupRequest([str(src)]), saboteur)
@@ -103,7 +103,7 @@ def test_file_changed_once_is_reread_consistently(tmp_path, monkeypatch):
     src = tmp_path / "src"
     src.mkdir()
     target = src / "edited.txt"
-    target.write_bytes(b"version one\n" * 1000)
+    target.write_bytes(b"version one\n" * 500_000)  # large: streamed, so the edit lands mid-read
 
     class EditOnce(Progress):
         done = False
@@ -111,10 +111,10 @@ def test_file_changed_once_is_reread_consistently(tmp_path, monkeypatch):
         def bytes_done(self, n: int) -> None:
             if not self.done:
                 self.done = True
-                target.write_bytes(b"version two\n" * 1200)
+                target.write_bytes(b"version two\n" * 600_000)
 
     repo = Repository.init(LocalBackend(str(tmp_path / "repo")), b"pw", created="t", host="h", user="u")
     result = run_backup(repo, BackupRequest([str(src)]), EditOnce())
     assert result.warnings == []  # retried once and read a consistent copy
     Restorer(repo).restore(result.snapshot, os.fsencode(tmp_path / "r"))
-    assert (Path(str(tmp_path / "r") + str(src)) / "edited.txt").read_bytes() == b"version two\n" * 1200
+    assert (Path(str(tmp_path / "r") + str(src)) / "edited.txt").read_bytes() == b"version two\n" * 600_000

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+from concurrent.futures import Future, ThreadPoolExecutor
 import os
 import stat
 import sys
@@ -117,6 +118,7 @@ class Archiver:
         self._root_devs: set[int] = set()
         self.after_entry = after_entry or (lambda: None)
         self._report_files = type(self.progress).file_started is not Progress.file_started
+        self._readers: ThreadPoolExecutor | None = ThreadPoolExecutor(2, thread_name_prefix="tuckbox-read")
         # directories being walked, outermost first: (their node in the parent, entries done so far)
         self._stack: list[tuple[Node | None, list[Node | dict[str, Any]]]] = []
         self.stopped = False
@@ -141,10 +143,15 @@ class Archiver:
                 node = sub
             else:
                 node[parts[-1]] = _LEAF
-        if whole_root:
-            self._root_devs.add(os.lstat(b"/").st_dev)
-            return self._save_dir(b"/", os.lstat(b"/").st_dev, None)
-        return self._save_virtual(b"/", spec, None)
+        try:
+            if whole_root:
+                self._root_devs.add(os.lstat(b"/").st_dev)
+                return self._save_dir(b"/", os.lstat(b"/").st_dev, None)
+            return self._save_virtual(b"/", spec, None)
+        finally:
+            if self._readers is not None:
+                self._readers.shutdown(wait=True, cancel_futures=True)
+                self._readers = None
 
     def partial_tree(self) -> bytes:
         """Store trees for everything completed so far and return the root tree id (for checkpoints)."""
@@ -180,17 +187,19 @@ class Archiver:
     def _save_virtual(self, prefix: bytes, spec: dict[bytes, Any], this: Node | None) -> bytes:
         nodes: list[Node | dict[str, Any]] = []
         self._stack.append((this, nodes))
+        found: list[tuple[bytes, bytes, os.stat_result, Any]] = []
         for name in sorted(spec):
+            path = os.path.join(prefix, name)
+            try:
+                found.append((path, name, os.lstat(path), spec[name]))
+            except OSError as e:
+                self._warn(f"{_display(path)}: cannot read: {e.strerror}")
+        # the walk order (and so the files cache's order): entries that are not directories first
+        found.sort(key=lambda f: (stat.S_ISDIR(f[2].st_mode), f[1]))
+        for path, name, st, sub in found:
             if self.should_stop():
                 self.stopped = True
                 break
-            sub = spec[name]
-            path = os.path.join(prefix, name)
-            try:
-                st = os.lstat(path)
-            except OSError as e:
-                self._warn(f"{_display(path)}: cannot read: {e.strerror}")
-                continue
             if sub is _LEAF:
                 self._root_devs.add(st.st_dev)
                 node = self._save_entry(path, name, st)
@@ -205,18 +214,16 @@ class Archiver:
         return self._save_tree(nodes)
 
     def _save_dir(self, path: bytes, dev: int, this: Node | None) -> bytes:
+        """One directory: its other entries first (small files prefetched by the reader pool), then subdirectories."""
         try:
             with os.scandir(path) as it:
-                entries = sorted(it, key=lambda e: e.name)
+                listing = sorted(it, key=lambda e: e.name)
         except OSError as e:
             self._warn(f"{_display(path)}: cannot list directory: {e.strerror}")
-            entries = []
-        nodes: list[Node | dict[str, Any]] = []
-        self._stack.append((this, nodes))
-        for entry in entries:
-            if self.should_stop():
-                self.stopped = True
-                break
+            listing = []
+        files: list[tuple[bytes, bytes, os.stat_result]] = []
+        dirs: list[tuple[bytes, bytes, os.stat_result]] = []
+        for entry in listing:
             child = entry.path
             if self.excludes and self._excluded(child, entry.name):
                 continue
@@ -228,19 +235,43 @@ class Archiver:
             except OSError as e:
                 self._warn(f"{_display(child)}: cannot stat: {e.strerror}")
                 continue
-            node = self._save_entry(child, entry.name, st)
+            (dirs if stat.S_ISDIR(st.st_mode) else files).append((child, entry.name, st))
+        nodes: list[Node | dict[str, Any]] = []
+        self._stack.append((this, nodes))
+        # files-cache lookups happen here, in walk order; what must be read is prefetched in parallel
+        todo: list[tuple[bytes, bytes, os.stat_result, Any]] = []
+        for child, name, st in files:
+            hit = self._unchanged_file(child, st) if stat.S_ISREG(st.st_mode) else None
+            if hit is not None:
+                nodes.append(hit)
+            else:
+                todo.append((child, name, st, None))
+        self.after_entry()
+        window = _Prefetcher(self._readers, todo)
+        for k, (child, name, st, _) in enumerate(todo):
+            if self.should_stop():
+                self.stopped = True
+                window.cancel()
+                break
+            node = self._save_entry(child, name, st, window.take(k))
+            if node is not None:
+                nodes.append(node)
+                self.after_entry()
+        for child, name, st in dirs:
+            if self.should_stop():
+                self.stopped = True
+                break
+            node = self._save_entry(child, name, st)
             if node is not None:
                 nodes.append(node)
                 self.after_entry()
         self._stack.pop()
         return self._save_tree(nodes)
 
-    def _save_entry(self, path: bytes, name: bytes, st: os.stat_result) -> Node | dict[str, Any] | None:
-        if stat.S_ISREG(st.st_mode):
-            hit = self._unchanged_file(path, st)
-            if hit is not None:
-                return hit
-        elif stat.S_ISSOCK(st.st_mode):
+    def _save_entry(
+        self, path: bytes, name: bytes, st: os.stat_result, prefetched: "_Prefetched | None" = None
+    ) -> Node | dict[str, Any] | None:
+        if stat.S_ISSOCK(st.st_mode):
             return None  # sockets cannot be restored meaningfully; skipped silently
         try:
             node, warnings = node_from_stat(name, path, st, self.owners)
@@ -256,7 +287,7 @@ class Archiver:
         for w in warnings:
             self._warn(w)
         if node.type == FILE:
-            return self._save_file(path, st, node)
+            return self._save_file(path, st, node, prefetched)
         if node.type == DIR:
             self.summary.dirs += 1
             if self.one_file_system and st.st_dev not in self._root_devs:
@@ -295,7 +326,7 @@ class Archiver:
             self.progress.bytes_done(size)
         return cached
 
-    def _save_file(self, path: bytes, st: os.stat_result, node: Node) -> Node | None:
+    def _save_file(self, path: bytes, st: os.stat_result, node: Node, prefetched: "_Prefetched | None" = None) -> Node | None:
         self.progress.file_started(path, st.st_size)
         self.summary.bytes_total += st.st_size
         link_key = (st.st_dev, st.st_ino)
@@ -311,6 +342,28 @@ class Archiver:
         else:
             self.summary.files_new += 1
         for attempt in (0, 1):
+            if prefetched is not None and prefetched.sparse:
+                prefetched = None
+            if attempt == 0 and prefetched is not None:
+                # read by the reader pool: the same checks as below, on bytes already in memory
+                if prefetched.error is not None:
+                    self._warn(f"{_display(path)}: {prefetched.error}")
+                    return None
+                after, read_at = prefetched.after, prefetched.read_at
+                assert after is not None
+                if not stat.S_ISREG(after.st_mode):
+                    self._warn(f"{_display(path)}: replaced by another kind of entry during backup; skipped")
+                    return None
+                if _same(st, after) and len(prefetched.data) == after.st_size:
+                    try:
+                        content, nbytes = self._consume(prefetched.data), len(prefetched.data)
+                    except _Stopped:
+                        self.stopped = True
+                        return None
+                    break
+                prefetched = None
+                st = after
+                continue
             read_at = time.time_ns()
             try:
                 fd = open_for_backup(path)
@@ -361,6 +414,16 @@ class Archiver:
                 self._hardlinks[link_key] = (after.st_size, after.st_mtime_ns, after.st_ctime_ns, content)
         return node
 
+    def _consume(self, data: bytes) -> list[Any]:
+        content: list[Any] = []
+        if len(data) <= self.chunker.params.min_size:
+            if data:
+                self._add_chunk(data, content)
+            return content
+        for chunk in self.chunker.chunks_of(data):
+            self._add_chunk(chunk, content)
+        return content
+
     def _add_chunk(self, chunk: bytes | memoryview, content: list[Any]) -> None:
         if self.should_stop():
             raise _Stopped
@@ -380,10 +443,8 @@ class Archiver:
                 for chunk in self.chunker.chunks_of(data):
                     self._add_chunk(chunk, content)
             return content, len(data)
-        if st.st_blocks * 512 >= size:
-            extents = [(0, size)]
-        else:
-            extents = data_extents(fd, size)
+        # st_blocks cannot rule holes out (xattr and extent blocks count too): ask the file system
+        extents = data_extents(fd, size)
         pos = 0
         for off, length in extents:
             if off > pos:
@@ -413,6 +474,93 @@ class Archiver:
             _add_hole(content, size - pos)
             pos = size
         return content, pos
+
+
+@dataclass
+class _Prefetched:
+    data: bytes = b""
+    after: os.stat_result | None = None
+    read_at: int = 0
+    error: str | None = None
+    sparse: bool = False
+
+
+def _read_small(path: bytes, size: int) -> _Prefetched:
+    """Read a whole small file (in a reader thread: the system calls release the GIL)."""
+    read_at = time.time_ns()
+    try:
+        fd = open_for_backup(path)
+    except FileNotFoundError:
+        return _Prefetched(error="vanished during backup")
+    except OSError as e:
+        return _Prefetched(error=f"cannot read: {e.strerror}")
+    try:
+        if size:
+            if os.lseek(fd, 0, os.SEEK_HOLE) < size:
+                return _Prefetched(sparse=True)  # holes must stay holes: the walker reads it extent by extent
+            os.lseek(fd, 0, os.SEEK_SET)
+        parts = []
+        want = size + 1  # one byte more shows a file that grew
+        got = 0
+        while True:
+            piece = os.read(fd, want - got)
+            if not piece:
+                break
+            parts.append(piece)
+            got += len(piece)
+            if got >= want:
+                break
+        after = os.fstat(fd)
+    except OSError as e:
+        return _Prefetched(error=f"read error: {e.strerror}")
+    finally:
+        os.close(fd)
+    return _Prefetched(parts[0] if len(parts) == 1 else b"".join(parts), after, read_at)
+
+
+PREFETCH_BYTES = 16 << 20
+PREFETCH_FILES = 128
+
+
+class _Prefetcher:
+    """Keeps the reader pool a bounded window ahead of the walk through one directory's files."""
+
+    def __init__(self, pool: ThreadPoolExecutor | None, todo: list[tuple[bytes, bytes, os.stat_result, Any]]) -> None:
+        self.pool = pool
+        self.todo = todo
+        self.futures: dict[int, Future[_Prefetched]] = {}
+        self.next = 0
+        self.bytes = 0
+        self._fill(0)
+
+    def _wanted(self, st: os.stat_result) -> bool:
+        return stat.S_ISREG(st.st_mode) and st.st_size <= SMALL_FILE
+
+    def _fill(self, current: int) -> None:
+        if self.pool is None:
+            return
+        while (
+            self.next < len(self.todo)
+            and self.next < current + PREFETCH_FILES
+            and self.bytes < PREFETCH_BYTES
+        ):
+            path, _, st, _ = self.todo[self.next]
+            if self._wanted(st):
+                self.futures[self.next] = self.pool.submit(_read_small, path, st.st_size)
+                self.bytes += st.st_size
+            self.next += 1
+
+    def take(self, k: int) -> _Prefetched | None:
+        fut = self.futures.pop(k, None)
+        if fut is not None:
+            self.bytes -= self.todo[k][2].st_size
+        self._fill(k + 1)
+        return fut.result() if fut is not None else None
+
+    def cancel(self) -> None:
+        for fut in self.futures.values():
+            fut.cancel()
+        self.futures.clear()
 
 
 def _add_hole(content: list[Any], length: int) -> None:
