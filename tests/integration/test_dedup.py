@@ -112,3 +112,21 @@ def test_two_percent_mutation_adds_about_two_percent(tb, tmp_path):
     # bounded by chunk granularity: each insertion site costs at most ~2 average chunks
     assert growth <= changed + 3 * 2 * (256 << 10) + 100_000, (growth, changed, total)
     assert growth < 0.05 * total
+
+
+def test_unchanged_nested_tree_reads_nothing(tb, tmp_path):
+    """The files cache is read in walk order: names that sort before and after subdirectories."""
+    src = tmp_path / "src"
+    for d in ("a-dir", "m-dir/inner", "z-dir"):
+        (src / d).mkdir(parents=True)
+    for rel in ("0-first.txt", "b-file.txt", "zz-last.txt", "a-dir/x.txt", "m-dir/y.txt", "m-dir/inner/deep.txt",
+                "m-dir/zzz.txt", "z-dir/q.txt"):
+        (src / rel).write_bytes(os.urandom(10_000))
+    time.sleep(1.2)
+    tb("init")
+    summary(tb("backup", str(src), "--json"))
+    second = summary(tb("backup", str(src), "--json"))
+    assert second["bytes_read"] == 0 and second["files_unmodified"] == 8, second
+    (src / "m-dir" / "inner" / "deep.txt").write_bytes(os.urandom(10_000))
+    third = summary(tb("backup", str(src), "--json"))
+    assert third["bytes_read"] == 10_000 and third["files_changed"] == 1 and third["files_unmodified"] == 7, third

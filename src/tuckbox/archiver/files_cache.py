@@ -6,9 +6,9 @@ file whose five values match is unchanged, provided every chunk it names is
 still in the repository index; since every metadata change (mode, owner,
 xattrs, ACLs, link count) moves ctime, the stored node is reused as it is.
 
-The cache is a stream of records **in the order the backup walks** (depth
-first, names sorted, parents before children), one stream per set of backup
-paths. The next run reads it in lockstep with its own walk — a merge join —
+The cache is a stream of records **in the order the backup walks** (in each
+directory its files and other non-directories by name, then its
+subdirectories by name, depth first), one stream per set of backup paths. The next run reads it in lockstep with its own walk — a merge join —
 so memory does not grow with the number of files, and writes its new stream
 as it goes. A finished run renames its stream over the old one; an
 interrupted run leaves its stream as ``<name>.partial``, consulted first by
@@ -30,8 +30,13 @@ RACY_NS = 1_000_000_000
 VERSION = 3
 
 
-def _order(path: bytes) -> list[bytes]:
-    return path.split(b"/")
+def _order(path: bytes) -> list[tuple[int, bytes]]:
+    """Sort key of a file path in walk order: in every directory, the entries that are not
+    directories come first (by name), then the subdirectories (by name), depth first."""
+    parts = path.split(b"/")
+    key = [(1, p) for p in parts[:-1]]
+    key.append((0, parts[-1]))
+    return key
 
 
 class _Cursor:
@@ -41,7 +46,7 @@ class _Cursor:
         self._it: Iterator[Any] | None = None
         self._f: BinaryIO | None = None
         self.current: list[Any] | None = None
-        self._key: list[bytes] = []
+        self._key: list[tuple[int, bytes]] = []
         if path is None:
             return
         try:
