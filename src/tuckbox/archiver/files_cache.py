@@ -30,64 +30,76 @@ RACY_NS = 1_000_000_000
 VERSION = 3
 
 
-def _order(path: bytes) -> list[tuple[int, bytes]]:
+def _order(path: bytes) -> bytes:
     """Sort key of a file path in walk order: in every directory, the entries that are not
-    directories come first (by name), then the subdirectories (by name), depth first."""
-    parts = path.split(b"/")
-    key = [(1, p) for p in parts[:-1]]
-    key.append((0, parts[-1]))
-    return key
+    directories come first (by name), then the subdirectories (by name), depth first.
+
+    As a byte string, so comparisons run in C: each directory component is
+    ``\x02 name \x00`` and the file name ``\x01 name`` (names hold no NUL or
+    slash), which orders exactly like the walk.
+    """
+    head, _, name = path.rpartition(b"/")
+    return b"\x02" + head.replace(b"/", b"\x00\x02") + b"\x00\x01" + name
 
 
 class _Cursor:
-    """Reads one cache stream forward, in walk order."""
+    """Reads one cache stream forward, in walk order, knowing each record's byte range."""
 
     def __init__(self, path: Path | None) -> None:
-        self._it: Iterator[Any] | None = None
+        self._unpacker: Any = None
         self._f: BinaryIO | None = None
         self.current: list[Any] | None = None
-        self._key: list[tuple[int, bytes]] = []
+        self.span = (0, 0)  # byte range of the current record in the file
+        self.header_end = 0
+        self.size = 0
+        self._key = b""
         if path is None:
             return
         try:
             self._f = open(path, "rb")
+            self.size = os.fstat(self._f.fileno()).st_size
         except OSError:
             return
-        unpacker = msgpack.Unpacker(self._f, use_list=True, max_buffer_size=64 << 20)
-        self._it = iter(unpacker)
+        self._unpacker = msgpack.Unpacker(self._f, use_list=True, max_buffer_size=64 << 20)
         try:
-            header = next(self._it)
+            header = self._unpacker.unpack()
             if not (isinstance(header, dict) and header.get("v") == VERSION):
-                self._it = None
+                self._unpacker = None
         except Exception:  # noqa: BLE001 - unreadable: behave as empty
-            self._it = None
+            self._unpacker = None
+        self.header_end = self._unpacker.tell() if self._unpacker is not None else 0
         self._advance()
 
     def _advance(self) -> None:
         self.current = None
-        if self._it is None:
+        if self._unpacker is None:
             return
+        start = self._unpacker.tell()
         try:
-            rec = next(self._it)
-        except StopIteration:
-            self._it = None
+            rec = self._unpacker.unpack()
+        except msgpack.OutOfData:
+            self._unpacker = None
             return
         except Exception:  # noqa: BLE001 - a torn or damaged tail ends the stream
-            self._it = None
+            self._unpacker = None
             return
         if isinstance(rec, list) and len(rec) == 7 and isinstance(rec[0], bytes) and isinstance(rec[6], dict):
             self.current = rec
+            self.span = (start, self._unpacker.tell())
             self._key = _order(rec[0])
         else:
-            self._it = None
+            self._unpacker = None
 
-    def find(self, path: bytes) -> list[Any] | None:
-        key = _order(path)
+    def find(self, key: bytes) -> list[Any] | None:
         while self.current is not None and self._key < key:
             self._advance()
         if self.current is not None and self._key == key:
             return self.current
         return None
+
+    def read_range(self, start: int, end: int) -> bytes:
+        assert self._f is not None
+        return os.pread(self._f.fileno(), end - start, start)
 
     def close(self) -> None:
         if self._f is not None:
@@ -101,7 +113,12 @@ class FilesCache:
         self.path: Path | None = None
         self._out: BinaryIO | None = None
         self._last: list[Any] | None = None
+        self._last_cursor: _Cursor | None = None
         self._last_written = b""
+        self._key = b""
+        self._copy = (0, 0)  # byte range of the old stream still to be copied
+        self._identical = True  # the new stream so far equals a prefix of the old one
+        self._cursors: list[_Cursor] = []
         self.entries_written = 0
         if directory is None:
             self._old = self._partial = _Cursor(None)
@@ -118,6 +135,7 @@ class FilesCache:
         self._adopt_leftovers()
         self._partial = _Cursor(self._partial_path)
         self._old = _Cursor(self.path)
+        self._cursors = [c for c in (self._partial, self._old) if c.current is not None]
         self._last_written = b""
 
     def _adopt_leftovers(self) -> None:
@@ -150,39 +168,87 @@ class FilesCache:
     def lookup(self, path: bytes, st: os.stat_result) -> dict[str, Any] | None:
         """The stored node of an unchanged file, or None."""
         self._last = None
-        for cursor in (self._partial, self._old):
-            rec = cursor.find(path)
-            if rec is not None and (rec[1], rec[2], rec[3], rec[4], rec[5]) == (
-                st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
-            ):
+        key = self._key = _order(path)
+        want = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        for cursor in self._cursors:
+            rec = cursor.find(key)
+            if rec is not None and (rec[1], rec[2], rec[3], rec[4], rec[5]) == want:
                 self._last = rec
+                self._last_cursor = cursor
                 return rec[6]
         return None
 
     def known(self, path: bytes) -> bool:
         """Whether an earlier backup saw this path (after ``lookup`` of the same path missed)."""
-        return self._partial.find(path) is not None or self._old.find(path) is not None
+        key = _order(path)
+        return any(c.find(key) is not None for c in self._cursors)
 
     # -- writing (in walk order) --
+
+    # Records kept from the old stream are not re-encoded: consecutive ones are copied as one byte
+    # range. While the new stream is exactly the old one's prefix, nothing is written at all, and a
+    # run that changes nothing leaves the cache file untouched.
+
+    def _open_out(self) -> bool:
+        if self.path is None:
+            return False
+        if self._out is None:
+            try:
+                self._out = open(self._new_path, "wb", buffering=256 * 1024)
+                self._out.write(msgpack.packb({"v": VERSION}))
+            except OSError:
+                self._out = None
+                self.path = None  # stop caching; never fail a backup over it
+                return False
+        return True
+
+    def _flush_copy(self) -> None:
+        start, end = self._copy
+        if end > start and self._open_out():
+            assert self._out is not None
+            try:
+                self._out.write(self._old.read_range(start, end))
+            except OSError:
+                self._out = None
+                self.path = None
+        self._copy = (0, 0)
 
     def _write(self, rec: list[Any]) -> None:
         if self.path is None:
             return
+        self._identical = False
+        self._flush_copy()
+        if not self._open_out():
+            return
+        assert self._out is not None
         try:
-            if self._out is None:
-                self._out = open(self._new_path, "wb", buffering=256 * 1024)
-                self._out.write(msgpack.packb({"v": VERSION}))
             self._out.write(msgpack.packb(rec))
             self._last_written = rec[0]
             self.entries_written += 1
         except OSError:
             self._out = None
-            self.path = None  # stop caching; never fail a backup over it
+            self.path = None
 
     def keep(self, path: bytes) -> None:
         """The file just looked up is unchanged: carry its record over."""
-        if self._last is not None:
-            self._write(self._last)
+        rec = self._last
+        if rec is None or self.path is None:
+            return
+        self._last_written = rec[0]
+        self.entries_written += 1
+        if self._last_cursor is not self._old:
+            self._write(rec)
+            return
+        start, end = self._old.span
+        if self._copy[1] and self._copy[1] == start:
+            self._copy = (self._copy[0], end)  # extends the pending range
+            return
+        if self._identical and not self._copy[1] and start == self._old.header_end:
+            self._copy = (start, end)  # the first record: the new stream may still equal the old one
+            return
+        self._identical = False
+        self._flush_copy()
+        self._copy = (start, end)
 
     def remember(self, path: bytes, st: os.stat_result, node_map: dict[str, Any], read_at_ns: int) -> None:
         if max(st.st_mtime_ns, st.st_ctime_ns) >= read_at_ns - RACY_NS:
@@ -191,6 +257,8 @@ class FilesCache:
 
     def flush(self) -> None:
         """Push buffered records to the OS (they then survive the process being killed)."""
+        if not self._identical:
+            self._flush_copy()
         if self._out is not None:
             try:
                 self._out.flush()
@@ -208,6 +276,14 @@ class FilesCache:
     def _finish(self, complete: bool) -> None:
         if self.path is None:
             return
+        if complete and self._identical and self._copy[1] == self._old.size:
+            # every old record was kept, in order, and nothing else happened: the cache is already right
+            self._partial_path.unlink(missing_ok=True)
+            return
+        if complete and self._identical and self._old.size == 0 and self.entries_written == 0:
+            return
+        self._identical = False
+        self._flush_copy()
         try:
             if self._out is None:
                 if complete:

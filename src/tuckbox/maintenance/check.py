@@ -17,7 +17,7 @@ from typing import Callable
 
 from ..errors import IntegrityError, ObjectNotFound, TuckboxError
 from ..pack.format import PackKey
-from ..repository.index import PackRecord, decode_index
+from ..repository.index import PackRecord, decode_index_raw
 from ..repository.repo import Repository, object_name
 from ..snapshot.model import Snapshot
 from ..snapshot.tree import DIR, FILE, decode_tree
@@ -53,6 +53,9 @@ class Checker:
 
     def run(self, read_data: bool = False) -> CheckReport:
         backend = self.repo.backend
+        # snapshots are listed before indexes: a backup running meanwhile stores its index before its
+        # snapshot, so every snapshot listed here has its index in the listing below
+        snapshot_names = sorted(i.name for i in backend.list(ObjectType.SNAPSHOT))
         self.on_progress("loading indexes")
         index_names = sorted(i.name for i in backend.list(ObjectType.INDEX))
         for name in index_names:
@@ -60,8 +63,8 @@ class Checker:
                 raw = backend.load(ObjectType.INDEX, name)
                 if object_name(raw) != name:
                     raise IntegrityError(f"index {name[:8]} does not match its name: it was modified or damaged")
-                for pack in decode_index(raw, self.repo.keys.index_key, name):
-                    self.repo.index.add_pack(pack)
+                for pack in decode_index_raw(raw, self.repo.keys.index_key, name):
+                    self.repo.index.add_raw(pack)
             except TuckboxError as e:
                 self._error(f"index {name}: {e}")
         self.repo.index.index_names.update(index_names)
@@ -84,9 +87,11 @@ class Checker:
             self._read_data([p for n, p in self.repo.index.packs.items() if n in stored])
         snaps: list[Snapshot] = []
         if self.repo.is_full():
-            for name in sorted(i.name for i in backend.list(ObjectType.SNAPSHOT)):
+            for name in snapshot_names:
                 try:
                     snaps.append(self.repo.load_snapshot(name))
+                except ObjectNotFound:
+                    continue  # removed since it was listed (a checkpoint superseded by a complete backup)
                 except TuckboxError as e:
                     self._error(f"snapshot {name}: {e}")
             self.on_progress("checking trees")

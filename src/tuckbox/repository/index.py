@@ -57,25 +57,45 @@ def encode_index(packs: Iterable[PackRecord], index_key: bytes) -> bytes:
     return seal(index_key, zstandard.ZstdCompressor(level=3).compress(msgpack.packb(doc)), INDEX_AD)
 
 
-def decode_index(sealed: bytes, index_key: bytes, name: str) -> list[PackRecord]:
+@dataclass(frozen=True)
+class RawPack:
+    """A pack as an index object lists it, blob entries still as decoded lists (cheap to load)."""
+
+    record: PackRecord  # without its blob list
+    blobs: list[list[object]]
+
+
+def decode_index_raw(sealed: bytes, index_key: bytes, name: str) -> list[RawPack]:
     plain = open_sealed(index_key, sealed, INDEX_AD, f"index {name[:8]}")
     try:
         doc = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(plain, max_output_size=1 << 30))
         if doc.get("v") != INDEX_VERSION:
             raise UnsupportedFormat(f"index {name[:8]} has version {doc.get('v')}; upgrade tuckbox")
-        return [
-            PackRecord(
-                name=bytes(p["id"]).hex(),
-                epk=bytes(p["epk"]),
-                kind=BlobType(p["kind"]),
-                size=int(p["size"]),
-                blobs=tuple(BlobEntry.from_list(b) for b in p["blobs"]),
-            )
-            for p in doc["packs"]
-        ]
+        out = []
+        for p in doc["packs"]:
+            pack_id, epk = p["id"], p["epk"]
+            if not isinstance(pack_id, bytes) or len(pack_id) != 32 or not isinstance(epk, bytes) or len(epk) != 32:
+                raise ValueError
+            blobs = p["blobs"]
+            if not isinstance(blobs, list):
+                raise ValueError
+            out.append(RawPack(PackRecord(pack_id.hex(), epk, BlobType(p["kind"]), int(p["size"]), ()), blobs))
+        return out
     except UnsupportedFormat:
         raise
     except (ValueError, KeyError, TypeError, AttributeError, zstandard.ZstdError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+        raise IntegrityError(f"index {name[:8]} is malformed") from None
+
+
+def decode_index(sealed: bytes, index_key: bytes, name: str) -> list[PackRecord]:
+    """Full records (blob entries as BlobEntry objects); for small indexes and tests."""
+    try:
+        return [
+            PackRecord(r.record.name, r.record.epk, r.record.kind, r.record.size,
+                       tuple(BlobEntry.from_list(b) for b in r.blobs))
+            for r in decode_index_raw(sealed, index_key, name)
+        ]
+    except IntegrityError:
         raise IntegrityError(f"index {name[:8]} is malformed") from None
 
 
@@ -128,6 +148,42 @@ class MasterIndex:
                 self._length.append(e.length)
                 self._raw.append(e.raw_length)
                 self._kind.append(int(e.type) << 4 | e.compression)
+
+    def add_raw(self, raw: RawPack) -> None:
+        """Add a pack straight from an index object's lists (validated, no per-blob objects)."""
+        pack = raw.record
+        with self._lock:
+            if pack.name in self._pack_no:
+                return
+            rows: list[tuple[bytes, int, int, int, int, int]] = []
+            try:
+                for item in raw.blobs:
+                    bid, btype, offset, length, rawlen, comp = item  # type: ignore[misc]
+                    if not isinstance(bid, bytes) or len(bid) != 32 or btype not in (0, 1) or not 0 <= comp < 16:
+                        raise ValueError
+                    if not (type(offset) is int and type(length) is int and type(rawlen) is int):
+                        raise ValueError
+                    if offset < 0 or not 0 <= length < 1 << 32 or not 0 <= rawlen < 1 << 32:
+                        raise ValueError
+                    rows.append((bid, btype << 4 | comp, offset, length, rawlen, 0))
+            except (ValueError, TypeError):
+                raise IntegrityError(f"pack {pack.name[:8]} has a malformed index entry") from None
+            no = len(self._pack_list)
+            self._pack_list.append(pack)
+            self._pack_no[pack.name] = no
+            self.packs[pack.name] = pack
+            self._grouped = None
+            ids, rowmap = self._ids, self._rows
+            for bid, kind, offset, length, rawlen, _ in rows:
+                if bid in rowmap:
+                    continue
+                rowmap[bid] = len(ids)
+                ids.append(bid)
+                self._pack.append(no)
+                self._offset.append(offset)
+                self._length.append(length)
+                self._raw.append(rawlen)
+                self._kind.append(kind)
 
     def has(self, blob_id: bytes) -> bool:
         return blob_id in self._rows

@@ -37,7 +37,7 @@ from ..snapshot.model import Snapshot
 from ..types import Backend, BlobType, ObjectType
 from .cache import Cache
 from .config import Config
-from .index import MasterIndex, PackRecord, decode_index, encode_index
+from .index import MasterIndex, PackRecord, RawPack, decode_index_raw, encode_index
 from .packer import Packer
 
 PassphraseSource = Callable[[], bytes]
@@ -57,6 +57,8 @@ class Repository:
         self.index = MasterIndex()
         self._pack_keys: dict[str, PackKey] = {}
         self._tree_packs: dict[str, bytes] = {}
+        self._damaged_packs: set[str] = set()  # tree packs that failed their hash: read blob by blob
+        self._index_loaded = False
         self._lock = threading.Lock()
         self.connections = 4
         self.problems: list[str] = []  # damaged objects skipped while reading (reported as warnings)
@@ -181,21 +183,22 @@ class Repository:
     # ---------------------------------------------------------------- index
 
     def load_index(self) -> None:
+        self._index_loaded = True
         names = {i.name for i in self.backend.list(ObjectType.INDEX)}
         for stale in self.cache.names("index") - names:
             self.cache.discard("index", stale)
         todo = sorted(names - self.index.index_names)
 
-        def fetch(name: str) -> tuple[str, list[PackRecord]]:
+        def fetch(name: str) -> tuple[str, list[RawPack]]:
             raw = self.cache.get("index", name)
             if raw is None:
                 raw = self.backend.load(ObjectType.INDEX, name)
                 if object_name(raw) != name:
                     raise IntegrityError(f"index {name[:8]} does not match its name: it was modified or damaged")
                 self.cache.put("index", name, raw)
-            return name, decode_index(raw, self.keys.index_key, name)
+            return name, decode_index_raw(raw, self.keys.index_key, name)
 
-        def fetch_safely(name: str) -> tuple[str, list[PackRecord] | None]:
+        def fetch_safely(name: str) -> tuple[str, list[RawPack] | None]:
             try:
                 return fetch(name)
             except (IntegrityError, UnsupportedFormat) as e:
@@ -207,8 +210,11 @@ class Repository:
             for name, packs in pool.map(fetch_safely, todo):
                 if packs is None:
                     continue
-                for pack in packs:
-                    self.index.add_pack(pack)
+                try:
+                    for pack in packs:
+                        self.index.add_raw(pack)
+                except IntegrityError as e:
+                    self.problems.append(f"index {name[:8]} partly skipped: {e}; run 'tuckbox check'")
                 self.index.index_names.add(name)
 
     def write_index(self, packs: list[PackRecord]) -> str:
@@ -289,10 +295,18 @@ class Repository:
             raise IntegrityError(f"blob {blob_id.hex()[:8]} is missing from the repository index")
         pack, entry = loc.pack, loc.entry
         self.keys.require_full("read file contents or trees")
-        if pack.kind is BlobType.TREE:
-            data = self._tree_pack_bytes(pack)
-            sealed: bytes | memoryview = memoryview(data)[entry.offset : entry.offset + entry.length]
-        else:
+        sealed: bytes | memoryview | None = None
+        if pack.kind is BlobType.TREE and pack.name not in self._damaged_packs:
+            try:
+                data = self._tree_pack_bytes(pack)
+                sealed = memoryview(data)[entry.offset : entry.offset + entry.length]
+            except IntegrityError as e:
+                # one damaged byte must not cost every directory listing in the pack: read blobs one by
+                # one from now on (each is authenticated and checked against its id anyway)
+                with self._lock:
+                    self._damaged_packs.add(pack.name)
+                self.problems.append(f"{e}; its intact blobs are still used; run 'tuckbox check --read-data'")
+        if sealed is None:
             sealed = self.backend.load(ObjectType.PACK, pack.name, entry.offset, entry.length)
             if len(sealed) != entry.length:
                 raise IntegrityError(f"pack {pack.name[:8]} is truncated")
@@ -300,10 +314,13 @@ class Repository:
 
     # ---------------------------------------------------------------- snapshots
 
-    def save_snapshot(self, snap: Snapshot) -> str:
+    def save_snapshot(self, snap: Snapshot, before_save: Callable[[str], None] | None = None) -> str:
+        """Store a snapshot; ``before_save(name)`` runs first (to record its name where a crash cannot lose it)."""
         body = aead.seal_to(self.keys.meta_public, snap.encode(), snapmodel.PURPOSE)
         data = snapmodel.MAGIC + bytes((snapmodel.VERSION,)) + body
         name = object_name(data)
+        if before_save is not None:
+            before_save(name)
         self.backend.save(ObjectType.SNAPSHOT, name, data)
         self.cache.put("snapshots", name, data)
         snap.id = name
@@ -331,6 +348,10 @@ class Repository:
     def snapshots(self) -> list[Snapshot]:
         """Every readable snapshot, oldest first; damaged ones are noted in ``problems`` and skipped."""
         names = self.snapshot_names()
+        if self._index_loaded:
+            # a backup running meanwhile stores its index before its snapshot: refreshing the index after
+            # listing snapshots makes every listed snapshot's data known (load_index only adds new ones)
+            self.load_index()
         for stale in self.cache.names("snapshots") - set(names):
             self.cache.discard("snapshots", stale)
         self.keys.require_full("read snapshots")
@@ -338,7 +359,9 @@ class Repository:
         def load(name: str) -> Snapshot | None:
             try:
                 return self.load_snapshot(name)
-            except (IntegrityError, UnsupportedFormat, ObjectNotFound) as e:
+            except ObjectNotFound:
+                return None  # removed since it was listed (a superseded checkpoint): not damage
+            except (IntegrityError, UnsupportedFormat) as e:
                 self.problems.append(f"snapshot {name[:8]} skipped: {e}")
                 return None
 

@@ -1,0 +1,119 @@
+"""The streamed files cache: walk-order merge join, raw copies, no rewrite when nothing changed, partial runs."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from tuckbox.archiver.files_cache import FilesCache, _Cursor, _order
+
+OLD = 1_500_000_000_000_000_000  # ns: long ago, so never "racy"
+
+
+def make(root: Path, rels: list[str]) -> list[bytes]:
+    paths = []
+    for rel in rels:
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(rel.encode())
+        os.utime(p, ns=(OLD, OLD))
+        paths.append(os.fsencode(p))
+    return paths
+
+
+def walk_order(paths: list[bytes]) -> list[bytes]:
+    return sorted(paths, key=_order)
+
+
+def run(state: Path, root: Path, paths: list[bytes], changed: set[bytes] = frozenset(), complete: bool = True):
+    cache = FilesCache(state, [os.fsencode(root)])
+    hits, misses = [], []
+    for p in walk_order(paths):
+        st = os.lstat(p)
+        node = cache.lookup(p, st)
+        if node is not None and p not in changed:
+            assert node["n"] == os.path.basename(p)
+            cache.keep(p)
+            hits.append(p)
+        else:
+            misses.append(p)
+            cache.remember(p, st, {"n": os.path.basename(p), "t": "file", "s": st.st_size}, time.time_ns() + 10**10)
+    cache.finish(complete)
+    return hits, misses
+
+
+def stored(state: Path) -> list[bytes]:
+    files = [f for f in state.iterdir() if not f.name.endswith(".partial") and ".new-" not in f.name]
+    assert len(files) == 1
+    cur, out = _Cursor(files[0]), []
+    while cur.current is not None:
+        out.append(cur.current[0])
+        cur._advance()
+    return out
+
+
+def test_walk_order_key_puts_files_before_subdirectories():
+    assert _order(b"/d/z.txt") < _order(b"/d/a/x")
+    assert _order(b"/d/a/x") < _order(b"/d/b/x")
+    assert _order(b"/d/a/x") < _order(b"/d/ab/x")
+    assert _order(b"/d/a/z") < _order(b"/d/a/sub/x")
+
+
+def test_unchanged_run_hits_everything_and_rewrites_nothing(tmp_path):
+    root, state = tmp_path / "src", tmp_path / "state"
+    paths = make(root, ["z.txt", "a/x", "a/sub/y", "b/q", "0.txt"])
+    hits, misses = run(state, root, paths)
+    assert hits == [] and len(misses) == 5
+    assert stored(state) == walk_order(paths)
+    cache_file = next(state.iterdir())
+    before = cache_file.stat()
+    hits, misses = run(state, root, paths)
+    assert len(hits) == 5 and misses == []
+    after = cache_file.stat()
+    assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)  # untouched
+
+
+def test_changes_deletions_and_additions(tmp_path):
+    root, state = tmp_path / "src", tmp_path / "state"
+    paths = make(root, [f"d{i}/f{j}" for i in range(4) for j in range(5)])
+    run(state, root, paths)
+    gone = paths[7]
+    os.unlink(gone)
+    kept = [p for p in paths if p != gone]
+    added = make(root, ["d2/new", "d9/extra"])
+    changed = {paths[12]}
+    hits, misses = run(state, root, kept + added, changed=changed)
+    assert set(misses) == set(added) | changed
+    assert stored(state) == walk_order(kept + added)
+    hits, misses = run(state, root, kept + added)
+    assert misses == []
+
+
+def test_interrupted_run_leaves_a_partial_stream_used_next_time(tmp_path):
+    root, state = tmp_path / "src", tmp_path / "state"
+    paths = make(root, [f"d{i}/f{j}" for i in range(3) for j in range(4)])
+    first_half = walk_order(paths)[:5]
+    hits, misses = run(state, root, first_half, complete=False)
+    assert len(misses) == 5
+    assert any(f.name.endswith(".partial") for f in state.iterdir())
+    hits, misses = run(state, root, paths)
+    assert set(hits) == set(first_half) and len(misses) == len(paths) - 5
+    assert not any(f.name.endswith(".partial") for f in state.iterdir())
+    assert stored(state) == walk_order(paths)
+
+
+def test_killed_run_stream_is_adopted(tmp_path):
+    root, state = tmp_path / "src", tmp_path / "state"
+    paths = make(root, ["a", "b", "c", "d"])
+    cache = FilesCache(state, [os.fsencode(root)])
+    for p in walk_order(paths)[:2]:
+        st = os.lstat(p)
+        assert cache.lookup(p, st) is None
+        cache.remember(p, st, {"n": os.path.basename(p), "t": "file"}, time.time_ns() + 10**10)
+    cache.flush()
+    # simulate kill -9: the ".new-<pid>" file stays; give it a dead pid
+    new = next(f for f in state.iterdir() if ".new-" in f.name)
+    new.rename(new.with_name(new.name.rsplit("-", 1)[0] + "-999999999"))
+    hits, misses = run(state, root, paths)
+    assert set(hits) == set(walk_order(paths)[:2])
