@@ -27,7 +27,7 @@ from typing import Any, BinaryIO, Iterator
 import msgpack
 
 RACY_NS = 1_000_000_000
-VERSION = 3
+VERSION = 4  # records: [walk-order key, dev, ino, size, mtime_ns, ctime_ns, node map]
 
 
 def _order(path: bytes) -> bytes:
@@ -86,7 +86,7 @@ class _Cursor:
         if isinstance(rec, list) and len(rec) == 7 and isinstance(rec[0], bytes) and isinstance(rec[6], dict):
             self.current = rec
             self.span = (start, self._unpacker.tell())
-            self._key = _order(rec[0])
+            self._key = rec[0]
         else:
             self._unpacker = None
 
@@ -116,6 +116,7 @@ class FilesCache:
         self._last_cursor: _Cursor | None = None
         self._last_written = b""
         self._key = b""
+        self._key_path = b""
         self._copy = (0, 0)  # byte range of the old stream still to be copied
         self._identical = True  # the new stream so far equals a prefix of the old one
         self._cursors: list[_Cursor] = []
@@ -169,6 +170,7 @@ class FilesCache:
         """The stored node of an unchanged file, or None."""
         self._last = None
         key = self._key = _order(path)
+        self._key_path = path
         want = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         for cursor in self._cursors:
             rec = cursor.find(key)
@@ -253,7 +255,8 @@ class FilesCache:
     def remember(self, path: bytes, st: os.stat_result, node_map: dict[str, Any], read_at_ns: int) -> None:
         if max(st.st_mtime_ns, st.st_ctime_ns) >= read_at_ns - RACY_NS:
             return
-        self._write([path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, node_map])
+        key = self._key if self._key_path == path else _order(path)
+        self._write([key, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, node_map])
 
     def flush(self) -> None:
         """Push buffered records to the OS (they then survive the process being killed)."""
@@ -293,7 +296,7 @@ class FilesCache:
                 # keep what the earlier partial stream knew beyond the point this run reached
                 for cursor in (self._partial,):
                     while cursor.current is not None:
-                        if _order(cursor.current[0]) > _order(self._last_written):
+                        if cursor.current[0] > self._last_written:
                             self._out.write(msgpack.packb(cursor.current))
                         cursor._advance()
             self._out.close()

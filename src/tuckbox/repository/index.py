@@ -152,38 +152,43 @@ class MasterIndex:
     def add_raw(self, raw: RawPack) -> None:
         """Add a pack straight from an index object's lists (validated, no per-blob objects)."""
         pack = raw.record
+        try:
+            cols = list(zip(*raw.blobs)) if raw.blobs else [(), (), (), (), (), ()]
+            ids, types, offsets, lengths, raws, comps = cols
+            if not (
+                all(type(b) is bytes and len(b) == 32 for b in ids)
+                and all(t in (0, 1) for t in types)
+                and all(type(c) is int and 0 <= c < 16 for c in comps)
+                and all(type(x) is int and 0 <= x < 1 << 40 for x in offsets)
+                and all(type(x) is int and 0 <= x < 1 << 32 for x in lengths)
+                and all(type(x) is int and 0 <= x < 1 << 32 for x in raws)
+            ):
+                raise ValueError
+        except (ValueError, TypeError):
+            raise IntegrityError(f"pack {pack.name[:8]} has a malformed index entry") from None
         with self._lock:
             if pack.name in self._pack_no:
                 return
-            rows: list[tuple[bytes, int, int, int, int, int]] = []
-            try:
-                for item in raw.blobs:
-                    bid, btype, offset, length, rawlen, comp = item  # type: ignore[misc]
-                    if not isinstance(bid, bytes) or len(bid) != 32 or btype not in (0, 1) or not 0 <= comp < 16:
-                        raise ValueError
-                    if not (type(offset) is int and type(length) is int and type(rawlen) is int):
-                        raise ValueError
-                    if offset < 0 or not 0 <= length < 1 << 32 or not 0 <= rawlen < 1 << 32:
-                        raise ValueError
-                    rows.append((bid, btype << 4 | comp, offset, length, rawlen, 0))
-            except (ValueError, TypeError):
-                raise IntegrityError(f"pack {pack.name[:8]} has a malformed index entry") from None
             no = len(self._pack_list)
             self._pack_list.append(pack)
             self._pack_no[pack.name] = no
             self.packs[pack.name] = pack
             self._grouped = None
-            ids, rowmap = self._ids, self._rows
-            for bid, kind, offset, length, rawlen, _ in rows:
-                if bid in rowmap:
-                    continue
-                rowmap[bid] = len(ids)
-                ids.append(bid)
-                self._pack.append(no)
-                self._offset.append(offset)
-                self._length.append(length)
-                self._raw.append(rawlen)
-                self._kind.append(kind)
+            rowmap = self._rows
+            keep = range(len(ids))
+            if not rowmap.keys().isdisjoint(ids) or len(set(ids)) != len(ids):
+                seen: set[bytes] = set()
+                keep = [i for i, b in enumerate(ids) if b not in rowmap and not (b in seen or seen.add(b))]  # type: ignore[func-returns-value]
+                ids = tuple(ids[i] for i in keep)
+                types, offsets, lengths, raws, comps = (tuple(c[i] for i in keep) for c in (types, offsets, lengths, raws, comps))
+            first = len(self._ids)
+            rowmap.update(zip(ids, range(first, first + len(ids))))
+            self._ids.extend(ids)
+            self._pack.extend([no] * len(ids))
+            self._offset.extend(offsets)
+            self._length.extend(lengths)
+            self._raw.extend(raws)
+            self._kind.extend([t << 4 | c for t, c in zip(types, comps)])
 
     def has(self, blob_id: bytes) -> bool:
         return blob_id in self._rows
