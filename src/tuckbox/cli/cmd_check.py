@@ -43,7 +43,13 @@ def run(args: argparse.Namespace) -> int:
         summary = (f"{c.get('snapshots', 0)} snapshots, {c.get('indexes', 0)} indexes, {c.get('packs', 0)} packs, "
                    f"{c.get('blobs', 0)} blobs")
         if report.ok:
-            out(args, f"no errors found ({summary}{', all data read' if args.read_data else ''})")
+            if args.read_data and not repo.is_full():
+                done = ", every pack's hash verified (a write-only key cannot decrypt blobs)"
+            elif args.read_data:
+                done = ", all data read and verified"
+            else:
+                done = ""
+            out(args, f"no errors found ({summary}{done})")
         else:
             print(f"{len(report.errors)} error(s) found ({summary})", file=sys.stderr)
     return 0 if report.ok else 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..maintenance.stats import compute_stats
 from .common import emit_json, human, open_repository, opt
@@ -21,7 +22,9 @@ def run(args: argparse.Namespace) -> int:
     if opt(args, "json"):
         emit_json(st.as_dict())
         return 0
-    print(f"snapshots:            {st.snapshots}")
+    if not repo.is_full():
+        print("note: a write-only key cannot read snapshots; sizes below are what is stored", file=sys.stderr)
+    print(f"snapshots:            {st.snapshots if repo.is_full() else 'unknown (write-only key)'}")
     print(f"stored in repository: {human(st.stored_bytes)} in {st.packs} packs")
     print(f"unique data:          {human(st.unique_bytes)} in {st.blobs} chunks ({st.data_blobs} data, {st.tree_blobs} trees)")
     print(f"original size:        {human(st.original_bytes)} over all snapshots, {human(st.latest_original_bytes)} in the latest")
