@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 import os
 import stat
 import sys
@@ -25,8 +25,10 @@ from ..fsmeta import Owners, SkipEntry, data_extents, node_from_stat, open_for_b
 from ..snapshot.tree import DIR, FILE, Node, encode_tree
 from ..types import BlobStore, BlobType
 from .files_cache import FilesCache
+from .prefetch import SMALL_FILE
+from .prefetch import Prefetched as _Prefetched
+from .prefetch import Prefetcher as _Prefetcher
 
-SMALL_FILE = 4 << 20  # read whole and cut in memory below this size
 _LEAF = object()
 
 
@@ -474,93 +476,6 @@ class Archiver:
             _add_hole(content, size - pos)
             pos = size
         return content, pos
-
-
-@dataclass
-class _Prefetched:
-    data: bytes = b""
-    after: os.stat_result | None = None
-    read_at: int = 0
-    error: str | None = None
-    sparse: bool = False
-
-
-def _read_small(path: bytes, size: int) -> _Prefetched:
-    """Read a whole small file (in a reader thread: the system calls release the GIL)."""
-    read_at = time.time_ns()
-    try:
-        fd = open_for_backup(path)
-    except FileNotFoundError:
-        return _Prefetched(error="vanished during backup")
-    except OSError as e:
-        return _Prefetched(error=f"cannot read: {e.strerror}")
-    try:
-        if size:
-            if os.lseek(fd, 0, os.SEEK_HOLE) < size:
-                return _Prefetched(sparse=True)  # holes must stay holes: the walker reads it extent by extent
-            os.lseek(fd, 0, os.SEEK_SET)
-        parts = []
-        want = size + 1  # one byte more shows a file that grew
-        got = 0
-        while True:
-            piece = os.read(fd, want - got)
-            if not piece:
-                break
-            parts.append(piece)
-            got += len(piece)
-            if got >= want:
-                break
-        after = os.fstat(fd)
-    except OSError as e:
-        return _Prefetched(error=f"read error: {e.strerror}")
-    finally:
-        os.close(fd)
-    return _Prefetched(parts[0] if len(parts) == 1 else b"".join(parts), after, read_at)
-
-
-PREFETCH_BYTES = 16 << 20
-PREFETCH_FILES = 128
-
-
-class _Prefetcher:
-    """Keeps the reader pool a bounded window ahead of the walk through one directory's files."""
-
-    def __init__(self, pool: ThreadPoolExecutor | None, todo: list[tuple[bytes, bytes, os.stat_result, Any]]) -> None:
-        self.pool = pool
-        self.todo = todo
-        self.futures: dict[int, Future[_Prefetched]] = {}
-        self.next = 0
-        self.bytes = 0
-        self._fill(0)
-
-    def _wanted(self, st: os.stat_result) -> bool:
-        return stat.S_ISREG(st.st_mode) and st.st_size <= SMALL_FILE
-
-    def _fill(self, current: int) -> None:
-        if self.pool is None:
-            return
-        while (
-            self.next < len(self.todo)
-            and self.next < current + PREFETCH_FILES
-            and self.bytes < PREFETCH_BYTES
-        ):
-            path, _, st, _ = self.todo[self.next]
-            if self._wanted(st):
-                self.futures[self.next] = self.pool.submit(_read_small, path, st.st_size)
-                self.bytes += st.st_size
-            self.next += 1
-
-    def take(self, k: int) -> _Prefetched | None:
-        fut = self.futures.pop(k, None)
-        if fut is not None:
-            self.bytes -= self.todo[k][2].st_size
-        self._fill(k + 1)
-        return fut.result() if fut is not None else None
-
-    def cancel(self) -> None:
-        for fut in self.futures.values():
-            fut.cancel()
-        self.futures.clear()
 
 
 def _add_hole(content: list[Any], length: int) -> None:

@@ -197,7 +197,9 @@ def run_backup(
                 tags=sorted(set(request.tags)), parent=parent, partial=partial,
                 summary=summary, program=f"tuckbox {__version__}",
             )
-            repo.save_snapshot(snap)  # only after the index is durable
+            # only after the index is durable; a checkpoint is recorded before it is saved, so a crash in
+            # between cannot leave one that the next complete snapshot does not supersede
+            repo.save_snapshot(snap, before_save=checkpoints.add if partial else None)
             if not repo.is_full():  # a write-only key cannot read it back: remember it locally
                 record_own_snapshot(repo, snap)
             return snap
@@ -213,7 +215,6 @@ def run_backup(
                 tree = archiver.partial_tree()
                 packer.flush()
                 snap = snapshot(tree, partial=True)
-                checkpoints.add(snap.id)
                 written.append(snap.id)
                 clock["checkpoint"] = time.monotonic()
 
@@ -231,7 +232,6 @@ def run_backup(
         packer.flush()  # every pack, then the index naming them, is stored
         snap = snapshot(tree, partial=archiver.stopped)
         if archiver.stopped:
-            checkpoints.add(snap.id)
             written.append(snap.id)
         else:
             checkpoints.supersede(repo)
