@@ -4,6 +4,15 @@ Only what changed since the last backup is read (a local files cache
 remembers size, times and inode of every file) and only new chunks are
 stored. Files that cannot be read are reported as warnings; the snapshot of
 everything else is still saved and the exit code is 3.
+
+Interrupted (Ctrl-C, kill, power loss, network gone)? Run the same command
+again: it resumes, uploads no pack that was already stored and reads no file
+that was already saved. A long backup also saves a restorable checkpoint
+every 15 minutes; Ctrl-C saves one and exits with 130 (twice: quit at once).
+
+examples:
+  tuckbox backup ~/Documents ~/Music --tag daily
+  tuckbox backup / --one-file-system --exclude '/home/*/.cache' --exclude '*.tmp'
 """
 
 from __future__ import annotations
