@@ -130,3 +130,21 @@ def test_unchanged_nested_tree_reads_nothing(tb, tmp_path):
     (src / "m-dir" / "inner" / "deep.txt").write_bytes(os.urandom(10_000))
     third = summary(tb("backup", str(src), "--json"))
     assert third["bytes_read"] == 10_000 and third["files_changed"] == 1 and third["files_unmodified"] == 7, third
+
+
+def test_changed_and_new_files_are_counted_apart(tb, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (src / name).write_bytes(os.urandom(5000))
+    single = tmp_path / "single.bin"
+    single.write_bytes(os.urandom(5000))
+    time.sleep(1.2)
+    tb("init")
+    summary(tb("backup", str(src), str(single), "--json"))
+    (src / "a.txt").write_bytes(os.urandom(5000))
+    (src / "d.txt").write_bytes(os.urandom(5000))
+    time.sleep(1.2)
+    second = summary(tb("backup", str(src), str(single), "--json"))
+    assert (second["files_changed"], second["files_new"], second["files_unmodified"]) == (1, 1, 3), second
+    assert second["bytes_read"] == 10_000

@@ -204,7 +204,8 @@ class Archiver:
                 break
             if sub is _LEAF:
                 self._root_devs.add(st.st_dev)
-                node = self._save_entry(path, name, st)
+                hit = self._unchanged_file(path, st) if stat.S_ISREG(st.st_mode) else None
+                node = hit if hit is not None else self._save_entry(path, name, st, None, self.files_cache.last_known)
             else:
                 node, warnings = node_from_stat(name, path, st, self.owners)
                 for w in warnings:
@@ -247,15 +248,15 @@ class Archiver:
             if hit is not None:
                 nodes.append(hit)
             else:
-                todo.append((child, name, st, None))
+                todo.append((child, name, st, self.files_cache.last_known))
         self.after_entry()
         window = _Prefetcher(self._readers, todo)
-        for k, (child, name, st, _) in enumerate(todo):
+        for k, (child, name, st, known) in enumerate(todo):
             if self.should_stop():
                 self.stopped = True
                 window.cancel()
                 break
-            node = self._save_entry(child, name, st, window.take(k))
+            node = self._save_entry(child, name, st, window.take(k), known)
             if node is not None:
                 nodes.append(node)
                 self.after_entry()
@@ -271,7 +272,8 @@ class Archiver:
         return self._save_tree(nodes)
 
     def _save_entry(
-        self, path: bytes, name: bytes, st: os.stat_result, prefetched: "_Prefetched | None" = None
+        self, path: bytes, name: bytes, st: os.stat_result, prefetched: "_Prefetched | None" = None,
+        known: bool = False,
     ) -> Node | dict[str, Any] | None:
         if stat.S_ISSOCK(st.st_mode):
             return None  # sockets cannot be restored meaningfully; skipped silently
@@ -289,7 +291,7 @@ class Archiver:
         for w in warnings:
             self._warn(w)
         if node.type == FILE:
-            return self._save_file(path, st, node, prefetched)
+            return self._save_file(path, st, node, prefetched, known)
         if node.type == DIR:
             self.summary.dirs += 1
             if self.one_file_system and st.st_dev not in self._root_devs:
@@ -328,7 +330,10 @@ class Archiver:
             self.progress.bytes_done(size)
         return cached
 
-    def _save_file(self, path: bytes, st: os.stat_result, node: Node, prefetched: "_Prefetched | None" = None) -> Node | None:
+    def _save_file(
+        self, path: bytes, st: os.stat_result, node: Node, prefetched: "_Prefetched | None" = None, known: bool = False
+    ) -> Node | None:
+        """Read a new or changed file (``known``: the files cache had it, so it changed)."""
         self.progress.file_started(path, st.st_size)
         self.summary.bytes_total += st.st_size
         link_key = (st.st_dev, st.st_ino)
@@ -339,7 +344,7 @@ class Archiver:
                 self.summary.files_unmodified += 1
                 self.progress.bytes_done(st.st_size)
                 return node
-        if self.files_cache.known(path):
+        if known:
             self.summary.files_changed += 1
         else:
             self.summary.files_new += 1

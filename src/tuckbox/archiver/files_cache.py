@@ -117,6 +117,7 @@ class FilesCache:
         self._last_written = b""
         self._key = b""
         self._key_path = b""
+        self.last_known = False
         self._copy = (0, 0)  # byte range of the old stream still to be copied
         self._identical = True  # the new stream so far equals a prefix of the old one
         self._cursors: list[_Cursor] = []
@@ -167,23 +168,23 @@ class FilesCache:
     # -- reading (calls come in walk order) --
 
     def lookup(self, path: bytes, st: os.stat_result) -> dict[str, Any] | None:
-        """The stored node of an unchanged file, or None."""
+        """The stored node of an unchanged file, or None (``last_known`` then says whether the
+        path was in the cache at all, i.e. the file changed rather than being new)."""
         self._last = None
+        self.last_known = False
         key = self._key = _order(path)
         self._key_path = path
         want = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         for cursor in self._cursors:
             rec = cursor.find(key)
-            if rec is not None and (rec[1], rec[2], rec[3], rec[4], rec[5]) == want:
-                self._last = rec
-                self._last_cursor = cursor
-                return rec[6]
+            if rec is not None:
+                self.last_known = True
+                if (rec[1], rec[2], rec[3], rec[4], rec[5]) == want:
+                    self._last = rec
+                    self._last_cursor = cursor
+                    return rec[6]
         return None
 
-    def known(self, path: bytes) -> bool:
-        """Whether an earlier backup saw this path (after ``lookup`` of the same path missed)."""
-        key = _order(path)
-        return any(c.find(key) is not None for c in self._cursors)
 
     # -- writing (in walk order) --
 
