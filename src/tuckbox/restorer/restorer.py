@@ -13,6 +13,7 @@ not written again. The marker is removed when the restore completes.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import stat
@@ -21,13 +22,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..errors import IntegrityError, TargetExists, TuckboxError, UsageError
+from ..errors import IntegrityError, PermanentError, TargetExists, TuckboxError, UsageError
 from ..fsmeta import apply_metadata, create_special
 from ..snapshot.model import Snapshot
 from ..snapshot.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, decode_tree
 from ..types import BlobType, ObjectType
 
 MARKER = b".tuckbox-restore"
+_TARGET_WIDE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # write errors that are about the target, not a file
 GAP = 1 << 20  # fetch across gaps smaller than this rather than issue another request
 
 
@@ -277,8 +279,10 @@ class Restorer:
 
     def _write_data(self, files: list[int], entries: list[tuple[bytes, Node]], dest: list[bytes]) -> None:
         # blob id -> [(file index, offset)]; pack name -> blob ids
-        wants: dict[bytes, list[tuple[int, int]]] = {}
-        by_pack: dict[str, list[Any]] = {}
+        # blob id -> its targets as a flat list [file index, offset, file index, offset, ...]
+        wants: dict[bytes, list[int]] = {}
+        by_pack: dict[str, list[bytes]] = {}  # pack name -> blob ids (locations looked up per pack)
+        index = self.repo.index
         for i in files:
             node = entries[i][1]
             for blob_id, off, _ in self._chunks(node):
@@ -286,15 +290,16 @@ class Restorer:
                     continue
                 targets = wants.get(blob_id)
                 if targets is None:
-                    loc = self.repo.index.lookup(blob_id)
+                    loc = index.lookup(blob_id)
                     if loc is None:
                         self._fail_file(i, entries, f"data blob {blob_id.hex()[:8]} is missing from the repository")
                         continue
                     targets = wants[blob_id] = []
-                    by_pack.setdefault(loc.pack.name, []).append(loc)
-                targets.append((i, off))
+                    by_pack.setdefault(loc.pack.name, []).append(blob_id)
+                targets += (i, off)
 
-        def do_pack(locs: list[Any]) -> None:
+        def do_pack(ids: list[bytes]) -> None:
+            locs = [index.lookup(b) for b in ids]
             locs.sort(key=lambda loc: loc.entry.offset)
             groups: list[list[Any]] = [[locs[0]]]
             for loc in locs[1:]:
@@ -308,6 +313,8 @@ class Restorer:
                 end = group[-1].entry.offset + group[-1].entry.length
                 try:
                     data = self.repo.backend.load(ObjectType.PACK, group[0].pack.name, start, end - start)
+                except PermanentError:
+                    raise  # the storage itself is unusable (gone, no access): stop; a rerun resumes
                 except TuckboxError as e:
                     for loc in group:
                         self._fail_blob(loc.entry.id, wants, entries, f"cannot read pack {loc.pack.name[:8]}: {e}")
@@ -322,7 +329,8 @@ class Restorer:
                     except TuckboxError as err:
                         self._fail_blob(e.id, wants, entries, str(err))
                         continue
-                    for i, off in wants[e.id]:
+                    targets = wants[e.id]
+                    for i, off in zip(targets[::2], targets[1::2]):
                         if i in self._damaged:
                             continue
                         try:
@@ -338,6 +346,11 @@ class Restorer:
                             finally:
                                 os.close(fd)
                         except OSError as err:
+                            if err.errno in _TARGET_WIDE:  # every other file would fail the same way: stop
+                                raise TuckboxError(
+                                    f"cannot write to the restore target ({_display(dest[i])}): {err.strerror}; "
+                                    "make room (or make it writable) and run the same restore again to resume"
+                                ) from None
                             self._fail_file(i, entries, f"cannot write: {err.strerror}")
                             continue
                         with self._lock:
@@ -348,8 +361,8 @@ class Restorer:
             for _ in pool.map(do_pack, by_pack.values()):
                 pass
 
-    def _fail_blob(self, blob_id: bytes, wants: dict[bytes, list[tuple[int, int]]], entries: list[tuple[bytes, Node]], why: str) -> None:
-        for i, _ in wants.get(blob_id, []):
+    def _fail_blob(self, blob_id: bytes, wants: dict[bytes, list[int]], entries: list[tuple[bytes, Node]], why: str) -> None:
+        for i in wants.get(blob_id, [])[::2]:
             self._fail_file(i, entries, why)
 
     def _fail_file(self, i: int, entries: list[tuple[bytes, Node]], why: str) -> None:

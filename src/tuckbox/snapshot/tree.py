@@ -29,7 +29,7 @@ NODE_TYPES = (FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV)
 Content = list[bytes | int]
 
 
-@dataclass
+@dataclass(slots=True)  # a restore holds one per entry of the snapshot: no per-object __dict__
 class Node:
     name: bytes
     type: str
