@@ -52,6 +52,19 @@ class RestoreResult:
     errors: list[str] = field(default_factory=list)
 
 
+class _Dest:
+    """``dest[i]``: where entry i is restored (computed when asked, so 200k paths are not all held)."""
+
+    __slots__ = ("target", "entries")
+
+    def __init__(self, target: bytes, entries: list[tuple[bytes, Node]]) -> None:
+        self.target = target
+        self.entries = entries
+
+    def __getitem__(self, i: int) -> bytes:
+        return os.path.join(self.target, self.entries[i][0].lstrip(b"/"))
+
+
 def _display(path: bytes) -> str:
     return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
 
@@ -62,6 +75,8 @@ def _matches(path: bytes, patterns: list[bytes]) -> bool:
 
 
 def select(entries: list[tuple[bytes, Node]], includes: list[str], excludes: list[str]) -> list[tuple[bytes, Node]]:
+    if not includes and not excludes:
+        return entries
     inc = [os.fsencode(p).rstrip(b"/") or b"/" for p in includes]
     exc = [os.fsencode(p).rstrip(b"/") or b"/" for p in excludes]
     chosen: set[bytes] = set()
@@ -162,7 +177,7 @@ class Restorer:
                 self.result.errors.append(f"{_display(path)}: contents not restored: directory listing damaged: {unreadable[path]}")
                 self.progress.warning(self.result.errors[-1])
 
-        dest = [os.path.join(target, p.lstrip(b"/")) for p, _ in entries]
+        dest = _Dest(target, entries)  # target paths made on demand, not held for every entry
         files: list[int] = []
         links: dict[tuple[int, int], int] = {}
         hardlinked: list[tuple[int, int]] = []

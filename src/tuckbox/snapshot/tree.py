@@ -8,6 +8,7 @@ directories encode to equal bytes (and so deduplicate).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +48,7 @@ class Node:
     nlink: int = 1
     rdev: int = 0
     link_target: bytes = b""
-    content: Content = field(default_factory=list)
+    content: Content = field(default_factory=list)  # replaced, never appended to, once filled
     subtree: bytes = b""
     xattrs: list[tuple[bytes, bytes]] = field(default_factory=list)  # includes system.posix_acl_*
     warning: str = ""  # e.g. "changed during backup"
@@ -105,6 +106,10 @@ class Node:
                 setattr(node, attr, value)
         if not isinstance(node.name, bytes) or node.type not in NODE_TYPES:
             raise IntegrityError("a tree entry is malformed")
+        if node.user:
+            node.user = sys.intern(node.user)  # a few names shared by thousands of entries
+        if node.group:
+            node.group = sys.intern(node.group)
         return node
 
 
