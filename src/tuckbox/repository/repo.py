@@ -41,6 +41,7 @@ from .index import MasterIndex, PackRecord, RawPack, decode_index_raw, encode_in
 from .packer import Packer
 
 PassphraseSource = Callable[[], bytes]
+TREE_PACK_CACHE = 24 << 20  # bytes of whole tree packs kept in memory
 
 
 def object_name(data: bytes) -> str:
@@ -138,7 +139,7 @@ class Repository:
                 raise UsageError("the key file needs a passphrase; set TUCKBOX_PASSWORD_FILE or use a terminal")
             keys, key_name = open_keyfile(key_file, pw), object_name(key_file)
         else:
-            keys, key_name = cls._unlock(backend, passphrase)
+            keys, key_name = cls._unlock(backend, passphrase, config.id)
         config.verify(doc, keys.config_key, backend.location)
         repo = cls(backend, config, keys, key_name)
         if load_index:
@@ -146,7 +147,7 @@ class Repository:
         return repo
 
     @staticmethod
-    def _unlock(backend: Backend, passphrase: PassphraseSource | None) -> tuple[KeySet, str]:
+    def _unlock(backend: Backend, passphrase: PassphraseSource | None, repository_id: str) -> tuple[KeySet, str]:
         names = [i.name for i in backend.list(ObjectType.KEY)]
         if not names:
             raise NotARepository(f"{backend.location} has no keys; it is damaged or not a tuckbox repository")
@@ -154,7 +155,9 @@ class Repository:
         for name in names:
             try:
                 raw = backend.load(ObjectType.KEY, name)
-                if needs_passphrase(raw):
+                # only this repository's keys: an 'init' killed after its key but before its config, then
+                # run again, leaves a key of a repository that never existed (same passphrase, other secret)
+                if needs_passphrase(raw) and keyfile_info(raw).repository == repository_id:
                     keyfiles.append((name, raw))
             except (IntegrityError, ObjectNotFound):
                 continue
@@ -277,8 +280,9 @@ class Repository:
                 raise IntegrityError(f"pack {pack.name[:8]} does not match its name: it was modified or damaged")
             self.cache.put("trees", pack.name, data)
         with self._lock:
-            if len(self._tree_packs) > 64:
-                self._tree_packs.clear()
+            # a small window of whole tree packs (trees are read in walk order, so neighbours share packs)
+            while self._tree_packs and sum(map(len, self._tree_packs.values())) + len(data) > TREE_PACK_CACHE:
+                self._tree_packs.pop(next(iter(self._tree_packs)))
             self._tree_packs[pack.name] = data
         return data
 

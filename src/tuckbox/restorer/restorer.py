@@ -164,6 +164,9 @@ class Restorer:
                 return
             for node in nodes:
                 path = os.path.join(prefix, node.name)
+                node.ctime_ns = 0  # not restorable; dropping it (and inodes outside hardlink groups) saves memory
+                if node.nlink <= 1 or node.type != FILE:
+                    node.inode = node.dev = 0
                 entries.append((path, node))
                 if node.type == DIR and node.subtree:
                     visit(node.subtree, path)
