@@ -70,6 +70,12 @@ def test_round_trip(kind, tmp_path):
     outputs.append(tb(*o, "diff", snaps.json()[0]["short_id"], "latest"))
     assert "added-later.txt" in outputs[-1].out
     outputs.append(tb(*o, "stats", "--json"))
+    listing = tb(*o, "ls", "latest", str(src))
+    outputs.append(listing)
+    assert str(src / "added-later.txt") in listing.out.splitlines()
+    dumped = tb(*o, "dump", "latest", str(src / "added-later.txt"))
+    assert dumped.raw == (src / "added-later.txt").read_bytes()
+    outputs.append(tb(*o, "unlock"))
     for res in outputs:
         for secret in secrets:
             assert secret not in res.out and secret not in res.err
