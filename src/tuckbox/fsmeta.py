@@ -136,10 +136,12 @@ class Owners:
 _DEFAULT_OWNERS = Owners()
 
 
-def read_xattrs(path: bytes) -> tuple[list[tuple[bytes, bytes]], list[str]]:
-    """Every readable xattr of ``path`` (not following symlinks), sorted, plus warnings."""
+def read_xattrs(path: bytes, fd: int | None = None) -> tuple[list[tuple[bytes, bytes]], list[str]]:
+    """Every readable xattr of ``path`` (not following symlinks; or of the open ``fd``), sorted, plus warnings."""
+    target: bytes | int = path if fd is None else fd
+    follow: dict[str, bool] = {"follow_symlinks": False} if fd is None else {}
     try:
-        names = os.listxattr(path, follow_symlinks=False)
+        names = os.listxattr(target, **follow)
     except OSError as e:
         if e.errno in _NO_XATTR_SUPPORT:
             return [], []
@@ -149,7 +151,7 @@ def read_xattrs(path: bytes) -> tuple[list[tuple[bytes, bytes]], list[str]]:
     for name in names:
         raw = os.fsencode(name)
         try:
-            value = os.getxattr(path, name, follow_symlinks=False)
+            value = os.getxattr(target, name, **follow)
         except OSError as e:
             if e.errno == errno.ENODATA or e.errno in _NO_XATTR_SUPPORT:
                 continue  # removed since listing, or not really there
@@ -160,7 +162,13 @@ def read_xattrs(path: bytes) -> tuple[list[tuple[bytes, bytes]], list[str]]:
     return pairs, warnings
 
 
-def node_from_stat(name: bytes, path: bytes, st: os.stat_result, owners: Owners) -> tuple[Node, list[str]]:
+def node_from_stat(
+    name: bytes,
+    path: bytes,
+    st: os.stat_result,
+    owners: Owners,
+    xattrs: tuple[list[tuple[bytes, bytes]], list[str]] | None = None,
+) -> tuple[Node, list[str]]:
     """Describe the entry at ``path`` (already ``lstat``-ed as ``st``) as a ``Node``.
 
     Content, subtree and warning are left for the caller. Raises
@@ -204,8 +212,8 @@ def node_from_stat(name: bytes, path: bytes, st: os.stat_result, owners: Owners)
             raise EntryChanged(f"{display_path(path)}: skipped, the symlink changed while reading it ({why})") from None
         if after.st_ino == st.st_ino and after.st_dev == st.st_dev:
             node.atime_ns = after.st_atime_ns
-    node.xattrs, warnings = read_xattrs(path)
-    return node, warnings
+    node.xattrs, warnings = xattrs if xattrs is not None else read_xattrs(path)
+    return node, list(warnings)
 
 
 def data_extents(fd: int, size: int) -> list[tuple[int, int]]:

@@ -278,7 +278,8 @@ class Archiver:
         if stat.S_ISSOCK(st.st_mode):
             return None  # sockets cannot be restored meaningfully; skipped silently
         try:
-            node, warnings = node_from_stat(name, path, st, self.owners)
+            xattrs = prefetched.xattrs if prefetched is not None else None
+            node, warnings = node_from_stat(name, path, st, self.owners, xattrs)
         except FileNotFoundError:
             self._warn(f"{_display(path)}: vanished during backup")
             return None

@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ..fsmeta import open_for_backup
+from ..fsmeta import open_for_backup, read_xattrs
 
 SMALL_FILE = 4 << 20  # read whole and cut in memory below this size
 
@@ -27,6 +27,7 @@ class Prefetched:
     read_at: int = 0
     error: str | None = None
     sparse: bool = False
+    xattrs: tuple[list[tuple[bytes, bytes]], list[str]] | None = None  # read through the same descriptor
 
 
 def _read_small(path: bytes, size: int) -> Prefetched:
@@ -55,11 +56,12 @@ def _read_small(path: bytes, size: int) -> Prefetched:
             if got >= want:
                 break
         after = os.fstat(fd)
+        xattrs = read_xattrs(path, fd)
     except OSError as e:
         return Prefetched(error=f"read error: {e.strerror}")
     finally:
         os.close(fd)
-    return Prefetched(parts[0] if len(parts) == 1 else b"".join(parts), after, read_at)
+    return Prefetched(parts[0] if len(parts) == 1 else b"".join(parts), after, read_at, xattrs=xattrs)
 
 
 PREFETCH_BYTES = 16 << 20
