@@ -28,8 +28,16 @@ class LocalBackend:
     def _path(self, type: ObjectType, name: str) -> str:
         return os.path.join(self.root, object_path(type, name))
 
-    def _fail(self, e: OSError, what: str) -> Exception:
+    def _vanished(self) -> PermanentError:
+        return PermanentError(
+            f"the repository {self.location} has disappeared (its files are gone): "
+            "was the disk unmounted or the directory moved?"
+        )
+
+    def _fail(self, e: OSError, what: str, type: ObjectType | None = None) -> Exception:
         if e.errno == errno.ENOENT:
+            if type not in (None, ObjectType.CONFIG, ObjectType.KEY) and not os.path.isdir(os.path.join(self.root, type.value)):
+                return self._vanished()  # not one missing object: the repository's directories are gone
             return ObjectNotFound(f"{what} not found in repository {self.location}")
         if e.errno == errno.ENOSPC:
             return PermanentError(f"no space left on the device holding {self.location}; free some space and run again")
@@ -56,7 +64,16 @@ class LocalBackend:
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except FileNotFoundError:
-                os.makedirs(dirname, exist_ok=True)
+                # only a pack's shard directory (data/xx) may be missing; anything more means the
+                # repository itself is gone, and recreating it would write objects nobody can read
+                try:
+                    if type is not ObjectType.PACK:
+                        raise
+                    os.mkdir(dirname)  # not makedirs: data/ itself must exist
+                except FileExistsError:
+                    pass
+                except FileNotFoundError:
+                    raise self._vanished() from None
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 view = memoryview(data)
@@ -82,7 +99,7 @@ class LocalBackend:
                 os.unlink(tmp)
             except OSError:
                 pass
-            raise self._fail(e, f"{type.value}/{name}") from None
+            raise self._fail(e, f"{type.value}/{name}", type) from None
 
     def load(self, type: ObjectType, name: str, offset: int = 0, length: int | None = None) -> bytes:
         try:
@@ -91,13 +108,13 @@ class LocalBackend:
                     f.seek(offset)
                 return f.read() if length is None else f.read(length)
         except OSError as e:
-            raise self._fail(e, f"{type.value}/{name}") from None
+            raise self._fail(e, f"{type.value}/{name}", type) from None
 
     def stat(self, type: ObjectType, name: str) -> ObjectInfo:
         try:
             st = os.stat(self._path(type, name))
         except OSError as e:
-            raise self._fail(e, f"{type.value}/{name}") from None
+            raise self._fail(e, f"{type.value}/{name}", type) from None
         return ObjectInfo(type, name, st.st_size)
 
     def list(self, type: ObjectType) -> Iterator[ObjectInfo]:
@@ -132,7 +149,7 @@ class LocalBackend:
         try:
             os.unlink(self._path(type, name))
         except OSError as e:
-            raise self._fail(e, f"{type.value}/{name}") from None
+            raise self._fail(e, f"{type.value}/{name}", type) from None
 
     def close(self) -> None:
         pass

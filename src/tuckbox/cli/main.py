@@ -7,6 +7,7 @@ files could not be read, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from importlib import import_module
@@ -81,6 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     # the walking thread makes many short system calls while workers compress and encrypt: hand the
     # GIL back sooner than the default 5 ms so it does not queue behind them after every call
     sys.setswitchinterval(0.001)
+    # libraries (asyncio, asyncssh, botocore) log warnings such as "socket.send() raised exception." when a
+    # connection drops; with no handler Python prints them raw to stderr next to our one-line errors.
+    # The CLI reports every problem itself: keep library logging quiet unless debugging.
+    if os.environ.get("TUCKBOX_DEBUG"):
+        logging.basicConfig(level=logging.DEBUG)
+    else:
+        logging.getLogger().addHandler(logging.NullHandler())
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -66,13 +66,29 @@ class PackJournal:
                 pass
 
     def leftovers(self) -> list[Path]:
-        """Journals of earlier runs (not this one's)."""
+        """Journals of earlier runs: not this one's, and not those of backups still running on this
+        machine with the same cache (adopting one would delete it from under its writer)."""
         if self.dir is None:
             return []
         try:
-            return [p for p in self.dir.iterdir() if p != self.path and not p.name.startswith(".")]
+            return [p for p in self.dir.iterdir() if p != self.path and not p.name.startswith(".") and not _running(p)]
         except OSError:
             return []
+
+
+def _running(path: Path) -> bool:
+    """Whether the process that named the journal ``<run>-<pid>`` is alive."""
+    try:
+        pid = int(path.name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def read_journal(path: Path) -> Iterator[PackRecord]:
