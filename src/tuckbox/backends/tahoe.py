@@ -54,6 +54,7 @@ import httpx
 from ..errors import ObjectExists, ObjectNotFound, PermanentError, TransientError, UsageError
 from ..types import ObjectInfo, ObjectType
 from .layout import check_name
+from .url import parse_float
 
 _NAME = re.compile(r"^[0-9a-f][0-9a-f-]{1,127}$")
 _CAP = re.compile(r"(URI:[A-Za-z0-9-]+):[^\s/\"'<>&?]+")
@@ -148,7 +149,7 @@ class TahoeBackend:
             f"{scheme}://{netloc}",
             cap.strip(),
             "/".join(segments),
-            timeout=_seconds(options, "tahoe.timeout", 600.0),
+            timeout=parse_float(options.get("tahoe.timeout"), "tahoe.timeout", 600.0),
         )
 
     # ---- HTTP plumbing ------------------------------------------------------------------
@@ -487,15 +488,3 @@ class TahoeBackend:
             self._closed = True
             self._client.close()
 
-
-def _seconds(options: dict[str, str], key: str, default: float) -> float:
-    raw = options.get(key)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if value <= 0:
-        raise UsageError(f"option {key} must be a positive number of seconds, not {raw!r}")
-    return value

@@ -32,6 +32,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import httpx
 
 from ..errors import ObjectExists, ObjectNotFound, PermanentError, TransientError, UsageError
+from .url import parse_float
 from ..types import ObjectInfo, ObjectType
 from .layout import object_path
 
@@ -121,7 +122,7 @@ class WebDAVBackend:
             location=f"{scheme}://{netloc}{parts.path.rstrip('/') or ''}",
             auth_scheme=options.get("webdav.auth", "basic"),
             verify=verify,
-            timeout=_seconds(options, "webdav.timeout", 300.0),
+            timeout=parse_float(options.get("webdav.timeout"), "webdav.timeout", 300.0),
         )
 
     # ---- HTTP plumbing --------------------------------------------------------------------
@@ -398,15 +399,3 @@ class WebDAVBackend:
             self._closed = True
             self._client.close()
 
-
-def _seconds(options: dict[str, str], key: str, default: float) -> float:
-    raw = options.get(key)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if value <= 0:
-        raise UsageError(f"option {key} must be a positive number of seconds, not {raw!r}")
-    return value

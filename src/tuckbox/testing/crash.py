@@ -41,10 +41,11 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from ..errors import PermanentError, UsageError
-from ..types import Backend, ObjectInfo, ObjectType
+from ..backends.wrappers import _Wrapper
+from ..types import Backend, ObjectType
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -75,39 +76,7 @@ def parse_faults(spec: str) -> dict[str, float]:
     return out
 
 
-class _Pass:
-    """Passes every Backend method through to ``inner``."""
-
-    def __init__(self, inner: Backend) -> None:
-        self.inner = inner
-        self.location = inner.location
-
-    def save(self, type: ObjectType, name: str, data: bytes) -> None:
-        self.inner.save(type, name, data)
-
-    def load(self, type: ObjectType, name: str, offset: int = 0, length: int | None = None) -> bytes:
-        return self.inner.load(type, name, offset, length)
-
-    def stat(self, type: ObjectType, name: str) -> ObjectInfo:
-        return self.inner.stat(type, name)
-
-    def list(self, type: ObjectType) -> Iterator[ObjectInfo]:
-        return self.inner.list(type)
-
-    def remove(self, type: ObjectType, name: str) -> None:
-        self.inner.remove(type, name)
-
-    def exists(self) -> bool:
-        return self.inner.exists()
-
-    def create(self) -> None:
-        self.inner.create()
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-class CrashBackend(_Pass):
+class CrashBackend(_Wrapper):
     """SIGKILLs the process at an exact write: before or after the N-th save (counting from 1)."""
 
     def __init__(
