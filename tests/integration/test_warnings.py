@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from tuckbox.archiver.archiver import Progress
 from tuckbox.archiver.backup import BackupRequest, run_backup
