@@ -36,7 +36,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ..errors import PermanentError, UsageError
-from .webdav import WebDAVBackend, _seconds
+from .url import parse_float
+from .webdav import WebDAVBackend
 
 _STARTED = re.compile(r"(?:WebDav Server started on|Serving on) \[?(http://127\.0\.0\.1:\d+)/?\]?")
 _LOG_PREFIX = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d ")
@@ -233,7 +234,7 @@ class RcloneBackend(WebDAVBackend):
             binary=options.get("rclone.binary"),
             config=options.get("rclone.config"),
             dir_cache_time=options.get("rclone.dir_cache_time", "2s"),
-            timeout=_seconds(options, "rclone.timeout", 300.0),
+            timeout=parse_float(options.get("rclone.timeout"), "rclone.timeout", 300.0),
         )
 
     def server_log_tail(self) -> list[str]:
