@@ -16,7 +16,9 @@ next candidate deterministically, so every host of a repository agrees.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+import os
+import threading
+from typing import Iterator
 
 from pyfastcdc import FastCDC
 from pyfastcdc.py.constants import GEAR, MASKS
@@ -26,6 +28,7 @@ ALGORITHM = "fastcdc2020/nc1/xor-seed"
 _GOLDEN = 0x9E3779B97F4A7C15
 _M64 = (1 << 64) - 1
 _M63 = (1 << 63) - 1  # pyfastcdc shifts the seed left by one in a uint64
+READ_SIZE = 2 << 20  # chunks_fd reads at least this much at a time (its buffer: max_size + READ_SIZE)
 
 
 @dataclass(frozen=True)
@@ -71,27 +74,6 @@ def effective_seed(seed: int, params: ChunkerParams) -> int:
     return candidate
 
 
-class _RangeReader:
-    """Reads ``length`` bytes of ``f`` from its current position, via readinto."""
-
-    __slots__ = ("f", "left")
-
-    def __init__(self, f: BinaryIO, length: int) -> None:
-        self.f = f
-        self.left = length
-
-    def readinto(self, buf: memoryview) -> int:
-        if self.left <= 0:
-            return 0
-        view = buf[: self.left] if len(buf) > self.left else buf
-        n = self.f.readinto(view)  # type: ignore[attr-defined]
-        if not n:
-            self.left = 0
-            return 0
-        self.left -= n
-        return n
-
-
 class Chunker:
     def __init__(self, params: ChunkerParams, seed: int) -> None:
         params.validate()
@@ -103,15 +85,56 @@ class Chunker:
             normalized_chunking=NORMALIZED_CHUNKING,
             seed=effective_seed(seed, params),
         )
+        self._local = threading.local()
 
-    def chunks(self, f: BinaryIO, length: int | None = None) -> Iterator[memoryview]:
-        """Yield chunks of ``f`` from its position (``length`` bytes, or to EOF).
+    def _buffer(self) -> bytearray:
+        buf: bytearray | None = getattr(self._local, "buf", None)
+        if buf is None:
+            buf = self._local.buf = bytearray(self.params.max_size + READ_SIZE)
+        return buf
 
-        Each memoryview is valid only until the next one is requested.
+    def chunks_fd(self, fd: int, offset: int, length: int) -> Iterator[memoryview]:
+        """Yield the chunks of ``length`` bytes of ``fd`` from ``offset`` (fewer if the file ends first).
+
+        Reads into one buffer per thread, reused across files (pyfastcdc's own
+        stream chunker zeroes a fresh 16 MiB buffer per file and moves the
+        unread rest after every chunk). Each memoryview is valid only until the
+        next one is requested. Cut points are exactly those of ``chunks_of``
+        over the same bytes: a chunk that ends at the end of the buffered data
+        before the end of the input is provisional and cut again with more data.
         """
-        reader = _RangeReader(f, length if length is not None else 1 << 62)
-        for chunk in self._cdc.cut_stream(reader):
-            yield chunk.data
+        buf = self._buffer()
+        view = memoryview(buf)
+        cap = len(buf)
+        end = 0  # bytes buffered
+        pos, left = offset, length
+        eof = length <= 0
+        try:
+            while True:
+                while not eof and end < cap:
+                    n = os.preadv(fd, [view[end : end + min(cap - end, left)]], pos)
+                    if n <= 0:
+                        eof = True
+                        break
+                    end += n
+                    pos += n
+                    left -= n
+                    eof = left <= 0
+                if end == 0:
+                    return
+                start = 0
+                for chunk in self._cdc.cut_buf(view[:end]):
+                    if not eof and start + chunk.length == end:
+                        break  # provisional: the data may go on
+                    yield chunk.data
+                    start += chunk.length
+                if eof and start == end:
+                    return
+                tail = end - start
+                buf[:tail] = bytes(view[start:end])  # at most max_size bytes, once per buffer fill
+                end = tail
+        finally:
+            view.release()
 
     def chunks_of(self, data: bytes | memoryview) -> Iterator[memoryview]:
         for chunk in self._cdc.cut_buf(data):

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 
+from tuckbox.archiver import prefetch
 from tuckbox.archiver.archiver import Progress
 from tuckbox.archiver.backup import BackupRequest, run_backup
 from tuckbox.backends.local import LocalBackend
@@ -78,12 +79,15 @@ def test_vanishing_and_changing_files(tmp_path, monkeypatch):
     monkeypatch.setenv("TUCKBOX_CACHE_DIR", str(tmp_path / "cache"))
     src = tmp_path / "src"
     src.mkdir()
+    # read ahead only one file, so the victim is listed but not yet opened when it is deleted
+    monkeypatch.setattr(prefetch, "PREFETCH_FILES", 1)
     (src / "a_first.txt").write_text("first")
-    (src / "b_grows.log").write_bytes(os.urandom(5 << 20))  # large: streamed, so appends land mid-read
+    # larger than a reader may hold ahead (reading.STREAM_BYTES), so appends land while it is being read
+    (src / "b_grows.log").write_bytes(os.urandom(24 << 20))
     (src / "c_stable.txt").write_text("stable")
-    (src / "z_vanishes.txt").write_bytes(os.urandom(5 << 20))  # large: not read ahead by the reader pool
+    (src / "z_vanishes.txt").write_bytes(os.urandom(5 << 20))
     repo = Repository.init(LocalBackend(str(tmp_path / "repo")), b"pw", created="t", host="h", user="u")
-    saboteur = _Saboteur(os.fsencode(src / "c_stable.txt"), src / "z_vanishes.txt", src / "b_grows.log")
+    saboteur = _Saboteur(os.fsencode(src / "a_first.txt"), src / "z_vanishes.txt", src / "b_grows.log")
     result = run_backup(repo, BackupRequest([str(src)]), saboteur)
     joined = "\n".join(result.warnings)
     assert "z_vanishes.txt" in joined and "vanished" in joined
@@ -102,7 +106,8 @@ def test_file_changed_once_is_reread_consistently(tmp_path, monkeypatch):
     src = tmp_path / "src"
     src.mkdir()
     target = src / "edited.txt"
-    target.write_bytes(b"version one\n" * 500_000)  # large: streamed, so the edit lands mid-read
+    # larger than a reader may hold ahead (reading.STREAM_BYTES), so the edit lands mid-read
+    target.write_bytes(b"version one\n" * 2_000_000)
 
     class EditOnce(Progress):
         done = False
@@ -110,10 +115,10 @@ def test_file_changed_once_is_reread_consistently(tmp_path, monkeypatch):
         def bytes_done(self, n: int) -> None:
             if not self.done:
                 self.done = True
-                target.write_bytes(b"version two\n" * 600_000)
+                target.write_bytes(b"version two\n" * 2_400_000)
 
     repo = Repository.init(LocalBackend(str(tmp_path / "repo")), b"pw", created="t", host="h", user="u")
     result = run_backup(repo, BackupRequest([str(src)]), EditOnce())
     assert result.warnings == []  # retried once and read a consistent copy
     Restorer(repo).restore(result.snapshot, os.fsencode(tmp_path / "r"))
-    assert (Path(str(tmp_path / "r") + str(src)) / "edited.txt").read_bytes() == b"version two\n" * 600_000
+    assert (Path(str(tmp_path / "r") + str(src)) / "edited.txt").read_bytes() == b"version two\n" * 2_400_000

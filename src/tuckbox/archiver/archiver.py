@@ -21,13 +21,13 @@ from typing import Any, Callable
 
 from ..chunker import Chunker
 from ..errors import UsageError
-from ..fsmeta import Owners, SkipEntry, data_extents, node_from_stat, open_for_backup
+from ..fsmeta import Owners, SkipEntry, node_from_stat, open_for_backup
 from ..snapshot.tree import DIR, FILE, Node, encode_tree
 from ..types import BlobStore, BlobType
 from .files_cache import FilesCache
-from .prefetch import SMALL_FILE
 from .prefetch import Prefetched as _Prefetched
 from .prefetch import Prefetcher as _Prefetcher
+from .reading import Piece, Stream, read_chunks, stream_file
 
 _LEAF = object()
 
@@ -250,16 +250,23 @@ class Archiver:
             else:
                 todo.append((child, name, st, self.files_cache.last_known))
         self.after_entry()
-        window = _Prefetcher(self._readers, todo)
-        for k, (child, name, st, known) in enumerate(todo):
-            if self.should_stop():
-                self.stopped = True
-                window.cancel()
-                break
-            node = self._save_entry(child, name, st, window.take(k), known)
-            if node is not None:
-                nodes.append(node)
-                self.after_entry()
+        window = _Prefetcher(self._readers, todo, self._start_stream)
+        try:
+            for k, (child, name, st, known) in enumerate(todo):
+                if self.should_stop():
+                    self.stopped = True
+                    break
+                ahead = window.take(k)
+                try:
+                    node = self._save_entry(child, name, st, ahead, known)
+                finally:
+                    if isinstance(ahead, Stream):
+                        ahead.cancel()  # consumed, or not wanted after all: release its reader
+                if node is not None:
+                    nodes.append(node)
+                    self.after_entry()
+        finally:
+            window.cancel()
         for child, name, st in dirs:
             if self.should_stop():
                 self.stopped = True
@@ -272,7 +279,7 @@ class Archiver:
         return self._save_tree(nodes)
 
     def _save_entry(
-        self, path: bytes, name: bytes, st: os.stat_result, prefetched: "_Prefetched | None" = None,
+        self, path: bytes, name: bytes, st: os.stat_result, prefetched: "_Prefetched | Stream | None" = None,
         known: bool = False,
     ) -> Node | dict[str, Any] | None:
         if stat.S_ISSOCK(st.st_mode):
@@ -332,7 +339,8 @@ class Archiver:
         return cached
 
     def _save_file(
-        self, path: bytes, st: os.stat_result, node: Node, prefetched: "_Prefetched | None" = None, known: bool = False
+        self, path: bytes, st: os.stat_result, node: Node, prefetched: "_Prefetched | Stream | None" = None,
+        known: bool = False,
     ) -> Node | None:
         """Read a new or changed file (``known``: the files cache had it, so it changed)."""
         self.progress.file_started(path, st.st_size)
@@ -350,6 +358,31 @@ class Archiver:
         else:
             self.summary.files_new += 1
         for attempt in (0, 1):
+            if isinstance(prefetched, Stream):
+                # read, chunked and hashed by a reader thread: the same checks as below
+                stream, prefetched = prefetched, None
+                try:
+                    content = self._consume_stream(stream)
+                except _Stopped:
+                    self.stopped = True
+                    return None
+                if stream.error is not None:
+                    self._warn(f"{_display(path)}: {stream.error}")
+                    return None
+                before, after, read_at, nbytes = stream.before, stream.after, stream.read_at, stream.nbytes
+                assert before is not None and after is not None
+                stable = _same(before, after) and nbytes == after.st_size
+                if stable and _same(before, st):
+                    break
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    self._warn(f"{_display(path)}: vanished during backup")
+                    return None
+                if not stat.S_ISREG(st.st_mode):
+                    self._warn(f"{_display(path)}: replaced by another kind of entry during backup; skipped")
+                    return None
+                continue
             if prefetched is not None and prefetched.sparse:
                 prefetched = None
             if attempt == 0 and prefetched is not None:
@@ -433,55 +466,33 @@ class Archiver:
         return content
 
     def _add_chunk(self, chunk: bytes | memoryview, content: list[Any]) -> None:
+        self._add_piece((self.store.blob_id(chunk), chunk), content)
+
+    def _add_piece(self, piece: Piece, content: list[Any]) -> None:
+        if isinstance(piece, int):
+            _add_hole(content, piece)
+            return
         if self.should_stop():
             raise _Stopped
-        blob_id = self.store.blob_id(chunk)
+        blob_id, chunk = piece
         self.store.add_blob(BlobType.DATA, blob_id, chunk)
         content.append(blob_id)
         self.summary.bytes_read += len(chunk)
         self.progress.bytes_done(len(chunk))
 
-    def _read_content(self, fd: int, st: os.stat_result) -> tuple[list[Any], int]:
-        size = st.st_size
+    def _consume_stream(self, stream: Stream) -> list[Any]:
         content: list[Any] = []
-        if size == 0:
-            # a file may still grow; read what is there
-            data = os.read(fd, SMALL_FILE)
-            if data:
-                for chunk in self.chunker.chunks_of(data):
-                    self._add_chunk(chunk, content)
-            return content, len(data)
-        # st_blocks cannot rule holes out (xattr and extent blocks count too): ask the file system
-        extents = data_extents(fd, size)
-        pos = 0
-        for off, length in extents:
-            if off > pos:
-                _add_hole(content, off - pos)
-                pos = off
-            got = 0
-            if length <= SMALL_FILE:
-                data = os.pread(fd, length, off)
-                while len(data) < length:
-                    more = os.pread(fd, length - len(data), off + len(data))
-                    if not more:
-                        break
-                    data += more
-                for chunk in self.chunker.chunks_of(data):
-                    self._add_chunk(chunk, content)
-                got = len(data)
-            else:
-                os.lseek(fd, off, os.SEEK_SET)
-                with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
-                    for chunk in self.chunker.chunks(f, length):
-                        self._add_chunk(chunk, content)
-                        got += len(chunk)
-            pos += got
-            if got < length:
-                return content, pos  # file shrank while being read
-        if pos < size:
-            _add_hole(content, size - pos)
-            pos = size
-        return content, pos
+        for piece in stream.pieces():
+            self._add_piece(piece, content)
+        return content
+
+    def _start_stream(self, path: bytes, stream: Stream) -> None:
+        stream_file(path, self.chunker, self.store.blob_id, stream)
+
+    def _read_content(self, fd: int, st: os.stat_result) -> tuple[list[Any], int]:
+        content: list[Any] = []
+        nbytes = read_chunks(fd, st.st_size, self.chunker, self.store.blob_id, lambda p: self._add_piece(p, content))
+        return content, nbytes
 
 
 def _add_hole(content: list[Any], length: int) -> None:

@@ -1,9 +1,11 @@
-"""Reading small files ahead of the walk, in a pool of reader threads.
+"""Reading files ahead of the walk, in a pool of reader threads.
 
-The walking thread does the Python work (metadata, hashing, trees); opening,
-reading and closing small files are system calls that release the GIL, so a
-couple of reader threads keep the disk busy while it does. The window ahead is
-bounded in files and bytes, so memory stays flat.
+The walking thread does the Python work (metadata, hashing small files,
+trees); opening, reading and closing small files are system calls that release
+the GIL, so a couple of reader threads keep the disk busy while it does. Large
+files are read, chunked and hashed by a reader thread as a ``Stream``
+(reading.py). The window ahead is bounded in files and bytes, so memory stays
+flat.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import stat
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from ..fsmeta import open_for_backup, read_xattrs
+from .reading import SMALL_FILE, STREAM_BYTES, Stream
 
-SMALL_FILE = 4 << 20  # read whole and cut in memory below this size
+__all__ = ["SMALL_FILE", "Prefetched", "Prefetcher"]
 
 
 @dataclass
@@ -69,18 +72,30 @@ PREFETCH_FILES = 128
 
 
 class Prefetcher:
-    """Keeps the reader pool a bounded window ahead of the walk through one directory's files."""
+    """Keeps the reader pool a bounded window ahead of the walk through one directory's files.
 
-    def __init__(self, pool: ThreadPoolExecutor | None, todo: list[tuple[bytes, bytes, os.stat_result, Any]]) -> None:
+    ``start_stream(path, stream)``, when given, is submitted for large regular
+    files: they are then handed over as a ``Stream`` instead of ``None``.
+    """
+
+    def __init__(
+        self,
+        pool: ThreadPoolExecutor | None,
+        todo: list[tuple[bytes, bytes, os.stat_result, Any]],
+        start_stream: Callable[[bytes, Stream], None] | None = None,
+    ) -> None:
         self.pool = pool
         self.todo = todo
+        self.start_stream = start_stream
         self.futures: dict[int, Future[Prefetched]] = {}
+        self.streams: dict[int, tuple[Stream, Future[None]]] = {}
         self.next = 0
         self.bytes = 0
         self._fill(0)
 
-    def _wanted(self, st: os.stat_result) -> bool:
-        return stat.S_ISREG(st.st_mode) and st.st_size <= SMALL_FILE
+    @staticmethod
+    def _cost(st: os.stat_result) -> int:
+        return min(st.st_size, STREAM_BYTES)
 
     def _fill(self, current: int) -> None:
         if self.pool is None:
@@ -91,19 +106,31 @@ class Prefetcher:
             and self.bytes < PREFETCH_BYTES
         ):
             path, _, st, _ = self.todo[self.next]
-            if self._wanted(st):
-                self.futures[self.next] = self.pool.submit(_read_small, path, st.st_size)
-                self.bytes += st.st_size
+            if stat.S_ISREG(st.st_mode):
+                if st.st_size <= SMALL_FILE:
+                    self.futures[self.next] = self.pool.submit(_read_small, path, st.st_size)
+                    self.bytes += self._cost(st)
+                elif self.start_stream is not None:
+                    stream = Stream()
+                    self.streams[self.next] = (stream, self.pool.submit(self.start_stream, path, stream))
+                    self.bytes += self._cost(st)
             self.next += 1
 
-    def take(self, k: int) -> Prefetched | None:
+    def take(self, k: int) -> Prefetched | Stream | None:
         fut = self.futures.pop(k, None)
-        if fut is not None:
-            self.bytes -= self.todo[k][2].st_size
+        streamed = self.streams.pop(k, None)
+        if fut is not None or streamed is not None:
+            self.bytes -= self._cost(self.todo[k][2])
         self._fill(k + 1)
+        if streamed is not None:
+            return streamed[0]
         return fut.result() if fut is not None else None
 
     def cancel(self) -> None:
         for fut in self.futures.values():
             fut.cancel()
         self.futures.clear()
+        for stream, sfut in self.streams.values():
+            stream.cancel()
+            sfut.cancel()
+        self.streams.clear()

@@ -100,15 +100,38 @@ def _blob_ad(blob_id: bytes, blob_type: BlobType, compression: int) -> bytes:
 _zstd_local = __import__("threading").local()
 
 
-def compress(data: bytes | memoryview) -> tuple[bytes | memoryview, int]:
-    """zstd, or the raw bytes where compression does not pay. Thread-safe."""
+def _compressor() -> zstandard.ZstdCompressor:
     c = getattr(_zstd_local, "c", None)
     if c is None:
         c = _zstd_local.c = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
-    out = c.compress(data)
+    return c
+
+
+def _choose(data: bytes | memoryview, out: bytes) -> tuple[bytes | memoryview, int]:
     if len(out) <= len(data) * (1 - MIN_SAVING):
         return out, COMPRESSION_ZSTD
     return data, COMPRESSION_NONE
+
+
+def compress(data: bytes | memoryview) -> tuple[bytes | memoryview, int]:
+    """zstd, or the raw bytes where compression does not pay. Thread-safe."""
+    return _choose(data, _compressor().compress(data))
+
+
+def compress_many(datas: list[bytes]) -> list[tuple[bytes | memoryview, int]]:
+    """``compress`` for a batch, in one call that releases the GIL throughout.
+
+    Compressing small blobs one call at a time makes a worker re-acquire the
+    GIL after every blob; while the walking thread runs Python, each of those
+    waits costs more than compressing (measured: about 2x slower under load).
+    The output is byte-identical to ``compress`` on each blob.
+    """
+    c = _compressor()
+    multi = getattr(c, "multi_compress_to_buffer", None)
+    if multi is None or len(datas) < 2 or not all(datas):
+        return [compress(d) for d in datas]
+    result = multi(datas, threads=1)
+    return [_choose(d, result[i].tobytes()) for i, d in enumerate(datas)]
 
 
 def decompress(data: bytes, compression: int, raw_length: int) -> bytes:
@@ -135,14 +158,18 @@ class PackBuilder:
         self.kind = kind
         self.epk, pack_key = new_ephemeral_key(recipient_public, PURPOSE)
         self._blob_key, self._header_key, self._trailer_key = _subkeys(pack_key)
-        self._buf = bytearray(MAGIC + bytes((VERSION, 0, 0, 0)) + self.epk)
+        self._prefix = MAGIC + bytes((VERSION, 0, 0, 0)) + self.epk
+        # sealed blobs are kept as they are and joined once in ``finish``: growing one buffer
+        # would copy (and page-fault) every pack twice
+        self._pieces: list[bytes] = [self._prefix]
+        self._size = len(self._prefix)
         self.entries: list[BlobEntry] = []
         self._ids: set[bytes] = set()
         self.raw_bytes = 0
 
     @property
     def size(self) -> int:
-        return len(self._buf)
+        return self._size
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -155,8 +182,9 @@ class PackBuilder:
     def append(self, blob_id: bytes, blob_type: BlobType, sealed: bytes, raw_length: int, compression: int) -> BlobEntry:
         if blob_id in self._ids:
             raise ValueError("blob already in this pack")
-        entry = BlobEntry(blob_id, blob_type, len(self._buf), len(sealed), raw_length, compression)
-        self._buf += sealed
+        entry = BlobEntry(blob_id, blob_type, self._size, len(sealed), raw_length, compression)
+        self._pieces.append(sealed)
+        self._size += len(sealed)
         self.entries.append(entry)
         self._ids.add(blob_id)
         self.raw_bytes += raw_length
@@ -167,17 +195,16 @@ class PackBuilder:
 
     def finish(self) -> bytes:
         header_plain = msgpack.packb([e.to_list() for e in self.entries])
-        header = encrypt_with_nonce(self._header_key, counter_nonce(0), header_plain, bytes(self._buf[:PREFIX_LEN]))
-        header_offset = len(self._buf)
-        self._buf += header
-        total = padme(len(self._buf) + TRAILER_LEN)
-        self._buf += bytes(total - TRAILER_LEN - len(self._buf))
-        self._buf += encrypt_with_nonce(
-            self._trailer_key, counter_nonce(0), TRAILER_PLAIN.pack(header_offset, len(header)), b""
+        header = encrypt_with_nonce(self._header_key, counter_nonce(0), header_plain, self._prefix)
+        header_offset = self._size
+        total = padme(header_offset + len(header) + TRAILER_LEN)
+        pieces, self._pieces = self._pieces, []
+        pieces.append(header)
+        pieces.append(bytes(total - TRAILER_LEN - header_offset - len(header)))
+        pieces.append(
+            encrypt_with_nonce(self._trailer_key, counter_nonce(0), TRAILER_PLAIN.pack(header_offset, len(header)), b"")
         )
-        out = bytes(self._buf)
-        self._buf = bytearray()
-        return out
+        return b"".join(pieces)
 
 
 def parse_prefix(prefix: bytes) -> bytes:

@@ -1,0 +1,179 @@
+"""Reading one file's content as chunks and holes, and streaming large files from a reader thread.
+
+``read_chunks`` is the one implementation of "file descriptor -> chunk ids and
+holes": it asks the file system for the data extents (holes stay holes and
+cost no reading), cuts each extent with the content-defined chunker and hashes
+every chunk. The walking thread calls it directly (retries, fallbacks); for
+large files a reader thread calls it ahead of the walk and hands the chunks
+over through a ``Stream`` bounded in bytes, so reading, chunking, copying and
+hashing of large files run beside the walking thread instead of inside it (the
+system calls, the chunker and BLAKE3 all release the GIL).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+from collections import deque
+from typing import Callable, Iterator, Union
+
+from ..chunker import Chunker
+from ..fsmeta import data_extents, open_for_backup, read_xattrs
+
+SMALL_FILE = 4 << 20  # read whole and cut in memory below this size (prefetch.py)
+STREAM_BYTES = 4 << 20  # chunks a reader thread may hold ahead of the walk, per large file
+
+BlobId = Callable[[Union[bytes, memoryview]], bytes]
+# a chunk: (its id, its bytes); a hole: its length
+Piece = Union[tuple[bytes, Union[bytes, memoryview]], int]
+
+
+def read_chunks(fd: int, size: int, chunker: Chunker, blob_id: BlobId, emit: Callable[[Piece], None]) -> int:
+    """Emit the chunks and holes of ``fd`` (``size`` from its stat); return the bytes covered.
+
+    A chunk's bytes may be a memoryview valid only during ``emit``. Less than
+    ``size`` is returned when the file shrank while being read.
+    """
+    if size == 0:
+        # a file may still grow; read what is there
+        data = os.read(fd, SMALL_FILE)
+        for chunk in chunker.chunks_of(data):
+            emit((blob_id(chunk), chunk))
+        return len(data)
+    pos = 0
+    for off, length in data_extents(fd, size):
+        if off > pos:
+            emit(off - pos)
+            pos = off
+        got = 0
+        if length <= SMALL_FILE:
+            data = os.pread(fd, length, off)
+            while len(data) < length:
+                more = os.pread(fd, length - len(data), off + len(data))
+                if not more:
+                    break
+                data += more
+            for chunk in chunker.chunks_of(data):
+                emit((blob_id(chunk), chunk))
+            got = len(data)
+        else:
+            for chunk in chunker.chunks_fd(fd, off, length):
+                emit((blob_id(chunk), chunk))
+                got += len(chunk)
+        pos += got
+        if got < length:
+            return pos  # the file shrank while being read
+    if pos < size:
+        emit(size - pos)
+        pos = size
+    return pos
+
+
+class StreamCancelled(Exception):
+    """The walk no longer wants this file (the run is stopping)."""
+
+
+class Stream:
+    """A large file read by a reader thread, handed to the walking thread piece by piece.
+
+    The reader blocks while ``STREAM_BYTES`` are waiting, so memory stays flat
+    however large the file. The outcome (error, stat after reading, bytes
+    covered, extended attributes) is set before the end is signalled.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._items: deque[Piece] = deque()
+        self._held = 0
+        self._done = False
+        self._cancelled = False
+        self.error: str | None = None
+        self.before: os.stat_result | None = None
+        self.after: os.stat_result | None = None
+        self.read_at = 0
+        self.nbytes = 0
+        self._xattrs: tuple[list[tuple[bytes, bytes]], list[str]] | None = None
+        self._opened = threading.Event()
+
+    @property
+    def xattrs(self) -> tuple[list[tuple[bytes, bytes]], list[str]] | None:
+        """Extended attributes read through the reader's descriptor (None if it could not open the file)."""
+        self._opened.wait()
+        return self._xattrs
+
+    # -- the reader thread --
+
+    def put(self, piece: Piece) -> None:
+        if not isinstance(piece, int):
+            piece = (piece[0], bytes(piece[1]))  # the chunker's buffer is reused: copy, here rather than in the walk
+        size = 0 if isinstance(piece, int) else len(piece[1])
+        with self._cond:
+            while self._held >= STREAM_BYTES and not self._cancelled:
+                self._cond.wait()
+            if self._cancelled:
+                raise StreamCancelled
+            self._items.append(piece)
+            self._held += size
+            self._cond.notify_all()
+
+    def finish(self) -> None:
+        with self._cond:
+            self._done = True
+            self._cond.notify_all()
+
+    # -- the walking thread --
+
+    def pieces(self) -> Iterator[Piece]:
+        while True:
+            with self._cond:
+                while not self._items and not self._done:
+                    self._cond.wait()
+                if not self._items:
+                    return
+                piece = self._items.popleft()
+                if not isinstance(piece, int):
+                    self._held -= len(piece[1])
+                self._cond.notify_all()
+            yield piece
+
+    def cancel(self) -> None:
+        with self._cond:
+            self._cancelled = True
+            self._items.clear()
+            self._held = 0
+            self._cond.notify_all()
+
+
+def stream_file(path: bytes, chunker: Chunker, blob_id: BlobId, stream: Stream) -> None:
+    """Run in a reader thread: read, chunk and hash ``path`` into ``stream``."""
+    stream.read_at = time.time_ns()
+    try:
+        try:
+            fd = open_for_backup(path)
+        except FileNotFoundError:
+            stream.error = "vanished during backup"
+            return
+        except OSError as e:
+            stream.error = f"cannot read: {e.strerror}"
+            return
+        try:
+            before = stream.before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode):
+                stream.error = "replaced by another kind of entry during backup; skipped"
+                return
+            # the metadata is taken from the same file as the content, even if it is unlinked meanwhile
+            stream._xattrs = read_xattrs(path, fd)
+            stream._opened.set()
+            stream.nbytes = read_chunks(fd, before.st_size, chunker, blob_id, stream.put)
+            stream.after = os.fstat(fd)
+        except OSError as e:
+            stream.error = f"read error: {e.strerror}"
+        except StreamCancelled:
+            pass
+        finally:
+            os.close(fd)
+    finally:
+        stream._opened.set()
+        stream.finish()
