@@ -33,7 +33,10 @@ class Prefetched:
     xattrs: tuple[list[tuple[bytes, bytes]], list[str]] | None = None  # read through the same descriptor
 
 
-def _read_small(path: bytes, size: int) -> Prefetched:
+_BLOCK = 4096
+
+
+def _read_small(path: bytes, size: int, blocks: int = 0) -> Prefetched:
     """Read a whole small file (in a reader thread: the system calls release the GIL)."""
     read_at = time.time_ns()
     try:
@@ -43,20 +46,22 @@ def _read_small(path: bytes, size: int) -> Prefetched:
     except OSError as e:
         return Prefetched(error=f"cannot read: {e.strerror}")
     try:
-        if size:
+        if size and not (size <= _BLOCK and blocks * 512 >= size):
+            # (a file of at most one page whose allocated blocks cover its size has no hole: no need to ask)
             if os.lseek(fd, 0, os.SEEK_HOLE) < size:
                 return Prefetched(sparse=True)  # holes must stay holes: the walker reads it extent by extent
-            os.lseek(fd, 0, os.SEEK_SET)
         parts = []
         want = size + 1  # one byte more shows a file that grew
         got = 0
         while True:
-            piece = os.read(fd, want - got)
+            piece = os.pread(fd, want - got, got)
             if not piece:
                 break
             parts.append(piece)
             got += len(piece)
-            if got >= want:
+            if got >= want or got == size:
+                # a regular file's read comes back short only at its end: asking again to see the
+                # end would cost a system call per file; a file that grows meanwhile shows in fstat
                 break
         after = os.fstat(fd)
         xattrs = read_xattrs(path, fd)
@@ -108,7 +113,7 @@ class Prefetcher:
             path, _, st, _ = self.todo[self.next]
             if stat.S_ISREG(st.st_mode):
                 if st.st_size <= SMALL_FILE:
-                    self.futures[self.next] = self.pool.submit(_read_small, path, st.st_size)
+                    self.futures[self.next] = self.pool.submit(_read_small, path, st.st_size, st.st_blocks)
                     self.bytes += self._cost(st)
                 elif self.start_stream is not None:
                     stream = Stream()

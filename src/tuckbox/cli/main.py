@@ -7,6 +7,7 @@ files could not be read, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -82,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     # the walking thread makes many short system calls while workers compress and encrypt: hand the
     # GIL back sooner than the default 5 ms so it does not queue behind them after every call
     sys.setswitchinterval(0.001)
+    # a backup holds a node per entry of the directories being walked and creates millions of short-lived
+    # objects with few reference cycles: CPython's default collector thresholds (700 allocations) make
+    # it re-scan the live heap over and over (measured: ~9 % of a 200k-file backup)
+    gc.set_threshold(100_000, 50, 100)
     # libraries (asyncio, asyncssh, botocore) log warnings such as "socket.send() raised exception." when a
     # connection drops; with no handler Python prints them raw to stderr next to our one-line errors.
     # The CLI reports every problem itself: keep library logging quiet unless debugging.
