@@ -72,8 +72,14 @@ def _read_small(path: bytes, size: int, blocks: int = 0) -> Prefetched:
     return Prefetched(parts[0] if len(parts) == 1 else b"".join(parts), after, read_at, xattrs=xattrs)
 
 
+def _read_batch(batch: list[tuple[bytes, int, int]]) -> list[Prefetched]:
+    return [_read_small(path, size, blocks) for path, size, blocks in batch]
+
+
 PREFETCH_BYTES = 16 << 20
 PREFETCH_FILES = 128
+BATCH_FILES = 8  # small files read per task
+BATCH_BYTES = 256 << 10
 
 
 class Prefetcher:
@@ -92,7 +98,7 @@ class Prefetcher:
         self.pool = pool
         self.todo = todo
         self.start_stream = start_stream
-        self.futures: dict[int, Future[Prefetched]] = {}
+        self.futures: dict[int, tuple[Future[list[Prefetched]], int]] = {}  # file -> (its batch, place in it)
         self.streams: dict[int, tuple[Stream, Future[None]]] = {}
         self.next = 0
         self.bytes = 0
@@ -113,26 +119,51 @@ class Prefetcher:
             path, _, st, _ = self.todo[self.next]
             if stat.S_ISREG(st.st_mode):
                 if st.st_size <= SMALL_FILE:
-                    self.futures[self.next] = self.pool.submit(_read_small, path, st.st_size, st.st_blocks)
-                    self.bytes += self._cost(st)
-                elif self.start_stream is not None:
+                    self._submit_batch(current)
+                    continue
+                if self.start_stream is not None:
                     stream = Stream()
                     self.streams[self.next] = (stream, self.pool.submit(self.start_stream, path, stream))
                     self.bytes += self._cost(st)
             self.next += 1
 
+    def _submit_batch(self, current: int) -> None:
+        """Submit the run of small files starting at ``self.next`` as one task (one hand-off, not one per file)."""
+        batch: list[tuple[bytes, int, int]] = []
+        first = self.next
+        size = 0
+        while (
+            self.next < len(self.todo)
+            and self.next < current + PREFETCH_FILES
+            and len(batch) < BATCH_FILES
+            and size < BATCH_BYTES
+        ):
+            path, _, st, _ = self.todo[self.next]
+            if not (stat.S_ISREG(st.st_mode) and st.st_size <= SMALL_FILE):
+                break
+            batch.append((path, st.st_size, st.st_blocks))
+            size += st.st_size
+            self.next += 1
+        fut = self.pool.submit(_read_batch, batch)  # type: ignore[union-attr]
+        for i in range(len(batch)):
+            self.futures[first + i] = (fut, i)
+        self.bytes += size
+
     def take(self, k: int) -> Prefetched | Stream | None:
-        fut = self.futures.pop(k, None)
+        batched = self.futures.pop(k, None)
         streamed = self.streams.pop(k, None)
-        if fut is not None or streamed is not None:
+        if batched is not None or streamed is not None:
             self.bytes -= self._cost(self.todo[k][2])
         self._fill(k + 1)
         if streamed is not None:
             return streamed[0]
-        return fut.result() if fut is not None else None
+        if batched is None:
+            return None
+        fut, i = batched
+        return fut.result()[i]
 
     def cancel(self) -> None:
-        for fut in self.futures.values():
+        for fut, _ in self.futures.values():
             fut.cancel()
         self.futures.clear()
         for stream, sfut in self.streams.values():
