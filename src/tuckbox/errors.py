@@ -23,6 +23,7 @@ names the thing and says what to do, and an exit code::
     │   ├── TransientError                   retried by the retry wrapper
     │   └── PermanentError                   auth, quota, full disk: fail at once
     └── Interrupted (exit 130)
+        └── Cancelled                        an upload given up because the run is stopping
 
 No message ever contains a passphrase, key, credential or capability.
 """
@@ -123,3 +124,10 @@ class PermanentError(BackendError):
 
 class Interrupted(TuckboxError):
     exit_code = EXIT_INTERRUPTED
+
+
+class Cancelled(Interrupted):
+    """A storage operation given up because the run is stopping (see ``backends.wrappers.cancel_scope``).
+
+    Never retried; the object it was writing is absent (saves are atomic).
+    """

@@ -26,6 +26,7 @@ import pwd
 import stat
 import struct
 import threading
+from dataclasses import dataclass
 from typing import Iterable
 
 from .errors import TuckboxError
@@ -34,6 +35,7 @@ from .snapshot.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node
 __all__ = [
     "ACL_ACCESS",
     "ACL_DEFAULT",
+    "Created",
     "EntryChanged",
     "Owners",
     "SkipEntry",
@@ -47,6 +49,8 @@ __all__ = [
     "node_from_stat",
     "open_for_backup",
     "read_xattrs",
+    "set_metadata",
+    "wanted_owner",
 ]
 
 ACL_ACCESS = b"system.posix_acl_access"
@@ -285,7 +289,8 @@ def create_special(path: bytes, node: Node) -> list[str]:
     return []
 
 
-def _wanted_owner(node: Node, numeric_owner: bool, owners: Owners) -> tuple[int, int]:
+def wanted_owner(node: Node, numeric_owner: bool, owners: Owners) -> tuple[int, int]:
+    """The uid and gid to give ``node`` here: by user/group name when it exists here, else the stored number."""
     uid, gid = node.uid, node.gid
     if not numeric_owner:
         by_name = owners.uid_of(node.user)
@@ -306,18 +311,21 @@ def _removable(name: bytes, root: bool) -> bool:
     return root and name.startswith(b"trusted.")
 
 
-def _apply_xattrs(path: bytes, node: Node, root: bool) -> list[str]:
+def _apply_xattrs(target: bytes | int, shown: str, node: Node, root: bool, list_present: bool = True) -> list[str]:
+    """Set ``node``'s xattrs on ``target`` (a path, not followed, or a descriptor); remove stale ones."""
     warnings: list[str] = []
-    shown = display_path(path)
+    nofollow: dict[str, bool] = {} if isinstance(target, int) else {"follow_symlinks": False}
     wanted = dict(node.xattrs)
-    try:
-        present = [os.fsencode(n) for n in os.listxattr(path, follow_symlinks=False)]
-    except OSError:
-        present = []
+    present: list[bytes] = []
+    if list_present:
+        try:
+            present = [os.fsencode(n) for n in os.listxattr(target, **nofollow)]
+        except OSError:
+            present = []
     for name in present:
         if name not in wanted and _removable(name, root):
             try:
-                os.removexattr(path, name, follow_symlinks=False)
+                os.removexattr(target, name, **nofollow)
             except OSError as e:
                 if e.errno != errno.ENODATA:
                     warnings.append(f"{shown}: cannot remove extended attribute {_xname(name)}: {e.strerror}")
@@ -326,10 +334,73 @@ def _apply_xattrs(path: bytes, node: Node, root: bool) -> list[str]:
         if name.startswith(b"trusted.") and not root:
             continue  # only root can see or set trusted.*
         try:
-            os.setxattr(path, name, value, follow_symlinks=False)
+            os.setxattr(target, name, value, **nofollow)
         except OSError as e:
             what = "ACL" if name in (ACL_ACCESS, ACL_DEFAULT) else "extended attribute"
             warnings.append(f"{shown}: cannot restore {what} {_xname(name)}: {e.strerror}")
+    return warnings
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """What is known of an entry this process has just created: its owner and permission bits, and no xattrs.
+
+    A restorer passes it to ``set_metadata`` to skip the calls that would change
+    nothing; it must know that the file system added no xattrs (no default ACL
+    was inherited) and applied the requested mode less the umask.
+    """
+
+    uid: int
+    gid: int
+    mode: int
+
+
+def set_metadata(
+    target: bytes | int,
+    node: Node,
+    owner: tuple[int, int],
+    *,
+    root: bool,
+    groups: frozenset[int] = frozenset(),
+    path: bytes | None = None,
+    created: Created | None = None,
+) -> list[str]:
+    """Give ``target`` (a path, never followed, or an open descriptor) the owner, xattrs, mode and times of ``node``.
+
+    ``owner`` is the (uid, gid) wanted (see ``wanted_owner``); not as ``root``, only
+    the group is set, and only when it is one of ``groups``. ``path`` names the
+    entry in warnings (default: ``target``). With ``created``, calls that would
+    not change anything are skipped (a new file of the right owner and mode and
+    no xattrs costs one call: its times).
+    """
+    name: bytes = path if path is not None else target  # type: ignore[assignment]
+    nofollow: dict[str, bool] = {} if isinstance(target, int) else {"follow_symlinks": False}
+    warnings: list[str] = []
+    uid, gid = owner
+    if root:
+        if created is None or uid != created.uid or gid != created.gid:
+            try:
+                os.chown(target, uid, gid, **nofollow)
+            except OSError as e:
+                warnings.append(f"{display_path(name)}: cannot set owner {uid}:{gid}: {e.strerror}")
+    elif gid in groups and (created is None or gid != created.gid):
+        try:
+            os.chown(target, -1, gid, **nofollow)
+        except OSError:
+            pass  # keeping the group is best effort without root
+    xattrs = created is None or bool(node.xattrs)
+    if xattrs:
+        warnings += _apply_xattrs(target, display_path(name), node, root, list_present=created is None)
+    # Linux has no lchmod; symlink modes are always 0777. An ACL rewrites the group bits: set the mode after it
+    if node.type != SYMLINK and (xattrs or created is None or created.mode != node.mode):
+        try:
+            os.chmod(target, node.mode)
+        except OSError as e:
+            warnings.append(f"{display_path(name)}: cannot set mode {node.mode:04o}: {e.strerror}")
+    try:
+        os.utime(target, ns=(node.atime_ns, node.mtime_ns), **nofollow)
+    except OSError as e:
+        warnings.append(f"{display_path(name)}: cannot set times: {e.strerror}")
     return warnings
 
 
@@ -352,30 +423,8 @@ def apply_metadata(
     if root is None:
         root = os.geteuid() == 0
     owners = owners or _DEFAULT_OWNERS
-    shown = display_path(path)
-    warnings: list[str] = []
-    uid, gid = _wanted_owner(node, numeric_owner, owners)
-    if root:
-        try:
-            os.chown(path, uid, gid, follow_symlinks=False)
-        except OSError as e:
-            warnings.append(f"{shown}: cannot set owner {uid}:{gid}: {e.strerror}")
-    elif gid in owners.my_groups():
-        try:
-            os.chown(path, -1, gid, follow_symlinks=False)
-        except OSError:
-            pass  # keeping the group is best effort without root
-    warnings += _apply_xattrs(path, node, root)
-    if node.type != SYMLINK:  # Linux has no lchmod; symlink modes are always 0777
-        try:
-            os.chmod(path, node.mode)
-        except OSError as e:
-            warnings.append(f"{shown}: cannot set mode {node.mode:04o}: {e.strerror}")
-    try:
-        os.utime(path, ns=(node.atime_ns, node.mtime_ns), follow_symlinks=False)
-    except OSError as e:
-        warnings.append(f"{shown}: cannot set times: {e.strerror}")
-    return warnings
+    owner = wanted_owner(node, numeric_owner, owners)
+    return set_metadata(path, node, owner, root=root, groups=frozenset() if root else owners.my_groups())
 
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK

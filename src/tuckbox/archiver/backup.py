@@ -13,8 +13,12 @@ Resuming after an interruption (Ctrl-C, kill -9, power loss, lost network):
   snapshot (``partial: true``) of everything finished so far, restorable like
   any snapshot; a complete snapshot of the same paths later removes the
   checkpoints this machine wrote for them;
-* ``should_stop`` (Ctrl-C) ends the walk at the next file boundary or chunk
-  and saves what is done as a checkpoint.
+* ``should_stop`` (Ctrl-C) is watched by a thread: at once the packer stops
+  taking data and cancels the data-pack uploads under way (it does not wait
+  for them: on a slow link that would take minutes); the walk ends at the next
+  chunk; the packs that were stored are kept and indexed, the unfinished ones
+  are given up, files with a chunk in them are left out of the trees
+  (archiver/store.py), and what is left is saved as a checkpoint.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import getpass
 import json
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,30 +39,15 @@ from ..errors import ObjectNotFound, TuckboxError
 from ..repository.journal import PackJournal, read_journal
 from ..repository.keyring import record_own_snapshot
 from ..repository.locks import Lock
+from ..repository.packer import Packer
 from ..repository.repo import Repository
 from ..snapshot.model import Snapshot, now_iso
-from ..types import BlobType, ObjectType
+from ..types import ObjectType
 from .archiver import Archiver, Progress, normalize_paths
 from .files_cache import FilesCache
+from .store import RunStore
 
 DEFAULT_CHECKPOINT_INTERVAL = 15 * 60.0
-
-
-class _Store:
-    """The BlobStore the archiver sees: dedup against the index and this run's pending blobs."""
-
-    def __init__(self, repo: Repository, packer) -> None:  # type: ignore[no-untyped-def]
-        self._repo = repo
-        self._packer = packer
-
-    def blob_id(self, data: bytes | memoryview) -> bytes:
-        return self._repo.blob_id(data)
-
-    def has_blob(self, blob_id: bytes) -> bool:
-        return self._packer.known(blob_id)
-
-    def add_blob(self, blob_type: BlobType, blob_id: bytes, data: bytes | memoryview) -> bool:
-        return self._packer.add(blob_type, blob_id, data)
 
 
 @dataclass
@@ -77,6 +67,7 @@ class BackupResult:
     interrupted: bool = False
     adopted_packs: int = 0
     checkpoints: list[str] = field(default_factory=list)
+    left_out: int = 0  # files finished by the walk but left out of the checkpoint: their data was not stored
 
 
 def _find_parent(repo: Repository, host: str, paths: list[bytes]) -> str:
@@ -156,6 +147,20 @@ class _Checkpoints:
                 pass
 
 
+def _watch(should_stop: Callable[[], bool], packer: Packer, over: threading.Event) -> threading.Thread:
+    """Tell the packer to stop as soon as ``should_stop`` says so: the walking thread may be waiting on it."""
+
+    def loop() -> None:
+        while not over.wait(0.05):
+            if should_stop():
+                packer.stop()
+                return
+
+    thread = threading.Thread(target=loop, name="tuckbox-stop-watch", daemon=True)
+    thread.start()
+    return thread
+
+
 def run_backup(
     repo: Repository,
     request: BackupRequest,
@@ -172,6 +177,10 @@ def run_backup(
     lock = Lock(repo.backend, repo.keys.index_key, exclusive=False).acquire()
     journal = PackJournal(state / "journal" if state else None)
     packer = repo.new_packer(on_pack_saved=journal.record)
+    store = RunStore(repo, packer)
+    over = threading.Event()
+    if should_stop is not None:
+        _watch(should_stop, packer, over)
     finished = False
     files_cache: FilesCache | None = None
     try:
@@ -181,8 +190,18 @@ def run_backup(
         files_cache = FilesCache(state / "files-cache" if state else None, paths)
         written: list[str] = []
 
+        left_out, left_bytes = 0, 0
+
+        def stopping() -> bool:
+            if should_stop is not None and should_stop():
+                packer.stop()  # the watcher would, within its next poll
+            return packer.stopping
+
         def snapshot(tree: bytes, partial: bool) -> Snapshot:
             summary = archiver.summary.as_dict()
+            if left_out:  # finished by the walk, but their data was not stored: not in this snapshot
+                summary["bytes_total"] -= left_bytes
+                summary["files_left_out"] = left_out
             summary.update(
                 {
                     "blobs_new": packer.stats.blobs_new,
@@ -212,14 +231,18 @@ def run_backup(
                 files_cache.flush()  # to the OS: survives kill -9
                 clock["journal"] = now
             if request.checkpoint_interval and now - clock["checkpoint"] >= request.checkpoint_interval:
+                if stopping():
+                    return  # the stop saves the checkpoint, trimmed to what was stored
                 tree = archiver.partial_tree()
                 packer.flush()
+                if stopping():
+                    return  # stopped during the flush: data in it may have been given up; see above
                 snap = snapshot(tree, partial=True)
                 written.append(snap.id)
                 clock["checkpoint"] = time.monotonic()
 
         archiver = Archiver(
-            _Store(repo, packer),
+            store,
             Chunker(repo.config.chunker, repo.keys.chunker_seed),
             files_cache,
             excludes=request.excludes,
@@ -229,16 +252,26 @@ def run_backup(
             after_entry=after_entry,
         )
         tree = archiver.run(paths)
-        packer.flush()  # every pack, then the index naming them, is stored
-        snap = snapshot(tree, partial=archiver.stopped)
-        if archiver.stopped:
+        if not stopping():
+            packer.flush()  # every pack, then the index naming them, is stored
+        if stopping():  # stopped during the walk or the flush: keep what was stored, give up the rest
+            packer.abandon()
+            tree, left_out, left_bytes = store.trim(tree)
+            packer.flush()  # the trees of the checkpoint, and the index of every stored pack
+        partial = archiver.stopped or left_out > 0
+        snap = snapshot(tree, partial=partial)
+        if partial:
             written.append(snap.id)
         else:
             checkpoints.supersede(repo)
-        files_cache.finish(complete=not archiver.stopped)
+        files_cache.finish(complete=not partial)
         finished = True
-        return BackupResult(snap, archiver.summary.warnings, archiver.stopped, adopted, written)
+        return BackupResult(snap, archiver.summary.warnings, partial, adopted, written, left_out)
+    except KeyboardInterrupt:
+        packer.stop(grace=0)  # quit at once: wait for no upload (the journal covers what was stored)
+        raise
     finally:
+        over.set()
         if not finished and files_cache is not None:
             files_cache.abandon()
         packer.close()

@@ -7,6 +7,14 @@ and fault injection for tests.
 
 so every retried upload is charged again to the bandwidth budget, and a thread
 waiting for bandwidth does not hold one of the limited connections.
+
+Cancellation: calls a thread makes inside ``with cancel_scope(event):`` give up
+with ``Cancelled`` soon after ``event`` is set — while waiting for bandwidth
+(the wait is sliced, and the bandwidth not yet paid for is handed back to the
+bucket, so the calls that come after are not held up by an upload nobody
+wants), for a free connection, or for the next retry. A transfer already under
+way in the backend itself is not interrupted; since every ``save`` is atomic,
+a cancelled save leaves no object (at most a hidden temporary one).
 """
 
 from __future__ import annotations
@@ -15,16 +23,45 @@ import logging
 import random
 import threading
 import time
+from contextlib import contextmanager
 from typing import Callable, Iterator, TypeVar
 
 import blake3
 
-from ..errors import ObjectExists, ObjectNotFound, TransientError
+from ..errors import Cancelled, ObjectExists, ObjectNotFound, TransientError
 from ..types import Backend, ObjectInfo, ObjectType
 
 T = TypeVar("T")
 log = logging.getLogger("tuckbox.backends")
 _NOT_HASH_NAMED = (ObjectType.CONFIG, ObjectType.LOCK)  # every other object is named by the BLAKE3 of its bytes
+
+
+# -- cancellation ---------------------------------------------------------------
+
+_scope = threading.local()
+_SLICE = 0.1  # seconds: how often a waiting call looks at its cancel event
+
+
+@contextmanager
+def cancel_scope(event: threading.Event) -> Iterator[None]:
+    """Storage calls made by this thread inside the block raise ``Cancelled`` once ``event`` is set."""
+    old = getattr(_scope, "event", None)
+    _scope.event = event
+    try:
+        yield
+    finally:
+        _scope.event = old
+
+
+def current_cancel() -> threading.Event | None:
+    """The cancel event of this thread's innermost ``cancel_scope`` (None outside one)."""
+    return getattr(_scope, "event", None)
+
+
+def _check_cancel(what: str, location: str) -> None:
+    event = current_cancel()
+    if event is not None and event.is_set():
+        raise Cancelled(f"{what} in {location} was cancelled: the run is stopping")
 
 
 class _Wrapper:
@@ -118,7 +155,9 @@ class RetryBackend(_Wrapper):
         """Call ``fn(attempt)`` (attempt counts from 1) until it stops raising TransientError."""
         start = time.monotonic()
         attempt = 1
+        cancel = current_cancel()
         while True:
+            _check_cancel(what, self.location)
             try:
                 return fn(attempt)
             except TransientError as e:
@@ -129,7 +168,10 @@ class RetryBackend(_Wrapper):
                 log.info("retrying %s in %s in %.1fs (attempt %d): %s", what, self.location, delay, attempt + 1, e)
                 with self._rng_lock:
                     self.retries += 1
-                self._sleep(delay)
+                if cancel is None:
+                    self._sleep(delay)
+                elif cancel.wait(delay):
+                    _check_cancel(what, self.location)
                 attempt += 1
 
     def save(self, type: ObjectType, name: str, data: bytes) -> None:
@@ -219,7 +261,10 @@ class TokenBucket:
 
     A request larger than the bucket is allowed to run the balance negative;
     the caller (and every later one) then waits until it is paid back, so the
-    long-run rate holds whatever the object sizes.
+    long-run rate holds whatever the object sizes. Kept as the time at which
+    the balance is back to zero: each request queues behind the ones before it.
+    A request cancelled while it waits hands back what it has not paid yet,
+    and every request queued behind it moves up by as much.
     """
 
     def __init__(self, rate: float, burst: float | None = None) -> None:
@@ -227,19 +272,48 @@ class TokenBucket:
             raise ValueError("rate must be positive")
         self.rate = float(rate)
         self.burst = float(burst if burst is not None else max(rate / 4, 64 * 1024))
-        self._tokens = self.burst
-        self._last = time.monotonic()
+        self._paid_until = time.monotonic() - self.burst / self.rate  # earlier than now: tokens to spare
+        self._waiting: list[list[float]] = []  # [end time] of every waiting request, in queue order
         self._lock = threading.Lock()
 
-    def consume(self, n: int, sleep: Callable[[float], None] = time.sleep) -> None:
+    def consume(
+        self, n: int, sleep: Callable[[float], None] = time.sleep, cancel: threading.Event | None = None
+    ) -> None:
+        """Take ``n`` bytes, waiting until they are paid for; raise Cancelled if ``cancel`` is set first."""
         with self._lock:
             now = time.monotonic()
-            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-            self._last = now
-            self._tokens -= n
-            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
-        if wait > 0:
-            sleep(wait)
+            end = max(self._paid_until, now - self.burst / self.rate) + n / self.rate
+            self._paid_until = end
+            if end <= now:
+                return
+            ticket = [end]
+            self._waiting.append(ticket)
+        try:
+            while True:
+                with self._lock:
+                    left = ticket[0] - time.monotonic()
+                if left <= 0:
+                    return
+                if cancel is None:
+                    sleep(min(left, _SLICE))  # in slices: a cancelled request ahead moves this one up
+                elif cancel.wait(min(left, _SLICE)):
+                    self._refund(ticket, n)
+                    raise Cancelled("an upload waiting for bandwidth was cancelled: the run is stopping")
+        finally:
+            with self._lock:
+                if any(t is ticket for t in self._waiting):
+                    self._waiting = [t for t in self._waiting if t is not ticket]
+
+    def _refund(self, ticket: list[float], n: int) -> None:
+        with self._lock:
+            unpaid = max(0.0, min(ticket[0] - time.monotonic(), n / self.rate))
+            behind = False
+            for t in self._waiting:
+                if behind:
+                    t[0] -= unpaid
+                behind = behind or t is ticket
+            self._waiting = [t for t in self._waiting if t is not ticket]
+            self._paid_until -= unpaid
 
 
 class RateLimitBackend(_Wrapper):
@@ -252,16 +326,17 @@ class RateLimitBackend(_Wrapper):
 
     def save(self, type: ObjectType, name: str, data: bytes) -> None:
         if self.upload:
-            self.upload.consume(len(data))
+            self.upload.consume(len(data), cancel=current_cancel())
+            _check_cancel(f"saving {type.value}/{name}", self.location)
         self.inner.save(type, name, data)
 
     def load(self, type: ObjectType, name: str, offset: int = 0, length: int | None = None) -> bytes:
         if self.download and length is not None:
-            self.download.consume(length)  # pay before, so concurrent readers queue up
+            self.download.consume(length, cancel=current_cancel())  # pay before, so concurrent readers queue up
             return self.inner.load(type, name, offset, length)
         data = self.inner.load(type, name, offset, length)
         if self.download:
-            self.download.consume(len(data))
+            self.download.consume(len(data), cancel=current_cancel())
         return data
 
 
@@ -278,8 +353,16 @@ class ConnectionLimitBackend(_Wrapper):
         self._sem = threading.BoundedSemaphore(connections)
 
     def _with(self, fn: Callable[[], T]) -> T:
-        with self._sem:
+        cancel = current_cancel()
+        if cancel is None:
+            with self._sem:
+                return fn()
+        while not self._sem.acquire(timeout=_SLICE):
+            _check_cancel("an operation waiting for a connection", self.location)
+        try:
             return fn()
+        finally:
+            self._sem.release()
 
     def save(self, type: ObjectType, name: str, data: bytes) -> None:
         self._with(lambda: self.inner.save(type, name, data))

@@ -8,7 +8,9 @@ everything else is still saved and the exit code is 3.
 Interrupted (Ctrl-C, kill, power loss, network gone)? Run the same command
 again: it resumes, uploads no pack that was already stored and reads no file
 that was already saved. A long backup also saves a restorable checkpoint
-every 15 minutes; Ctrl-C saves one and exits with 130 (twice: quit at once).
+every 15 minutes; Ctrl-C stops within a couple of seconds (uploads still under
+way are given up, not waited for), saves what was stored as one and exits
+with 130 (twice: quit at once).
 
 examples:
   tuckbox backup ~/Documents ~/Music --tag daily
@@ -51,7 +53,8 @@ def parse_duration(text: str) -> float:
 
 
 class _StopOnSignal:
-    """First Ctrl-C (or SIGTERM): finish the current chunk, save a checkpoint, exit. Second: quit at once."""
+    """First Ctrl-C (or SIGTERM): stop within a couple of seconds, saving what is stored as a checkpoint
+    (unfinished uploads are given up, not waited for). Second: quit at once."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
@@ -93,8 +96,10 @@ def run(args: argparse.Namespace) -> int:
     snap, s = result.snapshot, result.snapshot.summary
     if result.interrupted:
         if opt(args, "json"):
-            emit_json({"type": "summary", "snapshot": snap.id, "short_id": snap.short_id, "interrupted": True, **s})
-        print(f"tuckbox: interrupted: checkpoint {snap.short_id} saved with what was done; "
+            emit_json({"type": "summary", "snapshot": snap.id, "short_id": snap.short_id, "interrupted": True,
+                       "left_out": result.left_out, **s})
+        unstored = f" ({result.left_out} file(s) whose data was still uploading left out)" if result.left_out else ""
+        print(f"tuckbox: interrupted: checkpoint {snap.short_id} saved with what was done{unstored}; "
               "run the same backup again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     if opt(args, "json"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -37,6 +38,8 @@ class PackJournal:
         self.dir = directory
         self.path: Path | None = None
         self._fd: int | None = None
+        self._lock = threading.Lock()  # upload threads record while the run's thread may close
+        self._removed = False
         if directory is not None:
             try:
                 directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -47,23 +50,28 @@ class PackJournal:
     def record(self, pack: PackRecord) -> None:
         if self.path is None:
             return
-        try:
-            if self._fd is None:
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-            os.write(self._fd, _encode(pack))
-            os.fsync(self._fd)
-        except OSError:
-            pass  # the journal only saves work on resume; never fail a backup over it
+        with self._lock:
+            if self._removed:
+                return  # the run ended and removed its journal: everything it recorded is indexed
+            try:
+                if self._fd is None:
+                    self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+                os.write(self._fd, _encode(pack))
+                os.fsync(self._fd)
+            except OSError:
+                pass  # the journal only saves work on resume; never fail a backup over it
 
     def close(self, *, remove: bool) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        if remove and self.path is not None:
-            try:
-                self.path.unlink()
-            except OSError:
-                pass
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            if remove and self.path is not None:
+                self._removed = True
+                try:
+                    self.path.unlink()
+                except OSError:
+                    pass
 
     def leftovers(self) -> list[Path]:
         """Journals of earlier runs: not this one's, and not those of backups still running on this

@@ -2,32 +2,47 @@
 
 Pipeline: the caller (the archiver's thread) hands over a blob; a worker pool
 compresses it (zstd releases the GIL) and seals it into the open pack of its
-type (AES-GCM releases the GIL); a full pack is finished, hashed and uploaded by
-a second pool (one thread per connection). Bounded queues keep memory flat.
+type (AES-GCM releases the GIL); a full pack is finished, hashed and uploaded on
+an upload thread (at most one per connection). Bounded queues keep memory flat.
 
 Write order (docs/design.md, "Crash consistency"): a pack is uploaded
 completely before any index names it; ``flush`` writes the index of every
 uploaded pack and returns only when that index is stored, so a snapshot saved
 after ``flush`` never references a blob that is not durably indexed.
+
+Stopping (Ctrl-C): ``stop`` (any thread, returns at once) makes the packer
+drop every new data blob and cancel the data-pack uploads under way while they
+wait for bandwidth, a connection or a retry (``backends.wrappers.cancel_scope``).
+``abandon`` (the caller's thread, once it has stopped adding data) then drops
+the open data pack, gives uploads already transferring a short grace, and
+forgets the data blobs of every pack not stored: they are no longer pending,
+so ``known`` is False for them and they are not in the index. Packs that were
+stored stay indexed (and journaled); tree blobs are still accepted and
+``flush`` stores them. A pack still transferring after the grace is left to
+its (daemon) thread: whole or absent, never indexed by this run.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass, field
 from typing import Callable
 
 import blake3
 
-from ..pack.format import PackBuilder, compress
+from ..backends.wrappers import cancel_scope
+from ..errors import Cancelled
+from ..pack.format import PackBuilder, compress_many
 from ..types import Backend, BlobType, ObjectType
 from .index import MasterIndex, PackRecord
 
 
 BATCH_BYTES = 1 << 20  # hand blobs to a worker once this much is queued ...
 BATCH_COUNT = 256  # ... or this many
+STOP_GRACE = 1.0  # seconds a stopping run waits for data-pack transfers already under way
 
 
 @dataclass
@@ -36,6 +51,14 @@ class PackerStats:
     bytes_new_raw: int = 0  # plaintext bytes of new blobs
     bytes_new_stored: int = 0  # bytes of packs uploaded
     packs_new: int = 0
+
+
+@dataclass(eq=False)
+class _Upload:
+    builder: PackBuilder
+    future: Future[None] = field(default_factory=Future)
+    slot_held: bool = True  # holds one of the upload slots
+    abandoned: bool = False  # given up by ``abandon``: its result is ignored
 
 
 class Packer:
@@ -62,13 +85,17 @@ class Packer:
         self.stats = PackerStats()
         nworkers = workers or max(2, os.cpu_count() or 2)
         self._workers = ThreadPoolExecutor(nworkers, thread_name_prefix="tuckbox-pack")
-        self._uploads = ThreadPoolExecutor(connections, thread_name_prefix="tuckbox-upload")
         self._blob_slots = threading.BoundedSemaphore(nworkers + 1)
         self._upload_slots = threading.BoundedSemaphore(connections)
         self._lock = threading.Lock()
         self._open: dict[BlobType, PackBuilder] = {}
-        self._pending: set[bytes] = set()
+        self._pending: dict[bytes, BlobType] = {}  # queued or in an unstored pack
+        self._data_added = 0  # data blobs ever made pending (only the adding thread writes it) ...
+        self._data_settled = 0  # ... and those since stored or given up (written under the lock)
         self._inflight: set[Future[None]] = set()
+        self._uploads: set[_Upload] = set()
+        self._stop = threading.Event()  # set: drop data blobs, cancel data-pack uploads
+        self._closing = False
         self._unindexed: list[PackRecord] = []
         self._error: BaseException | None = None
         self._batch: list[tuple[BlobType, bytes, bytes]] = []
@@ -89,7 +116,11 @@ class Packer:
             raise self._error
         if blob_id in self._pending or self.index.has(blob_id):
             return False
-        self._pending.add(blob_id)  # only this (the archiver's) thread adds
+        if blob_type is BlobType.DATA and self._stop.is_set():
+            return True  # stopping: dropped, never stored (the caller leaves its file out)
+        self._pending[blob_id] = blob_type  # only this (the archiver's) thread adds
+        if blob_type is BlobType.DATA:
+            self._data_added += 1
         self._batch.append((blob_type, blob_id, bytes(data)))
         self._batch_bytes += len(data)
         if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_COUNT:
@@ -97,6 +128,8 @@ class Packer:
         return True
 
     def _submit_batch(self) -> None:
+        if self._stop.is_set():
+            self._batch = [b for b in self._batch if b[0] is not BlobType.DATA]
         if not self._batch:
             return
         batch, self._batch, self._batch_bytes = self._batch, [], 0
@@ -120,9 +153,69 @@ class Packer:
         self._wait_all()
         self._write_pending_index(force=True)
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def data_pending(self) -> bool:
+        """Whether a data blob was accepted but is not in a stored pack yet (from the adding thread)."""
+        return self._data_added != self._data_settled
+
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        """From any thread, at once: drop new data blobs and cancel the data-pack uploads under way.
+
+        Uploads already transferring get ``grace`` seconds, then they are given up as well (so
+        they never hold up the tree pack and index a stopping run still stores).
+        """
+        with self._lock:
+            if self._stop.is_set():
+                return
+            self._stop.set()
+        timer = threading.Timer(grace, self._give_up_transfers)
+        timer.daemon = True
+        timer.start()
+
+    def abandon(self, grace: float = STOP_GRACE) -> int:
+        """Finish a stop; return how many data blobs were given up. Call from the adding thread."""
+        self.stop(grace)
+        self._submit_batch()
+        with self._lock:
+            data_jobs = [u.future for u in self._uploads if u.builder.kind is BlobType.DATA]
+        wait_futures(data_jobs, timeout=grace)
+        self._give_up_transfers()
+        with self._lock:
+            uploads = {u.future for u in self._uploads}
+            workers = [f for f in self._inflight if f not in uploads]
+        wait_futures(workers)  # they drop data blobs now: quick
+        with self._lock:
+            self._open.pop(BlobType.DATA, None)
+            dropped = [b for b, t in self._pending.items() if t is BlobType.DATA and not self.index.has(b)]
+            for blob_id in dropped:
+                del self._pending[blob_id]
+            self._data_settled += len(dropped)
+        self._raise_error()
+        return len(dropped)
+
+    def _give_up_transfers(self) -> None:
+        """Abandon the data-pack uploads still running: nothing waits for them or indexes them."""
+        with self._lock:
+            late = [u for u in self._uploads if u.builder.kind is BlobType.DATA and not u.future.done()]
+            for job in late:
+                job.abandoned = True
+                self._inflight.discard(job.future)
+                self._uploads.discard(job)
+        for job in late:
+            self._release_slot(job)
+
     def close(self) -> None:
+        """Stop the workers; wait for running uploads unless the run was stopped (then they are given up)."""
+        self._closing = True
         self._workers.shutdown(wait=True, cancel_futures=True)
-        self._uploads.shutdown(wait=True, cancel_futures=True)
+        if self._stop.is_set():
+            return
+        with self._lock:
+            running = [u.future for u in self._uploads]
+        wait_futures(running)
 
     # -- internals --
 
@@ -147,19 +240,21 @@ class Packer:
                 pending = list(self._inflight)
             if not pending:
                 break
-            for fut in pending:
-                try:
-                    fut.result()
-                except BaseException:
-                    pass
+            # in slices: an upload a stop gives up leaves the set without ever finishing
+            wait_futures(pending, timeout=0.1, return_when=FIRST_COMPLETED)
         self._raise_error()
 
     def _store(self, batch: list[tuple[BlobType, bytes, bytes]]) -> None:
         try:
-            compressed = [(t, i, len(d), *compress(d)) for t, i, d in batch]
+            if self._stop.is_set():
+                batch = [b for b in batch if b[0] is not BlobType.DATA]
+            outputs = compress_many([d for _, _, d in batch])
+            compressed = [(t, i, len(d), *out) for (t, i, d), out in zip(batch, outputs)]
             full: list[PackBuilder] = []
             with self._lock:
                 for blob_type, blob_id, raw_len, payload, compression in compressed:
+                    if blob_type is BlobType.DATA and self._stop.is_set():
+                        continue
                     builder = self._open.get(blob_type)
                     if builder is None:
                         builder = self._open[blob_type] = PackBuilder(blob_type, self.recipient(blob_type))
@@ -172,24 +267,66 @@ class Packer:
         for builder in full:
             self._upload(builder)
 
-    def _upload(self, builder: PackBuilder) -> None:
-        self._upload_slots.acquire()
-        try:
-            fut = self._uploads.submit(self._save_pack, builder)
-        except BaseException:
-            self._upload_slots.release()
-            raise
-        self._track(fut)
+    def _dropped(self, builder: PackBuilder) -> bool:
+        return self._closing or (builder.kind is BlobType.DATA and self._stop.is_set())
 
-    def _save_pack(self, builder: PackBuilder) -> None:
+    def _upload(self, builder: PackBuilder) -> None:
+        """Upload ``builder`` on its own thread, once one of the ``connections`` slots is free."""
+        while not self._upload_slots.acquire(timeout=0.1):
+            if self._dropped(builder):
+                return
+        if self._dropped(builder):
+            self._upload_slots.release()
+            return
+        job = _Upload(builder)
+        with self._lock:
+            self._uploads.add(job)
+        self._track(job.future)
+        # a daemon thread: a stopping run does not wait at exit for a transfer it gave up
+        threading.Thread(target=self._run_upload, args=(job,), name="tuckbox-upload", daemon=True).start()
+
+    def _run_upload(self, job: _Upload) -> None:
         try:
+            self._save_pack(job)
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread through the future
+            with self._lock:
+                ignored = job.abandoned  # nobody waits for it: its failure changes nothing
+            job.future.set_result(None) if ignored else job.future.set_exception(e)
+        else:
+            job.future.set_result(None)
+        finally:
+            with self._lock:
+                self._uploads.discard(job)
+
+    def _release_slot(self, job: _Upload) -> None:
+        with self._lock:
+            held, job.slot_held = job.slot_held, False
+        if held:
+            self._upload_slots.release()
+
+    def _save_pack(self, job: _Upload) -> None:
+        builder = job.builder
+        try:
+            if self._dropped(builder):
+                return
             data = builder.finish()
             name = blake3.blake3(data, max_threads=1).hexdigest()
-            self.backend.save(ObjectType.PACK, name, data)
+            if builder.kind is BlobType.DATA:
+                try:
+                    with cancel_scope(self._stop):
+                        self.backend.save(ObjectType.PACK, name, data)
+                except Cancelled:
+                    return  # not stored (saves are atomic); its blobs are forgotten by abandon()
+            else:
+                self.backend.save(ObjectType.PACK, name, data)
             record = PackRecord(name, builder.epk, builder.kind, len(data), tuple(builder.entries))
-            self.index.add_pack(record)
             with self._lock:
-                self._pending.difference_update(e.id for e in builder.entries)
+                if job.abandoned:
+                    return  # stored after the stop gave up on it: left unindexed, like a pack of a killed run
+                self.index.add_pack(record)
+                for e in builder.entries:
+                    if self._pending.pop(e.id, None) is BlobType.DATA:
+                        self._data_settled += 1
                 self._unindexed.append(record)
                 self.stats.packs_new += 1
                 self.stats.blobs_new += len(builder.entries)
@@ -198,7 +335,7 @@ class Packer:
             if self.on_pack_saved is not None:
                 self.on_pack_saved(record)
         finally:
-            self._upload_slots.release()
+            self._release_slot(job)
         self._write_pending_index(force=False)
 
     def _write_pending_index(self, force: bool) -> None:

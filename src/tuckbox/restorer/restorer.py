@@ -1,10 +1,19 @@
-"""Restore: plan by pack, fetch each pack's needed range once, write files in parallel.
+"""Restore: stream the snapshot's trees into the target, a bounded window of files at a time.
 
-Order: directories (owner-writable for now), then empty files of the right
-size (holes stay holes: only data chunks are written), symlinks, special files
-and hardlinks; then every pack's blobs are decrypted, verified against their
-ids and written with pwrite by a pool of threads; then file metadata; and
-directory metadata last, deepest first, so directory mtimes survive.
+The trees are walked depth-first, one directory listing at a time. Directories
+are created (owner-only) when the walk reaches them; empty and all-hole files,
+symlinks and special files at once; files with data are collected into windows
+of at most ``WINDOW_FILES`` files / ``WINDOW_BYTES`` bytes, which are written
+(``writer.WindowWriter``: each window's blobs fetched by pack, decrypted,
+verified, written, then each file's metadata through its descriptor) while the
+walk goes on: by forked worker processes for a local repository on several
+CPUs (``workers``), else by threads. Memory is bounded by the windows in
+flight and the directory stack, not by the size of the tree.
+
+Windows complete in order. A hardlink is made once the window holding its
+group's data is done; a directory gets its metadata (owner, xattrs, mode, times)
+once every window holding something below it is done, so children always come
+first and directory mtimes survive.
 
 A restore into a directory holding ``.tuckbox-restore`` for the same snapshot
 is a resumed restore: files whose size and every chunk hash already match are
@@ -15,22 +24,36 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import gc
 import os
+import resource
 import stat
-import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..errors import IntegrityError, PermanentError, TargetExists, TuckboxError, UsageError
-from ..fsmeta import apply_metadata, create_special
+from ..errors import TargetExists, TuckboxError, UsageError
+from ..fsmeta import ACL_DEFAULT, create_special
 from ..snapshot.model import Snapshot
-from ..snapshot.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, decode_tree
-from ..types import BlobType, ObjectType
+from ..snapshot.tree import DIR, FILE, SYMLINK, Node
+from ..snapshot.walk import decode_maps
+from ..types import BlobType
+from .fetch import BlobCache, Fetcher
+from .meta import Meta, file_mode
+from .writer import DONE, FAILED, PENDING, Dir, LinkGroup, Report, Window, WindowWriter, display, make_room, target_wide
+from .workers import WorkerProcesses, cpus
+from .workers import usable as workers_usable
 
 MARKER = b".tuckbox-restore"
-_TARGET_WIDE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # write errors that are about the target, not a file
-GAP = 1 << 20  # fetch across gaps smaller than this rather than issue another request
+WINDOW_FILES = 512  # files with data per window
+WINDOW_BYTES = 16 << 20  # bytes of file content per window
+BLOB_CACHE = 16 << 20  # decrypted blobs kept for content that recurs across windows
+READ_AHEAD = 32 << 20  # bytes of ranges fetched ahead of the windows that need them
+PROCESSES = 0  # worker processes for a local repository (0: one per CPU, at most 4)
+FILE_LIMIT = 1 << 16  # open files wanted (deep trees: a descriptor per directory level)
+PENDING_DIRS = 256  # directories waiting for their metadata (each holds a descriptor) before the walk waits
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class RestoreProgress:
@@ -52,55 +75,13 @@ class RestoreResult:
     errors: list[str] = field(default_factory=list)
 
 
-class _Dest:
-    """``dest[i]``: where entry i is restored (computed when asked, so 200k paths are not all held)."""
-
-    __slots__ = ("target", "entries")
-
-    def __init__(self, target: bytes, entries: list[tuple[bytes, Node]]) -> None:
-        self.target = target
-        self.entries = entries
-
-    def __getitem__(self, i: int) -> bytes:
-        return os.path.join(self.target, self.entries[i][0].lstrip(b"/"))
-
-
-def _display(path: bytes) -> str:
-    return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 def _matches(path: bytes, patterns: list[bytes]) -> bool:
-    name = os.path.basename(path)
+    name = path.rpartition(b"/")[2]
     return any(fnmatch.fnmatchcase(path, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def select(entries: list[tuple[bytes, Node]], includes: list[str], excludes: list[str]) -> list[tuple[bytes, Node]]:
-    if not includes and not excludes:
-        return entries
-    inc = [os.fsencode(p).rstrip(b"/") or b"/" for p in includes]
-    exc = [os.fsencode(p).rstrip(b"/") or b"/" for p in excludes]
-    chosen: set[bytes] = set()
-    excluded_dirs: list[bytes] = []
-    included_dirs: list[bytes] = []
-    for path, node in entries:  # parents come before children
-        if any(path.startswith(d + b"/") for d in excluded_dirs):
-            continue
-        if exc and _matches(path, exc):
-            if node.type == DIR:
-                excluded_dirs.append(path)
-            continue
-        if inc:
-            inside = any(path.startswith(d + b"/") for d in included_dirs)
-            if not inside and not _matches(path, inc):
-                continue
-            if node.type == DIR:
-                included_dirs.append(path)
-        chosen.add(path)
-        parent = os.path.dirname(path)
-        while parent != b"/" and parent not in chosen:
-            chosen.add(parent)
-            parent = os.path.dirname(parent)
-    return [(p, n) for p, n in entries if p in chosen]
+def _patterns(patterns: list[str] | None) -> list[bytes]:
+    return [os.fsencode(p).rstrip(b"/") or b"/" for p in patterns or []]
 
 
 class Restorer:
@@ -109,13 +90,6 @@ class Restorer:
         self.progress = progress or RestoreProgress()
         self.connections = connections
         self.result = RestoreResult()
-        self._lock = threading.Lock()
-        self._damaged: set[int] = set()
-        self._opened: set[int] = set()
-
-    def _warn(self, msg: str) -> None:
-        self.result.warnings.append(msg)
-        self.progress.warning(msg)
 
     def restore(
         self,
@@ -125,271 +99,424 @@ class Restorer:
         excludes: list[str] | None = None,
         numeric_owner: bool = False,
     ) -> RestoreResult:
-        target = os.path.abspath(target)
-        marker = os.path.join(target, MARKER)
-        resume = False
-        if os.path.lexists(target):
-            if not os.path.isdir(target) or os.path.islink(target):
-                raise TargetExists(f"restore target {_display(target)} exists and is not a directory; choose a new one")
-            existing = os.listdir(target)
-            if existing:
-                try:
-                    with open(marker, "rb") as f:
-                        resume = f.read().strip() == snap.id.encode()
-                except OSError:
-                    resume = False
-                if not resume:
-                    raise TargetExists(
-                        f"restore target {_display(target)} exists and is not empty; choose a new directory "
-                        "(a restore interrupted into it resumes only for the same snapshot)"
-                    )
+        _more_descriptors()
+        gc_was_on = gc.isenabled()
+        gc.disable()  # hundreds of thousands of short-lived entries and no cycles: collections would only cost
         try:
-            os.makedirs(target, exist_ok=True)
-            with open(marker, "wb") as f:
-                f.write(snap.id.encode() + b"\n")
-        except OSError as e:
-            raise TuckboxError(f"cannot write to restore target {_display(target)}: {e.strerror}") from None
+            return self._restore(snap, os.path.abspath(target), includes, excludes, numeric_owner)
+        finally:
+            if gc_was_on:
+                gc.enable()
 
-        # a damaged directory listing costs what is below it, not the whole restore (the root's costs all)
-        unreadable: dict[bytes, str] = {}
-        entries: list[tuple[bytes, Node]] = []
-
-        def visit(tree_id: bytes, prefix: bytes) -> None:
-            try:
-                nodes = decode_tree(self.repo.load_blob(BlobType.TREE, tree_id))
-            except TuckboxError as e:
-                if prefix == b"/":
-                    raise
-                unreadable[prefix] = str(e)
-                return
-            for node in nodes:
-                path = os.path.join(prefix, node.name)
-                node.ctime_ns = 0  # not restorable; dropping it (and inodes outside hardlink groups) saves memory
-                if node.nlink <= 1 or node.type != FILE:
-                    node.inode = node.dev = 0
-                entries.append((path, node))
-                if node.type == DIR and node.subtree:
-                    visit(node.subtree, path)
-
-        visit(snap.tree, b"/")
-        entries = select(entries, includes or [], excludes or [])
-        if (includes or excludes) and not entries:
+    def _restore(
+        self, snap: Snapshot, target: bytes, includes: list[str] | None, excludes: list[str] | None, numeric_owner: bool
+    ) -> RestoreResult:
+        made_target = not os.path.lexists(target)
+        resume, fresh = _prepare_target(target, snap)
+        nodes = decode_maps(self.repo.load_blob(BlobType.TREE, snap.tree))  # the root's listing: no restore without it
+        meta = Meta(numeric_owner, fresh and not resume)
+        run = _Run(self, target, resume, meta, _patterns(includes), _patterns(excludes))
+        run.walk(nodes)
+        marker = os.path.join(target, MARKER)
+        if (includes or excludes) and not run.chosen:
+            _remove_quietly(marker)
+            if made_target:
+                _remove_quietly(target, os.rmdir)
             raise UsageError("no entries in the snapshot match the --include/--exclude patterns")
-        for path, _ in entries:
-            if path in unreadable:
-                self.result.errors.append(f"{_display(path)}: contents not restored: directory listing damaged: {unreadable[path]}")
-                self.progress.warning(self.result.errors[-1])
-
-        dest = _Dest(target, entries)  # target paths made on demand, not held for every entry
-        files: list[int] = []
-        links: dict[tuple[int, int], int] = {}
-        hardlinked: list[tuple[int, int]] = []
-        for i, (path, node) in enumerate(entries):
-            try:
-                if node.type == DIR:
-                    os.makedirs(dest[i], mode=0o700, exist_ok=True)
-                    self.result.dirs += 1
-                    continue
-                if node.type == FILE and node.nlink > 1 and node.inode:
-                    first = links.setdefault((node.dev, node.inode), i)
-                    if first != i:
-                        hardlinked.append((i, first))
-                        continue
-                lazy = node.type == FILE and not resume and any(isinstance(c, bytes) for c in node.content)
-                if not lazy:  # files with data are created by their first write (one open instead of two)
-                    self._create(dest[i], node, resume)
-                if node.type == FILE:
-                    files.append(i)
-                    self.result.files += 1
-                else:
-                    self.result.others += 1
-            except OSError as e:
-                self._warn(f"{_display(path)}: cannot create: {e.strerror}")
-        skip: set[int] = set()
-        if resume:
-            skip = {i for i in files if self._already_restored(dest[i], entries[i][1])}
-            self.result.files_skipped = len(skip)
-        self._write_data([i for i in files if i not in skip], entries, dest)
-        for i in files:
-            if i in self._damaged:
-                try:
-                    os.unlink(dest[i])
-                except OSError:
-                    pass
-        for i, first in hardlinked:
-            if first in self._damaged:
-                continue
-            try:
-                if os.path.lexists(dest[i]):
-                    os.unlink(dest[i])
-                os.link(dest[first], dest[i])
-                self.result.files += 1
-            except OSError as e:
-                self._warn(f"{_display(entries[i][0])}: cannot create hardlink: {e.strerror}")
-        # metadata: everything but directories, then directories deepest first
-        for i, (path, node) in enumerate(entries):
-            if node.type != DIR and i not in self._damaged and os.path.lexists(dest[i]):
-                for w in apply_metadata(dest[i], node, numeric_owner=numeric_owner):
-                    self._warn(w)
-        dirs = [i for i, (_, n) in enumerate(entries) if n.type == DIR]
-        for i in sorted(dirs, key=lambda k: dest[k].count(b"/"), reverse=True):
-            for w in apply_metadata(dest[i], entries[i][1], numeric_owner=numeric_owner):
-                self._warn(w)
         if not self.result.errors:
-            try:
-                os.unlink(marker)
-            except OSError:
-                pass
+            _remove_quietly(marker)
         return self.result
 
-    def _create(self, path: bytes, node: Node, resume: bool) -> None:
-        if resume and os.path.lexists(path):
-            st = os.lstat(path)
-            if node.type == FILE and stat.S_ISREG(st.st_mode):
-                return
-            if stat.S_ISDIR(st.st_mode):
-                raise OSError(21, "a directory is in the way")
-            os.unlink(path)
-        if node.type == FILE:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+def _more_descriptors() -> None:
+    """Raise the soft limit on open files: each directory being restored holds one until its metadata is set."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = FILE_LIMIT if hard == resource.RLIM_INFINITY else min(hard, FILE_LIMIT)
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ValueError, OSError):
+        pass
+
+
+def _remove_quietly(path: bytes, remove: Callable[[bytes], None] = os.unlink) -> None:
+    try:
+        remove(path)
+    except OSError:
+        pass
+
+
+def _prepare_target(target: bytes, snap: Snapshot) -> tuple[bool, bool]:
+    """Check the target and write the marker; return (resuming, new entries start bare).
+
+    "Bare": an entry this process creates there is owned by its euid:egid, has
+    the requested mode less the umask and carries no xattrs (no setgid directory,
+    no default ACL, no squashed owner); the marker file is the probe.
+    """
+    marker = os.path.join(target, MARKER)
+    resume = False
+    if os.path.lexists(target):
+        if not os.path.isdir(target) or os.path.islink(target):
+            raise TargetExists(f"restore target {display(target)} exists and is not a directory; choose a new one")
+        if os.listdir(target):
             try:
-                os.ftruncate(fd, node.size)
-            finally:
-                os.close(fd)
-        elif node.type == SYMLINK:
-            os.symlink(node.link_target, path)
-        elif node.type in (FIFO, CHARDEV, BLOCKDEV):
-            for w in create_special(path, node):
-                self._warn(w)
-
-    def _chunks(self, node: Node) -> list[tuple[bytes | None, int, int]]:
-        """(blob id or None for a hole, offset in file, length)."""
-        out: list[tuple[bytes | None, int, int]] = []
-        pos = 0
-        for item in node.content:
-            if isinstance(item, int):
-                out.append((None, pos, item))
-                pos += item
-                continue
-            length = self.repo.index.raw_length(item) or 0
-            out.append((item, pos, length))
-            pos += length
-        return out
-
-    def _already_restored(self, path: bytes, node: Node) -> bool:
+                with open(marker, "rb") as f:
+                    resume = f.read().strip() == snap.id.encode()
+            except OSError:
+                resume = False
+            if not resume:
+                raise TargetExists(
+                    f"restore target {display(target)} exists and is not empty; choose a new directory "
+                    "(a restore interrupted into it resumes only for the same snapshot)"
+                )
+    try:
+        os.makedirs(target, exist_ok=True)
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            if os.lstat(path).st_size != node.size:
-                return False
-            with open(path, "rb") as f:
-                for blob_id, off, length in self._chunks(node):
-                    f.seek(off)
-                    data = f.read(length)
-                    if len(data) != length:
-                        return False
-                    if blob_id is None:
-                        if data.count(0) != length:
-                            return False
-                    elif self.repo.blob_id(data) != blob_id:
-                        return False
-            return True
-        except OSError:
-            return False
+            os.write(fd, snap.id.encode() + b"\n")
+            st = os.fstat(fd)
+            xattrs = _xattr_names(fd)
+        finally:
+            os.close(fd)
+        target_st = os.stat(target)
+    except OSError as e:
+        raise TuckboxError(f"cannot write to restore target {display(target)}: {e.strerror}") from None
+    umask = os.umask(0o022)
+    os.umask(umask)
+    bare = (
+        not resume
+        and not target_st.st_mode & stat.S_ISGID
+        and (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid())
+        and stat.S_IMODE(st.st_mode) == 0o600 & ~umask
+        and not any(n.startswith(("user.", "trusted.", "system.")) for n in xattrs)
+        and not _has_xattr(target, ACL_DEFAULT)
+    )
+    return resume, bare
 
-    def _write_data(self, files: list[int], entries: list[tuple[bytes, Node]], dest: list[bytes]) -> None:
-        # blob id -> [(file index, offset)]; pack name -> blob ids
-        # blob id -> its targets as a flat list [file index, offset, file index, offset, ...]
-        wants: dict[bytes, list[int]] = {}
-        by_pack: dict[str, list[bytes]] = {}  # pack name -> blob ids (locations looked up per pack)
-        index = self.repo.index
-        for i in files:
-            node = entries[i][1]
-            for blob_id, off, _ in self._chunks(node):
-                if blob_id is None:
-                    continue
-                targets = wants.get(blob_id)
-                if targets is None:
-                    loc = index.lookup(blob_id)
-                    if loc is None:
-                        self._fail_file(i, entries, f"data blob {blob_id.hex()[:8]} is missing from the repository")
-                        continue
-                    targets = wants[blob_id] = []
-                    by_pack.setdefault(loc.pack.name, []).append(blob_id)
-                targets += (i, off)
 
-        def do_pack(ids: list[bytes]) -> None:
-            locs = [index.lookup(b) for b in ids]
-            locs.sort(key=lambda loc: loc.entry.offset)
-            groups: list[list[Any]] = [[locs[0]]]
-            for loc in locs[1:]:
-                prev = groups[-1][-1].entry
-                if loc.entry.offset - (prev.offset + prev.length) < GAP:
-                    groups[-1].append(loc)
-                else:
-                    groups.append([loc])
-            for group in groups:
-                start = group[0].entry.offset
-                end = group[-1].entry.offset + group[-1].entry.length
-                try:
-                    data = self.repo.backend.load(ObjectType.PACK, group[0].pack.name, start, end - start)
-                except PermanentError:
-                    raise  # the storage itself is unusable (gone, no access): stop; a rerun resumes
-                except TuckboxError as e:
-                    for loc in group:
-                        self._fail_blob(loc.entry.id, wants, entries, f"cannot read pack {loc.pack.name[:8]}: {e}")
-                    continue
-                view = memoryview(data)
-                for loc in group:
-                    e = loc.entry
-                    try:
-                        if e.offset + e.length - start > len(data):
-                            raise IntegrityError(f"pack {loc.pack.name[:8]} is truncated")
-                        plain = self.repo.open_blob(loc.pack, e, view[e.offset - start : e.offset - start + e.length])
-                    except TuckboxError as err:
-                        self._fail_blob(e.id, wants, entries, str(err))
-                        continue
-                    targets = wants[e.id]
-                    for i, off in zip(targets[::2], targets[1::2]):
-                        if i in self._damaged:
-                            continue
-                        try:
-                            with self._lock:
-                                first = i not in self._opened
-                                self._opened.add(i)
-                            fd = os.open(dest[i], os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-                            try:
-                                content = entries[i][1].content
-                                if first and isinstance(content[-1], int):  # a trailing hole: set the size
-                                    os.ftruncate(fd, entries[i][1].size)  # idempotent: writes lie within it
-                                os.pwrite(fd, plain, off)
-                            finally:
-                                os.close(fd)
-                        except OSError as err:
-                            if err.errno in _TARGET_WIDE:  # every other file would fail the same way: stop
-                                raise TuckboxError(
-                                    f"cannot write to the restore target ({_display(dest[i])}): {err.strerror}; "
-                                    "make room (or make it writable) and run the same restore again to resume"
-                                ) from None
-                            self._fail_file(i, entries, f"cannot write: {err.strerror}")
-                            continue
-                        with self._lock:
-                            self.result.bytes_written += len(plain)
-                        self.progress.bytes_done(len(plain))
+def _xattr_names(fd: int) -> list[str]:
+    try:
+        return os.listxattr(fd)
+    except OSError as e:
+        return [] if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP) else ["system.unknown"]
 
-        with ThreadPoolExecutor(self.connections) as pool:
-            for _ in pool.map(do_pack, by_pack.values()):
-                pass
 
-    def _fail_blob(self, blob_id: bytes, wants: dict[bytes, list[int]], entries: list[tuple[bytes, Node]], why: str) -> None:
-        for i in wants.get(blob_id, [])[::2]:
-            self._fail_file(i, entries, why)
+def _has_xattr(path: bytes, name: bytes) -> bool:
+    try:
+        os.getxattr(path, name)
+        return True
+    except OSError as e:
+        return e.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP)
 
-    def _fail_file(self, i: int, entries: list[tuple[bytes, Node]], why: str) -> None:
-        with self._lock:
-            if i in self._damaged:
+
+class _Run:
+    """One restore's walk and its windows (the walk and all bookkeeping run in the calling thread)."""
+
+    def __init__(
+        self, owner: Restorer, target: bytes, resume: bool, meta: Meta, inc: list[bytes], exc: list[bytes]
+    ) -> None:
+        self.repo = owner.repo
+        self.result = owner.result
+        self.report = Report(owner.result, owner.progress)
+        self.target = target
+        self.resume = resume
+        self.meta = meta
+        self.inc = inc
+        self.exc = exc
+        self.chosen = False  # anything selected at all
+        self.connections = max(1, owner.connections)
+        self.inflight_max = self.connections
+        self.open_dirs: set[Dir] = set()  # created, metadata not yet set: each holds a descriptor
+        self.window = Window(0)
+        self.inflight: deque[Window] = deque()
+        self.done_upto = -1  # every window with an id up to this one is complete
+        self.links: dict[tuple[int, int], LinkGroup] = {}
+        self.pending_links: list[tuple[LinkGroup, Dir, bytes]] = []
+        self.pending_dirs: deque[tuple[int, Dir]] = deque()  # (last window below it, dir), in post-order
+        self.late: list[Dir] = []
+        self.writer: WindowWriter | None = None
+
+    # ---------------------------------------------------------------- walk
+
+    def walk(self, nodes: list[dict[str, Any]]) -> None:
+        root = Dir(b"", None, None)
+        try:
+            root.fd = os.open(self.target, _DIR_FLAGS)
+        except OSError as e:
+            raise TuckboxError(f"cannot open restore target {display(self.target)}: {e.strerror}") from None
+        self.fetcher: Fetcher | None = None
+        self.pool: Any = None
+        try:
+            self._start()
+            self._walk(root, nodes)
+            self._submit()
+            while self.inflight:
+                self._complete_oldest()
+            for d in self.late:
+                self._finalize(d, at_end=True)
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+            if self.fetcher is not None:
+                self.fetcher.close()
+            for d in self.open_dirs:  # left when the restore stops part-way
+                os.close(d.fd)
+            os.close(root.fd)
+
+    def _writer(self, report: Any, share: int = 1) -> WindowWriter:
+        """The window writer of this process (of each worker: ``share`` of them split the memory budgets)."""
+        self.fetcher = Fetcher(self.repo.backend, self.connections, READ_AHEAD // share)
+        cache = BlobCache(BLOB_CACHE // share)
+        return WindowWriter(self.repo, self.meta, cache, self.fetcher, report, self.target, self.resume)
+
+    def _start(self) -> None:
+        """Worker processes for a local repository on several CPUs (before any thread of ours exists), else threads."""
+        n = PROCESSES or min(cpus(), 4)
+        if n > 1 and workers_usable(self.repo.backend):
+            try:
+                self.pool = WorkerProcesses(n, lambda report: self._writer(report, n), self.report, self.target)
+                self.inflight_max = 2 * n  # one being written and one waiting, per worker
                 return
-            self._damaged.add(i)
-            self.result.errors.append(f"{_display(entries[i][0])}: not restored: {why}")
-        self.progress.warning(self.result.errors[-1])
+            except OSError:
+                pass  # no processes to be had (limits, memory): threads will do
+        # one thread writes (the work holds the GIL: more would only contend); the fetches of the windows
+        # waiting for it run meanwhile, on the fetcher's connections
+        self.writer = self._writer(self.report)
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="restore")
+        self.inflight_max = self.connections + 1
+
+    def _walk(self, root: Dir, nodes: list[dict[str, Any]]) -> None:
+        """Depth-first over raw tree entries (a Node is made only for what is not a file with data)."""
+        inc, exc = self.inc, self.exc
+        stack = [(root, iter(nodes))]
+        while stack:
+            d, it = stack[-1]
+            for m in it:
+                if inc or exc:
+                    path = d.child(m["n"])
+                    if exc and _matches(path, exc):
+                        continue
+                    chosen = not inc or d.inside or _matches(path, inc)
+                else:
+                    chosen = True
+                if m["t"] == DIR:
+                    node = self._node(d, m)
+                    if node is None:
+                        continue
+                    sub = Dir(d.child(node.name), node, d, inside=chosen and bool(inc))
+                    if chosen:
+                        self._make_dir(sub)
+                    stack.append((sub, iter(self._listing(sub, chosen))))
+                    break
+                if chosen:
+                    self._entry(d, m)
+            else:
+                stack.pop()
+                if d is not root and d.fd >= 0:
+                    last = self.window.id if self.window.files else self.window.id - 1
+                    self.pending_dirs.append((last, d))
+                    self._drain_dirs()
+                    if len(self.pending_dirs) > PENDING_DIRS:  # e.g. many directories without data: catch up
+                        self._submit()
+                        while self.inflight and len(self.pending_dirs) > PENDING_DIRS:
+                            self._complete_oldest()
+
+    def _listing(self, d: Dir, chosen: bool) -> list[dict[str, Any]]:
+        assert d.node is not None
+        if not d.node.subtree:
+            return []
+        try:
+            return decode_maps(self.repo.load_blob(BlobType.TREE, d.node.subtree))
+        except TuckboxError as e:  # a damaged listing costs what is below it, not the whole restore
+            if chosen:
+                self.report.error(f"{display(d.path)}: contents not restored: directory listing damaged: {e}")
+            return []
+
+    def _make_dir(self, d: Dir) -> None:
+        """Create ``d`` and any parent not yet created (those were waiting for a selected entry below them)."""
+        todo = []
+        while d.fd < 0 and not d.failed:
+            todo.append(d)
+            assert d.parent is not None
+            d = d.parent
+        for d in reversed(todo):
+            self.chosen = True
+            parent = d.parent
+            assert parent is not None and d.node is not None
+            if parent.failed:
+                d.failed = True
+                continue
+            name = d.node.name
+            try:
+                try:
+                    os.mkdir(name, 0o700, dir_fd=parent.fd)
+                    d.created = True
+                except FileExistsError:
+                    if not self.resume:
+                        raise
+                d.fd = os.open(name, _DIR_FLAGS, dir_fd=parent.fd)
+            except OSError as e:
+                target_wide(e, self.target + d.path)
+                d.failed = True
+                self.report.warn(f"{display(d.path)}: cannot create: {e.strerror}; what is below it is not restored")
+                continue
+            self.open_dirs.add(d)
+            self.result.dirs += 1
+
+    def _entry(self, d: Dir, m: dict[str, Any]) -> None:
+        if d.fd < 0:
+            self._make_dir(d)
+            if d.failed:
+                return
+        self.chosen = True
+        try:
+            if m["t"] == FILE:
+                data = any(type(c) is bytes for c in m.get("c", ()))
+                if m.get("l", 0) > 1 and m.get("i") and self._hardlink(d, m, data):
+                    return
+                if data:
+                    self._add(d, m)
+                elif node := self._node(d, m):
+                    self._create_empty(d, node)
+                self.result.files += 1
+            elif node := self._node(d, m):
+                self._create_other(d, node)
+                self.result.others += 1
+        except OSError as e:
+            target_wide(e, self.target + d.child(m["n"]))
+            self.report.warn(f"{display(d.child(m['n']))}: cannot create: {e.strerror}")
+
+    def _node(self, d: Dir, m: dict[str, Any]) -> Node | None:
+        try:
+            return Node.from_map(m)
+        except (TuckboxError, TypeError, ValueError):  # written by a broken tuckbox: that entry only
+            self.report.error(f"{display(d.child(m['n']))}: not restored: its tree entry is malformed")
+            return None
+
+    def _create_empty(self, d: Dir, node: Node) -> None:
+        """A file without data (empty, or holes only): created now, at its size."""
+        if self.resume:
+            make_room(self.target + d.child(node.name))
+        mode = file_mode(node.mode)
+        fd = os.open(node.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=d.fd)
+        try:
+            if node.size:
+                os.ftruncate(fd, node.size)
+            warnings = self.meta.apply(fd, node, self.target + d.child(node.name), self.meta.created(mode))
+        finally:
+            os.close(fd)
+        for w in warnings:
+            self.report.warn(w)
+
+    def _create_other(self, d: Dir, node: Node) -> None:
+        path = self.target + d.child(node.name)
+        if self.resume:
+            make_room(path)
+        if node.type == SYMLINK:
+            os.symlink(node.link_target, node.name, dir_fd=d.fd)
+            created = self.meta.created(0o777)
+        else:
+            for w in create_special(path, node):
+                self.report.warn(w)
+            if not os.path.lexists(path):
+                return
+            created = None
+        for w in self.meta.apply(path, node, path, created):
+            self.report.warn(w)
+
+    def _hardlink(self, d: Dir, m: dict[str, Any], data: bool) -> bool:
+        """Record the first entry of a hardlink group (False: it holds the data), or link to it (True)."""
+        key = (m.get("d", 0), m["i"])
+        group = self.links.get(key)
+        if group is None:
+            self.links[key] = group = LinkGroup(self.target + d.child(m["n"]))
+            if data:
+                self.window.firsts.append((len(self.window.files), group))
+            else:
+                group.state = DONE  # created at once, by the caller
+            return False
+        if group.state == PENDING:
+            self.pending_links.append((group, d, m["n"]))
+        else:
+            self._link(group, d, m["n"])
+        return True
+
+    def _link(self, group: LinkGroup, d: Dir, name: bytes) -> None:
+        if group.state == FAILED:
+            return  # the data holder was not restored (and is reported)
+        try:
+            if self.resume:
+                make_room(self.target + d.child(name))
+            os.link(group.path, name, dst_dir_fd=d.fd, follow_symlinks=False)
+            self.result.files += 1
+        except OSError as e:
+            target_wide(e, self.target + d.child(name))
+            self.report.warn(f"{display(d.child(name))}: cannot create hardlink: {e.strerror}")
+
+    # ---------------------------------------------------------------- windows
+
+    def _add(self, d: Dir, m: dict[str, Any]) -> None:
+        w = self.window
+        w.files.append((d, m))
+        w.nbytes += m.get("s", 0)
+        if len(w.files) >= WINDOW_FILES or w.nbytes >= WINDOW_BYTES:
+            self._submit()
+
+    def _submit(self) -> None:
+        w = self.window
+        if not w.files:
+            return
+        self.window = Window(w.id + 1)
+        while self.inflight and (len(self.inflight) >= self.inflight_max or self.inflight[0].future.done()):
+            self._complete_oldest()
+        if self.writer is None:
+            w.future = self.pool.submit(None, w)  # to a worker process
+        else:
+            w.future = self.pool.submit(self.writer.write, self.writer.prepare(w, eager=True))
+        self.inflight.append(w)
+
+    def _complete_oldest(self) -> None:
+        w = self.inflight.popleft()
+        w.future.result()  # a restore-wide failure (full disk, storage gone) stops here
+        self.done_upto = w.id
+        for slot, group in w.firsts:
+            group.state = FAILED if slot in w.failed else DONE
+        if self.pending_links:  # hardlinks whose data is in (before the metadata of the directories they are in)
+            ready = [p for p in self.pending_links if p[0].state != PENDING]
+            if ready:
+                self.pending_links = [p for p in self.pending_links if p[0].state == PENDING]
+                for group, d, name in ready:
+                    self._link(group, d, name)
+        self._drain_dirs()
+
+    def _drain_dirs(self) -> None:
+        """Set the metadata of directories whose contents are complete (in post-order: children first)."""
+        while self.pending_dirs and self.pending_dirs[0][0] <= self.done_upto:
+            _, d = self.pending_dirs.popleft()
+            self._finalize(d)
+
+    def _finalize(self, d: Dir, at_end: bool = False) -> None:
+        node = d.node
+        assert node is not None
+        if not at_end and (d.late or (not self.meta.root and not node.mode & stat.S_IXUSR)):
+            # without root, a directory we could not search would block hardlinks into what is below it:
+            # it (and so every directory above it) waits for the end
+            self.late.append(d)
+            parent = d.parent
+            while parent is not None and not parent.late:
+                parent.late = True
+                parent = parent.parent
+            return
+        path = self.target + d.path
+        created = self.meta.created(0o700) if d.created else None
+        try:
+            warnings = self.meta.apply(d.fd, node, path, created)
+        finally:
+            self.open_dirs.discard(d)
+            os.close(d.fd)
+            d.fd = -1
+        for w in warnings:
+            self.report.warn(w)
 
 
 def dump_file(repo: Any, node: Node, write: Callable[[bytes], Any]) -> int:

@@ -3,16 +3,45 @@
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
-from ..errors import UsageError
-from .tree import DIR, Node, decode_tree
+import msgpack
+
+from ..errors import IntegrityError, UnsupportedFormat, UsageError
+from .tree import DIR, NODE_TYPES, TREE_VERSION, Node, decode_tree
 
 LoadTree = Callable[[bytes], bytes]
 
 
 def load_nodes(load: LoadTree, tree_id: bytes) -> list[Node]:
     return decode_tree(load(tree_id))
+
+
+def _plain(name: bytes) -> bool:
+    return b"/" not in name and b"\0" not in name and name not in (b"", b".", b"..")
+
+
+def decode_maps(raw: bytes) -> list[dict[str, Any]]:
+    """A tree's entries as their raw maps, each checked for a plain name (no ``/``, not ``.``/``..``) and a known type.
+
+    For walks that read a few fields of most entries (``"n"`` name, ``"t"``
+    type, ...; see ``tree._FIELDS``): ``Node.from_map`` makes a full Node of
+    one when needed. Raises like ``decode_tree``.
+    """
+    try:
+        doc = msgpack.unpackb(raw)
+        version = doc["v"]
+        maps = doc["nodes"]
+    except (ValueError, KeyError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+        raise IntegrityError("a tree is malformed") from None
+    if version != TREE_VERSION:
+        raise UnsupportedFormat(f"tree version {version} is not supported; upgrade tuckbox")
+    try:
+        if all(type(n := m["n"]) is bytes and m["t"] in NODE_TYPES and _plain(n) for m in maps):
+            return maps  # type: ignore[no-any-return]
+    except (KeyError, TypeError):
+        pass
+    raise IntegrityError("a tree entry is malformed")
 
 
 def walk(load: LoadTree, tree_id: bytes, prefix: bytes = b"/") -> Iterator[tuple[bytes, Node]]:

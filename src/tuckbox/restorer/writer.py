@@ -1,0 +1,382 @@
+"""Writing one window of files: plan its blobs by pack, fetch, decrypt and verify them, write, set metadata.
+
+A window is a bounded run of data-bearing files in walk order (which is about
+backup order, so a window needs a contiguous slice of a few packs), given as
+raw tree entries (maps; see ``snapshot.tree``). Its blobs are fetched range by
+range (``fetch``); every blob is decrypted, checked against its id and
+written at each of its offsets. A file is created (truncated, when resuming)
+by its first write through a descriptor that stays open until its last blob
+is in; it then gets its metadata through that descriptor and is closed. The
+common small file costs four system calls: open, write, utimensat, close.
+
+This is the per-file hot path of a restore; it reads entry fields straight
+from the maps and makes a ``Node`` only for files that need more than times.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import IntegrityError, TuckboxError
+from ..snapshot.tree import Node
+from .fetch import BlobCache, Fetch, Fetcher, ranges
+from .meta import Meta, file_mode
+
+_TARGET_WIDE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # write errors that are about the target, not a file
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+_REOPEN = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MALFORMED = (TuckboxError, TypeError, ValueError, KeyError, AttributeError, OverflowError)
+
+
+def display(path: bytes) -> str:
+    return path.decode("utf-8", "backslashreplace")
+
+
+def target_wide(err: OSError, path: bytes) -> None:
+    """Raise for an error every other entry would hit too (full disk, read-only file system): stop the restore."""
+    if err.errno in _TARGET_WIDE:
+        raise TuckboxError(
+            f"cannot write to the restore target ({display(path)}): {err.strerror}; "
+            "make room (or make it writable) and run the same restore again to resume"
+        ) from None
+
+
+@dataclass(slots=True, eq=False)
+class Dir:
+    """A directory of the snapshot on its way to the target; ``fd`` is open from creation until its metadata is set."""
+
+    path: bytes  # in the snapshot; b"" for the root
+    node: Node | None  # None for the root
+    parent: "Dir | None"
+    inside: bool = False  # inside a directory that --include matched
+    fd: int = -1
+    failed: bool = False  # could not be created: what is below it is skipped
+    created: bool = False  # made by this run (not found from an interrupted one)
+    late: bool = False  # its metadata waits for the end of the restore
+
+    def child(self, name: bytes) -> bytes:
+        return self.path + b"/" + name
+
+
+@dataclass(slots=True, eq=False)
+class Window:
+    id: int
+    files: list[tuple[Dir, dict[str, Any]]] = field(default_factory=list)  # raw tree entries of files with data
+    nbytes: int = 0
+    firsts: list[tuple[int, "LinkGroup"]] = field(default_factory=list)  # slots that start a hardlink group
+    failed: set[int] = field(default_factory=set)
+    future: Any = None
+
+
+@dataclass(slots=True, eq=False)
+class LinkGroup:
+    path: bytes  # full target path of the entry that holds the data
+    state: int = 0  # PENDING, DONE or FAILED
+
+
+PENDING, DONE, FAILED = 0, 1, 2
+
+
+class Report:
+    """Counters, warnings and errors shared by the threads of one restore."""
+
+    def __init__(self, result: Any, progress: Any) -> None:
+        self.result = result
+        self.progress = progress
+        self.lock = threading.Lock()
+
+    def warn(self, msg: str) -> None:
+        with self.lock:
+            self.result.warnings.append(msg)
+        self.progress.warning(msg)
+
+    def error(self, msg: str) -> None:
+        with self.lock:
+            self.result.errors.append(msg)
+        self.progress.warning(msg)
+
+    def written(self, n: int) -> None:
+        with self.lock:
+            self.result.bytes_written += n
+        self.progress.bytes_done(n)
+
+    def skipped(self) -> None:
+        with self.lock:
+            self.result.files_skipped += 1
+
+
+class _Job:
+    """The state of one window while it is written (one thread)."""
+
+    __slots__ = ("w", "files", "left", "fds", "opened", "done", "wants", "cached", "fetch")
+
+    def __init__(self, w: Window) -> None:
+        self.w = w
+        self.files = w.files
+        self.left = [0] * len(w.files)  # blob writes still due per file
+        self.fds: dict[int, int] = {}
+        self.opened: set[int] = set()
+        self.done = 0  # bytes written since the last progress report
+        self.wants: dict[bytes, list[Any]] = {}  # blob id -> [location, slot, offset, slot, offset, ...]
+        self.cached: list[tuple[bytes, list[Any]]] = []  # (data, targets) of blobs found in the cache
+        self.fetch: Fetch | None = None
+
+
+class WindowWriter:
+    def __init__(
+        self, repo: Any, meta: Meta, cache: BlobCache, fetcher: Fetcher, report: Any, target: bytes, resume: bool
+    ) -> None:
+        self.repo = repo
+        self.meta = meta
+        self.cache = cache
+        self.fetcher = fetcher
+        self.report = report
+        self.target = target
+        self.resume = resume
+
+    def run(self, w: Window) -> None:
+        self.write(self.prepare(w))
+
+    def prepare(self, w: Window, eager: bool = False) -> _Job:
+        """Plan a window: where each blob goes, which are cached, which ranges to fetch (``eager``: ask now)."""
+        job = _Job(w)
+        lookup = self.repo.index.lookup
+        wants = job.wants
+        left = job.left
+        failed = w.failed
+        for slot, (d, m) in enumerate(job.files):
+            if slot in failed or self.resume and self._keep_existing(job, slot):
+                continue
+            pos = n = 0
+            try:
+                for item in m["c"]:
+                    if type(item) is int:
+                        pos += item
+                        continue
+                    targets = wants.get(item)
+                    if targets is None:
+                        loc = lookup(item)
+                        if loc is None:
+                            self._fail(job, slot, f"data blob {item.hex()[:8]} is missing from the repository")
+                            n = 0
+                            break
+                        targets = wants[item] = [loc]
+                    targets += (slot, pos)
+                    pos += targets[0].entry.raw_length
+                    n += 1
+            except _MALFORMED:
+                self._fail(job, slot, "its tree entry is malformed")
+                n = 0
+            left[slot] = n
+        by_pack: dict[str, list[Any]] = {}  # pack name -> locations
+        cache = self.cache
+        for blob_id, targets in wants.items():
+            data = cache.get(blob_id)
+            if data is None:
+                loc = targets[0]
+                locs = by_pack.get(loc.pack.name)
+                if locs is None:
+                    by_pack[loc.pack.name] = [loc]
+                else:
+                    locs.append(loc)
+            else:
+                job.cached.append((data, targets))
+        job.fetch = self.fetcher.start([g for locs in by_pack.values() for g in ranges(locs)], eager)
+        return job
+
+    def write(self, job: _Job) -> None:
+        """Write a prepared window."""
+        try:
+            self._write(job)
+        finally:
+            if job.fetch is not None:
+                job.fetch.cancel()
+            for slot in list(job.fds):  # only left open when the restore stops part-way
+                self._fail(job, slot, "", quiet=True)
+
+    def _write(self, job: _Job) -> None:
+        cached, job.cached = job.cached, []
+        for data, targets in cached:
+            self._deliver(job, data, targets)
+        wants, cache, open_blob = job.wants, self.cache, self.repo.open_blob
+        assert job.fetch is not None
+        for group, data in job.fetch:
+            pack = group[0].pack
+            if isinstance(data, TuckboxError):
+                for loc in group:
+                    self._fail_blob(job, wants[loc.entry.id], f"cannot read pack {pack.name[:8]}: {data}")
+                continue
+            start = group[0].entry.offset
+            view = memoryview(data)
+            for loc in group:
+                e = loc.entry
+                targets = wants[e.id]
+                begin = e.offset - start
+                try:
+                    if begin + e.length > len(data):
+                        raise IntegrityError(f"pack {pack.name[:8]} is truncated")
+                    plain = open_blob(pack, e, view[begin : begin + e.length])
+                except TuckboxError as err:
+                    self._fail_blob(job, targets, str(err))
+                    continue
+                cache.put(e.id, plain)
+                self._deliver(job, plain, targets)
+            if job.done >= 1 << 20:
+                self.report.written(job.done)
+                job.done = 0
+        if job.done:
+            self.report.written(job.done)
+
+    def _deliver(self, job: _Job, data: bytes, targets: list[Any]) -> None:
+        """Write ``data`` at each (slot, offset) of ``targets[1:]``; finish files that are complete."""
+        failed, left, fds = job.w.failed, job.left, job.fds
+        for k in range(1, len(targets), 2):
+            slot = targets[k]
+            if slot in failed:
+                continue
+            try:
+                fd = fds.get(slot)
+                if fd is None:
+                    d, m = job.files[slot]
+                    if slot in job.opened:
+                        fd = os.open(m["n"], _REOPEN, dir_fd=d.fd)
+                    else:
+                        fd = os.open(m["n"], _CREATE, file_mode(m.get("m", 0)), dir_fd=d.fd)
+                        job.opened.add(slot)
+                    fds[slot] = fd
+                off = targets[k + 1]
+                n = os.pwrite(fd, data, off)
+                if n != len(data):
+                    _write_rest(fd, data, off, n)
+                job.done += len(data)
+                left[slot] -= 1
+                if not left[slot]:
+                    self._finish(job, slot)
+            except OSError as err:
+                d, m = job.files[slot]
+                target_wide(err, self.target + d.child(m["n"]))
+                self._fail(job, slot, f"cannot write: {err.strerror}")
+
+    def _finish(self, job: _Job, slot: int) -> None:
+        """The file's data is all in: its size (a trailing hole), then its metadata; close it."""
+        fd = job.fds.pop(slot)
+        d, m = job.files[slot]
+        warnings: list[str] = []
+        malformed = False
+        try:
+            if type(m["c"][-1]) is int:
+                os.ftruncate(fd, m.get("s", 0))
+            if self.meta.plain(m):
+                try:
+                    os.utime(fd, ns=(m.get("at", 0), m.get("mt", 0)))
+                except OSError as e:
+                    warnings.append(f"{display(self.target + d.child(m['n']))}: cannot set times: {e.strerror}")
+            else:
+                node = Node.from_map(m)
+                created = self.meta.created(file_mode(node.mode))
+                warnings = self.meta.apply(fd, node, self.target + d.child(m["n"]), created)
+        except _MALFORMED:
+            malformed = True
+        finally:
+            os.close(fd)
+        if malformed:
+            self._fail(job, slot, "its tree entry is malformed")
+        for w in warnings:
+            self.report.warn(w)
+
+    def _fail_blob(self, job: _Job, targets: list[Any], why: str) -> None:
+        for k in range(1, len(targets), 2):
+            self._fail(job, targets[k], why)
+
+    def _fail(self, job: _Job, slot: int, why: str, quiet: bool = False) -> None:
+        """The file in ``slot`` is not restored: nothing of it is left behind."""
+        if slot in job.w.failed:
+            return
+        job.w.failed.add(slot)
+        d, m = job.files[slot]
+        fd = job.fds.pop(slot, None)
+        if fd is not None:
+            os.close(fd)
+        try:
+            os.unlink(m["n"], dir_fd=d.fd)
+        except OSError:
+            pass
+        if not quiet:
+            self.report.error(f"{display(d.child(m['n']))}: not restored: {why}")
+
+    def _keep_existing(self, job: _Job, slot: int) -> bool:
+        """Resuming: whether the file is already restored (then only its metadata is set again)."""
+        d, m = job.files[slot]
+        path = self.target + d.child(m["n"])
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            self._fail(job, slot, "cannot create: a directory is in the way")
+            return True
+        if not stat.S_ISREG(st.st_mode):  # e.g. a symlink, which the create (O_NOFOLLOW) would refuse
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            return False
+        try:
+            node = Node.from_map(m)
+        except _MALFORMED:
+            return False  # failed as malformed when planned
+        if st.st_size != node.size or not already_restored(self.repo, path, node):
+            return False
+        self.report.skipped()
+        for w in self.meta.apply(path, node, path, None):
+            self.report.warn(w)
+        return True
+
+
+def _write_rest(fd: int, data: bytes, off: int, n: int) -> None:
+    view = memoryview(data)
+    while n < len(view):
+        if n <= 0:
+            raise OSError(errno.EIO, "short write")
+        view, off = view[n:], off + n
+        n = os.pwrite(fd, view, off)
+
+
+def already_restored(repo: Any, path: bytes, node: Node) -> bool:
+    """Whether the regular file at ``path`` holds exactly ``node``'s content (every chunk hash checked)."""
+    try:
+        with open(path, "rb") as f:
+            pos = 0
+            for item in node.content:
+                if type(item) is int:
+                    f.seek(pos)
+                    data = f.read(item)
+                    if len(data) != item or data.count(0) != item:
+                        return False
+                    pos += item
+                    continue
+                length = repo.index.raw_length(item) or 0
+                f.seek(pos)
+                data = f.read(length)
+                if len(data) != length or repo.blob_id(data) != item:
+                    return False
+                pos += length
+            return True
+    except OSError:
+        return False
+
+
+def make_room(path: bytes) -> None:
+    """Resuming: remove a non-directory entry in the way of ``path``; raise for a directory."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise OSError(errno.EISDIR, "a directory is in the way")
+    os.unlink(path)

@@ -1,0 +1,158 @@
+"""Ctrl-C: a real ``tuckbox backup`` gets SIGINT while packs are uploading over a slow link, stops within
+a couple of seconds (it does not wait for the pack in flight), exits 130, and leaves a repository that
+``check --read-data`` accepts with a checkpoint that holds exactly the files whose data was stored.
+The next backup resumes: it uploads no chunk of a pack that was already stored, re-reads only the
+files the checkpoint did not save, and restores equal to the source.
+
+The link is slowed with ``--limit-upload`` so that one 1 MiB pack takes about 4 s, twice the time the
+stop may take; the SIGINT comes once two packs are stored (journaled), so there is always a pack in
+flight, an open pack and files the walk finished whose chunks are in neither stored pack. Against a
+local repository and the real SFTP and S3 test servers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import time
+
+import pytest
+
+from tuckbox.testing.crash import (
+    KiB,
+    MiB,
+    Cli,
+    PackInspector,
+    file_hashes,
+    journaled,
+    local_storage,
+    make_tree,
+    open_repo,
+    restored,
+    s3_storage,
+    sftp_storage,
+    wait_for,
+)
+from tuckbox.testing.servers import server_env
+from tuckbox.testing.trees import compare_trees
+from tuckbox.types import BlobType
+
+INIT = ("init", "--pack-size", "1MiB", "--chunk-min", "16KiB", "--chunk-avg", "32KiB", "--chunk-max", "256KiB")
+RATE = 256 * KiB  # bytes per second: a 1 MiB pack takes 4 s
+STOP_WITHIN = 3.0  # seconds from SIGINT to exit: what the run is allowed, under one pack's upload (4 s)
+SAFETY = 10.0  # a hard bound even on a very slow test machine
+
+
+@pytest.fixture(params=["local", "sftp", "s3"])
+def storage(request, tmp_path):
+    name = f"interrupt-{os.getpid()}-{int(time.time() * 1000) % 10**8}"
+    if request.param == "local":
+        st = local_storage(tmp_path / "repo")
+    elif request.param == "sftp":
+        st = sftp_storage(server_env("sshd"), name)
+    else:
+        st = s3_storage(server_env("seaweedfs"), name)
+    yield st
+    st.cleanup()
+
+
+def _data_blobs(insp: PackInspector, packs: dict[str, int]) -> set[bytes]:
+    return {e.id for name, size in packs.items() for e in insp.blobs(name, size) if e.type is BlobType.DATA}
+
+
+def test_ctrl_c_stops_at_once_keeps_what_was_stored_and_resumes(storage, tmp_path):
+    src = tmp_path / "src"
+    make_tree(src, 11, big=2, big_size=(600 * KiB, 900 * KiB), dirs=6, files_per_dir=40, small_size=(0, 40 * KiB))
+    time.sleep(1.1)  # files changed (ctime) within a second of being read are not put in the files cache
+    cli = Cli(tmp_path, storage)
+    cli(*INIT)
+    repo = open_repo(storage, cli.passphrase, tmp_path / "inspect-cache")
+    insp = PackInspector(repo)
+    try:
+        running = cli.start("--json", "--limit-upload", str(RATE), "backup", str(src))
+        wait_for(lambda: len(journaled(cli.cache)) >= 2 or running.proc.poll() is not None, 120, "two stored packs")
+        assert running.proc.poll() is None, "the backup ended before it could be interrupted"
+        t0 = time.monotonic()
+        running.proc.send_signal(signal.SIGINT)  # our own child, by pid
+        res = running.wait(timeout=60)
+        elapsed = time.monotonic() - t0
+        print(f"{storage.kind}: stopped {elapsed:.2f}s after SIGINT")
+        assert res.code == 130, f"exit {res.code}\n{res.err}"
+        assert elapsed < SAFETY, f"the stop took {elapsed:.1f}s"
+        assert elapsed < STOP_WITHIN, f"the stop took {elapsed:.1f}s: it waited for an upload"
+        err = [line for line in res.err.splitlines() if line.strip()]
+        assert err[-1].startswith("tuckbox: interrupted: checkpoint "), res.err
+        summary = res.summary()
+        assert summary["interrupted"] and summary["left_out"] > 0, summary  # a pack was in flight
+
+        # the repository is valid, and every pack that reached the storage is indexed: none half-written,
+        # none stored and forgotten
+        check = cli("check", "--read-data", "--json").json()
+        assert check["ok"] and not check["errors"], check
+        stored = insp.stored()
+        assert set(stored) == set(insp.indexed()), "a stored pack is not indexed"
+        if storage.local_root is not None:
+            leftovers = [p for p in storage.local_root.rglob("*") if p.name.startswith(".tmp-")]
+            assert not leftovers, leftovers
+
+        # the checkpoint holds exactly the files it lists, each equal to the source
+        snaps = cli("snapshots", "--json").json()
+        assert [s["partial"] for s in snaps] == [True]
+        listed = {
+            os.path.relpath(e["path"], src)
+            for e in cli("ls", "--json", snaps[0]["id"][:12], str(src)).json()["entries"]
+            if e["type"] in ("file", "symlink")
+        }
+        target = tmp_path / "checkpoint"
+        cli("restore", snaps[0]["id"][:12], "--target", str(target))
+        got, want = file_hashes(restored(target, src)), file_hashes(src)
+        assert set(got) == listed
+        assert 0 < len([p for p in got if not got[p].startswith("link:")]) < len(want) - 1
+        wrong = [p for p, h in got.items() if want.get(p) != h]
+        assert not wrong, f"the checkpoint restores files that differ from the source: {wrong[:5]}"
+        shutil.rmtree(target)
+        saved_files = [p for p in got if stat.S_ISREG(os.lstat(src / p).st_mode)]
+
+        # resume: no chunk of a stored pack is uploaded again, only the files not saved are read
+        before = _data_blobs(insp, stored)
+        done = cli("--json", "backup", str(src)).summary()
+        new = {n: s for n, s in insp.stored().items() if n not in stored}
+        again = _data_blobs(insp, new) & before
+        assert not again, f"{len(again)} chunk(s) of packs stored before the interrupt were uploaded again"
+        assert done["files_unmodified"] == len(saved_files), done
+        reread = done["files_new"] + done["files_changed"]  # "changed": the interrupted run's files cache knew it
+        assert reread == len([p for p in want if not want[p].startswith("link:")]) - len(saved_files), done
+        saved_bytes = sum((src / p).stat().st_size for p in saved_files)
+        assert done["bytes_read"] == done["bytes_total"] - saved_bytes, done
+
+        cli("restore", "latest", "--target", str(tmp_path / "final"))
+        problems = compare_trees(src, restored(tmp_path / "final", src))
+        assert problems == [], "\n".join(problems[:20])
+        snaps = cli("snapshots", "--json").json()
+        assert [s["partial"] for s in snaps] == [False], "the checkpoint was not superseded"
+        assert cli("check", "--read-data", "--json").json()["ok"]
+    finally:
+        repo.close()
+
+
+def test_second_ctrl_c_quits_at_once(tmp_path):
+    """The second SIGINT does not wait for anything; what was stored is adopted by the next run."""
+    src = tmp_path / "src"
+    make_tree(src, 5, big=3, big_size=(2 * MiB, 3 * MiB), dirs=2, files_per_dir=10)
+    cli = Cli(tmp_path, local_storage(tmp_path / "repo"))
+    cli(*INIT)
+    running = cli.start("--limit-upload", str(RATE), "backup", str(src))
+    wait_for(lambda: len(journaled(cli.cache)) >= 1, 120, "a stored pack")
+    running.proc.send_signal(signal.SIGINT)
+    running.proc.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    res = running.wait(timeout=60)
+    assert res.code == 130, res.err
+    assert time.monotonic() - t0 < SAFETY
+    assert "Traceback" not in res.err
+    cli("check", "--read-data")
+    cli("backup", str(src))
+    cli("restore", "latest", "--target", str(tmp_path / "r"))
+    assert compare_trees(src, restored(tmp_path / "r", src)) == []

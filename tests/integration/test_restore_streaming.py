@@ -1,0 +1,317 @@
+"""The streaming restore with tiny windows, in worker processes and in threads.
+
+Windows of two files, one pending directory and a small blob cache make every
+boundary happen in a small tree: hardlinks whose data is in an earlier (or the
+same) window and in another directory, multi-chunk and sparse files split
+into several range requests, content shared across windows, directories whose
+metadata must wait for later windows. Each case must restore exactly
+(``compare_trees``), resume, fail only a damaged file, and honour
+--include/--exclude.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from tuckbox.archiver.backup import BackupRequest, run_backup
+from tuckbox.backends.local import LocalBackend
+from tuckbox.chunker import ChunkerParams
+from tuckbox.errors import IntegrityError, UsageError
+from tuckbox.fsmeta import ACL_DEFAULT, acl_xattr
+from tuckbox.repository.config import Config
+from tuckbox.repository.repo import Repository
+from tuckbox.restorer import restorer as restorer_module
+from tuckbox.restorer import fetch as fetch_module
+from tuckbox.restorer.restorer import MARKER, Restorer
+from tuckbox.restorer.workers import cpus
+from tuckbox.snapshot.tree import FILE, TREE_VERSION
+from tuckbox.snapshot.walk import decode_maps, find
+from tuckbox.testing.crash import Cli, local_storage, wait_for
+from tuckbox.testing.trees import compare_trees, sample_tree
+from tuckbox.types import BlobType
+
+SHARED = os.urandom(3000)  # the same content in many directories: one blob, needed by many windows
+
+
+@pytest.fixture(params=["processes", "threads"])
+def mode(request, monkeypatch):
+    monkeypatch.setattr(restorer_module, "PROCESSES", 2 if request.param == "processes" else 1)
+    monkeypatch.setattr(restorer_module, "WINDOW_FILES", 2)
+    monkeypatch.setattr(restorer_module, "WINDOW_BYTES", 8192)
+    monkeypatch.setattr(restorer_module, "PENDING_DIRS", 1)
+    monkeypatch.setattr(restorer_module, "BLOB_CACHE", 64 << 10)
+    monkeypatch.setattr(restorer_module, "READ_AHEAD", 100 << 10)
+    monkeypatch.setattr(fetch_module, "MAX_RANGE", 64 << 10)
+    monkeypatch.setattr(fetch_module, "GAP", 4096)
+    started: list[int] = []
+
+    class Counted(restorer_module.WorkerProcesses):  # type: ignore[misc,name-defined]
+        def __init__(self, n, *args, **kwargs):
+            started.append(n)
+            super().__init__(n, *args, **kwargs)
+
+    monkeypatch.setattr(restorer_module, "WorkerProcesses", Counted)
+    yield request.param
+    assert (started and set(started) == {2}) if request.param == "processes" else not started, started
+
+
+def build_tree(src: Path) -> None:
+    """The sample tree (every kind of entry and metadata) plus directories of small and shared files and
+    hardlinks across directories and windows."""
+    sample_tree(src)
+    many = src / "many"
+    many.mkdir()
+    for d in range(6):
+        sub = many / f"d{d}"
+        sub.mkdir()
+        for f in range(5):
+            (sub / f"f{f}").write_bytes(os.urandom(100 + 997 * f))
+        (sub / "shared").write_bytes(SHARED)
+        (sub / "empty").write_bytes(b"")
+        (sub / "nested" / "deeper").mkdir(parents=True)
+        (sub / "nested" / "deeper" / "x.skip").write_bytes(os.urandom(50))
+    os.link(many / "d0" / "f3", many / "d5" / "link-to-d0-f3")  # data in the first windows, link in the last
+    os.link(many / "d2" / "f4", many / "d2" / "nested" / "link-to-f4")  # data in the same or the window before
+    big = many / "d3" / "big.bin"
+    big.write_bytes(os.urandom(300_000))  # many chunks, several range requests
+    os.link(big, many / "d4" / "big-link")
+    for d in sorted(many.rglob("*"), reverse=True):  # directory mtimes back to something recognisable
+        if d.is_dir() and not d.is_symlink():
+            os.utime(d, ns=(1_000_000_000_123, 2_000_000_000_456))
+
+
+@pytest.fixture
+def backed_up(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUCKBOX_CACHE_DIR", str(tmp_path / "cache"))
+    src = tmp_path / "src"
+    build_tree(src)
+    config = Config.new("t", ChunkerParams(4096, 8192, 65536), pack_size=1 << 20)
+    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), b"pw", created="t", host="h", user="u", config=config)
+    result = run_backup(repo, BackupRequest([str(src)]))
+    assert result.warnings == []
+    return repo, result.snapshot, src
+
+
+def out_of(target: Path, src: Path) -> Path:
+    return Path(str(target) + str(src))
+
+
+def test_tiny_windows_restore_everything_exactly(mode, backed_up, tmp_path):
+    repo, snap, src = backed_up
+    target = tmp_path / "out"
+    result = Restorer(repo, connections=2).restore(snap, os.fsencode(target))
+    assert result.errors == [] and result.warnings == []
+    assert compare_trees(src, out_of(target, src)) == []
+    assert not (target / MARKER.decode()).exists()
+    assert os.stat(out_of(target, src) / "many" / "d0" / "f3").st_nlink == 2
+    assert os.stat(out_of(target, src) / "many" / "d3" / "big.bin").st_ino == os.stat(
+        out_of(target, src) / "many" / "d4" / "big-link"
+    ).st_ino
+
+
+def test_target_with_default_acl_and_setgid(mode, backed_up, tmp_path):
+    """New entries inherit a default ACL and the group of a setgid target: nothing may be taken for granted."""
+    repo, snap, src = backed_up
+    target = tmp_path / "acl-target"
+    target.mkdir()
+    os.chmod(target, 0o2775)
+    if os.geteuid() == 0:
+        os.chown(target, -1, 1)
+    os.setxattr(target, ACL_DEFAULT, acl_xattr(7, 5, 5, users=[(4242, 7)]))
+    result = Restorer(repo, connections=2).restore(snap, os.fsencode(target))
+    assert result.errors == [] and result.warnings == []
+    assert compare_trees(src, out_of(target, src)) == []
+
+
+def test_resume_keeps_what_is_right_and_fixes_the_rest(mode, backed_up, tmp_path):
+    repo, snap, src = backed_up
+    target = tmp_path / "out"
+    Restorer(repo, connections=2).restore(snap, os.fsencode(target))
+    out = out_of(target, src) / "many"
+    (target / MARKER.decode()).write_bytes(snap.id.encode() + b"\n")  # as if it had been interrupted
+    (out / "d1" / "f2").write_bytes(b"X" + (out / "d1" / "f2").read_bytes()[1:])  # same size, wrong bytes
+    with open(out / "d2" / "f4", "r+b") as f:
+        f.truncate(10)
+    (out / "d4" / "f1").unlink()
+    (out / "d5" / "f0").unlink()
+    os.symlink("elsewhere", out / "d5" / "f0")  # something else where a file belongs
+    (out / "d4" / "big-link").unlink()
+    os.utime(out / "d3", ns=(5, 5))
+    result = Restorer(repo, connections=2).restore(snap, os.fsencode(target))
+    assert result.errors == [] and result.warnings == []
+    assert result.files_skipped > 20
+    assert compare_trees(src, out_of(target, src)) == []
+    assert not (target / MARKER.decode()).exists()
+
+
+def test_a_damaged_blob_costs_only_its_file(mode, backed_up, tmp_path):
+    repo, snap, src = backed_up
+    victim = src / "many" / "d2" / "f1"
+    node = find(lambda t: repo.load_blob(BlobType.TREE, t), snap.tree, os.fsencode(victim))
+    assert node is not None and len(node.content) == 1
+    loc = repo.index.lookup(node.content[0])
+    pack = Path(repo.backend.root) / "data" / loc.pack.name[:2] / loc.pack.name
+    data = bytearray(pack.read_bytes())
+    data[loc.entry.offset + loc.entry.length // 2] ^= 0x40
+    pack.write_bytes(bytes(data))
+    target = tmp_path / "out"
+    result = Restorer(repo, connections=2).restore(snap, os.fsencode(target))
+    assert len(result.errors) == 1, result.errors
+    assert result.errors[0].startswith(f"{victim}: not restored: ") and "failed authentication" in result.errors[0]
+    assert not (out_of(target, src) / "many" / "d2" / "f1").exists()
+    assert (target / MARKER.decode()).exists()  # an incomplete restore keeps its marker
+    (out_of(target, src) / "many" / "d2" / "f1").write_bytes(victim.read_bytes())  # what it would have been
+    os.utime(out_of(target, src) / "many" / "d2" / "f1", ns=(victim.stat().st_atime_ns, victim.stat().st_mtime_ns))
+    os.utime(out_of(target, src) / "many" / "d2", ns=(1_000_000_000_123, 2_000_000_000_456))
+    assert compare_trees(src, out_of(target, src)) == []
+
+
+def test_include_and_exclude(mode, backed_up, tmp_path):
+    repo, snap, src = backed_up
+    target = tmp_path / "out"
+    keep = src / "many" / "d2"
+    result = Restorer(repo, connections=2).restore(
+        snap, os.fsencode(target), includes=[str(keep), "link-to-d0-f3"], excludes=["*.skip", str(keep / "f0")]
+    )
+    assert result.errors == [] and result.warnings == []
+    out = out_of(target, src)
+    got = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    want = ["many", "many/d2", "many/d5", "many/d5/link-to-d0-f3"] + [
+        f"many/d2/{n}"
+        for n in ("empty", "f1", "f2", "f3", "f4", "nested", "nested/deeper", "nested/link-to-f4", "shared")
+    ]
+    assert got == sorted(want)
+    assert (out / "many" / "d5" / "link-to-d0-f3").read_bytes() == (src / "many" / "d0" / "f3").read_bytes()
+    assert os.stat(out / "many" / "d2").st_mtime_ns == 2_000_000_000_456  # directory times set after their contents
+    assert os.stat(out / "many" / "d2" / "nested" / "deeper").st_mtime_ns == 2_000_000_000_456
+
+
+def test_shared_content_is_fetched_once_while_it_recurs(backed_up, tmp_path, monkeypatch):
+    """In threads (where loads can be counted): the shared blob comes from the cache after its first window."""
+    repo, snap, src = backed_up
+    monkeypatch.setattr(restorer_module, "PROCESSES", 1)
+    monkeypatch.setattr(restorer_module, "WINDOW_FILES", 1)
+    shared_id = repo.blob_id(SHARED)
+    loc = repo.index.lookup(shared_id)
+    loads: list[tuple[int, int]] = []
+    real_load = repo.backend.load
+
+    def counting_load(type, name, offset=0, length=None):
+        end = offset + (length or 0)
+        if name == loc.pack.name and offset <= loc.entry.offset and loc.entry.offset + loc.entry.length <= end:
+            loads.append((offset, length))
+        return real_load(type, name, offset, length)
+
+    monkeypatch.setattr(repo.backend, "load", counting_load)
+    result = Restorer(repo, connections=1).restore(snap, os.fsencode(tmp_path / "out"))
+    assert result.errors == []
+    assert len(loads) == 1, loads
+    for d in range(6):
+        assert (out_of(tmp_path / "out", src) / "many" / f"d{d}" / "shared").read_bytes() == SHARED
+
+
+def test_names_that_would_leave_the_target_are_refused():
+    for bad in (b"..", b".", b"", b"a/b", b"a\0b"):
+        raw = msgpack.packb({"v": TREE_VERSION, "nodes": [{"n": bad, "t": FILE}]})
+        with pytest.raises(IntegrityError):
+            decode_maps(raw)
+    raw = msgpack.packb({"v": TREE_VERSION, "nodes": [{"n": b"fine", "t": FILE}]})
+    assert decode_maps(raw)[0]["n"] == b"fine"
+
+
+def test_directories_waiting_for_metadata_stay_bounded(backed_up, tmp_path, monkeypatch):
+    """Directories whose metadata waits (each holding a descriptor) and windows in flight stay bounded."""
+    repo, snap, src = backed_up
+    seen: list[int] = []
+    real = restorer_module._Run._complete_oldest
+
+    def spy(self):
+        real(self)
+        seen.append(len(self.pending_dirs) + len(self.inflight))
+
+    monkeypatch.setattr(restorer_module, "PROCESSES", 1)
+    monkeypatch.setattr(restorer_module, "WINDOW_FILES", 2)
+    monkeypatch.setattr(restorer_module, "PENDING_DIRS", 4)
+    monkeypatch.setattr(restorer_module._Run, "_complete_oldest", spy)
+    Restorer(repo, connections=2).restore(snap, os.fsencode(tmp_path / "out"))
+    assert seen and max(seen) <= 4 + 2 + 1
+    shutil.rmtree(tmp_path / "out")
+
+
+def test_no_match_is_a_usage_error_and_leaves_nothing(backed_up, tmp_path):
+    repo, snap, _ = backed_up
+    target = tmp_path / "nothing"
+    with pytest.raises(UsageError):
+        Restorer(repo).restore(snap, os.fsencode(target), includes=["no-such-name-anywhere"])
+    assert not target.exists()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_killed_restore_takes_its_workers_along_and_resumes(tmp_path):
+    """SIGKILL to a restore that writes with worker processes: the workers die with it; a rerun finishes."""
+    if cpus() < 2:
+        pytest.skip("worker processes are used only with several CPUs")
+    src = tmp_path / "src"
+    for d in range(40):
+        sub = src / f"d{d:02}"
+        sub.mkdir(parents=True)
+        for f in range(200):
+            (sub / f"f{f:03}").write_bytes(os.urandom(200 + f * 37 % 3000))
+    cli = Cli(tmp_path, local_storage(tmp_path / "repo"))
+    cli("init")
+    cli("backup", str(src))
+    target = tmp_path / "target"
+    running = cli.start("--json", "restore", "latest", "--target", str(target))
+
+    def files_so_far() -> int:
+        return sum(len(files) for _, _, files in os.walk(target)) if target.exists() else 0
+
+    wait_for(lambda: running.proc.poll() is not None or files_so_far() >= 300, 120, "the restore to make progress")
+    workers = _children(running.proc.pid)
+    running.kill()
+    assert running.wait().code == -9, "the restore finished before it could be killed"
+    assert len(workers) >= 2, workers  # a local repository on several CPUs is written by worker processes
+    wait_for(lambda: all(_gone(p) for p in workers), 30, "the workers to die with the restore")
+    final = cli("--json", "restore", "latest", "--target", str(target)).summary()
+    assert final["errors"] == [] and final["files_skipped"] > 0
+    assert not (target / MARKER.decode()).exists()
+    assert compare_trees(src, out_of(target, src)) == []
+
+
+@pytest.mark.parametrize("umask", [0o077, 0o000, 0o027])
+def test_modes_do_not_depend_on_the_umask(backed_up, tmp_path, umask):
+    """Calls are skipped only where the created mode is known to be right: any umask restores exact modes."""
+    repo, snap, src = backed_up
+    old = os.umask(umask)
+    try:
+        result = Restorer(repo, connections=2).restore(snap, os.fsencode(tmp_path / "out"))
+    finally:
+        os.umask(old)
+    assert result.errors == [] and result.warnings == []
+    assert compare_trees(src, out_of(tmp_path / "out", src)) == []

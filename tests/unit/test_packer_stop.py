@@ -1,0 +1,172 @@
+"""Stopping a backup at once: the packer gives up unfinished data packs without waiting for them, keeps
+and indexes every pack that was stored, and the checkpoint names only stored data."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from tuckbox.archiver.backup import BackupRequest, run_backup
+from tuckbox.backends.memory import MemoryBackend
+from tuckbox.backends.wrappers import RateLimitBackend
+from tuckbox.repository.config import Config
+from tuckbox.repository.index import decode_index
+from tuckbox.repository.repo import Repository
+from tuckbox.snapshot.tree import DIR, FILE, decode_tree
+from tuckbox.types import BlobType, ObjectType
+
+MiB = 1 << 20
+
+
+def _repo(backend, tmp_path: Path, monkeypatch) -> Repository:
+    monkeypatch.setenv("TUCKBOX_CACHE_DIR", str(tmp_path / "cache"))
+    return Repository.init(backend, b"pw", created="t", host="h", user="u", config=Config.new("t", pack_size=MiB))
+
+
+def _stop_when(cond, action) -> threading.Thread:
+    def loop() -> None:
+        while not cond():
+            time.sleep(0.01)
+        action()
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    return t
+
+
+def _indexed_packs(mem: MemoryBackend, repo: Repository) -> set[str]:
+    names: set[str] = set()
+    for info in mem.list(ObjectType.INDEX):
+        names.update(r.name for r in decode_index(mem.load(ObjectType.INDEX, info.name), repo.keys.index_key, info.name))
+    return names
+
+
+def test_stop_gives_up_unstored_packs_at_once_and_indexes_the_stored(tmp_path, monkeypatch):
+    mem = MemoryBackend()
+    repo = _repo(mem, tmp_path, monkeypatch)
+    repo.backend = RateLimitBackend(mem, upload=400_000)  # a 1 MiB pack: ~2.6 s
+    packer = repo.new_packer()
+    stopped_at: list[float] = []
+
+    def stop() -> None:
+        stopped_at.append(time.monotonic())
+        packer.stop()
+
+    _stop_when(lambda: packer.stats.packs_new >= 1, stop)
+    ids: list[bytes] = []
+    while not stopped_at and len(ids) < 400:  # the adds block on the uploads, so this runs until the stop
+        data = os.urandom(128 * 1024)
+        ids.append(repo.blob_id(data))
+        packer.add(BlobType.DATA, ids[-1], data)
+    assert stopped_at, "no pack was stored"
+    given_up = packer.abandon()
+    assert time.monotonic() - stopped_at[0] < 1.5
+    assert given_up > 0
+    stored = {i.name for i in mem.list(ObjectType.PACK)}
+    assert stored and stored <= set(repo.index.packs)
+    for blob_id in ids:  # given up means unknown: not pending, not indexed
+        assert packer.known(blob_id) == repo.index.has(blob_id)
+    assert 0 < sum(repo.index.has(b) for b in ids) <= len(ids) - given_up  # (a blob added after the stop is
+    # dropped at once: neither stored nor counted)
+    tree = b"a tree blob"
+    packer.add(BlobType.TREE, repo.blob_id(tree), tree)  # trees are still taken and stored
+    t0 = time.monotonic()
+    packer.flush()
+    packer.close()
+    assert time.monotonic() - t0 < 1.0
+    assert repo.index.has(repo.blob_id(tree))
+    stored = {i.name for i in mem.list(ObjectType.PACK)}
+    assert stored == _indexed_packs(mem, repo)
+
+
+def test_a_transfer_under_way_gets_a_grace_then_is_left_unindexed(tmp_path, monkeypatch):
+    release = threading.Event()
+    calls: list[str] = []
+
+    class Stuck(MemoryBackend):
+        """The first pack's transfer cannot be cancelled and takes as long as the test wants."""
+
+        def save(self, type: ObjectType, name: str, data: bytes) -> None:
+            if type is ObjectType.PACK:
+                calls.append(name)
+                if len(calls) == 1:
+                    release.wait(30)
+            super().save(type, name, data)
+
+    mem = Stuck()
+    repo = _repo(mem, tmp_path, monkeypatch)
+    packer = repo.new_packer()
+    for _ in range(10):  # more than a pack: one upload starts and sticks
+        data = os.urandom(128 * 1024)
+        packer.add(BlobType.DATA, repo.blob_id(data), data)
+    while not calls:
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    given_up = packer.abandon(grace=0.5)
+    assert 0.4 < time.monotonic() - t0 < 1.5
+    assert given_up == 10
+    tree = b"another tree blob"
+    packer.add(BlobType.TREE, repo.blob_id(tree), tree)
+    packer.flush()  # not held up by the stuck transfer
+    packer.close()
+    release.set()  # the stuck transfer now completes: stored, but never indexed by this run
+    deadline = time.monotonic() + 5
+    while len(list(mem.list(ObjectType.PACK))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert calls[0] not in repo.index.packs
+    assert calls[0] not in _indexed_packs(mem, repo)
+    assert packer.stats.packs_new == 1  # the tree pack
+
+
+def _files(repo: Repository, tree_id: bytes, prefix: str = "") -> dict[str, list]:
+    out: dict[str, list] = {}
+    for node in decode_tree(repo.load_blob(BlobType.TREE, tree_id)):
+        path = prefix + node.name.decode()
+        if node.type == DIR:
+            out.update(_files(repo, node.subtree, path + "/"))
+        elif node.type == FILE:
+            out[path] = node.content
+    return out
+
+
+def test_checkpoint_of_a_stopped_run_names_only_stored_data(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    sizes = {}
+    for d in range(4):
+        for sub in ("", "/inner"):
+            (src / f"d{d}{sub}").mkdir(parents=True, exist_ok=True)
+            for f in range(6):
+                p = src / f"d{d}{sub}" / f"f{f}"
+                p.write_bytes(os.urandom(100 * 1024 + f))
+                sizes[str(p.relative_to(src))] = p.stat().st_size
+    time.sleep(1.1)  # files changed within a second of being read are not put in the files cache
+    mem = MemoryBackend()
+    repo = _repo(mem, tmp_path, monkeypatch)
+    repo.backend = RateLimitBackend(mem, upload=600_000)
+    repo.connections = 2
+    stop = threading.Event()
+    _stop_when(lambda: len(list(mem.list(ObjectType.PACK))) >= 2, stop.set)
+    t0 = time.monotonic()
+    result = run_backup(repo, BackupRequest([str(src)], checkpoint_interval=0), should_stop=stop.is_set)
+    assert result.interrupted and result.left_out > 0
+    assert result.snapshot.partial
+    assert result.snapshot.summary["files_left_out"] == result.left_out
+    assert time.monotonic() - t0 < 15
+    # every chunk the checkpoint names is indexed, and every stored pack is indexed
+    assert {i.name for i in mem.list(ObjectType.PACK)} == _indexed_packs(mem, repo)
+    root = _files(repo, result.snapshot.tree)
+    files = {k.split(str(src).lstrip("/") + "/", 1)[1]: v for k, v in root.items()}
+    assert files, "nothing was saved"
+    assert len(files) + result.left_out <= len(sizes)
+    for path, content in files.items():
+        assert all(repo.index.has(c) for c in content if isinstance(c, bytes)), path
+        data = b"".join(repo.load_blob(BlobType.DATA, c) for c in content)
+        assert data == (src / path).read_bytes(), path
+    # a second run completes, reading only what the checkpoint did not save
+    repo.backend = mem
+    again = run_backup(repo, BackupRequest([str(src)]))
+    assert not again.interrupted
+    assert again.snapshot.summary["files_unmodified"] == len(files)
+    assert len(_files(repo, again.snapshot.tree)) == len(sizes)
