@@ -315,6 +315,9 @@ class Runner:
         why not straight from here); the outer wait4() of launcher + command is kept as a cross-check.
         """
         self.maybe_drop_caches()
+        # write back what earlier steps (any tool's restore, the mutation) left dirty, so that
+        # writeback lands in nobody's timed step
+        os.sync()
         load = os.getloadavg()
         ru_file = logfile.with_suffix(".rusage.json")
         ru_file.unlink(missing_ok=True)

@@ -28,7 +28,7 @@ ALGORITHM = "fastcdc2020/nc1/xor-seed"
 _GOLDEN = 0x9E3779B97F4A7C15
 _M64 = (1 << 64) - 1
 _M63 = (1 << 63) - 1  # pyfastcdc shifts the seed left by one in a uint64
-READ_SIZE = 2 << 20  # chunks_fd reads at least this much at a time (its buffer: max_size + READ_SIZE)
+READ_SIZE = 1 << 20  # chunks_fd reads at least this much at a time (its buffer: max_size + READ_SIZE)
 
 
 @dataclass(frozen=True)

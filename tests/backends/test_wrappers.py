@@ -53,7 +53,7 @@ def test_retry_over_faulty_passes_conformance(check, monkeypatch):
 
 def test_round_trips_at_five_percent_errors():
     mem = MemoryBackend()
-    faulty = FaultyBackend(mem, seed=7, error_rate=0.05, lost_ack_rate=0.02, truncate_rate=0.0)
+    faulty = FaultyBackend(mem, seed=7, error_rate=0.05, lost_ack_rate=0.05, truncate_rate=0.0)
     b = _fast_retry(faulty)
     b.create()
     payloads = {_name(i): os.urandom(1000 + i) for i in range(500)}
@@ -80,6 +80,7 @@ def test_round_trips_at_five_percent_errors():
     for n in list(payloads)[:100]:
         b.remove(ObjectType.PACK, n)
     assert len(list(b.list(ObjectType.PACK))) == 400
+    # 500 saves at 5 %: about 25 lost acknowledgements expected (threads share the RNG, so the count varies)
     assert faulty.injected["error"] > 20 and faulty.injected["lost_ack"] > 5
     assert b.retries >= faulty.injected["error"]
 

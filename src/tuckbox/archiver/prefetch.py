@@ -76,7 +76,7 @@ def _read_batch(batch: list[tuple[bytes, int, int]]) -> list[Prefetched]:
     return [_read_small(path, size, blocks) for path, size, blocks in batch]
 
 
-PREFETCH_BYTES = 16 << 20
+PREFETCH_BYTES = 8 << 20
 PREFETCH_FILES = 128
 BATCH_FILES = 8  # small files read per task
 BATCH_BYTES = 256 << 10

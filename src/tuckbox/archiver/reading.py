@@ -23,7 +23,7 @@ from ..chunker import Chunker
 from ..fsmeta import data_extents, open_for_backup, read_xattrs
 
 SMALL_FILE = 4 << 20  # read whole and cut in memory below this size (prefetch.py)
-STREAM_BYTES = 4 << 20  # chunks a reader thread may hold ahead of the walk, per large file
+STREAM_BYTES = 2 << 20  # chunks a reader thread may hold ahead of the walk, per large file
 
 BlobId = Callable[[Union[bytes, memoryview]], bytes]
 # a chunk: (its id, its bytes); a hole: its length
