@@ -433,6 +433,10 @@ class S3Backend:
             raise ObjectNotFound(f"{what} not found in repository {self.location}")
         self._call(what, self._s3.delete_object, Bucket=self.bucket, Key=key)
 
+    def suspend(self) -> None:
+        """Close the pooled connections (before the process forks); the next request opens new ones."""
+        self.close()
+
     def close(self) -> None:
         try:
             self._s3.close()

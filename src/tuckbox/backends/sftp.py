@@ -115,7 +115,8 @@ class SFTPBackend:
         self._config = os.path.expanduser(config) if config else None
         self._connect_timeout = connect_timeout
         self.location = display or RemoteURL("sftp", username, host, port, path).display()
-        self._loop = _LoopThread(f"tuckbox-sftp-{host}")
+        self._loop_thread: _LoopThread | None = None  # started by the first operation (and again after suspend)
+        self._loop_lock = threading.Lock()
         self._conn: asyncssh.SSHClientConnection | None = None
         self._sftp: asyncssh.SFTPClient | None = None
         self._connect_lock: asyncio.Lock | None = None
@@ -145,6 +146,26 @@ class SFTPBackend:
 
     def __repr__(self) -> str:
         return f"SFTPBackend({self.location!r})"
+
+    @property
+    def _loop(self) -> _LoopThread:
+        with self._loop_lock:
+            if self._loop_thread is None:
+                self._loop_thread = _LoopThread(f"tuckbox-sftp-{self.host}")
+            return self._loop_thread
+
+    def suspend(self) -> None:
+        """Close the connection and stop the event-loop thread; the next operation starts both again.
+
+        Called with no operation in flight, before the process forks: afterwards
+        no thread of this backend exists, and parent and children each make their
+        own connection.
+        """
+        if self._loop_thread is None or self._closed:
+            return
+        self._shutdown()
+        self._loop_thread = None
+        self._connect_lock = None  # an asyncio.Lock belongs to the loop it was first used on
 
     # -- connection ---------------------------------------------------------
 
@@ -435,7 +456,10 @@ class SFTPBackend:
         if self._closed:
             return
         self._closed = True
+        if self._loop_thread is not None:
+            self._shutdown()
 
+    def _shutdown(self) -> None:
         async def shutdown() -> None:
             conn = self._conn
             self._drop()

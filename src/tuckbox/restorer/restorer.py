@@ -6,8 +6,8 @@ symlinks and special files at once; files with data are collected into windows
 of at most ``WINDOW_FILES`` files / ``WINDOW_BYTES`` bytes, which are written
 (``writer.WindowWriter``: each window's blobs fetched by pack, decrypted,
 verified, written, then each file's metadata through its descriptor) while the
-walk goes on: by forked worker processes for a local repository on several
-CPUs (``workers``), else by threads. Memory is bounded by the windows in
+walk goes on: by forked worker processes on several CPUs for local, SFTP and
+S3 repositories (``workers``), else by threads. Memory is bounded by the windows in
 flight and the directory stack, not by the size of the tree.
 
 Windows complete in order. A hardlink is made once the window holding its
@@ -42,7 +42,7 @@ from ..types import BlobType
 from .fetch import BlobCache, Fetcher
 from .meta import Meta, file_mode
 from .writer import DONE, FAILED, PENDING, Dir, LinkGroup, Report, Window, WindowWriter, display, make_room, target_wide
-from .workers import WorkerProcesses, cpus
+from .workers import WorkerProcesses, cpus, prepare_fork
 from .workers import usable as workers_usable
 
 MARKER = b".tuckbox-restore"
@@ -50,7 +50,7 @@ WINDOW_FILES = 512  # files with data per window
 WINDOW_BYTES = 16 << 20  # bytes of file content per window
 BLOB_CACHE = 16 << 20  # decrypted blobs kept for content that recurs across windows
 READ_AHEAD = 32 << 20  # bytes of ranges fetched ahead of the windows that need them
-PROCESSES = 0  # worker processes for a local repository (0: one per CPU, at most 4)
+PROCESSES = 0  # worker processes where the storage allows (0: one per CPU, at most 4)
 FILE_LIMIT = 1 << 16  # open files wanted (deep trees: a descriptor per directory level)
 PENDING_DIRS = 256  # directories waiting for their metadata (each holds a descriptor) before the walk waits
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -270,9 +270,10 @@ class _Run:
         return WindowWriter(self.repo, self.meta, cache, self.fetcher, report, self.target, self.resume)
 
     def _start(self) -> None:
-        """Worker processes for a local repository on several CPUs (before any thread of ours exists), else threads."""
+        """Worker processes on several CPUs where the storage allows (before any thread of ours exists), else threads."""
         n = PROCESSES or min(cpus(), 4)
         if n > 1 and workers_usable(self.repo.backend):
+            prepare_fork(self.repo.backend)
             try:
                 self.pool = WorkerProcesses(n, lambda report: self._writer(report, n), self.report, self.target)
                 self.inflight_max = 2 * n  # one being written and one waiting, per worker

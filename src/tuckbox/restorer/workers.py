@@ -1,4 +1,4 @@
-"""Worker processes that write restore windows, for repositories on a local file system.
+"""Worker processes that write restore windows, for local, SFTP and S3 repositories.
 
 Writing many small files is CPU work done holding the GIL (decoding entries,
 decrypting and hashing small blobs, a handful of system calls per file), so
@@ -10,8 +10,10 @@ its files. What a worker reports (warnings, errors, progress, the files it
 could not restore) comes back as messages, read in the restoring process by
 one thread per worker, so a worker never waits for the walk.
 
-Only storage that survives ``fork`` may be used this way: a local directory
-(``usable``). Workers die with the restoring process
+Only storage that survives ``fork`` may be used this way (``usable``): a local
+directory, or a remote store whose backend can ``suspend`` (close its
+connections and stop its threads before the fork; every process then connects
+on its own, so no socket or lock is shared). Workers die with the restoring process
 (``PR_SET_PDEATHSIG``) and never run its exit handlers (``os._exit``), so they
 never touch its repository lock.
 """
@@ -41,15 +43,8 @@ _F_SETPIPE_SZ = 1031
 PIPE_SIZE = 1 << 20  # the default maximum for unprivileged processes (/proc/sys/fs/pipe-max-size)
 
 
-def usable(backend: Any) -> bool:
-    """Whether windows may be written by forked processes that read ``backend`` on their own.
-
-    A plain local directory, possibly behind retries or a connection limit (a
-    copy of those per process changes nothing that matters); not behind a
-    bandwidth limit, which every process would then spend in full.
-    """
-    from ..backends.local import LocalBackend  # here: only this check knows concrete backends
-
+def _base(backend: Any) -> Any:
+    """The storage under the wrappers that are safe to copy into each process (retries, connection limits)."""
     try:
         from ..backends.wrappers import ConnectionLimitBackend, RetryBackend
 
@@ -58,7 +53,30 @@ def usable(backend: Any) -> bool:
         passthrough = ()
     while type(backend) in passthrough:
         backend = backend.inner
-    return type(backend) is LocalBackend and hasattr(os, "fork") and sys.platform.startswith("linux")
+    return backend
+
+
+def usable(backend: Any) -> bool:
+    """Whether windows may be written by forked processes that read ``backend`` on their own.
+
+    A plain local directory, or storage that can drop its connections and
+    threads before the fork and open new ones in each process (``suspend``:
+    SFTP, S3), possibly behind retries or a connection limit (a copy of those
+    per process changes nothing that matters); not behind a bandwidth limit,
+    which every process would then spend in full.
+    """
+    from ..backends.local import LocalBackend  # here: only this check knows concrete backends
+
+    base = _base(backend)
+    forkable = type(base) is LocalBackend or callable(getattr(base, "suspend", None))
+    return forkable and hasattr(os, "fork") and sys.platform.startswith("linux")
+
+
+def prepare_fork(backend: Any) -> None:
+    """Drop the storage's connections and threads (if it has any); each process then opens its own."""
+    suspend = getattr(_base(backend), "suspend", None)
+    if callable(suspend):
+        suspend()
 
 
 def cpus() -> int:
