@@ -53,7 +53,7 @@ from .url import RemoteURL, option, parse_float, parse_remote_url
 T = TypeVar("T")
 
 _BLOCK = -1  # bytes per SFTP read/write request: asyncssh's default, capped by the server's limits
-_MAX_REQUESTS = 64  # parallel requests per transfer
+_MAX_REQUESTS = 16  # parallel requests per transfer: 16 x the server's block (OpenSSH: 255 KiB) = 4 MiB in flight
 _LIST_PARALLEL = 32  # concurrent directory reads when listing data/
 _SMALL_OP_TIMEOUT = 120.0
 _DEFAULT_CIPHERS = [
@@ -365,7 +365,7 @@ class SFTPBackend:
             try:
                 try:
                     if data:
-                        await f.write(data, 0)
+                        await f.write(memoryview(data), 0)  # block requests slice it without copying
                     if self._fsync:
                         try:
                             await f.fsync()

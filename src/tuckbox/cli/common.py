@@ -61,7 +61,7 @@ def add_global_options(p: argparse.ArgumentParser, suppress: bool = False) -> No
                    help="backend option, e.g. s3.endpoint=http://127.0.0.1:8333 (repeatable)")
     p.add_argument("--limit-upload", metavar="RATE", default=default, help="limit uploads to RATE per second, e.g. 2MiB")
     p.add_argument("--limit-download", metavar="RATE", default=default, help="limit downloads to RATE per second")
-    p.add_argument("--connections", metavar="N", type=int, default=default, help="parallel storage connections (default 4; 2 for a local repository)")
+    p.add_argument("--connections", metavar="N", type=int, default=default, help="parallel storage transfers (default 4; 2 for local and SFTP repositories)")
     p.add_argument("--json", action="store_true", default=default, help="machine-readable output (JSON)")
     p.add_argument("-q", "--quiet", action="store_true", default=default, help="print only errors and warnings")
 
@@ -211,8 +211,10 @@ def open_repository(args: argparse.Namespace, *, load_index: bool = True) -> Rep
     connections = opt(args, "connections")
     if connections:
         repo.connections = connections
-    elif "://" not in repo_url(args) and not repo_url(args).startswith("rclone:"):
-        repo.connections = 2  # a local disk gains nothing from more writers, and each holds a pack in memory
+    elif repo_url(args).startswith("sftp://") or ("://" not in repo_url(args) and not repo_url(args).startswith("rclone:")):
+        # a local disk gains nothing from more writers, nor does SFTP's one pipelined SSH connection;
+        # each transfer holds a pack in memory
+        repo.connections = 2
     return repo
 
 
