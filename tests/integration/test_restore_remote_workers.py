@@ -1,7 +1,7 @@
-"""Restores from SFTP and S3 are written by forked worker processes, each with its own connection.
+"""Restores from remote storage are written by forked worker processes, each with its own connection.
 
-Before the fork the backend drops its connection and (SFTP) its event-loop
-thread (``suspend``); every worker and the restoring process then connect on
+Before the fork the backend drops its connections and (SFTP) its event-loop
+thread (``suspend``: SFTP, S3, WebDAV, Tahoe-LAFS); every worker and the restoring process then connect on
 their own. Tiny windows make the workers fetch many ranges; the restored tree
 must equal the source exactly, a damaged pack must cost only its file, and the
 restoring process's backend must still work afterwards.
@@ -43,13 +43,22 @@ def _backend(kind: str, monkeypatch: pytest.MonkeyPatch):
         opts = {"sftp.identity": env["SFTP_IDENTITY"], "sftp.known_hosts": env["SFTP_KNOWN_HOSTS"],
                 "sftp.config": os.devnull}
         return open_backend(url, opts)
-    env = server_env("seaweedfs")
-    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
-        monkeypatch.setenv(k, env[k])
-    return open_backend(f"s3://{env['S3_BUCKET']}/{sub}", {"s3.endpoint": env["S3_ENDPOINT"]})
+    if kind == "s3":
+        env = server_env("seaweedfs")
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
+            monkeypatch.setenv(k, env[k])
+        return open_backend(f"s3://{env['S3_BUCKET']}/{sub}", {"s3.endpoint": env["S3_ENDPOINT"]})
+    if kind == "webdav":
+        env = server_env("rclone-webdav")
+        monkeypatch.setenv("TUCKBOX_WEBDAV_USER", env["WEBDAV_USER"])
+        monkeypatch.setenv("TUCKBOX_WEBDAV_PASSWORD", env["WEBDAV_PASSWORD"])
+        return open_backend(f"webdav+{env['WEBDAV_URL'].rstrip('/')}/{sub}", {})
+    env = server_env("tahoe")
+    host = env["TAHOE_URL"].removeprefix("http://").rstrip("/")
+    return open_backend(f"tahoe://{host}/{env['TAHOE_DIRCAP']}/{sub}", {})
 
 
-@pytest.fixture(params=["sftp", "s3"])
+@pytest.fixture(params=["sftp", "s3", "webdav", "tahoe"])
 def remote_backup(request, tmp_path, monkeypatch):
     monkeypatch.setenv("TUCKBOX_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(restorer_module, "PROCESSES", 2)

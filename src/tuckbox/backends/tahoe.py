@@ -107,10 +107,11 @@ class TahoeBackend:
         self._path = "/".join(p for p in path.split("/") if p)
         sub = f"/{self._path}" if self._path else ""
         self.location = f"tahoe://{urlsplit(self._node).netloc}/{_cap_kind(dircap)}:<redacted>{sub}"
-        self._client = httpx.Client(
+        self._client_settings: dict[str, Any] = dict(
             timeout=httpx.Timeout(timeout, connect=30.0),
             limits=httpx.Limits(max_connections=16, max_keepalive_connections=8),
         )
+        self._client = httpx.Client(**self._client_settings)
         self._lock = threading.Lock()
         self._mkdir_lock = threading.Lock()
         self._dircaps: dict[str, str] = {}
@@ -482,6 +483,12 @@ class TahoeBackend:
         except json.JSONDecodeError:
             raise TransientError(f"the Tahoe-LAFS node sent unreadable deep-check output for {self.location}") from None
         return LeaseRenewal(objects, unhealthy, repaired, unrecoverable)
+
+    def suspend(self) -> None:
+        """Close the pooled connections (before the process forks); later requests use a fresh pool."""
+        if not self._closed:
+            self._client.close()
+            self._client = httpx.Client(**self._client_settings)
 
     def close(self) -> None:
         if not self._closed:

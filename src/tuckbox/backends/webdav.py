@@ -26,6 +26,7 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from typing import Any
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
@@ -77,13 +78,14 @@ class WebDAVBackend:
                 auth = httpx.BasicAuth(user, password or "")
             else:
                 raise UsageError(f"unknown webdav.auth '{auth_scheme}'; use basic or digest")
-        self._client = httpx.Client(
+        self._client_settings: dict[str, Any] = dict(
             auth=auth,
             verify=verify,
             timeout=httpx.Timeout(timeout, connect=30.0),
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
             follow_redirects=False,
         )
+        self._client = httpx.Client(**self._client_settings)
         self._known_dirs: set[str] = set()
         self._dirs_lock = threading.Lock()
         self._list_workers = list_workers
@@ -393,6 +395,12 @@ class WebDAVBackend:
         r = self._request("DELETE", path, what)
         if r.status_code not in (200, 202, 204):
             raise self._fail(r, what)
+
+    def suspend(self) -> None:
+        """Close the pooled connections (before the process forks); later requests use a fresh pool."""
+        if not self._closed:
+            self._client.close()
+            self._client = httpx.Client(**self._client_settings)
 
     def close(self) -> None:
         if not self._closed:

@@ -1,4 +1,4 @@
-"""Worker processes that write restore windows, for local, SFTP and S3 repositories.
+"""Worker processes that write restore windows (local, SFTP, S3, WebDAV and Tahoe-LAFS repositories).
 
 Writing many small files is CPU work done holding the GIL (decoding entries,
 decrypting and hashing small blobs, a handful of system calls per file), so
@@ -61,7 +61,7 @@ def usable(backend: Any) -> bool:
 
     A plain local directory, or storage that can drop its connections and
     threads before the fork and open new ones in each process (``suspend``:
-    SFTP, S3), possibly behind retries or a connection limit (a copy of those
+    SFTP, S3, WebDAV, Tahoe-LAFS), possibly behind retries or a connection limit (a copy of those
     per process changes nothing that matters); not behind a bandwidth limit,
     which every process would then spend in full.
     """
