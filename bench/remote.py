@@ -591,6 +591,7 @@ class RemoteBench:
                                "manifest_seconds": round(time.perf_counter() - t0, 2)}
         log(f"dataset: {summary['bytes'] / MiB:,.0f} MiB in {summary['files']:,} files ({self.src})")
         self.save()
+        run.empty_trash(wait=True)  # left by an interrupted run (see run.discard)
         run.settle(st)
 
         failed = False
@@ -639,6 +640,7 @@ class RemoteBench:
         if (st2.get("version"), st2.get("modified_at")) != (1, st.get("modified_at")):
             self.res["dataset"]["changed_during_run"] = True
             log("WARNING: the dataset was modified during the run (another benchmark?)")
+        run.empty_trash()
         if not a.keep:
             shutil.rmtree(self.base, ignore_errors=True)
         self.res["finished"] = dt.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -649,6 +651,8 @@ class RemoteBench:
         return 1 if failed else 0
 
     def step(self, server: Server, name: str, argv: list[str], env: dict, tag: str) -> dict:
+        if name.startswith("backup_"):
+            self.runner.warm([self.src])  # every tool starts as warm as the machine allows (run.Runner.warm)
         cpu0 = proc_cpu_s(server.pid)
         r = self.runner.run(argv, env, None, self.logdir / f"{tag.replace('/', '-')}-{name}.log",
                             self.args.step_timeout)
@@ -662,8 +666,7 @@ class RemoteBench:
     def run_tool(self, server: Server, tool: Tool, rec: dict) -> None:
         tag = f"{server.kind}/{tool.name}"
         rundir = self.base / server.kind / tool.name
-        if rundir.exists():
-            shutil.rmtree(rundir)
+        run.discard(rundir)
         home, restore = rundir / "home", rundir / "restore"
         home.mkdir(parents=True)
         env = tool.env(server, home)
@@ -676,7 +679,7 @@ class RemoteBench:
             elif step.startswith("backup_"):
                 argv = tool.argv(server, "backup", str(self.src))
             else:
-                shutil.rmtree(restore, ignore_errors=True)
+                run.discard(restore)  # deleted at the end: see run.discard
                 restore.mkdir()
                 argv = tool.argv(server, "restore", "latest", "--target", str(restore))
             r = self.step(server, step, argv, env, tag)
@@ -707,7 +710,7 @@ class RemoteBench:
                     rec["ok"] = False
                     rec["errors"].append(f"restore differs from the source: {v}")
                 if not self.args.keep:
-                    shutil.rmtree(restore, ignore_errors=True)
+                    run.discard(restore)
             self.save()
         expected = sum(1 for s in rec["steps"] if s.startswith("backup_") and "error" not in rec["steps"][s])
         rc, out, err = run.untimed(tool.argv(server, "snapshots", "--json"), env)
@@ -720,7 +723,7 @@ class RemoteBench:
             rec["errors"].append(f"snapshots: rc {rc}, {n} snapshots (expected {expected}): {run._tail(err, 3)}")
             rec["ok"] = False
         if not self.args.keep:
-            shutil.rmtree(rundir, ignore_errors=True)
+            run.discard(rundir)
 
     def cleanup(self, server: Server, tool: Tool, rec: dict) -> None:
         t0 = time.perf_counter()
@@ -829,7 +832,7 @@ def render_md(res: dict) -> str:
         + " (2 cores: other work on the machine, and the server itself, compete with the tool).",
         f"Tools: {tools_line}.",
         f"Data: the {'quick ' if res['mode'] == 'quick' else ''}mixed dataset ({ds.get('path', '?')}): "
-        f"{(dbytes or 0) / MiB:,.0f} MiB in {v1.get('files', 0):,} files, page cache warm."
+        f"{(dbytes or 0) / MiB:,.0f} MiB in {v1.get('files', 0):,} files, page cache warm (the source read just before every backup, untimed)."
         + (" **The dataset was modified during the run.**" if ds.get("changed_during_run") else ""),
         "",
         "Servers on 127.0.0.1, started by `scripts/servers/*.sh`: "
