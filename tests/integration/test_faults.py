@@ -181,7 +181,7 @@ def test_full_disk_stops_then_resumes(small_fs, tmp_path):
 
 
 def test_read_only_repository(tmp_path):
-    """A repository on a read-only mount: backup stops with one line; restore still works."""
+    """A repository on a read-only mount: backup stops with one line; check and restore still work."""
     src = tmp_path / "src"
     make_tree(src, 14, big=1, big_size=(1 * MiB, 1 * MiB), dirs=2, files_per_dir=10)
     repo = tmp_path / "repo"
@@ -197,12 +197,42 @@ def test_read_only_repository(tmp_path):
         (src / "new.txt").write_text("new")
         res = cli("backup", str(src), expect=1)
         assert "read-only" in one_line_error(res.err).lower()
+        checked = cli("--json", "check", "--read-data").json()  # no lock to be had: checks anyway, and says so
+        assert checked["ok"] and checked["counts"]["packs"] >= 1
+        assert any("without a lock" in n and "read-only" in n.lower() for n in checked["notes"]), checked["notes"]
         cli("restore", "latest", "--target", str(tmp_path / "r"))
         os.unlink(src / "new.txt")
         assert compare_trees(src, restored(tmp_path / "r", src), check_atime=False) == []
     finally:
         subprocess.run(["umount", str(repo)], capture_output=True)
     cli("backup", str(src))  # writable again: works
+
+
+def test_check_without_a_lock(tmp_path):
+    """Storage where no lock can be created (here: an immutable locks/ directory, which even root cannot
+    write into) still gets checked, with a note saying it was done without a lock; --no-lock does not even
+    try."""
+    src = tmp_path / "src"
+    make_tree(src, 15, big=1, big_size=(1 * MiB, 1 * MiB), dirs=2, files_per_dir=5)
+    cli = Cli(tmp_path, local_storage(tmp_path / "repo"))
+    cli(*INIT)
+    cli("backup", str(src))
+    locks = tmp_path / "repo" / "locks"
+    try:
+        subprocess.run(["chattr", "+i", str(locks)], check=True, capture_output=True)
+    except (subprocess.CalledProcessError, FileNotFoundError) as e:
+        pytest.skip(f"cannot make a directory immutable here: {e}")
+    try:
+        res = cli("--json", "check", "--read-data").json()
+        assert res["ok"] and res["read_data"]
+        assert res["notes"][0].startswith("checked without a lock: ") and "locks" in res["notes"][0], res["notes"]
+        res = cli("--json", "check", "--no-lock").json()
+        assert res["ok"] and res["notes"][0] == "checked without a lock (--no-lock)", res["notes"]
+    finally:
+        subprocess.run(["chattr", "-i", str(locks)], capture_output=True)
+    res = cli("--json", "check").json()  # writable again: locked as usual, nothing to note
+    assert res["ok"] and not any("lock" in n for n in res["notes"]), res["notes"]
+    assert not list(locks.iterdir())  # and released
 
 
 def _packs(repo: Path) -> int:

@@ -2,6 +2,10 @@
 
 Every problem names the damaged object and the files that depend on it.
 Exit code 0 when the repository is sound, 1 when anything is damaged.
+
+Check takes a shared lock, so a prune cannot delete what it is reading. On
+storage it cannot write (a read-only mount, read-only credentials) it checks
+without one and says so; ``--no-lock`` skips the lock on purpose.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..errors import PermanentError
 from ..maintenance.check import Checker
 from ..repository.locks import Lock
 from .common import emit_json, open_repository, opt, out
@@ -18,17 +23,31 @@ HELP = "verify the repository's integrity"
 
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--read-data", action="store_true", help="download and verify every pack (slow; reads everything)")
+    p.add_argument("--no-lock", action="store_true",
+                   help="do not take the shared lock (for storage this key cannot write to; a prune running "
+                        "meanwhile would show up as errors)")
 
 
 def run(args: argparse.Namespace) -> int:
     repo = open_repository(args, load_index=False)
     quiet = bool(opt(args, "quiet")) or bool(opt(args, "json"))
-    lock = Lock(repo.backend, repo.keys.index_key, exclusive=False).acquire()
+    lock: Lock | None = None
+    unlocked_note: str | None = None
+    if args.no_lock:
+        unlocked_note = "checked without a lock (--no-lock)"
+    else:
+        try:
+            lock = Lock(repo.backend, repo.keys.index_key, exclusive=False).acquire()
+        except PermanentError as e:  # cannot write here at all; a lock held by someone else is another error
+            unlocked_note = f"checked without a lock: {e}"
     try:
         report = Checker(repo, None if quiet else (lambda m: print(m, file=sys.stderr))).run(args.read_data)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
         repo.close()
+    if unlocked_note is not None:
+        report.notes.insert(0, unlocked_note)
     if opt(args, "json"):
         emit_json({"ok": report.ok, "errors": report.errors, "damaged_files": report.damaged_files,
                    "notes": report.notes, "counts": report.counts, "read_data": args.read_data})
