@@ -59,3 +59,18 @@ class Tuckbox:
 @pytest.fixture
 def tb(tmp_path) -> Tuckbox:
     return Tuckbox(tmp_path)
+
+
+def count_worker_processes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record how many restore worker processes each restore starts (the list fills as restores run)."""
+    from tuckbox.restorer import restorer as restorer_module
+
+    started: list[int] = []
+
+    class Counted(restorer_module.WorkerProcesses):  # type: ignore[misc,name-defined]
+        def __init__(self, n, *args, **kwargs):
+            started.append(n)
+            super().__init__(n, *args, **kwargs)
+
+    monkeypatch.setattr(restorer_module, "WorkerProcesses", Counted)
+    return started

@@ -25,10 +25,12 @@ from tuckbox.restorer import fetch as fetch_module
 from tuckbox.restorer import restorer as restorer_module
 from tuckbox.restorer.restorer import Restorer
 from tuckbox.restorer.workers import usable
+from tuckbox.snapshot.walk import find
 from tuckbox.testing.servers import server_env
 from tuckbox.testing.trees import compare_trees, sample_tree
-from tuckbox.snapshot.walk import find
 from tuckbox.types import BlobType, ObjectType
+
+from .conftest import count_worker_processes
 
 pytestmark = pytest.mark.servers
 DIR_TIMES = (1_000_000_000_123, 2_000_000_000_456)
@@ -66,14 +68,7 @@ def remote_backup(request, tmp_path, monkeypatch):
     monkeypatch.setattr(restorer_module, "WINDOW_BYTES", 8192)
     monkeypatch.setattr(restorer_module, "READ_AHEAD", 100 << 10)
     monkeypatch.setattr(fetch_module, "MAX_RANGE", 64 << 10)
-    started: list[int] = []
-
-    class Counted(restorer_module.WorkerProcesses):  # type: ignore[misc,name-defined]
-        def __init__(self, n, *args, **kwargs):
-            started.append(n)
-            super().__init__(n, *args, **kwargs)
-
-    monkeypatch.setattr(restorer_module, "WorkerProcesses", Counted)
+    started = count_worker_processes(monkeypatch)
     src = tmp_path / "src"
     sample_tree(src)
     for d in range(4):

@@ -35,6 +35,8 @@ from tuckbox.testing.crash import Cli, local_storage, wait_for
 from tuckbox.testing.trees import compare_trees, sample_tree
 from tuckbox.types import BlobType
 
+from .conftest import count_worker_processes
+
 SHARED = os.urandom(3000)  # the same content in many directories: one blob, needed by many windows
 
 
@@ -48,14 +50,7 @@ def mode(request, monkeypatch):
     monkeypatch.setattr(restorer_module, "READ_AHEAD", 100 << 10)
     monkeypatch.setattr(fetch_module, "MAX_RANGE", 64 << 10)
     monkeypatch.setattr(fetch_module, "GAP", 4096)
-    started: list[int] = []
-
-    class Counted(restorer_module.WorkerProcesses):  # type: ignore[misc,name-defined]
-        def __init__(self, n, *args, **kwargs):
-            started.append(n)
-            super().__init__(n, *args, **kwargs)
-
-    monkeypatch.setattr(restorer_module, "WorkerProcesses", Counted)
+    started = count_worker_processes(monkeypatch)
     yield request.param
     assert (started and set(started) == {2}) if request.param == "processes" else not started, started
 
