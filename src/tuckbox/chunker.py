@@ -16,6 +16,7 @@ next candidate deterministically, so every host of a repository agrees.
 from __future__ import annotations
 
 from dataclasses import dataclass
+import mmap
 import os
 import threading
 from typing import Iterator
@@ -28,7 +29,8 @@ ALGORITHM = "fastcdc2020/nc1/xor-seed"
 _GOLDEN = 0x9E3779B97F4A7C15
 _M64 = (1 << 64) - 1
 _M63 = (1 << 63) - 1  # pyfastcdc shifts the seed left by one in a uint64
-READ_SIZE = 1 << 20  # chunks_fd reads at least this much at a time (its buffer: max_size + READ_SIZE)
+READ_SIZE = 1 << 20  # chunks_fd's buffer holds max_size + READ_SIZE bytes ...
+FILL_SIZE = 2 << 20  # ... but each round reads only this much more (so few of its pages are ever touched)
 
 
 @dataclass(frozen=True)
@@ -87,10 +89,12 @@ class Chunker:
         )
         self._local = threading.local()
 
-    def _buffer(self) -> bytearray:
-        buf: bytearray | None = getattr(self._local, "buf", None)
+    def _buffer(self) -> mmap.mmap:
+        # anonymous memory, not a bytearray: a bytearray is zeroed (so resident) whole at once, while
+        # only the front of this buffer is used unless a chunk grows towards max_size
+        buf: mmap.mmap | None = getattr(self._local, "buf", None)
         if buf is None:
-            buf = self._local.buf = bytearray(self.params.max_size + READ_SIZE)
+            buf = self._local.buf = mmap.mmap(-1, self.params.max_size + READ_SIZE)
         return buf
 
     def chunks_fd(self, fd: int, offset: int, length: int) -> Iterator[memoryview]:
@@ -98,7 +102,9 @@ class Chunker:
 
         Reads into one buffer per thread, reused across files (pyfastcdc's own
         stream chunker zeroes a fresh 16 MiB buffer per file and moves the
-        unread rest after every chunk). Each memoryview is valid only until the
+        unread rest after every chunk), ``FILL_SIZE`` bytes past the undecided
+        rest at a time, so the buffer's far end is touched only by chunks that
+        approach ``max_size``. Each memoryview is valid only until the
         next one is requested. Cut points are exactly those of ``chunks_of``
         over the same bytes: a chunk that ends at the end of the buffered data
         before the end of the input is provisional and cut again with more data.
@@ -111,8 +117,9 @@ class Chunker:
         eof = length <= 0
         try:
             while True:
-                while not eof and end < cap:
-                    n = os.preadv(fd, [view[end : end + min(cap - end, left)]], pos)
+                fill = min(cap, end + FILL_SIZE)
+                while not eof and end < fill:
+                    n = os.preadv(fd, [view[end : end + min(fill - end, left)]], pos)
                     if n <= 0:
                         eof = True
                         break

@@ -16,8 +16,12 @@ def _sizes(chunks) -> list[int]:  # type: ignore[no-untyped-def]
     return [len(c) for c in chunks]
 
 
+@pytest.mark.parametrize("fill", [None, 5000, 70_000])
 @pytest.mark.parametrize("length", [0, 1, 4095, 65536, 131072, 131073, 1_000_003])
-def test_streamed_cuts_equal_in_memory_cuts(tmp_path, length: int) -> None:
+def test_streamed_cuts_equal_in_memory_cuts(tmp_path, monkeypatch, length: int, fill: int | None) -> None:
+    if fill is not None:
+        # reads smaller than a chunk's maximum: undecided chunks are carried over several rounds
+        monkeypatch.setattr("tuckbox.chunker.FILL_SIZE", fill)
     rng = random.Random(length)
     # random data with long repetitive stretches, so both gear cuts and max-size cuts occur
     parts = []
