@@ -50,13 +50,15 @@ class Backend(Protocol):
     Objects are immutable: ``save`` refuses to replace an existing object
     (raises ObjectExists) and must leave either the whole object or nothing
     visible under its name, even after a crash. ``load`` with ``length=None``
-    reads to the end. Names are lowercase hex (or ``config``). Every method
+    reads to the end. ``save`` may be given a memoryview (a pack is a view of
+    its build buffer): it is valid only during the call, so a backend that
+    keeps the bytes copies them. Names are lowercase hex (or ``config``). Every method
     raises ``ObjectNotFound`` / ``TransientError`` / ``PermanentError``.
     """
 
     location: str  # for messages: never contains a secret
 
-    def save(self, type: ObjectType, name: str, data: bytes) -> None: ...
+    def save(self, type: ObjectType, name: str, data: bytes | memoryview) -> None: ...
 
     def load(self, type: ObjectType, name: str, offset: int = 0, length: int | None = None) -> bytes: ...
 

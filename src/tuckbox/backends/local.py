@@ -56,7 +56,7 @@ class LocalBackend:
         except OSError as e:
             raise self._fail(e, "repository directory") from None
 
-    def save(self, type: ObjectType, name: str, data: bytes) -> None:
+    def save(self, type: ObjectType, name: str, data: bytes | memoryview) -> None:
         path = self._path(type, name)
         dirname = os.path.dirname(path)
         tmp = os.path.join(dirname, f".tmp-{secrets.token_hex(8)}")

@@ -23,7 +23,7 @@ class MemoryBackend:
     def create(self) -> None:
         self.created = True
 
-    def save(self, type: ObjectType, name: str, data: bytes) -> None:
+    def save(self, type: ObjectType, name: str, data: bytes | memoryview) -> None:
         check_name(type, name)
         with self._lock:
             if (type, name) in self.objects:

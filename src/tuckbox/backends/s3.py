@@ -303,7 +303,7 @@ class S3Backend:
         except Exception as e:  # noqa: BLE001
             raise self._map(e, f"creating the bucket '{self.bucket}'") from None
 
-    def save(self, type: ObjectType, name: str, data: bytes) -> None:
+    def save(self, type: ObjectType, name: str, data: bytes | memoryview) -> None:
         key = self._key(type, name)
         what = self._what(type, name)
         conditional = self._conditional_supported()
@@ -312,12 +312,13 @@ class S3Backend:
         if len(data) > self.multipart_threshold:
             self._save_multipart(key, what, data, conditional)
             return
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": data, "ContentMD5": self._md5(data)}
+        body = data if isinstance(data, bytes) else bytes(data)  # botocore takes bytes or a file, not a view
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": body, "ContentMD5": self._md5(body)}
         if conditional:
             kwargs["IfNoneMatch"] = "*"
         self._call(what, self._s3.put_object, **kwargs)
 
-    def _save_multipart(self, key: str, what: str, data: bytes, conditional: bool) -> None:
+    def _save_multipart(self, key: str, what: str, data: bytes | memoryview, conditional: bool) -> None:
         up = self._call(what, self._s3.create_multipart_upload, Bucket=self.bucket, Key=key)
         upload_id = up["UploadId"]
         try:

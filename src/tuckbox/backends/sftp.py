@@ -346,7 +346,7 @@ class SFTPBackend:
 
         self._run("the repository directories", op, None)
 
-    def save(self, type: ObjectType, name: str, data: bytes) -> None:
+    def save(self, type: ObjectType, name: str, data: bytes | memoryview) -> None:
         rel = object_path(type, name)
         what = self._what(type, name)
 

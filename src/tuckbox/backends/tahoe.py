@@ -312,7 +312,7 @@ class TahoeBackend:
         for top in _TOP_DIRS:
             self._dircap(self._rel(top), create=True)
 
-    def save(self, type: ObjectType, name: str, data: bytes) -> None:
+    def save(self, type: ObjectType, name: str, data: bytes | memoryview) -> None:
         what = f"{type.value}/{name}"
         self._check_writable(what)
         cap = self._dircap(self._rel(self._shard(type, name)), create=True)

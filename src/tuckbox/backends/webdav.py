@@ -277,7 +277,7 @@ class WebDAVBackend:
             raise self._fail(r, "the repository directory")
         self._remember_dir("")
 
-    def save(self, type: ObjectType, name: str, data: bytes) -> None:
+    def save(self, type: ObjectType, name: str, data: bytes | memoryview) -> None:
         path = object_path(type, name)
         what = f"{type.value}/{name}"
         parent = posixpath.dirname(path)

@@ -80,7 +80,7 @@ class _Wrapper:
             raise AttributeError(name)
         return getattr(self.inner, name)
 
-    def save(self, type: ObjectType, name: str, data: bytes) -> None:
+    def save(self, type: ObjectType, name: str, data: bytes | memoryview) -> None:
         self.inner.save(type, name, data)
 
     def load(self, type: ObjectType, name: str, offset: int = 0, length: int | None = None) -> bytes:
@@ -174,7 +174,7 @@ class RetryBackend(_Wrapper):
                     _check_cancel(what, self.location)
                 attempt += 1
 
-    def save(self, type: ObjectType, name: str, data: bytes) -> None:
+    def save(self, type: ObjectType, name: str, data: bytes | memoryview) -> None:
         def go(attempt: int) -> None:
             try:
                 self.inner.save(type, name, data)
@@ -324,7 +324,7 @@ class RateLimitBackend(_Wrapper):
         self.upload = TokenBucket(upload) if upload else None
         self.download = TokenBucket(download) if download else None
 
-    def save(self, type: ObjectType, name: str, data: bytes) -> None:
+    def save(self, type: ObjectType, name: str, data: bytes | memoryview) -> None:
         if self.upload:
             self.upload.consume(len(data), cancel=current_cancel())
             _check_cancel(f"saving {type.value}/{name}", self.location)
@@ -364,7 +364,7 @@ class ConnectionLimitBackend(_Wrapper):
         finally:
             self._sem.release()
 
-    def save(self, type: ObjectType, name: str, data: bytes) -> None:
+    def save(self, type: ObjectType, name: str, data: bytes | memoryview) -> None:
         self._with(lambda: self.inner.save(type, name, data))
 
     def load(self, type: ObjectType, name: str, offset: int = 0, length: int | None = None) -> bytes:
@@ -443,7 +443,7 @@ class FaultyBackend(_Wrapper):
         if self._roll(self.error_rate, "error"):
             raise TransientError(f"injected fault: connection to {self.location} dropped during {what}")
 
-    def save(self, type: ObjectType, name: str, data: bytes) -> None:
+    def save(self, type: ObjectType, name: str, data: bytes | memoryview) -> None:
         self._before(f"save of {type.value}/{name}")
         self.inner.save(type, name, data)
         if self._roll(self.lost_ack_rate, "lost_ack"):

@@ -88,8 +88,12 @@ def counter_nonce(n: int) -> bytes:
     return n.to_bytes(NONCE_LEN, "big")
 
 
-def encrypt_with_nonce(key: bytes, nonce: bytes, plaintext: bytes | memoryview, ad: bytes) -> bytes:
-    return AESGCM(key).encrypt(nonce, plaintext, ad)
+def encrypt_into_with_nonce(
+    key: bytes, nonce: bytes, plaintext: bytes | memoryview, ad: bytes, out: memoryview
+) -> None:
+    """AES-256-GCM under a nonce the caller guarantees unique for ``key``, written into ``out``
+    (exactly ``len(plaintext) + TAG_LEN`` bytes): the ciphertext is not copied again."""
+    AESGCM(key).encrypt_into(nonce, plaintext, ad, out)
 
 
 def decrypt_with_nonce(key: bytes, nonce: bytes, ciphertext: bytes | memoryview, ad: bytes, what: str) -> bytes:

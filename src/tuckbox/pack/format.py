@@ -18,6 +18,7 @@ repeat under one key.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from dataclasses import dataclass
 
@@ -31,7 +32,7 @@ from ..crypto.aead import (
     TAG_LEN,
     counter_nonce,
     decrypt_with_nonce,
-    encrypt_with_nonce,
+    encrypt_into_with_nonce,
     hkdf,
     new_ephemeral_key,
     recover_ephemeral_key,
@@ -107,7 +108,7 @@ def _compressor() -> zstandard.ZstdCompressor:
     return c
 
 
-def _choose(data: bytes | memoryview, out: bytes) -> tuple[bytes | memoryview, int]:
+def _choose(data: bytes | memoryview, out: bytes | memoryview) -> tuple[bytes | memoryview, int]:
     if len(out) <= len(data) * (1 - MIN_SAVING):
         return out, COMPRESSION_ZSTD
     return data, COMPRESSION_NONE
@@ -131,7 +132,8 @@ def compress_many(datas: list[bytes]) -> list[tuple[bytes | memoryview, int]]:
     if multi is None or len(datas) < 2 or not all(datas):
         return [compress(d) for d in datas]
     result = multi(datas, threads=1)
-    return [_choose(d, result[i].tobytes()) for i, d in enumerate(datas)]
+    # each output is a view into one result buffer (kept alive by the views): no copy per blob
+    return [_choose(d, memoryview(result[i])) for i, d in enumerate(datas)]
 
 
 def decompress(data: bytes, compression: int, raw_length: int) -> bytes:
@@ -152,16 +154,23 @@ def decompress(data: bytes, compression: int, raw_length: int) -> bytes:
 
 
 class PackBuilder:
-    """Accumulates sealed blobs for one pack in memory. ``seal`` is thread-safe; ``append`` is not."""
+    """Seals blobs straight into one pack buffer. Not thread-safe (the packer holds its lock).
 
-    def __init__(self, kind: BlobType, recipient_public: bytes) -> None:
+    The buffer is anonymous memory (mmap): its pages are touched only as blobs
+    are written, it starts zero (so the padding costs nothing), ``finish``
+    returns a view of it instead of a joined copy, and ``release`` gives the
+    memory back to the system at once rather than to the allocator's heap.
+    Each blob is encrypted into its place (``AESGCM.encrypt_into``): a blob's
+    bytes are copied once, by the cipher.
+    """
+
+    def __init__(self, kind: BlobType, recipient_public: bytes, capacity: int = 32 << 20) -> None:
         self.kind = kind
         self.epk, pack_key = new_ephemeral_key(recipient_public, PURPOSE)
         self._blob_key, self._header_key, self._trailer_key = _subkeys(pack_key)
         self._prefix = MAGIC + bytes((VERSION, 0, 0, 0)) + self.epk
-        # sealed blobs are kept as they are and joined once in ``finish``: growing one buffer
-        # would copy (and page-fault) every pack twice
-        self._pieces: list[bytes] = [self._prefix]
+        self._buf = mmap.mmap(-1, max(capacity, 1 << 16))
+        self._buf[: len(self._prefix)] = self._prefix
         self._size = len(self._prefix)
         self.entries: list[BlobEntry] = []
         self._ids: set[bytes] = set()
@@ -174,17 +183,30 @@ class PackBuilder:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def seal(self, blob_id: bytes, blob_type: BlobType, payload: bytes | memoryview, compression: int) -> bytes:
-        return encrypt_with_nonce(
-            self._blob_key, blob_id[:12], payload, _blob_ad(blob_id, blob_type, compression)
-        )
+    def _room(self, end: int) -> memoryview:
+        """A view of the buffer, grown (rarely: a huge tree blob) so that it holds ``end`` bytes."""
+        if end > len(self._buf):
+            bigger = mmap.mmap(-1, max(end, 2 * len(self._buf)))
+            bigger[: self._size] = self._buf[: self._size]
+            self._buf.close()
+            self._buf = bigger
+        return memoryview(self._buf)
 
-    def append(self, blob_id: bytes, blob_type: BlobType, sealed: bytes, raw_length: int, compression: int) -> BlobEntry:
+    def add(
+        self, blob_id: bytes, blob_type: BlobType, payload: bytes | memoryview, raw_length: int, compression: int
+    ) -> BlobEntry:
+        """Seal ``payload`` (the blob, compressed or not) into the pack."""
         if blob_id in self._ids:
             raise ValueError("blob already in this pack")
-        entry = BlobEntry(blob_id, blob_type, self._size, len(sealed), raw_length, compression)
-        self._pieces.append(sealed)
-        self._size += len(sealed)
+        length = len(payload) + TAG_LEN
+        start = self._size
+        with self._room(start + length) as view:
+            encrypt_into_with_nonce(
+                self._blob_key, blob_id[:12], payload, _blob_ad(blob_id, blob_type, compression),
+                view[start : start + length],
+            )
+        entry = BlobEntry(blob_id, blob_type, start, length, raw_length, compression)
+        self._size += length
         self.entries.append(entry)
         self._ids.add(blob_id)
         self.raw_bytes += raw_length
@@ -193,18 +215,30 @@ class PackBuilder:
     def contains(self, blob_id: bytes) -> bool:
         return blob_id in self._ids
 
-    def finish(self) -> bytes:
+    def finish(self) -> memoryview:
+        """The whole pack: a view of the buffer, valid until ``release``."""
         header_plain = msgpack.packb([e.to_list() for e in self.entries])
-        header = encrypt_with_nonce(self._header_key, counter_nonce(0), header_plain, self._prefix)
         header_offset = self._size
-        total = padme(header_offset + len(header) + TRAILER_LEN)
-        pieces, self._pieces = self._pieces, []
-        pieces.append(header)
-        pieces.append(bytes(total - TRAILER_LEN - header_offset - len(header)))
-        pieces.append(
-            encrypt_with_nonce(self._trailer_key, counter_nonce(0), TRAILER_PLAIN.pack(header_offset, len(header)), b"")
+        header_len = len(header_plain) + TAG_LEN
+        total = padme(header_offset + header_len + TRAILER_LEN)
+        view = self._room(total)
+        encrypt_into_with_nonce(
+            self._header_key, counter_nonce(0), header_plain, self._prefix,
+            view[header_offset : header_offset + header_len],
         )
-        return b"".join(pieces)
+        # the padding is already zero: nothing was written past the header in this fresh memory
+        encrypt_into_with_nonce(
+            self._trailer_key, counter_nonce(0), TRAILER_PLAIN.pack(header_offset, header_len), b"",
+            view[total - TRAILER_LEN : total],
+        )
+        return view[:total]
+
+    def release(self) -> None:
+        """Give the buffer back (after the pack was stored or given up)."""
+        try:
+            self._buf.close()
+        except BufferError:
+            pass  # a view is still referenced somewhere: freed with the last one
 
 
 def parse_prefix(prefix: bytes) -> bytes:

@@ -42,6 +42,7 @@ from .index import MasterIndex, PackRecord
 
 BATCH_BYTES = 1 << 20  # hand blobs to a worker once this much is queued ...
 BATCH_COUNT = 256  # ... or this many
+_SLACK = 20 << 20  # pack buffer beyond the pack size: the last blob (up to a 16 MiB chunk), header, padding
 STOP_GRACE = 1.0  # seconds a stopping run waits for data-pack transfers already under way
 
 
@@ -257,9 +258,10 @@ class Packer:
                         continue
                     builder = self._open.get(blob_type)
                     if builder is None:
-                        builder = self._open[blob_type] = PackBuilder(blob_type, self.recipient(blob_type))
-                    sealed = builder.seal(blob_id, blob_type, payload, compression)
-                    builder.append(blob_id, blob_type, sealed, raw_len, compression)
+                        builder = self._open[blob_type] = PackBuilder(
+                            blob_type, self.recipient(blob_type), self.pack_size + _SLACK
+                        )
+                    builder.add(blob_id, blob_type, payload, raw_len, compression)
                     if builder.size >= self.pack_size:
                         full.append(self._open.pop(blob_type))
         finally:
@@ -310,16 +312,23 @@ class Packer:
             if self._dropped(builder):
                 return
             data = builder.finish()
+            size = len(data)
             name = blake3.blake3(data, max_threads=1).hexdigest()
-            if builder.kind is BlobType.DATA:
+            try:
+                if builder.kind is BlobType.DATA:
+                    try:
+                        with cancel_scope(self._stop):
+                            self.backend.save(ObjectType.PACK, name, data)
+                    except Cancelled:
+                        return  # not stored (saves are atomic); its blobs are forgotten by abandon()
+                else:
+                    self.backend.save(ObjectType.PACK, name, data)
+            finally:
                 try:
-                    with cancel_scope(self._stop):
-                        self.backend.save(ObjectType.PACK, name, data)
-                except Cancelled:
-                    return  # not stored (saves are atomic); its blobs are forgotten by abandon()
-            else:
-                self.backend.save(ObjectType.PACK, name, data)
-            record = PackRecord(name, builder.epk, builder.kind, len(data), tuple(builder.entries))
+                    data.release()  # the buffer can be unmapped once nothing else views it
+                except BufferError:
+                    pass
+            record = PackRecord(name, builder.epk, builder.kind, size, tuple(builder.entries))
             with self._lock:
                 if job.abandoned:
                     return  # stored after the stop gave up on it: left unindexed, like a pack of a killed run
@@ -331,10 +340,11 @@ class Packer:
                 self.stats.packs_new += 1
                 self.stats.blobs_new += len(builder.entries)
                 self.stats.bytes_new_raw += builder.raw_bytes
-                self.stats.bytes_new_stored += len(data)
+                self.stats.bytes_new_stored += size
             if self.on_pack_saved is not None:
                 self.on_pack_saved(record)
         finally:
+            builder.release()
             self._release_slot(job)
         self._write_pending_index(force=False)
 

@@ -99,7 +99,7 @@ class CrashBackend(_Wrapper):
         self._full = False
         self._lock = threading.Lock()
 
-    def save(self, type: ObjectType, name: str, data: bytes) -> None:
+    def save(self, type: ObjectType, name: str, data: bytes | memoryview) -> None:
         with self._lock:
             self._saves += 1
             n = self._saves
