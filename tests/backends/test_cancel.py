@@ -92,7 +92,7 @@ def test_uncancelled_waits_keep_the_long_run_rate():
 
 def test_cancel_during_retry_backoff():
     class Down(MemoryBackend):
-        def save(self, type: ObjectType, name: str, data: bytes) -> None:
+        def save(self, type: ObjectType, name: str, data: bytes | memoryview) -> None:
             raise TransientError("connection dropped")
 
     b = RetryBackend(Down(), attempts=50, base_delay=2.0, max_delay=30.0, seed=1)
@@ -115,7 +115,7 @@ def test_cancel_while_waiting_for_a_connection():
     release = threading.Event()
 
     class Slow(MemoryBackend):
-        def save(self, type: ObjectType, name: str, data: bytes) -> None:
+        def save(self, type: ObjectType, name: str, data: bytes | memoryview) -> None:
             release.wait(10)
             super().save(type, name, data)
 

@@ -88,7 +88,7 @@ def test_a_transfer_under_way_gets_a_grace_then_is_left_unindexed(tmp_path, monk
     class Stuck(MemoryBackend):
         """The first pack's transfer cannot be cancelled and takes as long as the test wants."""
 
-        def save(self, type: ObjectType, name: str, data: bytes) -> None:
+        def save(self, type: ObjectType, name: str, data: bytes | memoryview) -> None:
             if type is ObjectType.PACK:
                 calls.append(name)
                 if len(calls) == 1:

@@ -250,7 +250,9 @@ class Archiver:
             else:
                 todo.append((child, name, st, self.files_cache.last_known))
         self.after_entry()
-        window = _Prefetcher(self._readers, todo, self._start_stream)
+        window = _Prefetcher(
+            self._readers, todo, self._start_stream, (self.store.blob_id, self.chunker.params.min_size)
+        )
         try:
             for k, (child, name, st, known) in enumerate(todo):
                 if self.should_stop():
@@ -341,7 +343,7 @@ class Archiver:
     def _save_file(
         self, path: bytes, st: os.stat_result, node: Node, prefetched: "_Prefetched | Stream | None" = None,
         known: bool = False,
-    ) -> Node | None:
+    ) -> Node | dict[str, Any] | None:
         """Read a new or changed file (``known``: the files cache had it, so it changed)."""
         self.progress.file_started(path, st.st_size)
         self.summary.bytes_total += st.st_size
@@ -397,7 +399,8 @@ class Archiver:
                     return None
                 if _same(st, after) and len(prefetched.data) == after.st_size:
                     try:
-                        content, nbytes = self._consume(prefetched.data), len(prefetched.data)
+                        content = self._consume(prefetched.data, prefetched.chunk_id)
+                        nbytes = len(prefetched.data)
                     except _Stopped:
                         self.stopped = True
                         return None
@@ -449,17 +452,20 @@ class Archiver:
         node.size = nbytes
         node.mtime_ns, node.ctime_ns, node.mode = after.st_mtime_ns, after.st_ctime_ns, stat.S_IMODE(after.st_mode)
         node.content = content
-        if not node.warning:
-            self.files_cache.remember(path, after, node.to_map(), read_at)
-            if after.st_nlink > 1:
-                self._hardlinks[link_key] = (after.st_size, after.st_mtime_ns, after.st_ctime_ns, content)
-        return node
+        if node.warning:
+            return node
+        stored = node.to_map()  # the tree takes the map too: made once
+        self.files_cache.remember(path, after, stored, read_at)
+        if after.st_nlink > 1:
+            self._hardlinks[link_key] = (after.st_size, after.st_mtime_ns, after.st_ctime_ns, content)
+        return stored
 
-    def _consume(self, data: bytes) -> list[Any]:
+    def _consume(self, data: bytes, chunk_id: bytes | None = None) -> list[Any]:
+        """``data`` as chunks (``chunk_id``: its id, already computed, when it is one chunk)."""
         content: list[Any] = []
         if len(data) <= self.chunker.params.min_size:
             if data:
-                self._add_chunk(data, content)
+                self._add_piece((chunk_id or self.store.blob_id(data), data), content)
             return content
         for chunk in self.chunker.chunks_of(data):
             self._add_chunk(chunk, content)

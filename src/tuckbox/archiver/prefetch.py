@@ -31,12 +31,15 @@ class Prefetched:
     error: str | None = None
     sparse: bool = False
     xattrs: tuple[list[tuple[bytes, bytes]], list[str]] | None = None  # read through the same descriptor
+    chunk_id: bytes | None = None  # of ``data``, when it is one chunk (hashed here, not in the walk)
 
 
 _BLOCK = 4096
+# (chunk id function, largest file that is one chunk): small files are hashed by the reader thread
+Hasher = tuple[Callable[[bytes], bytes], int]
 
 
-def _read_small(path: bytes, size: int, blocks: int = 0) -> Prefetched:
+def _read_small(path: bytes, size: int, blocks: int = 0, hasher: Hasher | None = None) -> Prefetched:
     """Read a whole small file (in a reader thread: the system calls release the GIL)."""
     read_at = time.time_ns()
     try:
@@ -69,11 +72,15 @@ def _read_small(path: bytes, size: int, blocks: int = 0) -> Prefetched:
         return Prefetched(error=f"read error: {e.strerror}")
     finally:
         os.close(fd)
-    return Prefetched(parts[0] if len(parts) == 1 else b"".join(parts), after, read_at, xattrs=xattrs)
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    chunk_id = None
+    if hasher is not None and 0 < len(data) <= hasher[1]:
+        chunk_id = hasher[0](data)
+    return Prefetched(data, after, read_at, xattrs=xattrs, chunk_id=chunk_id)
 
 
-def _read_batch(batch: list[tuple[bytes, int, int]]) -> list[Prefetched]:
-    return [_read_small(path, size, blocks) for path, size, blocks in batch]
+def _read_batch(batch: list[tuple[bytes, int, int]], hasher: Hasher | None) -> list[Prefetched]:
+    return [_read_small(path, size, blocks, hasher) for path, size, blocks in batch]
 
 
 PREFETCH_BYTES = 8 << 20
@@ -87,6 +94,7 @@ class Prefetcher:
 
     ``start_stream(path, stream)``, when given, is submitted for large regular
     files: they are then handed over as a ``Stream`` instead of ``None``.
+    ``hasher``, when given, names the chunk id of files that are one chunk.
     """
 
     def __init__(
@@ -94,8 +102,10 @@ class Prefetcher:
         pool: ThreadPoolExecutor | None,
         todo: list[tuple[bytes, bytes, os.stat_result, Any]],
         start_stream: Callable[[bytes, Stream], None] | None = None,
+        hasher: Hasher | None = None,
     ) -> None:
         self.pool = pool
+        self.hasher = hasher
         self.todo = todo
         self.start_stream = start_stream
         self.futures: dict[int, tuple[Future[list[Prefetched]], int]] = {}  # file -> (its batch, place in it)
@@ -144,7 +154,7 @@ class Prefetcher:
             batch.append((path, st.st_size, st.st_blocks))
             size += st.st_size
             self.next += 1
-        fut = self.pool.submit(_read_batch, batch)  # type: ignore[union-attr]
+        fut = self.pool.submit(_read_batch, batch, self.hasher)  # type: ignore[union-attr]
         for i in range(len(batch)):
             self.futures[first + i] = (fut, i)
         self.bytes += size
