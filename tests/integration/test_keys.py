@@ -163,6 +163,38 @@ def test_write_only_key_dedups_cannot_decrypt_and_full_key_restores_its_work(env
     env.assert_no_secrets_printed()
 
 
+def test_write_only_key_records_its_snapshot_before_saving_it(env: Env, tmp_path: Path) -> None:
+    """The local record of a write-only key's work is written before the snapshot (a crash in between
+    cannot leave a stored snapshot it does not know); a save that fails withdraws it again."""
+    src = make_tree(tmp_path / "src", seed=5, size=200_000)
+    key = tmp_path / "wo.key"
+    env.run("key", "add", "--write-only", "--output", str(key))
+    wo = ["--key-file", str(key)]
+    first = env.json(*wo, "backup", str(src), password=None, cache="wo-cache")
+    (src / "more.txt").write_text("changed\n")
+    snapshots = env.repo / "snapshots"
+    try:
+        subprocess.run(["chattr", "+i", str(snapshots)], check=True, capture_output=True)
+    except (subprocess.CalledProcessError, FileNotFoundError) as e:
+        pytest.skip(f"cannot make a directory immutable here: {e}")
+    try:
+        p = env.run(*wo, "backup", str(src), password=None, cache="wo-cache", code=1)
+    finally:
+        subprocess.run(["chattr", "-i", str(snapshots)], capture_output=True)
+    _one_line_error(p, "snapshots")
+    (log,) = (tmp_path / "wo-cache").rglob("own-work/*.jsonl")
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [d["id"] for d in lines][0] == first["snapshot"]
+    failed = lines[1]["id"]
+    assert failed != first["snapshot"] and lines[1:] == [lines[1], {"id": failed, "withdrawn": True}]
+    own = env.json(*wo, "snapshots", password=None, cache="wo-cache")
+    assert [(s["id"], s["present"]) for s in own] == [(first["snapshot"], True)]
+    second = env.json(*wo, "backup", str(src), password=None, cache="wo-cache")
+    own = env.json(*wo, "snapshots", password=None, cache="wo-cache")
+    assert [s["id"] for s in own] == [first["snapshot"], second["snapshot"]] and all(s["present"] for s in own)
+    env.assert_no_secrets_printed()
+
+
 def test_write_only_key_file_holds_no_private_key(env: Env, tmp_path: Path) -> None:
     make_tree(tmp_path / "t", seed=2, size=600_000)
     env.run("backup", str(tmp_path / "t"))

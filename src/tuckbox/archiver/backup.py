@@ -37,7 +37,7 @@ from .. import __version__
 from ..chunker import Chunker
 from ..errors import ObjectNotFound, TuckboxError
 from ..repository.journal import PackJournal, read_journal
-from ..repository.keyring import record_own_snapshot
+from ..repository.keyring import record_own_snapshot, withdraw_own_snapshot
 from ..repository.locks import Lock
 from ..repository.packer import Packer
 from ..repository.repo import Repository
@@ -217,10 +217,24 @@ def run_backup(
                 summary=summary, program=f"tuckbox {__version__}",
             )
             # only after the index is durable; a checkpoint is recorded before it is saved, so a crash in
-            # between cannot leave one that the next complete snapshot does not supersede
-            repo.save_snapshot(snap, before_save=checkpoints.add if partial else None)
-            if not repo.is_full():  # a write-only key cannot read it back: remember it locally
-                record_own_snapshot(repo, snap)
+            # between cannot leave one that the next complete snapshot does not supersede; so is the
+            # snapshot of a write-only key (which cannot read it back, so remembers it locally)
+            own = not repo.is_full()
+            recorded: list[str] = []
+
+            def before_save(name: str) -> None:
+                if partial:
+                    checkpoints.add(name)
+                if own and record_own_snapshot(repo, snap, name):
+                    recorded.append(name)
+
+            try:
+                repo.save_snapshot(snap, before_save=before_save)
+            except BaseException:
+                for name in recorded:
+                    if not repo.has_snapshot(name):
+                        withdraw_own_snapshot(repo, name)
+                raise
             return snap
 
         clock = {"checkpoint": time.monotonic()}

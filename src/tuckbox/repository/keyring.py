@@ -303,27 +303,40 @@ def _own_log(repo: Repository) -> Path | None:
     return repo.cache.state_dir / "own-work" / f"{repo.key_name or 'unnamed'}.jsonl"
 
 
-def record_own_snapshot(repo: Repository, snap: Snapshot) -> bool:
-    """Remember a snapshot a write-only key saved (it cannot read it back). False if there is no cache."""
+def _append_own(repo: Repository, doc: dict[str, Any]) -> bool:
     path = _own_log(repo)
     if path is None:
         return False
-    line = json.dumps({
-        "id": snap.id, "time": snap.time, "host": snap.host, "user": snap.user,
-        "paths": [p.decode("utf-8", "backslashreplace") for p in snap.paths],
-        "tags": list(snap.tags), "partial": snap.partial, "summary": snap.summary,
-    }, sort_keys=True)
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            os.write(fd, line.encode() + b"\n")
+            os.write(fd, json.dumps(doc, sort_keys=True).encode() + b"\n")
             os.fsync(fd)
         finally:
             os.close(fd)
     except OSError:
         return False
     return True
+
+
+def record_own_snapshot(repo: Repository, snap: Snapshot, name: str) -> bool:
+    """Remember a snapshot a write-only key is about to save as ``name`` (it cannot read it back).
+
+    Called before the snapshot is stored, so a crash cannot leave a stored snapshot that its key
+    does not know about; one that was recorded but never stored is listed as gone. False if there
+    is no cache.
+    """
+    return _append_own(repo, {
+        "id": name, "time": snap.time, "host": snap.host, "user": snap.user,
+        "paths": [p.decode("utf-8", "backslashreplace") for p in snap.paths],
+        "tags": list(snap.tags), "partial": snap.partial, "summary": snap.summary,
+    })
+
+
+def withdraw_own_snapshot(repo: Repository, name: str) -> bool:
+    """Forget a recorded snapshot whose save failed (and that is not in the repository)."""
+    return _append_own(repo, {"id": name, "withdrawn": True})
 
 
 def own_snapshots(repo: Repository) -> list[OwnSnapshot]:
@@ -338,6 +351,9 @@ def own_snapshots(repo: Repository) -> list[OwnSnapshot]:
         for line in lines:
             try:
                 d = json.loads(line)
+                if d.get("withdrawn"):
+                    items.pop(str(d["id"]), None)
+                    continue
                 items[d["id"]] = OwnSnapshot(
                     str(d["id"]), str(d["time"]), str(d["host"]), str(d["user"]), [str(p) for p in d["paths"]],
                     [str(t) for t in d.get("tags", [])], bool(d.get("partial", False)), dict(d.get("summary", {})),

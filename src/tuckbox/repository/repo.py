@@ -330,6 +330,16 @@ class Repository:
         snap.id = name
         return name
 
+    def has_snapshot(self, name: str) -> bool:
+        """Whether snapshot ``name`` is stored; True when the storage cannot tell (errors count as maybe)."""
+        try:
+            self.backend.stat(ObjectType.SNAPSHOT, name)
+        except ObjectNotFound:
+            return False
+        except Exception:  # noqa: BLE001 - asked while handling another failure: never raise from here
+            return True
+        return True
+
     def snapshot_names(self) -> list[str]:
         return sorted(i.name for i in self.backend.list(ObjectType.SNAPSHOT))
 
