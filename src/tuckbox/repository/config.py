@@ -16,7 +16,7 @@ from typing import Any
 
 import blake3
 
-from ..chunker import ALGORITHM, ChunkerParams
+from ..chunker import ALGORITHMS, ChunkerParams
 from ..errors import IntegrityError, NotARepository, UnsupportedFormat
 
 FORMAT = "tuckbox-repository"
@@ -50,7 +50,7 @@ class Config:
             "created": self.created,
             "features": sorted(self.features),
             "chunker": {
-                "algorithm": ALGORITHM,
+                "algorithm": self.chunker.algorithm,
                 "min": self.chunker.min_size,
                 "avg": self.chunker.avg_size,
                 "max": self.chunker.max_size,
@@ -87,12 +87,12 @@ class Config:
             )
         try:
             ch = doc["chunker"]
-            if ch.get("algorithm") != ALGORITHM:
+            if ch.get("algorithm") not in ALGORITHMS:
                 raise UnsupportedFormat(f"repository {location} uses chunker '{ch.get('algorithm')}': upgrade tuckbox")
             cfg = Config(
                 id=str(doc["id"]),
                 created=str(doc["created"]),
-                chunker=ChunkerParams(int(ch["min"]), int(ch["avg"]), int(ch["max"])),
+                chunker=ChunkerParams(int(ch["min"]), int(ch["avg"]), int(ch["max"]), str(ch["algorithm"])),
                 pack_size=int(doc["pack_size"]),
                 version=int(version),
                 features=list(doc.get("features", [])),
