@@ -253,3 +253,23 @@ def test_changed_and_new_files_are_counted_apart(tb, tmp_path):
     second = summary(tb("backup", str(src), str(single), "--json"))
     assert (second["files_changed"], second["files_new"], second["files_unmodified"]) == (1, 1, 3), second
     assert second["bytes_read"] == 10_000
+
+
+def test_a_file_modified_just_before_it_was_read_is_read_again_and_counted_as_changed(tb, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    f = src / "hot.txt"
+    f.write_bytes(b"first version\n")
+    tb("init")
+    first = summary(tb("backup", str(src), "--json"))
+    assert first["files_new"] == 1
+    # the same size and, on a coarse clock, possibly the same mtime: only re-reading can see the change
+    f.write_bytes(b"other version\n")
+    second = summary(tb("backup", str(src), "--json"))
+    assert (second["files_new"], second["files_changed"], second["bytes_read"]) == (0, 1, 14), second
+    assert tb("dump", "latest", str(f)).raw == b"other version\n"
+    time.sleep(1.2)  # now old enough to be trusted
+    third = summary(tb("backup", str(src), "--json"))
+    assert (third["files_changed"], third["bytes_read"]) == (1, 14), third  # known, and still read (untrusted record)
+    fourth = summary(tb("backup", str(src), "--json"))
+    assert (fourth["files_unmodified"], fourth["bytes_read"]) == (1, 0), fourth

@@ -14,7 +14,8 @@ as it goes. A finished run renames its stream over the old one; an
 interrupted run leaves its stream as ``<name>.partial``, consulted first by
 the next run (it is flushed every second, so it survives ``kill -9``), so a
 resumed backup re-reads only files that were not yet saved. Files modified
-within ``RACY_NS`` of being read are never cached.
+within ``RACY_NS`` of being read are never trusted: their record only says the
+path was there (so the next run reports them as changed rather than new).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any, BinaryIO
 import msgpack
 
 RACY_NS = 1_000_000_000
+UNTRUSTED_CTIME = -1  # the ctime of a record that must never match (a racy file's)
 VERSION = 4  # records: [walk-order key, dev, ino, size, mtime_ns, ctime_ns, node map]
 
 
@@ -254,9 +256,12 @@ class FilesCache:
         self._copy = (start, end)
 
     def remember(self, path: bytes, st: os.stat_result, node_map: dict[str, Any], read_at_ns: int) -> None:
-        if max(st.st_mtime_ns, st.st_ctime_ns) >= read_at_ns - RACY_NS:
-            return
         key = self._key if self._key_path == path else _order(path)
+        if max(st.st_mtime_ns, st.st_ctime_ns) >= read_at_ns - RACY_NS:
+            # may change again within the same clock tick: recorded as known (the next run counts it as
+            # changed, not new) but never trusted (no real file has a ctime before 1970)
+            self._write([key, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, UNTRUSTED_CTIME, {}])
+            return
         self._write([key, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, node_map])
 
     def flush(self) -> None:
