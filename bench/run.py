@@ -408,17 +408,21 @@ class Runner:
 SETTLE_S = 2.5
 
 
-RECENTLY_DELETED_S = 31  # ext4 skips inodes freed in the last 30 s when it allocates new ones
+# ext4 without a journal (this machine's root file system) skips inodes freed in the last 60 s when it
+# allocates new ones, or the last 360 s while their inode-table block is still dirty (fs/ext4/ialloc.c,
+# recently_deleted); measured here: a restore 70 s after deleting 15,000 files still paid it
+RECENTLY_DELETED_S = 361
+DELETED_STAMP = "last-deletion"  # in WORK: when empty_trash last deleted trees
 
 
 def discard(path: Path) -> None:
     """Move a tree out of the way instead of deleting it while the benchmark runs (``empty_trash``).
 
     Deleting a restored tree of 200,000 files right before another tool's restore makes that
-    restore much slower on ext4: its inode allocator skips inodes freed in the last 30 seconds
-    (``recently_deleted``) and scans the bitmaps past them (measured here: a 7 s restore became
-    35-40 s, with 60 s of kernel time). A rename frees nothing, so every tool meets the same
-    file system; the trash is emptied once nothing is being timed.
+    restore much slower on ext4 without a journal: its inode allocator skips recently freed inodes
+    (``recently_deleted``, see ``RECENTLY_DELETED_S``) and scans the bitmaps past them (measured
+    here: a 7 s restore became 35-40 s, with 60 s of kernel time). A rename frees nothing, so every
+    tool meets the same file system; the trash is emptied once nothing is being timed.
     """
     if not path.exists():
         return
@@ -428,15 +432,26 @@ def discard(path: Path) -> None:
 
 
 def empty_trash(wait: bool = False) -> None:
-    """Delete what ``discard`` kept; with ``wait``, then let the freed inodes age before timing anything."""
+    """Delete what ``discard`` kept; with ``wait``, then let freed inodes age before timing anything.
+
+    The time of the deletion is recorded, so a run started soon after another one (which empties
+    its trash at the end) also waits until those inodes have aged.
+    """
     trash = WORK / "trash"
-    if not trash.exists() or not any(trash.iterdir()):
+    stamp = WORK / DELETED_STAMP
+    if trash.exists() and any(trash.iterdir()):
+        shutil.rmtree(trash, ignore_errors=True)
+        os.sync()
+        stamp.write_text(str(time.time()))
+    if not wait:
         return
-    shutil.rmtree(trash, ignore_errors=True)
-    os.sync()
-    if wait:
-        log(f"waiting {RECENTLY_DELETED_S} s after deleting old benchmark trees (ext4 inode reuse)")
-        time.sleep(RECENTLY_DELETED_S)
+    try:
+        left = float(stamp.read_text()) + RECENTLY_DELETED_S - time.time()
+    except (OSError, ValueError):
+        return
+    if left > 0:
+        log(f"waiting {left:.0f} s after deleting old benchmark trees (ext4 inode reuse)")
+        time.sleep(left)
 
 
 def settle(st: dict | None = None) -> None:
