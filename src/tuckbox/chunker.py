@@ -43,6 +43,7 @@ _M64 = (1 << 64) - 1
 _M63 = (1 << 63) - 1  # pyfastcdc shifts the seed left by one in a uint64
 READ_SIZE = 1 << 20  # chunks_fd's buffer holds max_size + READ_SIZE bytes ...
 FILL_SIZE = 2 << 20  # ... but each round reads only this much more (so few of its pages are ever touched)
+KEEP_SIZE = 4 << 20  # after a file, pages of the buffer beyond this are given back if a long chunk touched them
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ class Chunker:
         view = memoryview(buf)
         cap = len(buf)
         end = 0  # bytes buffered
+        high = 0  # the most ever buffered
         pos, left = offset, length
         eof = length <= 0
         try:
@@ -150,6 +152,7 @@ class Chunker:
                         eof = True
                         break
                     end += n
+                    high = max(high, end)
                     pos += n
                     left -= n
                     eof = left <= 0
@@ -168,6 +171,9 @@ class Chunker:
                 end = tail
         finally:
             view.release()
+            if high > KEEP_SIZE:
+                # a chunk grew towards max_size: without this its pages would stay resident for the run
+                buf.madvise(mmap.MADV_DONTNEED, KEEP_SIZE, high - KEEP_SIZE)
 
     def chunks_of(self, data: bytes | memoryview) -> Iterator[memoryview]:
         for chunk in self._cdc.cut_buf(data):

@@ -63,3 +63,25 @@ def test_cut_points_depend_on_the_seed() -> None:
     b = _sizes(Chunker(SMALL, seed=2).chunks_of(data))
     assert sum(a) == sum(b) == len(data)
     assert a != b
+
+
+def test_buffer_given_back_after_a_long_chunk_is_reused_correctly(tmp_path) -> None:
+    # a run of zeros longer than max_size forces a max-size chunk, so the per-thread buffer fills far
+    # beyond KEEP_SIZE; its tail pages are then given back (they read as zeros) and the next files,
+    # chunked with the same buffer, must still cut exactly like an in-memory pass
+    from tuckbox.chunker import KEEP_SIZE
+
+    params = ChunkerParams()
+    rng = random.Random(11)
+    long_chunk = rng.randbytes(600_000) + bytes(params.max_size + (1 << 20)) + rng.randbytes(3 << 20)
+    chunker = Chunker(params, seed=77)
+    for i, data in enumerate([long_chunk, rng.randbytes(14 << 20), long_chunk[::-1]]):
+        path = tmp_path / f"f{i}"
+        path.write_bytes(data)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            streamed = [bytes(c) for c in chunker.chunks_fd(fd, 0, len(data))]
+        finally:
+            os.close(fd)
+        assert streamed == [bytes(c) for c in chunker.chunks_of(data)]
+        assert max(map(len, streamed)) > KEEP_SIZE or i == 1
