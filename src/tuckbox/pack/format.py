@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import mmap
 import struct
+import sys
+import threading
 from dataclasses import dataclass
 
 import msgpack
@@ -153,15 +155,64 @@ def decompress(data: bytes, compression: int, raw_length: int) -> bytes:
     return out
 
 
+POOL_MAX = 1  # released pack buffers kept for reuse
+
+
+class _BufferPool:
+    """Pack buffers given back after their pack was stored, for the next packs.
+
+    A fresh anonymous mapping costs a page fault and a cleared page for every
+    4 KiB the next pack writes (on a VM, also the host's fault): about 0.3 s of
+    system time per GiB stored. Reusing two buffers keeps those pages mapped.
+    A buffer is reused only when nothing else references it (no view of it
+    survives: a backend still holding one would otherwise see the next pack's
+    bytes). Each entry remembers how far it was written, so the next pack
+    zeroes only the padding that old bytes would otherwise fill.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._free: list[tuple[mmap.mmap, int]] = []  # (buffer, bytes written in it so far)
+
+    def take(self, capacity: int) -> tuple[mmap.mmap, int]:
+        with self._lock:
+            for i, (buf, used) in enumerate(self._free):
+                if len(buf) == capacity:
+                    del self._free[i]
+                    return buf, used
+        return mmap.mmap(-1, capacity), 0
+
+    def give(self, buf: mmap.mmap, used: int, capacity: int) -> None:
+        # referenced only by our caller's variable and this call's argument: no view, no other holder
+        if len(buf) == capacity and sys.getrefcount(buf) <= 3:
+            with self._lock:
+                if len(self._free) < POOL_MAX:
+                    self._free.append((buf, used))
+                    return
+        try:
+            buf.close()
+        except BufferError:
+            pass  # a view is still referenced somewhere: freed with the last one
+
+    def clear(self) -> None:
+        with self._lock:
+            free, self._free = self._free, []
+        for buf, _ in free:
+            buf.close()
+
+
+buffer_pool = _BufferPool()
+
+
 class PackBuilder:
     """Seals blobs straight into one pack buffer. Not thread-safe (the packer holds its lock).
 
-    The buffer is anonymous memory (mmap): its pages are touched only as blobs
-    are written, it starts zero (so the padding costs nothing), ``finish``
-    returns a view of it instead of a joined copy, and ``release`` gives the
-    memory back to the system at once rather than to the allocator's heap.
-    Each blob is encrypted into its place (``AESGCM.encrypt_into``): a blob's
-    bytes are copied once, by the cipher.
+    The buffer is anonymous memory (mmap), reused from earlier packs of the run
+    where one is free (``buffer_pool``): its pages are touched only as blobs
+    are written, ``finish`` returns a view of it instead of a joined copy, and
+    ``release`` gives it back to the pool or to the system at once rather than
+    to the allocator's heap. Each blob is encrypted into its place
+    (``AESGCM.encrypt_into``): a blob's bytes are copied once, by the cipher.
     """
 
     def __init__(self, kind: BlobType, recipient_public: bytes, capacity: int = 32 << 20) -> None:
@@ -169,9 +220,13 @@ class PackBuilder:
         self.epk, pack_key = new_ephemeral_key(recipient_public, PURPOSE)
         self._blob_key, self._header_key, self._trailer_key = _subkeys(pack_key)
         self._prefix = MAGIC + bytes((VERSION, 0, 0, 0)) + self.epk
-        self._buf = mmap.mmap(-1, max(capacity, 1 << 16))
+        self._capacity = max(capacity, 1 << 16)
+        # data packs fill their buffer: they reuse one; tree packs are often small, and take fresh pages
+        self._pooled = kind is BlobType.DATA
+        self._buf, self._dirty = buffer_pool.take(self._capacity) if self._pooled else (mmap.mmap(-1, self._capacity), 0)
         self._buf[: len(self._prefix)] = self._prefix
         self._size = len(self._prefix)
+        self._end = 0  # the pack's total length once finished
         self.entries: list[BlobEntry] = []
         self._ids: set[bytes] = set()
         self.raw_bytes = 0
@@ -189,7 +244,7 @@ class PackBuilder:
             bigger = mmap.mmap(-1, max(end, 2 * len(self._buf)))
             bigger[: self._size] = self._buf[: self._size]
             self._buf.close()
-            self._buf = bigger
+            self._buf, self._dirty = bigger, self._size
         return memoryview(self._buf)
 
     def add(
@@ -226,19 +281,26 @@ class PackBuilder:
             self._header_key, counter_nonce(0), header_plain, self._prefix,
             view[header_offset : header_offset + header_len],
         )
-        # the padding is already zero: nothing was written past the header in this fresh memory
+        pad_start, pad_end = header_offset + header_len, min(total - TRAILER_LEN, self._dirty)
+        if pad_end > pad_start:  # a reused buffer: clear what an earlier pack left there (fresh pages are zero)
+            view[pad_start:pad_end] = bytes(pad_end - pad_start)
         encrypt_into_with_nonce(
             self._trailer_key, counter_nonce(0), TRAILER_PLAIN.pack(header_offset, header_len), b"",
             view[total - TRAILER_LEN : total],
         )
+        self._end = total
         return view[:total]
 
     def release(self) -> None:
-        """Give the buffer back (after the pack was stored or given up)."""
-        try:
-            self._buf.close()
-        except BufferError:
-            pass  # a view is still referenced somewhere: freed with the last one
+        """Give the buffer back (after the pack was stored or given up); the builder is done."""
+        buf = vars(self).pop("_buf", None)
+        if buf is not None and not self._pooled:
+            try:
+                buf.close()
+            except BufferError:
+                pass  # a view is still referenced somewhere: freed with the last one
+        elif buf is not None:
+            buffer_pool.give(buf, max(self._dirty, self._end, self._size), self._capacity)
 
 
 def parse_prefix(prefix: bytes) -> bytes:

@@ -35,7 +35,7 @@ import blake3
 
 from ..backends.wrappers import cancel_scope
 from ..errors import Cancelled
-from ..pack.format import PackBuilder, compress_many
+from ..pack.format import PackBuilder, buffer_pool, compress_many
 from ..types import Backend, BlobType, ObjectType
 from .index import MasterIndex, PackRecord
 
@@ -217,6 +217,7 @@ class Packer:
         with self._lock:
             running = [u.future for u in self._uploads]
         wait_futures(running)
+        buffer_pool.clear()  # the run's spare pack buffers go back to the system
 
     # -- internals --
 
