@@ -18,6 +18,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
+from tuckbox import directio
 from tuckbox.archiver.backup import BackupRequest, run_backup
 from tuckbox.backends.local import LocalBackend
 from tuckbox.chunker import ChunkerParams
@@ -27,6 +28,7 @@ from tuckbox.repository.config import Config
 from tuckbox.repository.repo import Repository
 from tuckbox.restorer import restorer as restorer_module
 from tuckbox.restorer import fetch as fetch_module
+from tuckbox.restorer import writer as writer_module
 from tuckbox.restorer.restorer import MARKER, Restorer
 from tuckbox.restorer.workers import cpus
 from tuckbox.snapshot.tree import FILE, TREE_VERSION
@@ -107,6 +109,28 @@ def test_tiny_windows_restore_everything_exactly(mode, backed_up, tmp_path):
     assert os.stat(out_of(target, src) / "many" / "d3" / "big.bin").st_ino == os.stat(
         out_of(target, src) / "many" / "d4" / "big-link"
     ).st_ino
+
+
+def test_direct_writes_restore_exactly(mode, backed_up, tmp_path, monkeypatch):
+    """Blobs written with O_DIRECT for their aligned middle and buffered ends (or, where the file system
+    refuses O_DIRECT, the buffered fallback) restore every file exactly, holes and hardlinks included."""
+    calls: list[tuple[int, int]] = []
+    real = directio.write_direct
+
+    def counting(fd, view, offset):
+        calls.append((offset, len(view)))
+        return real(fd, view, offset)
+
+    monkeypatch.setattr(directio, "worth_it", lambda path: True)
+    monkeypatch.setattr(directio, "write_direct", counting)
+    monkeypatch.setattr(writer_module, "DIRECT_MIN", 4096)  # this repository's chunks are 4-64 KiB
+    repo, snap, src = backed_up
+    target = tmp_path / "out"
+    result = Restorer(repo, connections=2).restore(snap, os.fsencode(target))
+    assert result.errors == [] and result.warnings == []
+    assert compare_trees(src, out_of(target, src)) == []
+    if mode == "threads":  # (worker processes count in their own memory)
+        assert calls and all(off % directio.ALIGN == 0 and n % directio.ALIGN == 0 for off, n in calls)
 
 
 def test_target_with_default_acl_and_setgid(mode, backed_up, tmp_path):

@@ -5,32 +5,26 @@ the same directory, are fsynced, then ``link``ed to the final name (which fails
 if the name exists), and the directory is fsynced. A crash leaves at worst a
 ``.tmp-*`` file, which ``list`` ignores.
 
-Large objects (packs) on a file system with a real block device are written
-with ``O_DIRECT`` for their 4 KiB-aligned part: the bytes go from the pack
-buffer to the disk without a copy into the page cache. That copy is the most
-expensive step of storing a pack (measured on this project's VM: 0.9 s of
-system time for 448 MiB of new files, 0.02 s with ``O_DIRECT``), and the
-pages it would fill are ones the backup never reads again. Where the file
-system refuses ``O_DIRECT`` (``EINVAL``), or the buffer is not aligned, the
-object is written through the page cache as before; the fsyncs are the same
-either way.
+Large objects (packs) are written with ``O_DIRECT`` for their aligned part
+where the file system allows (``tuckbox.directio``): straight from the pack
+buffer to the disk, without a copy into the page cache, which the backup
+never reads back; the rest, and everything where ``O_DIRECT`` is refused,
+through the page cache. The fsyncs are the same either way.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import secrets
 from typing import Iterator
 
+from .. import directio
 from ..errors import ObjectExists, ObjectNotFound, PermanentError, TransientError
 from ..types import ObjectInfo, ObjectType
 from .layout import directories, object_path
 
 DIRECT_MIN = 1 << 20  # objects at least this large are written with O_DIRECT where possible
-_ALIGN = 4096
-_O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 _PERMANENT = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR}
 
@@ -42,17 +36,8 @@ class LocalBackend:
         self._direct: bool | None = None  # O_DIRECT writes: decided on the first large object
 
     def _direct_ok(self) -> bool:
-        """Whether to try O_DIRECT: only on file systems backed by a block device.
-
-        Network, FUSE, tmpfs, btrfs and ZFS mounts have an anonymous device
-        (major 0); for them O_DIRECT is unsupported, uncached or emulated, so
-        they keep the page cache.
-        """
         if self._direct is None:
-            try:
-                self._direct = bool(_O_DIRECT) and os.major(os.stat(self.root).st_dev) != 0
-            except OSError:
-                self._direct = False
+            self._direct = directio.worth_it(self.root)
         return self._direct
 
     def _path(self, type: ObjectType, name: str) -> str:
@@ -107,8 +92,13 @@ class LocalBackend:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 view = memoryview(data).cast("B")
-                done = self._write_direct(fd, view) if len(view) >= DIRECT_MIN and self._direct_ok() else 0
-                _pwrite_all(fd, view[done:], done)
+                done = 0
+                if len(view) >= DIRECT_MIN and self._direct_ok():
+                    # the aligned part straight from the buffer (a pack's is page-aligned); refused: all buffered
+                    done = len(view) - len(view) % directio.ALIGN
+                    if not directio.write_direct(fd, view[:done], 0):
+                        done = 0
+                directio.pwrite_all(fd, view[done:], done)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -129,30 +119,6 @@ class LocalBackend:
             except OSError:
                 pass
             raise self._fail(e, f"{type.value}/{name}", type) from None
-
-    def _write_direct(self, fd: int, view: memoryview) -> int:
-        """Write the 4 KiB-aligned prefix of ``view`` bypassing the page cache; return its length.
-
-        Returns 0 where O_DIRECT is refused (the caller then writes everything
-        again, buffered, from offset 0); the descriptor is left in buffered mode
-        either way, for the tail and the fallback.
-        """
-        aligned = len(view) - len(view) % _ALIGN
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        try:
-            fcntl.fcntl(fd, fcntl.F_SETFL, flags | _O_DIRECT)
-        except OSError:
-            self._direct = False
-            return 0
-        try:
-            _pwrite_all(fd, view[:aligned], 0)
-        except OSError as e:
-            if e.errno != errno.EINVAL:
-                raise
-            aligned = 0  # unsupported here, or an unaligned buffer: the caller rewrites it all, buffered
-        finally:
-            fcntl.fcntl(fd, fcntl.F_SETFL, flags)
-        return aligned
 
     def load(self, type: ObjectType, name: str, offset: int = 0, length: int | None = None) -> bytes:
         try:
@@ -207,9 +173,3 @@ class LocalBackend:
     def close(self) -> None:
         pass
 
-
-def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
