@@ -50,7 +50,7 @@ WINDOW_FILES = 512  # files with data per window
 WINDOW_BYTES = 16 << 20  # bytes of file content per window
 BLOB_CACHE = 16 << 20  # decrypted blobs kept for content that recurs across windows
 READ_AHEAD = 32 << 20  # bytes of ranges fetched ahead of the windows that need them
-PROCESSES = 0  # worker processes where the storage allows (0: one per CPU, at most 4)
+PROCESSES = 0  # worker processes where the storage allows (0: one more than the CPUs, at most 4; 1 CPU: threads)
 FILE_LIMIT = 1 << 16  # open files wanted (deep trees: a descriptor per directory level)
 PENDING_DIRS = 256  # directories waiting for their metadata (each holds a descriptor) before the walk waits
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -271,7 +271,8 @@ class _Run:
 
     def _start(self) -> None:
         """Worker processes on several CPUs where the storage allows (before any thread of ours exists), else threads."""
-        n = PROCESSES or min(cpus(), 4)
+        # a worker also waits (for its fetches, and for the disk on direct writes): one more than the CPUs
+        n = PROCESSES or (min(cpus() + 1, 4) if cpus() > 1 else 1)
         if n > 1 and workers_usable(self.repo.backend):
             prepare_fork(self.repo.backend)
             try:
