@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 
-from tuckbox.archiver import prefetch
+from tuckbox.archiver import prefetch, reading
 from tuckbox.archiver.archiver import Progress
 from tuckbox.archiver.backup import BackupRequest, run_backup
 from tuckbox.backends.local import LocalBackend
@@ -82,7 +82,8 @@ def test_vanishing_and_changing_files(tmp_path, monkeypatch):
     # read ahead only one file, so the victim is listed but not yet opened when it is deleted
     monkeypatch.setattr(prefetch, "PREFETCH_FILES", 1)
     (src / "a_first.txt").write_text("first")
-    # larger than a reader may hold ahead (reading.STREAM_BYTES), so appends land while it is being read
+    # larger than a reader may run ahead of the walk (reading.STREAM_BYTES), so appends land while it is read
+    monkeypatch.setattr(reading, "STREAM_BYTES", 2 << 20)
     (src / "b_grows.log").write_bytes(os.urandom(24 << 20))
     (src / "c_stable.txt").write_text("stable")
     (src / "z_vanishes.txt").write_bytes(os.urandom(5 << 20))
@@ -106,7 +107,8 @@ def test_file_changed_once_is_reread_consistently(tmp_path, monkeypatch):
     src = tmp_path / "src"
     src.mkdir()
     target = src / "edited.txt"
-    # larger than a reader may hold ahead (reading.STREAM_BYTES), so the edit lands mid-read
+    # larger than a reader may run ahead of the walk (reading.STREAM_BYTES), so the edit lands mid-read
+    monkeypatch.setattr(reading, "STREAM_BYTES", 2 << 20)
     target.write_bytes(b"version one\n" * 2_000_000)
 
     class EditOnce(Progress):

@@ -251,7 +251,8 @@ class Archiver:
                 todo.append((child, name, st, self.files_cache.last_known))
         self.after_entry()
         window = _Prefetcher(
-            self._readers, todo, self._start_stream, (self.store.blob_id, self.chunker.params.min_size)
+            self._readers, todo, self._start_stream, (self.store.blob_id, self.chunker.params.min_size),
+            self._store_chunk,
         )
         try:
             for k, (child, name, st, known) in enumerate(todo):
@@ -489,8 +490,21 @@ class Archiver:
     def _consume_stream(self, stream: Stream) -> list[Any]:
         content: list[Any] = []
         for piece in stream.pieces():
-            self._add_piece(piece, content)
+            if isinstance(piece, int) or not isinstance(piece[1], int):
+                self._add_piece(piece, content)  # type: ignore[arg-type]
+                continue
+            # stored by the reader (``_store_chunk``): only the id and length come here
+            if self.should_stop():
+                raise _Stopped
+            blob_id, n = piece
+            content.append(blob_id)
+            self.summary.bytes_read += n
+            self.progress.bytes_done(n)
         return content
+
+    def _store_chunk(self, blob_id: bytes, chunk: bytes | memoryview) -> None:
+        """A large file's chunk, stored from its reader thread (the packer is thread-safe)."""
+        self.store.add_blob(BlobType.DATA, blob_id, chunk)
 
     def _start_stream(self, path: bytes, stream: Stream) -> None:
         stream_file(path, self.chunker, self.store.blob_id, stream)

@@ -93,7 +93,8 @@ class Prefetcher:
     """Keeps the reader pool a bounded window ahead of the walk through one directory's files.
 
     ``start_stream(path, stream)``, when given, is submitted for large regular
-    files: they are then handed over as a ``Stream`` instead of ``None``.
+    files: they are then handed over as a ``Stream`` (whose reader stores the
+    chunks through ``sink``, when given) instead of ``None``.
     ``hasher``, when given, names the chunk id of files that are one chunk.
     """
 
@@ -103,8 +104,10 @@ class Prefetcher:
         todo: list[tuple[bytes, bytes, os.stat_result, Any]],
         start_stream: Callable[[bytes, Stream], None] | None = None,
         hasher: Hasher | None = None,
+        sink: Callable[[bytes, bytes | memoryview], object] | None = None,
     ) -> None:
         self.pool = pool
+        self.sink = sink
         self.hasher = hasher
         self.todo = todo
         self.start_stream = start_stream
@@ -132,7 +135,7 @@ class Prefetcher:
                     self._submit_batch(current)
                     continue
                 if self.start_stream is not None:
-                    stream = Stream()
+                    stream = Stream(self.sink)
                     self.streams[self.next] = (stream, self.pool.submit(self.start_stream, path, stream))
                     self.bytes += self._cost(st)
             self.next += 1

@@ -4,10 +4,13 @@
 holes": it asks the file system for the data extents (holes stay holes and
 cost no reading), cuts each extent with the content-defined chunker and hashes
 every chunk. The walking thread calls it directly (retries, fallbacks); for
-large files a reader thread calls it ahead of the walk and hands the chunks
-over through a ``Stream`` bounded in bytes, so reading, chunking, copying and
-hashing of large files run beside the walking thread instead of inside it (the
-system calls, the chunker and BLAKE3 all release the GIL).
+large files a reader thread calls it ahead of the walk, hands each new chunk
+to the packer itself (the stream's ``sink``) and passes the walking thread
+only chunk ids and lengths through a ``Stream``, so reading, chunking, hashing
+and handing over the chunks of large files run beside the walking thread
+instead of inside it (the system calls, the chunker and BLAKE3 all release the
+GIL), and the walk never waits for a reader chunk by chunk, nor a reader for
+the walk.
 """
 
 from __future__ import annotations
@@ -23,11 +26,11 @@ from ..chunker import Chunker
 from ..fsmeta import data_extents, open_for_backup, read_xattrs
 
 SMALL_FILE = 4 << 20  # read whole and cut in memory below this size (prefetch.py)
-STREAM_BYTES = 2 << 20  # chunks a reader thread may hold ahead of the walk, per large file
+STREAM_BYTES = 64 << 20  # how far (in file bytes) a reader may run ahead of the walk in one large file
 
 BlobId = Callable[[Union[bytes, memoryview]], bytes]
-# a chunk: (its id, its bytes); a hole: its length
-Piece = Union[tuple[bytes, Union[bytes, memoryview]], int]
+# a chunk: (its id, its bytes; or its length, when a Stream's sink stored it); a hole: its length
+Piece = Union[tuple[bytes, Union[bytes, memoryview, int]], int]
 
 
 def read_chunks(fd: int, size: int, chunker: Chunker, blob_id: BlobId, emit: Callable[[Piece], None]) -> int:
@@ -78,12 +81,18 @@ class StreamCancelled(Exception):
 class Stream:
     """A large file read by a reader thread, handed to the walking thread piece by piece.
 
-    The reader blocks while ``STREAM_BYTES`` are waiting, so memory stays flat
-    however large the file. The outcome (error, stat after reading, bytes
-    covered, extended attributes) is set before the end is signalled.
+    With a ``sink`` (the archiver's), the reader stores each chunk through it
+    and the pieces the walk takes are ``(chunk id, length)``: no chunk bytes
+    wait for the walk, and memory is bounded by the packer's own queues.
+    Without one, pieces carry the chunk bytes. Either way the reader blocks
+    once ``STREAM_BYTES`` of the file wait for the walk (so a file read far
+    ahead of it is still read while the walk reaches it, and progress follows
+    the walk). The outcome (error, stat after reading, bytes covered,
+    extended attributes) is set before the end is signalled.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, sink: Callable[[bytes, Union[bytes, memoryview]], object] | None = None) -> None:
+        self._sink = sink
         self._cond = threading.Condition()
         self._items: deque[Piece] = deque()
         self._held = 0
@@ -106,12 +115,19 @@ class Stream:
     # -- the reader thread --
 
     def put(self, piece: Piece) -> None:
-        if not isinstance(piece, int):
-            piece = (piece[0], bytes(piece[1]))  # the chunker's buffer is reused: copy, here rather than in the walk
         size = 0 if isinstance(piece, int) else len(piece[1])
         with self._cond:
             while self._held >= STREAM_BYTES and not self._cancelled:
                 self._cond.wait()
+            if self._cancelled:
+                raise StreamCancelled
+        if not isinstance(piece, int):
+            if self._sink is not None:
+                self._sink(piece[0], piece[1])  # stored (or found stored) from this thread
+                piece = (piece[0], size)
+            else:
+                piece = (piece[0], bytes(piece[1]))  # the chunker's buffer is reused: copy, here rather than in the walk
+        with self._cond:
             if self._cancelled:
                 raise StreamCancelled
             self._items.append(piece)
@@ -134,7 +150,7 @@ class Stream:
                     return
                 piece = self._items.popleft()
                 if not isinstance(piece, int):
-                    self._held -= len(piece[1])
+                    self._held -= piece[1] if isinstance(piece[1], int) else len(piece[1])
                 self._cond.notify_all()
             yield piece
 

@@ -1,6 +1,7 @@
 """Turns new blobs into packs and uploads them, keeping both cores busy.
 
-Pipeline: the caller (the archiver's thread) hands over a blob; a worker pool
+Pipeline: the callers (the archiver's walking thread, and its reader threads
+for the chunks of large files; ``add`` is thread-safe) hand over a blob; a worker pool
 compresses it (zstd releases the GIL) and seals it into the open pack of its
 type (AES-GCM releases the GIL); a full pack is finished, hashed and uploaded on
 an upload thread (at most one per connection). Bounded queues keep memory flat.
@@ -13,7 +14,8 @@ after ``flush`` never references a blob that is not durably indexed.
 Stopping (Ctrl-C): ``stop`` (any thread, returns at once) makes the packer
 drop every new data blob and cancel the data-pack uploads under way while they
 wait for bandwidth, a connection or a retry (``backends.wrappers.cancel_scope``).
-``abandon`` (the caller's thread, once it has stopped adding data) then drops
+``abandon`` (the walking thread, once it has stopped adding data; a reader's
+add still under way finishes first, later ones drop their data) then drops
 the open data pack, gives uploads already transferring a short grace, and
 forgets the data blobs of every pack not stored: they are no longer pending,
 so ``known`` is False for them and they are not in the index. Packs that were
@@ -91,7 +93,8 @@ class Packer:
         self._lock = threading.Lock()
         self._open: dict[BlobType, PackBuilder] = {}
         self._pending: dict[bytes, BlobType] = {}  # queued or in an unstored pack
-        self._data_added = 0  # data blobs ever made pending (only the adding thread writes it) ...
+        self._add_lock = threading.Lock()  # blobs come from the walk and from reader threads
+        self._data_added = 0  # data blobs ever made pending (written under _add_lock) ...
         self._data_settled = 0  # ... and those since stored or given up (written under the lock)
         self._inflight: set[Future[None]] = set()
         self._uploads: set[_Upload] = set()
@@ -111,24 +114,26 @@ class Packer:
         """Queue a blob for storage; False if the repository (or this run) already has it.
 
         Small blobs are handed to the workers in batches: one hand-off per blob
-        would cost more than compressing it.
+        would cost more than compressing it. Any thread may call this.
         """
         if self._error is not None:
             raise self._error
-        if blob_id in self._pending or self.index.has(blob_id):
-            return False
-        if blob_type is BlobType.DATA and self._stop.is_set():
-            return True  # stopping: dropped, never stored (the caller leaves its file out)
-        self._pending[blob_id] = blob_type  # only this (the archiver's) thread adds
-        if blob_type is BlobType.DATA:
-            self._data_added += 1
-        self._batch.append((blob_type, blob_id, bytes(data)))
-        self._batch_bytes += len(data)
-        if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_COUNT:
-            self._submit_batch()
-        return True
+        with self._add_lock:
+            if blob_id in self._pending or self.index.has(blob_id):
+                return False
+            if blob_type is BlobType.DATA and self._stop.is_set():
+                return True  # stopping: dropped, never stored (the caller leaves its file out)
+            self._pending[blob_id] = blob_type
+            if blob_type is BlobType.DATA:
+                self._data_added += 1
+            self._batch.append((blob_type, blob_id, bytes(data)))
+            self._batch_bytes += len(data)
+            if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_COUNT:
+                self._submit_batch()
+            return True
 
     def _submit_batch(self) -> None:
+        """Hand the batch being gathered to a worker (the caller holds ``_add_lock``)."""
         if self._stop.is_set():
             self._batch = [b for b in self._batch if b[0] is not BlobType.DATA]
         if not self._batch:
@@ -144,7 +149,8 @@ class Packer:
 
     def flush(self) -> None:
         """Finish open packs, wait for every upload, and write the index for them."""
-        self._submit_batch()
+        with self._add_lock:
+            self._submit_batch()
         self._wait_all()
         with self._lock:
             builders = [b for b in self._open.values() if len(b)]
@@ -159,7 +165,7 @@ class Packer:
         return self._stop.is_set()
 
     def data_pending(self) -> bool:
-        """Whether a data blob was accepted but is not in a stored pack yet (from the adding thread)."""
+        """Whether a data blob was accepted but is not in a stored pack yet."""
         return self._data_added != self._data_settled
 
     def stop(self, grace: float = STOP_GRACE) -> None:
@@ -177,9 +183,10 @@ class Packer:
         timer.start()
 
     def abandon(self, grace: float = STOP_GRACE) -> int:
-        """Finish a stop; return how many data blobs were given up. Call from the adding thread."""
+        """Finish a stop; return how many data blobs were given up. Call from the walking thread."""
         self.stop(grace)
-        self._submit_batch()
+        with self._add_lock:  # an add that began before the stop has finished; later ones drop their data
+            self._submit_batch()
         with self._lock:
             data_jobs = [u.future for u in self._uploads if u.builder.kind is BlobType.DATA]
         wait_futures(data_jobs, timeout=grace)
