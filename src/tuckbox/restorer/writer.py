@@ -286,6 +286,9 @@ class WindowWriter:
         a = -(-off // directio.ALIGN) * directio.ALIGN
         b = end // directio.ALIGN * directio.ALIGN
         view = memoryview(data)
+        if b - a < directio.ALIGN:  # not one whole block: nothing to gain
+            directio.pwrite_all(fd, view, off)
+            return
         with self._stage.view(view, a - off, b - a) as staged:
             direct = directio.write_direct(fd, staged, a)
         if not direct:
