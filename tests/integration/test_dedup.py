@@ -273,3 +273,58 @@ def test_a_file_modified_just_before_it_was_read_is_read_again_and_counted_as_ch
     assert (third["files_changed"], third["bytes_read"]) == (1, 14), third  # known, and still read (untrusted record)
     fourth = summary(tb("backup", str(src), "--json"))
     assert (fourth["files_unmodified"], fourth["bytes_read"]) == (1, 0), fourth
+
+
+
+def test_unchanged_files_keep_their_directories_tree_ids(tmp_path, monkeypatch):
+    """Unchanged files' entries come from the files cache already encoded and are spliced into their trees;
+    those trees must be byte-identical to trees encoded from the entries' maps, or every unchanged
+    directory would be stored again. A file whose atime moved (read by someone) takes the decoding path."""
+    from tuckbox.archiver.backup import BackupRequest, run_backup
+    from tuckbox.backends.local import LocalBackend
+    from tuckbox.repository.repo import Repository
+    from tuckbox.snapshot.walk import find
+    from tuckbox.types import BlobType, ObjectType
+
+    monkeypatch.setenv("TUCKBOX_CACHE_DIR", str(tmp_path / "cache"))
+    src = tmp_path / "src"
+    for d in range(3):
+        sub = src / f"d{d}" / "inner"
+        sub.mkdir(parents=True)
+        for f in range(20):  # more than 16 entries: a longer msgpack array header
+            (src / f"d{d}" / f"f{f:02}").write_bytes(os.urandom(50 + f))
+        (sub / "deep").write_bytes(b"deep")
+        os.symlink("f01", src / f"d{d}" / "link")
+    os.setxattr(src / "d1" / "f03", "user.tag", b"kept")
+    time.sleep(1.2)  # files modified within 1 s of being read are not trusted to the files cache
+    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), b"pw", created="t", host="h", user="u")
+
+    def src_tree(result) -> bytes:
+        node = find(lambda t: repo.load_blob(BlobType.TREE, t), result.snapshot.tree, os.fsencode(src))
+        assert node is not None and node.subtree
+        return node.subtree
+
+    def packs() -> set[str]:
+        return {i.name for i in repo.backend.list(ObjectType.PACK)}
+
+    run_backup(repo, BackupRequest([str(src)]))  # (its listings move the directories' atimes, once)
+    first = run_backup(repo, BackupRequest([str(src)]))
+    before = packs()
+    second = run_backup(repo, BackupRequest([str(src)]))
+    assert second.snapshot.summary["files_unmodified"] == 3 * 21
+    assert src_tree(second) == src_tree(first)
+    assert packs() == before  # not one tree stored again
+
+    victim = src / "d2" / "f05"
+    atime = os.stat(victim).st_atime_ns
+    victim.read_bytes()  # moves the atime (relatime: it was not after the mtime), not the ctime
+    third = run_backup(repo, BackupRequest([str(src)]))
+    assert third.snapshot.summary["bytes_read"] == 0 and third.snapshot.summary["files_unmodified"] == 3 * 21
+    fourth = run_backup(repo, BackupRequest([str(src)]))
+    assert src_tree(fourth) == src_tree(third)
+    if os.stat(victim).st_atime_ns != atime:  # (a noatime mount keeps it: then nothing changed at all)
+        assert src_tree(third) != src_tree(first)
+        node = find(lambda t: repo.load_blob(BlobType.TREE, t), fourth.snapshot.tree, os.fsencode(victim))
+        assert node is not None and node.atime_ns == os.stat(victim).st_atime_ns
+    else:
+        assert src_tree(third) == src_tree(first)

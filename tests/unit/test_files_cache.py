@@ -121,3 +121,57 @@ def test_killed_run_stream_is_adopted(tmp_path):
     new.rename(new.with_name(new.name.rsplit("-", 1)[0] + "-999999999"))
     hits, misses = run(state, root, paths)
     assert set(hits) == set(walk_order(paths)[:2])
+
+
+def test_records_hold_the_encoded_node_its_chunks_and_atime(tmp_path):
+    import msgpack
+
+    root, state = tmp_path / "src", tmp_path / "state"
+    (p,) = make(root, ["a"])
+    st = os.lstat(p)
+    node = {"n": b"a", "t": "file", "at": st.st_atime_ns, "c": [b"\1" * 32, 4096, b"\2" * 32]}
+    cache = FilesCache(state, [os.fsencode(root)])
+    assert cache.lookup_raw(p, st) is None and not cache.last_known
+    cache.remember(p, st, node, time.time_ns() + 10**10)
+    cache.finish(True)
+    cache = FilesCache(state, [os.fsencode(root)])
+    raw = cache.lookup_raw(p, st)
+    assert raw == msgpack.packb(node)  # exactly the bytes a tree encodes for this entry
+    assert cache.last_chunks == [b"\1" * 32, b"\2" * 32] and cache.last_atime == st.st_atime_ns
+    cache.keep(p)
+    cache.finish(True)
+    # a file modified within RACY_NS of being read: known, never trusted
+    racy = FilesCache(state, [os.fsencode(root)])
+    assert racy.lookup(p, st) == node
+    racy.remember(p, st, node, st.st_mtime_ns)
+    racy.finish(True)
+    again = FilesCache(state, [os.fsencode(root)])
+    assert again.lookup_raw(p, st) is None and again.last_known
+
+
+def test_a_version_4_cache_is_read_and_rewritten_as_version_5(tmp_path):
+    import msgpack
+
+    root, state = tmp_path / "src", tmp_path / "state"
+    paths = walk_order(make(root, ["a", "d/b", "d/c"]))
+    run(state, root, paths)  # makes the (version 5) file; rewrite it as an older tuckbox would have
+    cache_file = next(state.iterdir())
+    nodes = {}
+    with open(cache_file, "wb") as f:
+        f.write(msgpack.packb({"v": 4}))
+        for p in paths:
+            st = os.lstat(p)
+            nodes[p] = {"n": os.path.basename(p), "t": "file", "s": st.st_size, "at": st.st_atime_ns, "c": [bytes(32)]}
+            f.write(msgpack.packb([_order(p), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, nodes[p]]))
+    cache = FilesCache(state, [os.fsencode(root)])
+    for p in paths:
+        assert cache.lookup_raw(p, os.lstat(p)) == msgpack.packb(nodes[p])
+        assert cache.last_chunks == [bytes(32)]
+        cache.keep(p)
+    cache.finish(True)
+    with open(cache_file, "rb") as f:
+        unpacker = msgpack.Unpacker(f)
+        assert next(unpacker) == {"v": 5}
+        assert [r[8] for r in unpacker] == [msgpack.packb(nodes[p]) for p in paths]
+    hits, misses = run(state, root, paths)
+    assert len(hits) == 3 and misses == []

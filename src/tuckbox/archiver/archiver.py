@@ -19,10 +19,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import msgpack
+
 from ..chunker import Chunker
 from ..errors import UsageError
 from ..fsmeta import Owners, SkipEntry, node_from_stat, open_for_backup
-from ..snapshot.tree import DIR, FILE, Node, encode_tree
+from ..snapshot.tree import DIR, FILE, Node, RawNode, encode_tree
 from ..types import BlobStore, BlobType
 from .files_cache import FilesCache
 from .prefetch import Prefetched as _Prefetched
@@ -122,7 +124,7 @@ class Archiver:
         self._report_files = type(self.progress).file_started is not Progress.file_started
         self._readers: ThreadPoolExecutor | None = ThreadPoolExecutor(2, thread_name_prefix="tuckbox-read")
         # directories being walked, outermost first: (their node in the parent, entries done so far)
-        self._stack: list[tuple[Node | None, list[Node | dict[str, Any]]]] = []
+        self._stack: list[tuple[Node | None, list[Node | dict[str, Any] | RawNode]]] = []
         self.stopped = False
 
     # ------------------------------------------------------------ entry point
@@ -180,14 +182,14 @@ class Archiver:
 
     # ------------------------------------------------------------ trees
 
-    def _save_tree(self, nodes: list[Node | dict[str, Any]]) -> bytes:
+    def _save_tree(self, nodes: list[Node | dict[str, Any] | RawNode]) -> bytes:
         data = encode_tree(nodes)
         tree_id = self.store.blob_id(data)
         self.store.add_blob(BlobType.TREE, tree_id, data)
         return tree_id
 
     def _save_virtual(self, prefix: bytes, spec: dict[bytes, Any], this: Node | None) -> bytes:
-        nodes: list[Node | dict[str, Any]] = []
+        nodes: list[Node | dict[str, Any] | RawNode] = []
         self._stack.append((this, nodes))
         found: list[tuple[bytes, bytes, os.stat_result, Any]] = []
         for name in sorted(spec):
@@ -239,7 +241,7 @@ class Archiver:
                 self._warn(f"{_display(child)}: cannot stat: {e.strerror}")
                 continue
             (dirs if stat.S_ISDIR(st.st_mode) else files).append((child, entry.name, st))
-        nodes: list[Node | dict[str, Any]] = []
+        nodes: list[Node | dict[str, Any] | RawNode] = []
         self._stack.append((this, nodes))
         # files-cache lookups happen here, in walk order; what must be read is prefetched in parallel
         todo: list[tuple[bytes, bytes, os.stat_result, Any]] = []
@@ -317,29 +319,37 @@ class Archiver:
 
     # ------------------------------------------------------------ files
 
-    def _unchanged_file(self, path: bytes, st: os.stat_result) -> dict[str, Any] | None:
-        """The stored node of a file the files cache knows is unchanged (and whose chunks all exist)."""
-        cached = self.files_cache.lookup(path, st)
-        if cached is None:
+    def _unchanged_file(self, path: bytes, st: os.stat_result) -> RawNode | dict[str, Any] | None:
+        """The stored node of a file the files cache knows is unchanged (and whose chunks all exist).
+
+        Usually as the cache holds it, already encoded (a ``RawNode``); decoded only when its atime
+        must be updated.
+        """
+        cache = self.files_cache
+        raw = cache.lookup_raw(path, st)
+        if raw is None:
             return None
-        has = self.store.has_blob
-        for c in cached.get("c", ()):
-            if isinstance(c, bytes) and not has(c):
+        if not self.store.has_blobs(cache.last_chunks):
+            return None
+        hit: RawNode | dict[str, Any]
+        if cache.last_atime != st.st_atime_ns:  # read by someone else since: keep key order canonical
+            try:
+                node = Node.from_map(msgpack.unpackb(raw))
+            except Exception:  # noqa: BLE001 - a damaged cache record: read the file again
                 return None
-        if cached.get("at", 0) != st.st_atime_ns:  # read by someone else since: keep key order canonical
-            node = Node.from_map(cached)
             node.atime_ns = st.st_atime_ns
-            cached = node.to_map()
-            self.files_cache.remember(path, st, cached, time.time_ns())
+            hit = node.to_map()
+            cache.remember(path, st, hit, time.time_ns())
         else:
-            self.files_cache.keep(path)
+            cache.keep(path)
+            hit = RawNode(path.rpartition(b"/")[2], raw)
         size = st.st_size
         self.summary.bytes_total += size
         self.summary.files_unmodified += 1
         if self._report_files:
             self.progress.file_started(path, size)
             self.progress.bytes_done(size)
-        return cached
+        return hit
 
     def _save_file(
         self, path: bytes, st: os.stat_result, node: Node, prefetched: "_Prefetched | Stream | None" = None,

@@ -1,10 +1,13 @@
 """The files cache: lets a backup skip reading files that have not changed, in constant memory.
 
 For each file the cache holds its path, (device, inode, size, mtime_ns,
-ctime_ns) and its whole tree node as stored last time (content included). A
-file whose five values match is unchanged, provided every chunk it names is
-still in the repository index; since every metadata change (mode, owner,
-xattrs, ACLs, link count) moves ctime, the stored node is reused as it is.
+ctime_ns), its atime and chunk ids, and its whole tree node as stored last
+time, already encoded (``msgpack`` of its canonical map). A file whose five
+values match is unchanged, provided every chunk it names is still in the
+repository index; since every metadata change (mode, owner, xattrs, ACLs,
+link count) moves ctime, the stored node is reused as it is — as bytes,
+spliced into its directory's tree without being decoded or encoded again
+(``snapshot.tree.RawNode``), unless its atime changed.
 
 The cache is a stream of records **in the order the backup walks** (in each
 directory its files and other non-directories by name, then its
@@ -28,8 +31,10 @@ from typing import Any, BinaryIO
 import msgpack
 
 RACY_NS = 1_000_000_000
+_EMPTY = msgpack.packb({})
 UNTRUSTED_CTIME = -1  # the ctime of a record that must never match (a racy file's)
-VERSION = 4  # records: [walk-order key, dev, ino, size, mtime_ns, ctime_ns, node map]
+VERSION = 5  # records: [walk-order key, dev, ino, size, mtime_ns, ctime_ns, atime_ns, chunk ids, packed node map]
+_FIELDS = 9
 
 
 def _order(path: bytes) -> bytes:
@@ -54,6 +59,7 @@ class _Cursor:
         self.span = (0, 0)  # byte range of the current record in the file
         self.header_end = 0
         self.size = 0
+        self.version: Any = None
         self._key = b""
         if path is None:
             return
@@ -65,7 +71,8 @@ class _Cursor:
         self._unpacker = msgpack.Unpacker(self._f, use_list=True, max_buffer_size=64 << 20)
         try:
             header = self._unpacker.unpack()
-            if not (isinstance(header, dict) and header.get("v") == VERSION):
+            self.version = header.get("v") if isinstance(header, dict) else None
+            if self.version not in (4, VERSION):
                 self._unpacker = None
         except Exception:  # noqa: BLE001 - unreadable: behave as empty
             self._unpacker = None
@@ -85,7 +92,15 @@ class _Cursor:
         except Exception:  # noqa: BLE001 - a torn or damaged tail ends the stream
             self._unpacker = None
             return
-        if isinstance(rec, list) and len(rec) == 7 and isinstance(rec[0], bytes) and isinstance(rec[6], dict):
+        if self.version == 4 and isinstance(rec, list) and len(rec) == 7 and isinstance(rec[6], dict):
+            # written by an older tuckbox: read as a version 5 record (and rewritten, never copied)
+            node = rec[6]
+            chunks = [c for c in node.get("c", ()) if type(c) is bytes]
+            rec = rec[:6] + [node.get("at", 0), chunks, msgpack.packb(node)]
+        if (
+            isinstance(rec, list) and len(rec) == _FIELDS and isinstance(rec[0], bytes)
+            and isinstance(rec[7], list) and isinstance(rec[8], bytes)
+        ):
             self.current = rec
             self.span = (start, self._unpacker.tell())
             self._key = rec[0]
@@ -120,6 +135,8 @@ class FilesCache:
         self._key = b""
         self._key_path = b""
         self.last_known = False
+        self.last_atime = 0
+        self.last_chunks: list[bytes] = []
         self._copy = (0, 0)  # byte range of the old stream still to be copied
         self._identical = True  # the new stream so far equals a prefix of the old one
         self._cursors: list[_Cursor] = []
@@ -169,9 +186,10 @@ class FilesCache:
 
     # -- reading (calls come in walk order) --
 
-    def lookup(self, path: bytes, st: os.stat_result) -> dict[str, Any] | None:
-        """The stored node of an unchanged file, or None (``last_known`` then says whether the
-        path was in the cache at all, i.e. the file changed rather than being new)."""
+    def lookup_raw(self, path: bytes, st: os.stat_result) -> bytes | None:
+        """The stored node (encoded) of an unchanged file, or None (``last_known`` then says whether
+        the path was in the cache at all, i.e. the file changed rather than being new). On a hit,
+        ``last_chunks`` and ``last_atime`` are the record's chunk ids and atime."""
         self._last = None
         self.last_known = False
         key = self._key = _order(path)
@@ -184,9 +202,21 @@ class FilesCache:
                 if (rec[1], rec[2], rec[3], rec[4], rec[5]) == want:
                     self._last = rec
                     self._last_cursor = cursor
-                    return rec[6]
+                    self.last_atime = rec[6]
+                    self.last_chunks = rec[7]
+                    return rec[8]
         return None
 
+    def lookup(self, path: bytes, st: os.stat_result) -> dict[str, Any] | None:
+        """``lookup_raw``, decoded."""
+        raw = self.lookup_raw(path, st)
+        if raw is None:
+            return None
+        try:
+            node = msgpack.unpackb(raw)
+        except Exception:  # noqa: BLE001 - a damaged record is a miss
+            return None
+        return node if isinstance(node, dict) else None
 
     # -- writing (in walk order) --
 
@@ -241,8 +271,8 @@ class FilesCache:
             return
         self._last_written = rec[0]
         self.entries_written += 1
-        if self._last_cursor is not self._old:
-            self._write(rec)
+        if self._last_cursor is not self._old or self._old.version != VERSION:
+            self._write(rec)  # (an older version's bytes cannot be copied into this stream)
             return
         start, end = self._old.span
         if self._copy[1] and self._copy[1] == start:
@@ -260,9 +290,13 @@ class FilesCache:
         if max(st.st_mtime_ns, st.st_ctime_ns) >= read_at_ns - RACY_NS:
             # may change again within the same clock tick: recorded as known (the next run counts it as
             # changed, not new) but never trusted (no real file has a ctime before 1970)
-            self._write([key, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, UNTRUSTED_CTIME, {}])
+            self._write([key, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, UNTRUSTED_CTIME, 0, [], _EMPTY])
             return
-        self._write([key, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, node_map])
+        chunks = [c for c in node_map.get("c", ()) if type(c) is bytes]
+        self._write([
+            key, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, node_map.get("at", 0), chunks,
+            msgpack.packb(node_map),
+        ])
 
     def flush(self) -> None:
         """Push buffered records to the OS (they then survive the process being killed)."""

@@ -56,6 +56,9 @@ class RunStore:
     def has_blob(self, blob_id: bytes) -> bool:
         return self._packer.known(blob_id)
 
+    def has_blobs(self, blob_ids: list[bytes]) -> bool:
+        return self._packer.known_all(blob_ids)
+
     def add_blob(self, blob_type: BlobType, blob_id: bytes, data: bytes | memoryview) -> bool:
         new = self._packer.add(blob_type, blob_id, data)
         if blob_type is BlobType.TREE:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from array import array
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Container, Iterable, Iterator
 
 import msgpack
 import zstandard
@@ -192,6 +192,14 @@ class MasterIndex:
 
     def has(self, blob_id: bytes) -> bool:
         return blob_id in self._rows
+
+    def has_all(self, blob_ids: list[bytes], also: Container[bytes]) -> bool:
+        """Whether every id is indexed or in ``also``."""
+        rows = self._rows
+        for b in blob_ids:
+            if b not in rows and b not in also:
+                return False
+        return True
 
     def _entry(self, row: int) -> BlobEntry:
         kind = self._kind[row]

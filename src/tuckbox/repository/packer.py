@@ -110,6 +110,10 @@ class Packer:
     def known(self, blob_id: bytes) -> bool:
         return self.index.has(blob_id) or blob_id in self._pending
 
+    def known_all(self, blob_ids: list[bytes]) -> bool:
+        """``known`` for every one (the unchanged-file check: one call per file, not per chunk)."""
+        return self.index.has_all(blob_ids, self._pending)
+
     def add(self, blob_type: BlobType, blob_id: bytes, data: bytes | memoryview) -> bool:
         """Queue a blob for storage; False if the repository (or this run) already has it.
 

@@ -236,6 +236,9 @@ class Repository:
     def has_blob(self, blob_id: bytes) -> bool:
         return self.index.has(blob_id)
 
+    def has_blobs(self, blob_ids: list[bytes]) -> bool:
+        return self.index.has_all(blob_ids, ())
+
     def new_packer(self, on_pack_saved: Callable[[PackRecord], None] | None = None) -> Packer:
         def recipient(kind: BlobType) -> bytes:
             return self.keys.data_public if kind is BlobType.DATA else self.keys.meta_public

@@ -137,11 +137,51 @@ _FIELDS = (
 )
 
 
-def encode_tree(nodes: list[Node | dict[str, Any]]) -> bytes:
-    """Encode entries given as Nodes or as maps already in canonical form (``Node.to_map``)."""
-    maps = [n if isinstance(n, dict) else n.to_map() for n in nodes]
-    maps.sort(key=lambda m: m["n"])
-    return msgpack.packb({"v": TREE_VERSION, "nodes": maps})
+class RawNode:
+    """An entry already encoded: ``msgpack.packb`` of its canonical map (``Node.to_map``), and its name.
+
+    The files cache keeps unchanged files' entries this way, so an unchanged
+    file costs no decoding and no encoding: its bytes go into the tree as they are.
+    """
+
+    __slots__ = ("name", "raw")
+
+    def __init__(self, name: bytes, raw: bytes) -> None:
+        self.name = name
+        self.raw = raw
+
+
+_TREE_HEAD = msgpack.packb({"v": TREE_VERSION, "nodes": []})[:-1]  # the document up to its nodes array
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def encode_tree(nodes: list[Node | dict[str, Any] | RawNode]) -> bytes:
+    """Encode entries given as Nodes, as maps already in canonical form (``Node.to_map``) or as RawNodes.
+
+    The bytes are the same whichever form an entry comes in (a RawNode is
+    spliced in as the encoding of its map), so unchanged directories keep
+    their tree ids.
+    """
+    if not any(type(n) is RawNode for n in nodes):
+        maps = [n if isinstance(n, dict) else n.to_map() for n in nodes]  # type: ignore[union-attr]
+        maps.sort(key=lambda m: m["n"])
+        return msgpack.packb({"v": TREE_VERSION, "nodes": maps})
+    keyed: list[tuple[bytes, bytes]] = []
+    for n in nodes:
+        if type(n) is RawNode:
+            keyed.append((n.name, n.raw))
+        else:
+            m = n if isinstance(n, dict) else n.to_map()  # type: ignore[union-attr]
+            keyed.append((m["n"], msgpack.packb(m)))
+    keyed.sort(key=lambda k: k[0])
+    return b"".join([_TREE_HEAD, _array_header(len(keyed))] + [raw for _, raw in keyed])
 
 
 def decode_tree(raw: bytes) -> list[Node]:
