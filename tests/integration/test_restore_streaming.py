@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import msgpack
@@ -28,6 +30,7 @@ from tuckbox.repository.config import Config
 from tuckbox.repository.repo import Repository
 from tuckbox.restorer import restorer as restorer_module
 from tuckbox.restorer import fetch as fetch_module
+from tuckbox.restorer import workers as workers_module
 from tuckbox.restorer import writer as writer_module
 from tuckbox.restorer.restorer import MARKER, Restorer
 from tuckbox.restorer.workers import cpus
@@ -131,6 +134,37 @@ def test_direct_writes_restore_exactly(mode, backed_up, tmp_path, monkeypatch):
     assert compare_trees(src, out_of(target, src)) == []
     if mode == "threads":  # (worker processes count in their own memory)
         assert calls and all(off % directio.ALIGN == 0 and n % directio.ALIGN == 0 for off, n in calls)
+
+
+def test_workers_are_forked_only_from_a_process_with_no_other_thread(backed_up, tmp_path, monkeypatch):
+    """A fork beside a running thread can hand the child a lock that nobody releases there (seen: a worker hung
+    for good in OpenSSL's lock, taken by a thread that was exiting at the fork). A thread that ends within the
+    wait delays the fork; one that stays means threads write the windows. Each restore is exact."""
+    monkeypatch.setattr(restorer_module, "PROCESSES", 2)
+    monkeypatch.setattr(workers_module, "FORK_WAIT", 1.0)
+    started = count_worker_processes(monkeypatch)
+    repo, snap, src = backed_up
+
+    release = threading.Event()
+    staying = threading.Thread(target=release.wait, name="someone-else's")
+    staying.start()
+    try:
+        t0 = time.monotonic()
+        result = Restorer(repo, connections=2).restore(snap, os.fsencode(tmp_path / "beside-a-thread"))
+        waited = time.monotonic() - t0
+    finally:
+        release.set()
+        staying.join()
+    assert started == [] and waited >= 1.0  # waited for it, then wrote with threads
+    assert result.errors == [] and result.warnings == []
+    assert compare_trees(src, out_of(tmp_path / "beside-a-thread", src)) == []
+
+    leaving = threading.Thread(target=time.sleep, args=(0.3,), name="about to end")
+    leaving.start()
+    result = Restorer(repo, connections=2).restore(snap, os.fsencode(tmp_path / "after-a-thread"))
+    assert not leaving.is_alive() and started == [2]  # the fork waited for it to end
+    assert result.errors == [] and result.warnings == []
+    assert compare_trees(src, out_of(tmp_path / "after-a-thread", src)) == []
 
 
 def test_target_with_default_acl_and_setgid(mode, backed_up, tmp_path):

@@ -12,7 +12,11 @@ from .common import display, emit_json, human
 
 
 class CliProgress(Progress):
-    """Used by backup and restore; thread-safe counters, rendered at most a few times a second."""
+    """Used by backup and restore; thread-safe counters, rendered at most a few times a second.
+
+    The bar is redrawn only when progress is reported (by whichever thread
+    reports it), never by a thread of its own.
+    """
 
     def __init__(self, json_mode: bool, quiet: bool, verb: str) -> None:
         self.json_mode = json_mode
@@ -37,6 +41,9 @@ class CliProgress(Progress):
                 TimeElapsedColumn(),
                 TextColumn("{task.fields[current]}"),
                 transient=True,
+                # redrawn by _render, on the threads that report progress: no refresh thread of rich's, so a
+                # restore can fork its workers from a process with no other thread (restorer.workers.alone)
+                auto_refresh=False,
             )
             self._bar.start()
             self._task = self._bar.add_task(verb, files=0, size="0 B", rate="", current="")
@@ -73,6 +80,7 @@ class CliProgress(Progress):
         elif self._bar is not None:
             cur = display(self._path)[-60:]
             self._bar.update(self._task, files=self.files, size=human(self.bytes), rate=f"{human(self.bytes / elapsed)}/s", current=cur)
+            self._bar.refresh()
 
     def close(self) -> None:
         if self._bar is not None:

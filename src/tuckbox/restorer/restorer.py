@@ -270,11 +270,15 @@ class _Run:
         return WindowWriter(self.repo, self.meta, cache, self.fetcher, report, self.target, self.resume)
 
     def _start(self) -> None:
-        """Worker processes on several CPUs where the storage allows (before any thread of ours exists), else threads."""
+        """Worker processes on several CPUs where the storage allows and no other thread runs, else threads.
+
+        Called before any thread of this restore exists; a thread left by
+        someone else (after ``prepare_fork``'s short wait) means threads: a fork
+        beside a running thread can leave the child waiting for a lock forever.
+        """
         # a worker also waits (for its fetches, and for the disk on direct writes): one more than the CPUs
         n = PROCESSES or (min(cpus() + 1, 4) if cpus() > 1 else 1)
-        if n > 1 and workers_usable(self.repo.backend):
-            prepare_fork(self.repo.backend)
+        if n > 1 and workers_usable(self.repo.backend) and prepare_fork(self.repo.backend):
             try:
                 self.pool = WorkerProcesses(n, lambda report: self._writer(report, n), self.report, self.target)
                 self.inflight_max = 2 * n  # one being written and one waiting, per worker

@@ -27,6 +27,7 @@ import pickle
 import signal
 import sys
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future
 from multiprocessing.connection import Connection, Pipe
@@ -72,11 +73,44 @@ def usable(backend: Any) -> bool:
     return forkable and hasattr(os, "fork") and sys.platform.startswith("linux")
 
 
-def prepare_fork(backend: Any) -> None:
-    """Drop the storage's connections and threads (if it has any); each process then opens its own."""
+def prepare_fork(backend: Any) -> bool:
+    """Drop the storage's connections and threads (if it has any); each process then opens its own.
+
+    True once no other thread is left in this process (``alone``): only then is
+    a fork safe. False (some thread outlived the wait: a library's, or one a
+    caller started) means the windows must be written by threads instead.
+    """
     suspend = getattr(_base(backend), "suspend", None)
     if callable(suspend):
         suspend()
+    return alone()
+
+
+FORK_WAIT = 2.0  # seconds to wait for threads still exiting before a fork; then threads are used instead
+
+
+def alone(wait: float | None = None) -> bool:
+    """Whether the calling thread is the only one in this process (waiting up to ``wait`` s for others to end).
+
+    Forking while another thread runs can hand the child a lock that nobody
+    will ever release there. ``Thread.join`` is not enough: it returns before
+    the thread has finished its last C-level clean-up, and OpenSSL's per-thread
+    destructors take OpenSSL's own locks at that point (seen: a worker forked
+    just after the SFTP backend's event-loop thread was joined hung forever in
+    ``CRYPTO_THREAD_write_lock`` on its first connection). The kernel's list of
+    the process's threads is the only reliable answer; where it cannot be read
+    (not Linux), the answer is no.
+    """
+    deadline = time.monotonic() + (FORK_WAIT if wait is None else wait)
+    while True:
+        try:
+            if len(os.listdir("/proc/self/task")) == 1:
+                return True
+        except OSError:
+            return False
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.002)
 
 
 def cpus() -> int:
