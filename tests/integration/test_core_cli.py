@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -23,6 +24,12 @@ def test_sample_tree_round_trip(tb, tmp_path):
     assert len(snaps) == 1 and snaps[0]["tags"] == ["first"] and snaps[0]["paths"] == [str(src)]
     tb("restore", "latest", "--target", str(tmp_path / "r"))
     assert compare_trees(src, restored(tmp_path / "r", src)) == []
+    # --json: progress lines, then the summary; the progress counts files as well as bytes
+    lines = [json.loads(ln) for ln in tb("restore", "latest", "--target", str(tmp_path / "j"), "--json").out.splitlines()]
+    assert [d["type"] for d in lines][-1] == "summary" and lines[-1]["files"] > 0
+    status = [d for d in lines if d["type"] == "status"]
+    assert status and 0 < status[0]["files"] <= lines[-1]["files"], lines
+    assert compare_trees(src, restored(tmp_path / "j", src)) == []
     check = tb("check", "--read-data", "--json").json()
     assert check["ok"] and check["errors"] == []
     # dump gives the exact bytes of one file

@@ -54,6 +54,11 @@ class CliProgress(Progress):
             self._path = path
             self._render()
 
+    def files_done(self, n: int) -> None:
+        """A restore's count of files so far (a backup counts them one by one, in ``file_started``)."""
+        self.files = n
+        self._render()
+
     def bytes_done(self, n: int) -> None:
         with self._lock:
             self.bytes += n

@@ -57,6 +57,9 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class RestoreProgress:
+    def files_done(self, n: int) -> None:
+        """``n`` files (and hardlinks) restored or under way so far."""
+
     def bytes_done(self, n: int) -> None:  # noqa: D102
         pass
 
@@ -473,6 +476,7 @@ class _Run:
         if not w.files:
             return
         self.window = Window(w.id + 1)
+        self.report.progress.files_done(self.result.files)
         while self.inflight and (len(self.inflight) >= self.inflight_max or self.inflight[0].future.done()):
             self._complete_oldest()
         if self.writer is None:
