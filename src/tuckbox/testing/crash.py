@@ -600,7 +600,8 @@ class DroppingProxy:
         self.port = self._server.getsockname()[1]
         self._stop = threading.Event()
         self._socks: set[Any] = set()
-        threading.Thread(target=self._accept, name="proxy-accept", daemon=True).start()
+        self._threads = [threading.Thread(target=self._accept, name="proxy-accept", daemon=True)]
+        self._threads[0].start()
 
     def _accept(self) -> None:
         import socket
@@ -621,7 +622,10 @@ class DroppingProxy:
                 self._socks |= {client, upstream}
             state = {"left": budget, "dropped": False}
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b, client, upstream, state), daemon=True).start()
+                pump = threading.Thread(target=self._pump, args=(a, b, client, upstream, state), daemon=True)
+                pump.start()
+                with self._lock:
+                    self._threads.append(pump)
 
     def _reset(self, *socks: Any) -> None:
         import socket
@@ -663,18 +667,29 @@ class DroppingProxy:
             pass
 
     def close(self) -> None:
+        """Stop accepting, cut every connection, and wait for the proxy's threads to end.
+
+        (Closing a socket does not wake a thread blocked on it; ``shutdown`` does. A thread left
+        behind would keep later restores in the test process from forking their workers.)
+        """
+        import socket
+
         self._stop.set()
-        try:
-            self._server.close()
-        except OSError:
-            pass
         with self._lock:
-            socks, self._socks = self._socks, set()
+            socks, self._socks = [self._server, *self._socks], set()
         for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             try:
                 s.close()
             except OSError:
                 pass
+        with self._lock:
+            threads = list(self._threads)
+        for t in threads:
+            t.join(timeout=10)
 
 
 def through_proxy(storage: Storage, proxy: DroppingProxy, tmp: Path) -> Storage:
