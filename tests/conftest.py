@@ -4,6 +4,25 @@ import os
 os.environ["TUCKBOX_TEST_CHEAP_KDF"] = "1"
 
 import sys
+import threading
+import time
+
+import pytest
 
 # the archiver raises the limit for deep trees; do it up front so hypothesis does not warn
 sys.setrecursionlimit(max(sys.getrecursionlimit(), 10000))
+
+
+@pytest.fixture(autouse=True)
+def _no_thread_left_behind():
+    """A test (with its fixtures) ends every thread it started: one left running would, among other things,
+    keep a later restore in this process from forking its workers (restorer.workers.alone)."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5.0
+    while True:
+        left = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    assert not left, f"threads left running after the test: {sorted(t.name for t in left)}"
