@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import os
 import stat
 import sys
+from stat import S_ISREG
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -26,7 +27,7 @@ from ..errors import UsageError
 from ..fsmeta import Owners, SkipEntry, node_from_stat, open_for_backup
 from ..snapshot.tree import DIR, FILE, Node, RawNode, encode_tree
 from ..types import BlobStore, BlobType
-from .files_cache import FilesCache
+from .files_cache import FilesCache, order_prefix
 from .prefetch import Prefetched as _Prefetched
 from .prefetch import Prefetcher as _Prefetcher
 from .reading import Piece, Stream, read_chunks, stream_file
@@ -46,6 +47,9 @@ class Progress:
 
     def bytes_done(self, n: int) -> None:  # noqa: D102
         pass
+
+    def files_unchanged(self, last_path: bytes, count: int, size: int) -> None:
+        """``count`` files of ``size`` bytes in all, the last of them ``last_path``, were found unchanged."""
 
     def warning(self, message: str) -> None:  # noqa: D102
         pass
@@ -121,7 +125,8 @@ class Archiver:
         self._hardlinks: dict[tuple[int, int], tuple[int, int, int, list[Any]]] = {}
         self._root_devs: set[int] = set()
         self.after_entry = after_entry or (lambda: None)
-        self._report_files = type(self.progress).file_started is not Progress.file_started
+        self._report_files = type(self.progress).files_unchanged is not Progress.files_unchanged
+        self._has_blobs = store.has_blobs
         self._readers: ThreadPoolExecutor | None = ThreadPoolExecutor(2, thread_name_prefix="tuckbox-read")
         # directories being walked, outermost first: (their node in the parent, entries done so far)
         self._stack: list[tuple[Node | None, list[Node | dict[str, Any] | RawNode]]] = []
@@ -207,6 +212,8 @@ class Archiver:
             if sub is _LEAF:
                 self._root_devs.add(st.st_dev)
                 hit = self._unchanged_file(path, st) if stat.S_ISREG(st.st_mode) else None
+                if hit is not None and self._report_files:
+                    self.progress.files_unchanged(path, 1, st.st_size)
                 node = hit if hit is not None else self._save_entry(path, name, st, None, self.files_cache.last_known)
             else:
                 node, warnings = node_from_stat(name, path, st, self.owners)
@@ -245,12 +252,23 @@ class Archiver:
         self._stack.append((this, nodes))
         # files-cache lookups happen here, in walk order; what must be read is prefetched in parallel
         todo: list[tuple[bytes, bytes, os.stat_result, Any]] = []
-        for child, name, st in files:
-            hit = self._unchanged_file(child, st) if stat.S_ISREG(st.st_mode) else None
-            if hit is not None:
-                nodes.append(hit)
-            else:
-                todo.append((child, name, st, self.files_cache.last_known))
+        if files:
+            prefix = order_prefix(path)
+            unchanged = self._unchanged_file
+            cache = self.files_cache
+            count = size = 0
+            last = b""
+            for child, name, st in files:
+                hit = unchanged(child, st, prefix + name) if S_ISREG(st.st_mode) else None
+                if hit is not None:
+                    nodes.append(hit)
+                    count += 1
+                    size += st.st_size
+                    last = child
+                else:
+                    todo.append((child, name, st, cache.last_known))
+            if count and self._report_files:
+                self.progress.files_unchanged(last, count, size)
         self.after_entry()
         window = _Prefetcher(
             self._readers, todo, self._start_stream, (self.store.blob_id, self.chunker.params.min_size),
@@ -319,17 +337,17 @@ class Archiver:
 
     # ------------------------------------------------------------ files
 
-    def _unchanged_file(self, path: bytes, st: os.stat_result) -> RawNode | dict[str, Any] | None:
+    def _unchanged_file(self, path: bytes, st: os.stat_result, key: bytes | None = None) -> RawNode | dict[str, Any] | None:
         """The stored node of a file the files cache knows is unchanged (and whose chunks all exist).
 
         Usually as the cache holds it, already encoded (a ``RawNode``); decoded only when its atime
-        must be updated.
+        must be updated. Counted in the summary; the caller reports it to ``progress`` (once per directory).
         """
         cache = self.files_cache
-        raw = cache.lookup_raw(path, st)
+        raw = cache.lookup_raw(path, st, key)
         if raw is None:
             return None
-        if not self.store.has_blobs(cache.last_chunks):
+        if not self._has_blobs(cache.last_chunks):
             return None
         hit: RawNode | dict[str, Any]
         if cache.last_atime != st.st_atime_ns:  # read by someone else since: keep key order canonical
@@ -343,12 +361,9 @@ class Archiver:
         else:
             cache.keep(path)
             hit = RawNode(path.rpartition(b"/")[2], raw)
-        size = st.st_size
-        self.summary.bytes_total += size
-        self.summary.files_unmodified += 1
-        if self._report_files:
-            self.progress.file_started(path, size)
-            self.progress.bytes_done(size)
+        summary = self.summary
+        summary.bytes_total += st.st_size
+        summary.files_unmodified += 1
         return hit
 
     def _save_file(

@@ -49,6 +49,12 @@ def _order(path: bytes) -> bytes:
     return b"\x02" + head.replace(b"/", b"\x00\x02") + b"\x00\x01" + name
 
 
+def order_prefix(directory: bytes) -> bytes:
+    """The part of ``_order(os.path.join(directory, name))`` before ``name``: the walk order key of a
+    directory's entry is ``order_prefix(directory) + name``."""
+    return _order(os.path.join(directory, b"x"))[:-1]
+
+
 class _Cursor:
     """Reads one cache stream forward, in walk order, knowing each record's byte range."""
 
@@ -77,15 +83,17 @@ class _Cursor:
         except Exception:  # noqa: BLE001 - unreadable: behave as empty
             self._unpacker = None
         self.header_end = self._unpacker.tell() if self._unpacker is not None else 0
+        self._end = self.header_end  # where the next record starts
         self._advance()
 
     def _advance(self) -> None:
         self.current = None
-        if self._unpacker is None:
+        unpacker = self._unpacker
+        if unpacker is None:
             return
-        start = self._unpacker.tell()
+        start = self._end
         try:
-            rec = self._unpacker.unpack()
+            rec = unpacker.unpack()
         except msgpack.OutOfData:
             self._unpacker = None
             return
@@ -98,11 +106,12 @@ class _Cursor:
             chunks = [c for c in node.get("c", ()) if type(c) is bytes]
             rec = rec[:6] + [node.get("at", 0), chunks, msgpack.packb(node)]
         if (
-            isinstance(rec, list) and len(rec) == _FIELDS and isinstance(rec[0], bytes)
-            and isinstance(rec[7], list) and isinstance(rec[8], bytes)
+            type(rec) is list and len(rec) == _FIELDS and type(rec[0]) is bytes
+            and type(rec[7]) is list and type(rec[8]) is bytes
         ):
             self.current = rec
-            self.span = (start, self._unpacker.tell())
+            self._end = end = unpacker.tell()
+            self.span = (start, end)
             self._key = rec[0]
         else:
             self._unpacker = None
@@ -186,20 +195,24 @@ class FilesCache:
 
     # -- reading (calls come in walk order) --
 
-    def lookup_raw(self, path: bytes, st: os.stat_result) -> bytes | None:
+    def lookup_raw(self, path: bytes, st: os.stat_result, key: bytes | None = None) -> bytes | None:
         """The stored node (encoded) of an unchanged file, or None (``last_known`` then says whether
         the path was in the cache at all, i.e. the file changed rather than being new). On a hit,
-        ``last_chunks`` and ``last_atime`` are the record's chunk ids and atime."""
+        ``last_chunks`` and ``last_atime`` are the record's chunk ids and atime. ``key``, if given,
+        is the path's walk-order key (``order_prefix`` of its directory + its name)."""
         self._last = None
         self.last_known = False
-        key = self._key = _order(path)
+        if key is None:
+            key = _order(path)
+        self._key = key
         self._key_path = path
-        want = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         for cursor in self._cursors:
             rec = cursor.find(key)
             if rec is not None:
                 self.last_known = True
-                if (rec[1], rec[2], rec[3], rec[4], rec[5]) == want:
+                if (rec[1], rec[2], rec[3], rec[4], rec[5]) == (
+                    st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+                ):
                     self._last = rec
                     self._last_cursor = cursor
                     self.last_atime = rec[6]

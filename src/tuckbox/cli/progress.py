@@ -54,6 +54,14 @@ class CliProgress(Progress):
             self._path = path
             self._render()
 
+    def files_unchanged(self, last_path: bytes, count: int, size: int) -> None:
+        self.files += count
+        with self._lock:
+            self.bytes += size
+        if self._bar is not None or self.json_mode:
+            self._path = last_path
+            self._render()
+
     def files_done(self, n: int) -> None:
         """A restore's count of files so far (a backup counts them one by one, in ``file_started``)."""
         self.files = n
