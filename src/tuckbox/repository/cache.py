@@ -6,7 +6,7 @@ Layout under ``$TUCKBOX_CACHE_DIR`` or ``$XDG_CACHE_HOME/tuckbox`` (default
     <repo id>/index/<name>     sealed index objects, as stored
     <repo id>/trees/<name>     whole tree (metadata) packs, as stored
     <repo id>/snapshots/<name> snapshot objects, as stored
-    <repo id>/state/...        files cache, backup journals (not copies)
+    <repo id>/state/...        files cache, backup journals, the loaded master index (not copies)
 
 Every cached copy is named by the BLAKE3 hash of its bytes, so it can be
 verified on every read; a copy that fails is deleted and fetched again. The
@@ -77,6 +77,19 @@ class Cache:
                 tmp.unlink()
             except OSError:
                 pass
+
+    def read_state(self, name: str) -> bytes | None:
+        """A local state file (not a copy of a repository object: its reader verifies it)."""
+        if not self.enabled:
+            return None
+        try:
+            return (self.state_dir / name).read_bytes()
+        except OSError:
+            return None
+
+    def write_state(self, name: str, data: bytes) -> None:
+        """Replace a local state file atomically (a crash leaves the old one or the new one)."""
+        self.put("state", name, data)
 
     def names(self, kind: str) -> set[str]:
         if not self.enabled:

@@ -14,11 +14,15 @@ racing to store it), any copy will do.
 
 from __future__ import annotations
 
+import hmac
+import sys
 import threading
 from array import array
+from operator import itemgetter
 from dataclasses import dataclass
 from typing import Container, Iterable, Iterator
 
+import blake3
 import msgpack
 import zstandard
 
@@ -29,6 +33,7 @@ from ..types import BlobType
 
 INDEX_AD = b"tuckbox index v1"
 INDEX_VERSION = 1
+SNAPSHOT_VERSION = 1  # of the local cache's copy of a loaded master index (MasterIndex.to_snapshot)
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,11 @@ def encode_index(packs: Iterable[PackRecord], index_key: bytes) -> bytes:
         ],
     }
     return seal(index_key, zstandard.ZstdCompressor(level=3).compress(msgpack.packb(doc)), INDEX_AD)
+
+
+def _ints_within(values: tuple[object, ...], limit: int) -> bool:
+    """Every value an ``int`` (not a bool) in ``[0, limit)``; ``values`` is not empty."""
+    return set(map(type, values)) == {int} and min(values) >= 0 and max(values) < limit  # type: ignore[type-var]
 
 
 @dataclass(frozen=True)
@@ -127,11 +137,13 @@ class MasterIndex:
         self.index_names: set[str] = set()
         self._lock = threading.Lock()
         self._grouped: dict[int, list[int]] | None = None
+        self._only_indexed = True  # every row came from an index object (add_pack clears it)
 
     def add_pack(self, pack: PackRecord) -> None:
         with self._lock:
             if pack.name in self._pack_no:
                 return
+            self._only_indexed = False
             slim = PackRecord(pack.name, pack.epk, pack.kind, pack.size, ())
             no = len(self._pack_list)
             self._pack_list.append(slim)
@@ -153,15 +165,17 @@ class MasterIndex:
         """Add a pack straight from an index object's lists (validated, no per-blob objects)."""
         pack = raw.record
         try:
-            cols = list(zip(*raw.blobs)) if raw.blobs else [(), (), (), (), (), ()]
-            ids, types, offsets, lengths, raws, comps = cols
-            if not (
-                all(type(b) is bytes and len(b) == 32 for b in ids)
-                and all(t in (0, 1) for t in types)
-                and all(type(c) is int and 0 <= c < 16 for c in comps)
-                and all(type(x) is int and 0 <= x < 1 << 40 for x in offsets)
-                and all(type(x) is int and 0 <= x < 1 << 32 for x in lengths)
-                and all(type(x) is int and 0 <= x < 1 << 32 for x in raws)
+            blobs = raw.blobs
+            if blobs and not (set(map(type, blobs)) == {list} and set(map(len, blobs)) == {6}):
+                raise ValueError
+            # column by column, in C (three times faster than zip(*blobs) on a large index)
+            ids, types, offsets, lengths, raws, comps = (tuple(map(itemgetter(k), blobs)) for k in range(6))
+            # (every check a pass in C: a large repository's index is millions of entries)
+            if ids and not (
+                set(map(type, ids)) == {bytes} and set(map(len, ids)) == {32}
+                and set(map(type, types)) == {int} and set(types) <= {0, 1}
+                and _ints_within(comps, 16) and _ints_within(offsets, 1 << 40)
+                and _ints_within(lengths, 1 << 32) and _ints_within(raws, 1 << 32)
             ):
                 raise ValueError
         except (ValueError, TypeError):
@@ -232,3 +246,73 @@ class MasterIndex:
     def entries(self) -> Iterator[tuple[PackRecord, BlobEntry]]:
         for row in range(len(self._ids)):
             yield self._pack_list[self._pack[row]], self._entry(row)
+
+    # -- the local cache's copy (a large repository's index loads in a fraction of the time) --
+
+    def to_snapshot(self, mac_key: bytes) -> bytes | None:
+        """This index as one authenticated byte string, or None if it holds packs that no index object
+        lists yet (this run's): a snapshot claims exactly the index objects in ``index_names``."""
+        with self._lock:
+            if not self._only_indexed or not self.index_names:
+                return None
+            n = len(self._ids)
+            header = msgpack.packb({
+                "v": SNAPSHOT_VERSION,
+                "order": sys.byteorder,
+                "sizes": [a.itemsize for a in self._columns()],
+                "n": n,
+                "indexes": sorted(self.index_names),
+                "packs": [[p.name, p.epk, int(p.kind), p.size] for p in self._pack_list],
+            })
+            body = b"".join(
+                [len(header).to_bytes(4, "little"), header, b"".join(self._ids)]
+                + [a.tobytes() for a in self._columns()]
+            )
+        return blake3.blake3(body, key=mac_key).digest() + body
+
+    def load_snapshot(self, data: bytes, mac_key: bytes, listed: set[str]) -> bool:
+        """Fill this (empty) index from ``to_snapshot``'s bytes; False, leaving it empty, if they are
+        not exactly such bytes under this key, or cover an index object no longer ``listed``."""
+        if len(data) < 36 or self._ids or self.index_names:
+            return False
+        body = memoryview(data)[32:]
+        if not hmac.compare_digest(blake3.blake3(body, key=mac_key).digest(), data[:32]):
+            return False
+        try:
+            hlen = int.from_bytes(body[:4], "little")
+            header = msgpack.unpackb(body[4:4 + hlen])
+            if header["v"] != SNAPSHOT_VERSION or header["order"] != sys.byteorder:
+                return False
+            if not set(header["indexes"]) <= listed:
+                return False  # an index object was removed since (its packs may be gone)
+            n = header["n"]
+            columns = [array(a.typecode) for a in self._columns()]
+            if header["sizes"] != [a.itemsize for a in columns]:
+                return False
+            packs = [PackRecord(name, epk, BlobType(kind), size, ()) for name, epk, kind, size in header["packs"]]
+            pos = 4 + hlen
+            raw_ids = bytes(body[pos:pos + 32 * n])
+            pos += 32 * n
+            for a in columns:
+                a.frombytes(body[pos:pos + a.itemsize * n])
+                pos += a.itemsize * n
+            if pos != len(body) or len(raw_ids) != 32 * n or any(len(a) != n for a in columns):
+                return False
+            ids = [raw_ids[i:i + 32] for i in range(0, 32 * n, 32)]
+            rows = dict(zip(ids, range(n)))
+            if len(rows) != n or (n and max(columns[0]) >= len(packs)):
+                return False
+        except (KeyError, TypeError, ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+            return False
+        with self._lock:
+            self._rows, self._ids = rows, ids
+            self._pack, self._offset, self._length, self._raw, self._kind = columns
+            self._pack_list = packs
+            self._pack_no = {p.name: i for i, p in enumerate(packs)}
+            self.packs = {p.name: p for p in packs}
+            self.index_names = set(header["indexes"])
+            self._grouped = None
+        return True
+
+    def _columns(self) -> list[array]:
+        return [self._pack, self._offset, self._length, self._raw, self._kind]

@@ -42,6 +42,7 @@ from .packer import Packer
 
 PassphraseSource = Callable[[], bytes]
 TREE_PACK_CACHE = 24 << 20  # bytes of whole tree packs kept in memory
+INDEX_SNAPSHOT = "master-index"  # the cache's copy of the loaded master index (state/)
 
 
 def object_name(data: bytes) -> str:
@@ -186,10 +187,17 @@ class Repository:
     # ---------------------------------------------------------------- index
 
     def load_index(self) -> None:
+        """Load every index object not loaded yet: first from the cache's snapshot of the whole master
+        index (valid only if every index object it covers is still listed), the rest one by one; then
+        the snapshot is replaced if anything was added."""
         self._index_loaded = True
         names = {i.name for i in self.backend.list(ObjectType.INDEX)}
         for stale in self.cache.names("index") - names:
             self.cache.discard("index", stale)
+        if not self.index.index_names and not len(self.index):
+            snapshot = self.cache.read_state(INDEX_SNAPSHOT)
+            if snapshot is not None:
+                self.index.load_snapshot(snapshot, self._snapshot_key(), names)
         todo = sorted(names - self.index.index_names)
 
         def fetch(name: str) -> tuple[str, list[RawPack]]:
@@ -209,16 +217,25 @@ class Repository:
                 self.problems.append(f"index {name[:8]} skipped: {e}; run 'tuckbox check'")
                 return name, None
 
+        added = False
         with ThreadPoolExecutor(self.connections) as pool:
             for name, packs in pool.map(fetch_safely, todo):
                 if packs is None:
                     continue
+                added = True
                 try:
                     for pack in packs:
                         self.index.add_raw(pack)
                 except IntegrityError as e:
                     self.problems.append(f"index {name[:8]} partly skipped: {e}; run 'tuckbox check'")
                 self.index.index_names.add(name)
+        if added and self.cache.enabled:
+            snapshot = self.index.to_snapshot(self._snapshot_key())
+            if snapshot is not None:
+                self.cache.write_state(INDEX_SNAPSHOT, snapshot)
+
+    def _snapshot_key(self) -> bytes:
+        return aead.hkdf(self.keys.index_key, b"tuckbox local index snapshot")
 
     def write_index(self, packs: list[PackRecord]) -> str:
         sealed = encode_index(packs, self.keys.index_key)
