@@ -105,8 +105,12 @@ def test_a_backup_after_the_snapshot_finds_unchanged_files_and_adds_nothing(tb, 
     time.sleep(1.2)  # files modified within 1 s of being read are not trusted to the files cache
     tb("init")
     tb("backup", str(src))
-    tb("backup", str(src))  # loads the first backup's index object: the snapshot is written
+    # the backup saved the snapshot once everything it stored was indexed: the next opening reads no index object
     assert list((tmp_path / "cache").glob(f"*/state/{INDEX_SNAPSHOT}"))
+    repo, reads = _open(tmp_path)
+    assert reads == []
+    _same(repo.index, _reference(repo))
+    tb("backup", str(src))
     third = [ln for ln in tb("backup", str(src), "--json").out.splitlines() if '"summary"' in ln][-1]
     assert '"files_unmodified": 30' in third and '"bytes_read": 0' in third
     tb("restore", "latest", "--target", str(tmp_path / "r"))

@@ -130,6 +130,19 @@ def test_a_snapshot_is_refused_when_damaged_stale_or_under_another_key():
 
 def test_no_snapshot_of_an_index_holding_packs_no_index_object_lists():
     idx = _loaded(pack(10, [os.urandom(32)]))
-    idx.add_pack(pack(11, [os.urandom(32)]))  # stored by this run, its index object not written yet
+    mine, other = pack(11, [os.urandom(32)]), pack(12, [os.urandom(32)])
+    idx.add_pack(mine)  # stored by this run, its index object not written yet
+    idx.add_pack(other)
     assert idx.to_snapshot(os.urandom(32)) is None
     assert MasterIndex().to_snapshot(os.urandom(32)) is None  # nothing loaded: nothing to claim
+    idx.indexed("idx2", [mine.name])
+    assert idx.to_snapshot(os.urandom(32)) is None  # one pack is still not listed by a stored index object
+    idx.indexed("idx3", [other.name])
+    mac = os.urandom(32)
+    snap = idx.to_snapshot(mac)
+    assert snap is not None
+    copy = MasterIndex()
+    assert copy.load_snapshot(snap, mac, {"idx1", "idx2", "idx3"})
+    assert copy.index_names == {"idx1", "idx2", "idx3"} and len(copy) == 3
+    assert copy.lookup(other.blobs[0].id) == idx.lookup(other.blobs[0].id)
+    assert not MasterIndex().load_snapshot(snap, mac, {"idx1", "idx2"})  # idx3 gone: refused

@@ -279,6 +279,7 @@ def run_backup(
         else:
             checkpoints.supersede(repo)
         files_cache.finish(complete=not partial)
+        repo.save_index_snapshot()  # every pack it stored is indexed: the next run loads the index at once
         finished = True
         return BackupResult(snap, archiver.summary.warnings, partial, adopted, written, left_out)
     except KeyboardInterrupt:

@@ -137,13 +137,14 @@ class MasterIndex:
         self.index_names: set[str] = set()
         self._lock = threading.Lock()
         self._grouped: dict[int, list[int]] | None = None
-        self._only_indexed = True  # every row came from an index object (add_pack clears it)
+        self._added: set[str] = set()  # packs added by add_pack (this run's)...
+        self._covered: set[str] = set()  # ...and those an index object written by this run lists
 
     def add_pack(self, pack: PackRecord) -> None:
         with self._lock:
             if pack.name in self._pack_no:
                 return
-            self._only_indexed = False
+            self._added.add(pack.name)
             slim = PackRecord(pack.name, pack.epk, pack.kind, pack.size, ())
             no = len(self._pack_list)
             self._pack_list.append(slim)
@@ -204,6 +205,12 @@ class MasterIndex:
             self._raw.extend(raws)
             self._kind.extend([t << 4 | c for t, c in zip(types, comps)])
 
+    def indexed(self, index_name: str, pack_names: Iterable[str]) -> None:
+        """An index object listing these packs was stored."""
+        with self._lock:
+            self.index_names.add(index_name)
+            self._covered.update(pack_names)
+
     def has(self, blob_id: bytes) -> bool:
         return blob_id in self._rows
 
@@ -250,10 +257,10 @@ class MasterIndex:
     # -- the local cache's copy (a large repository's index loads in a fraction of the time) --
 
     def to_snapshot(self, mac_key: bytes) -> bytes | None:
-        """This index as one authenticated byte string, or None if it holds packs that no index object
-        lists yet (this run's): a snapshot claims exactly the index objects in ``index_names``."""
+        """This index as one authenticated byte string, or None if it holds a pack that no stored index
+        object lists yet (this run's): a snapshot claims only what the index objects in ``index_names`` say."""
         with self._lock:
-            if not self._only_indexed or not self.index_names:
+            if not self._added <= self._covered or not self.index_names:
                 return None
             n = len(self._ids)
             header = msgpack.packb({

@@ -229,7 +229,13 @@ class Repository:
                 except IntegrityError as e:
                     self.problems.append(f"index {name[:8]} partly skipped: {e}; run 'tuckbox check'")
                 self.index.index_names.add(name)
-        if added and self.cache.enabled:
+        if added:
+            self.save_index_snapshot()
+
+    def save_index_snapshot(self) -> None:
+        """Replace the cache's snapshot of the master index, unless it holds a pack no stored index
+        object lists yet (a backup calls this once everything it stored is indexed)."""
+        if self.cache.enabled:
             snapshot = self.index.to_snapshot(self._snapshot_key())
             if snapshot is not None:
                 self.cache.write_state(INDEX_SNAPSHOT, snapshot)
@@ -242,7 +248,7 @@ class Repository:
         name = object_name(sealed)
         self.backend.save(ObjectType.INDEX, name, sealed)
         self.cache.put("index", name, sealed)
-        self.index.index_names.add(name)
+        self.index.indexed(name, [p.name for p in packs])
         return name
 
     # ---------------------------------------------------------------- blobs
