@@ -226,7 +226,7 @@ class Archiver:
         return self._save_tree(nodes)
 
     def _save_dir(self, path: bytes, dev: int, this: Node | None) -> bytes:
-        """One directory: its other entries first (small files prefetched by the reader pool), then subdirectories."""
+        """One directory: its other entries first (read a window ahead: prefetch.py), then subdirectories."""
         try:
             with os.scandir(path) as it:
                 listing = sorted(it, key=lambda e: e.name)
@@ -307,6 +307,9 @@ class Archiver:
     ) -> Node | dict[str, Any] | None:
         if stat.S_ISSOCK(st.st_mode):
             return None  # sockets cannot be restored meaningfully; skipped silently
+        if isinstance(prefetched, _Prefetched) and prefetched.error is not None:
+            self._warn(f"{_display(path)}: {prefetched.error}")  # one warning: its metadata is not read either
+            return None
         try:
             xattrs = prefetched.xattrs if prefetched is not None else None
             node, warnings = node_from_stat(name, path, st, self.owners, xattrs)

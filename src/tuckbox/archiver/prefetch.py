@@ -1,16 +1,24 @@
-"""Reading files ahead of the walk, in a pool of reader threads.
+"""Reading files ahead of the walk.
 
-The walking thread does the Python work (metadata, hashing small files,
-trees); opening, reading and closing small files are system calls that release
-the GIL, so a couple of reader threads keep the disk busy while it does. Large
-files are read, chunked and hashed by a reader thread as a ``Stream``
-(reading.py). The window ahead is bounded in files and bytes, so memory stays
-flat.
+Small files (up to ``INLINE_MAX``) are read by the walking thread itself, but
+opened a window ahead of it with ``posix_fadvise(WILLNEED)``: the kernel reads
+them into the page cache in the background, many at once, without a thread.
+Handing them to reader threads instead costs more than it saves: each of the
+five system calls per file releases the GIL, and getting it back while the
+walking thread runs Python stalls the reader (measured on the 200,000-file
+set: 11.3 s with two reader threads, 9.2 s read inline; on a cold cache
+readahead keeps the disk as busy as four threads).
+
+Larger files are read by a pool of reader threads: up to ``SMALL_FILE`` whole,
+in batches; beyond that read, chunked and hashed as a ``Stream`` (reading.py).
+The window ahead is bounded in files and bytes, so memory stays flat.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import resource
 import stat
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,15 +47,26 @@ _BLOCK = 4096
 Hasher = tuple[Callable[[bytes], bytes], int]
 
 
+def _open_error(e: OSError) -> Prefetched:
+    if isinstance(e, FileNotFoundError):
+        return Prefetched(error="vanished during backup")
+    return Prefetched(error=f"cannot read: {e.strerror}")
+
+
 def _read_small(path: bytes, size: int, blocks: int = 0, hasher: Hasher | None = None) -> Prefetched:
-    """Read a whole small file (in a reader thread: the system calls release the GIL)."""
+    """Open and read a whole small file."""
     read_at = time.time_ns()
     try:
         fd = open_for_backup(path)
-    except FileNotFoundError:
-        return Prefetched(error="vanished during backup")
     except OSError as e:
-        return Prefetched(error=f"cannot read: {e.strerror}")
+        return _open_error(e)
+    return _read_open(fd, read_at, path, size, blocks, hasher)
+
+
+def _read_open(
+    fd: int, read_at: int, path: bytes, size: int, blocks: int = 0, hasher: Hasher | None = None
+) -> Prefetched:
+    """Read a whole small file from ``fd`` (opened at ``read_at``), and close it."""
     try:
         if size and not (size <= _BLOCK and blocks * 512 >= size):
             # (a file of at most one page whose allocated blocks cover its size has no hole: no need to ask)
@@ -84,7 +103,20 @@ def _read_batch(batch: list[tuple[bytes, int, int]], hasher: Hasher | None) -> l
 
 
 PREFETCH_BYTES = 8 << 20
-PREFETCH_FILES = 128
+PREFETCH_FILES = 64  # files ahead of the walk (small ones: opened, at most OPEN_AHEAD at once)
+INLINE_MAX = 256 << 10  # files up to this size are read by the walking thread (see the module's docstring)
+
+
+def _open_ahead_limit() -> int:
+    """How many small files may be held open ahead: a sixteenth of the descriptor limit, so that the
+    packer, the backends and the rest of the process never run short because of the readahead."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 10
+    return max(0, soft // 16)
+
+
+OPEN_AHEAD = _open_ahead_limit()
 BATCH_FILES = 8  # small files read per task
 BATCH_BYTES = 256 << 10
 
@@ -113,6 +145,8 @@ class Prefetcher:
         self.start_stream = start_stream
         self.futures: dict[int, tuple[Future[list[Prefetched]], int]] = {}  # file -> (its batch, place in it)
         self.streams: dict[int, tuple[Stream, Future[None]]] = {}
+        self.opened: dict[int, tuple[int, int]] = {}  # small file -> (descriptor, when it was opened)
+        self.ahead = True  # open small files ahead (off after running out of file descriptors)
         self.next = 0
         self.bytes = 0
         self._fill(0)
@@ -121,16 +155,22 @@ class Prefetcher:
     def _cost(st: os.stat_result) -> int:
         return min(st.st_size, STREAM_BYTES)
 
+    def _inline(self, st: os.stat_result) -> bool:
+        """Whether the walking thread reads this file itself (a small regular file, or any up to
+        ``SMALL_FILE`` when there is no reader pool)."""
+        return stat.S_ISREG(st.st_mode) and st.st_size <= (SMALL_FILE if self.pool is None else INLINE_MAX)
+
     def _fill(self, current: int) -> None:
-        if self.pool is None:
-            return
         while (
             self.next < len(self.todo)
             and self.next < current + PREFETCH_FILES
             and self.bytes < PREFETCH_BYTES
         ):
             path, _, st, _ = self.todo[self.next]
-            if stat.S_ISREG(st.st_mode):
+            if self._inline(st):
+                if self.ahead and len(self.opened) < OPEN_AHEAD:
+                    self._open_ahead(self.next, path, st.st_size)
+            elif stat.S_ISREG(st.st_mode) and self.pool is not None:
                 if st.st_size <= SMALL_FILE:
                     self._submit_batch(current)
                     continue
@@ -139,6 +179,22 @@ class Prefetcher:
                     self.streams[self.next] = (stream, self.pool.submit(self.start_stream, path, stream))
                     self.bytes += self._cost(st)
             self.next += 1
+
+    def _open_ahead(self, k: int, path: bytes, size: int) -> None:
+        """Open file ``k`` and ask the kernel to read it into the page cache in the background."""
+        read_at = time.time_ns()
+        try:
+            fd = open_for_backup(path)
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                self.ahead = False  # opened when its turn comes, like any other (and reported then)
+            return  # (any other error is met again, and reported, when its turn comes)
+        self.opened[k] = (fd, read_at)
+        if size:
+            try:
+                os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass  # only a hint
 
     def _submit_batch(self, current: int) -> None:
         """Submit the run of small files starting at ``self.next`` as one task (one hand-off, not one per file)."""
@@ -152,7 +208,7 @@ class Prefetcher:
             and size < BATCH_BYTES
         ):
             path, _, st, _ = self.todo[self.next]
-            if not (stat.S_ISREG(st.st_mode) and st.st_size <= SMALL_FILE):
+            if not (stat.S_ISREG(st.st_mode) and st.st_size <= SMALL_FILE) or self._inline(st):
                 break
             batch.append((path, st.st_size, st.st_blocks))
             size += st.st_size
@@ -163,19 +219,29 @@ class Prefetcher:
         self.bytes += size
 
     def take(self, k: int) -> Prefetched | Stream | None:
+        """File ``k``, read (a small file, read now), being read (a ``Stream``), or None: the caller reads it."""
         batched = self.futures.pop(k, None)
         streamed = self.streams.pop(k, None)
+        opened = self.opened.pop(k, None)
         if batched is not None or streamed is not None:
             self.bytes -= self._cost(self.todo[k][2])
         self._fill(k + 1)
         if streamed is not None:
             return streamed[0]
         if batched is None:
+            path, _, st, _ = self.todo[k]
+            if opened is not None:
+                return _read_open(opened[0], opened[1], path, st.st_size, st.st_blocks, self.hasher)
+            if self._inline(st):
+                return _read_small(path, st.st_size, st.st_blocks, self.hasher)
             return None
         fut, i = batched
         return fut.result()[i]
 
     def cancel(self) -> None:
+        for fd, _ in self.opened.values():
+            os.close(fd)
+        self.opened.clear()
         for fut, _ in self.futures.values():
             fut.cancel()
         self.futures.clear()
