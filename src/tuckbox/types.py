@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Iterator, Protocol, runtime_checkable
+from typing import Any, Iterator, Protocol, runtime_checkable
 
 ID_LEN = 32  # bytes, for chunk ids and object names
 
@@ -87,6 +87,10 @@ class BlobStore(Protocol):
     def has_blobs(self, blob_ids: list[bytes]) -> bool: ...
 
     def add_blob(self, blob_type: BlobType, blob_id: bytes, data: bytes | memoryview) -> bool: ...
+
+    def add_tree(self, tree_id: bytes, data: bytes, nodes: list[Any]) -> bool:
+        """``add_blob`` of a tree blob whose entries (``nodes``, as given to ``encode_tree``) are at hand."""
+        ...
 
     def blob_id(self, data: bytes | memoryview) -> bytes: ...
 

@@ -190,7 +190,7 @@ class Archiver:
     def _save_tree(self, nodes: list[Node | dict[str, Any] | RawNode]) -> bytes:
         data = encode_tree(nodes)
         tree_id = self.store.blob_id(data)
-        self.store.add_blob(BlobType.TREE, tree_id, data)
+        self.store.add_tree(tree_id, data, nodes)
         return tree_id
 
     def _save_virtual(self, prefix: bytes, spec: dict[bytes, Any], this: Node | None) -> bytes:

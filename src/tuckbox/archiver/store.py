@@ -28,7 +28,7 @@ import msgpack
 
 from ..repository.packer import Packer
 from ..repository.repo import Repository
-from ..snapshot.tree import encode_tree
+from ..snapshot.tree import encode_tree, node_refs
 from ..types import BlobType
 
 INCOMPLETE = "incomplete: the backup was interrupted"  # the archiver's warning for a directory cut short
@@ -65,9 +65,16 @@ class RunStore:
             self._note_tree(blob_id, data)
         return new
 
+    def add_tree(self, tree_id: bytes, data: bytes, nodes: list[Any]) -> bool:
+        new = self._packer.add(BlobType.TREE, tree_id, data)
+        self._note_tree(tree_id, data, nodes)
+        return new
+
     # -- which trees may name data that is not stored --
 
-    def _note_tree(self, tree_id: bytes, data: bytes | memoryview) -> None:
+    def _note_tree(self, tree_id: bytes, data: bytes | memoryview, nodes: list[Any] | None = None) -> None:
+        """Remember the tree if it names data not stored yet (``nodes``: its entries, when at hand,
+        so the tree need not be decoded again)."""
         if not self._packer.stopping and not self._packer.data_pending():
             # every data blob accepted so far is stored (before a stop nothing is dropped), so this
             # tree and every earlier one name stored chunks only
@@ -77,12 +84,13 @@ class RunStore:
         has = self._repo.index.has
         missing: list[bytes] = []
         subtrees: list[bytes] = []
-        for m in _nodes(bytes(data)):
-            for c in m.get("c", ()):
+        refs = node_refs(nodes) if nodes is not None else [(m.get("c", ()), m.get("st")) for m in _nodes(bytes(data))]
+        unsure = self._unsure
+        for content, st in refs:
+            for c in content:
                 if type(c) is bytes and not has(c):
                     missing.append(c)
-            st = m.get("st")
-            if st and st in self._unsure:
+            if st and st in unsure:
                 subtrees.append(st)
         if missing or subtrees:
             self._unsure[tree_id] = _Unsure(bytes(data), missing, subtrees)

@@ -22,7 +22,7 @@ import mmap
 import struct
 import sys
 import threading
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import msgpack
 import zstandard
@@ -54,8 +54,10 @@ ZSTD_LEVEL = 3
 MIN_SAVING = 0.03
 
 
-@dataclass(frozen=True)
-class BlobEntry:
+class BlobEntry(NamedTuple):
+    """A blob's place in its pack. A tuple, so msgpack encodes it as the array ``to_list`` gives
+    (``type`` is an IntEnum: encoded as its integer) without building a list per blob."""
+
     id: bytes
     type: BlobType
     offset: int
@@ -272,7 +274,7 @@ class PackBuilder:
 
     def finish(self) -> memoryview:
         """The whole pack: a view of the buffer, valid until ``release``."""
-        header_plain = msgpack.packb([e.to_list() for e in self.entries])
+        header_plain = msgpack.packb(self.entries)
         header_offset = self._size
         header_len = len(header_plain) + TAG_LEN
         total = padme(header_offset + header_len + TRAILER_LEN)

@@ -54,7 +54,7 @@ def encode_index(packs: Iterable[PackRecord], index_key: bytes) -> bytes:
                 "epk": p.epk,
                 "kind": int(p.kind),
                 "size": p.size,
-                "blobs": [b.to_list() for b in p.blobs],
+                "blobs": p.blobs,  # BlobEntry tuples: encoded as their to_list() arrays
             }
             for p in packs
         ],

@@ -29,7 +29,7 @@ from .index import PackRecord
 
 def _encode(p: PackRecord) -> bytes:
     return msgpack.packb(
-        {"id": p.name, "epk": p.epk, "kind": int(p.kind), "size": p.size, "blobs": [b.to_list() for b in p.blobs]}
+        {"id": p.name, "epk": p.epk, "kind": int(p.kind), "size": p.size, "blobs": p.blobs}
     )
 
 

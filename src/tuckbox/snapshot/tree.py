@@ -184,6 +184,20 @@ def encode_tree(nodes: list[Node | dict[str, Any] | RawNode]) -> bytes:
     return b"".join([_TREE_HEAD, _array_header(len(keyed))] + [raw for _, raw in keyed])
 
 
+def node_refs(nodes: list[Node | dict[str, Any] | RawNode]) -> list[tuple[Any, bytes]]:
+    """The (content, subtree id) of each entry, in whichever form it comes (RawNodes are decoded)."""
+    out: list[tuple[Any, bytes]] = []
+    for n in nodes:
+        if type(n) is dict:
+            out.append((n.get("c", ()), n.get("st", b"")))
+        elif type(n) is RawNode:
+            m = msgpack.unpackb(n.raw)
+            out.append((m.get("c", ()), m.get("st", b"")))
+        else:
+            out.append((n.content, n.subtree))  # type: ignore[union-attr]
+    return out
+
+
 def decode_tree(raw: bytes) -> list[Node]:
     try:
         doc = msgpack.unpackb(raw)
