@@ -218,6 +218,9 @@ class S3Backend:
 
     @staticmethod
     def _md5(data: bytes | memoryview) -> str:
+        """Content-MD5 of an upload body: the server refuses a body damaged on the way. Needed even over
+        plain http, where SigV4 signs the body's SHA-256: SeaweedFS and rclone do not check that one
+        (tests/backends/test_s3.py, test_body_damaged_in_transit_is_refused)."""
         return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
 
     def _head(self, key: str, what: str) -> dict[str, Any] | None:
