@@ -200,11 +200,19 @@ def _flip_a_byte_after_signing(backend: S3Backend, operation: str, seen: list[di
     backend._s3.meta.events.register(f"before-send.s3.{operation}", tamper)
 
 
+# what the servers verify (measured; a change shows up here): SeaweedFS checks x-amz-checksum-crc32, rclone does not
+VERIFIES_CRC32 = {"seaweedfs": True, "rclone-s3": False}
+
+
+@pytest.mark.parametrize("checksum", ["auto", "md5"])
 @pytest.mark.parametrize("multipart", [False, True], ids=["single", "multipart"])
-def test_body_damaged_in_transit_is_refused(s3env, multipart):
-    """Content-MD5 is what makes the server check an upload: neither SeaweedFS nor rclone verifies the
-    SHA-256 that SigV4 signs over plain http (measured), so it must stay even there."""
-    extra = {"s3.multipart-threshold": str(5 << 20), "s3.part-size": str(5 << 20)} if multipart else {}
+def test_body_damaged_in_transit_is_refused(s3env, multipart, checksum, request):
+    """Each upload carries a checksum the server verifies: neither SeaweedFS nor rclone checks the SHA-256
+    that SigV4 signs over plain http (measured), so that one does not count."""
+    server = request.node.callspec.params["s3env"]
+    extra = {"s3.checksum": checksum}
+    if multipart:
+        extra.update({"s3.multipart-threshold": str(5 << 20), "s3.part-size": str(5 << 20)})
     b = _open(s3env, **extra)
     b.create()
     try:
@@ -214,12 +222,36 @@ def test_body_damaged_in_transit_is_refused(s3env, multipart):
         name = hashlib.sha256(data).hexdigest()
         with pytest.raises(PermanentError):
             b.save(ObjectType.PACK, name, data)
-        assert seen and all("Content-MD5" in headers for headers in seen)
+        crc32 = not multipart and checksum == "auto" and VERIFIES_CRC32[server]
+        assert seen and all(("x-amz-checksum-crc32" in h) == crc32 for h in seen)
+        assert all(("Content-MD5" in h) != crc32 for h in seen)
         with pytest.raises(ObjectNotFound):
             b.load(ObjectType.PACK, name)
     finally:
         b.close()
         _purge(s3env, b.prefix)
+
+
+def test_crc32_only_where_the_server_checks_it(fresh_backend, s3env, request):
+    """The probe: the right CRC32 accepted and a wrong one refused, or Content-MD5; it leaves nothing behind."""
+    server = request.node.callspec.params["s3env"]
+    assert fresh_backend._crc32_checked() is VERIFIES_CRC32[server]
+    data = os.urandom(100_000)
+    name = hashlib.sha256(data).hexdigest()
+    fresh_backend.save(ObjectType.PACK, name, data)
+    assert fresh_backend.load(ObjectType.PACK, name) == data
+    raw = _raw_client(s3env)
+    try:
+        listed = raw.list_objects_v2(Bucket=s3env["S3_BUCKET"], Prefix=fresh_backend.prefix + "/")
+        keys = [o["Key"] for o in listed.get("Contents", [])]
+    finally:
+        raw.close()
+    assert [k for k in keys if "probe" in k] == [] and len(keys) == 1
+
+
+def test_checksum_option_is_checked(s3env):
+    with pytest.raises(UsageError, match="s3.checksum"):
+        _open(s3env, **{"s3.checksum": "sha1"})
 
 
 def test_unreachable_endpoint_is_transient(s3env):
