@@ -141,6 +141,28 @@ def test_quota_exceeded_stops_then_resumes(tmp_path):
         storage.cleanup()
 
 
+def test_storage_fails_while_a_large_file_streams(tmp_path):
+    """A large file is read, chunked and stored by a reader thread: the storage failing under it stops the
+    run with the storage's own one-line error (not a warning about the file, not an internal error)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    big = os.urandom(12 * MiB)  # above the 4 MiB whole-file limit: streamed (archiver/reading.py)
+    (src / "big.bin").write_bytes(big)
+    (src / "small.txt").write_bytes(b"small\n")
+    cli = Cli(tmp_path, local_storage(tmp_path / "repo"))
+    cli(*INIT)
+    res = cli("--json", "backup", str(src), env={"TUCKBOX_TEST_FAULTS": "quota_after=2"}, expect=1)
+    line = one_line_error(res.err)
+    assert "quota" in line and "exceeded" in line, line
+    assert "internal error" not in res.err and "big.bin" not in res.err
+    assert cli("snapshots", "--json").json() == []
+    cli("check", "--read-data")
+    cli("--json", "backup", str(src))  # the fault is gone: the same backup completes
+    cli("check", "--read-data")
+    cli("restore", "latest", "--target", str(tmp_path / "r"))
+    assert compare_trees(src, restored(tmp_path / "r", src)) == []
+
+
 def _mount(*args: str) -> None:
     subprocess.run(["mount", *args], check=True, capture_output=True)
 

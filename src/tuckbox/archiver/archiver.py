@@ -528,6 +528,8 @@ class Archiver:
             content.append(blob_id)
             self.summary.bytes_read += n
             self.progress.bytes_done(n)
+        if stream.failure is not None:
+            raise stream.failure  # storing its chunks failed (e.g. the storage is full): the run cannot go on
         return content
 
     def _store_chunk(self, blob_id: bytes, chunk: bytes | memoryview) -> None:

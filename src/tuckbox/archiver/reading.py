@@ -78,6 +78,14 @@ class StreamCancelled(Exception):
     """The walk no longer wants this file (the run is stopping)."""
 
 
+class _SinkFailed(Exception):
+    """Storing a chunk failed (the storage, not the file): the walk raises ``cause`` itself."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 class Stream:
     """A large file read by a reader thread, handed to the walking thread piece by piece.
 
@@ -98,7 +106,8 @@ class Stream:
         self._held = 0
         self._done = False
         self._cancelled = False
-        self.error: str | None = None
+        self.error: str | None = None  # the file could not be read (a warning: the backup goes on)
+        self.failure: BaseException | None = None  # storing its chunks failed (the backup cannot go on)
         self.before: os.stat_result | None = None
         self.after: os.stat_result | None = None
         self.read_at = 0
@@ -123,7 +132,10 @@ class Stream:
                 raise StreamCancelled
         if not isinstance(piece, int):
             if self._sink is not None:
-                self._sink(piece[0], piece[1])  # stored (or found stored) from this thread
+                try:
+                    self._sink(piece[0], piece[1])  # stored (or found stored) from this thread
+                except Exception as e:  # noqa: BLE001 - the storage failed, not the file: the walk re-raises it
+                    raise _SinkFailed(e) from e
                 piece = (piece[0], size)
             else:
                 piece = (piece[0], bytes(piece[1]))  # the chunker's buffer is reused: copy, here rather than in the walk
@@ -184,10 +196,14 @@ def stream_file(path: bytes, chunker: Chunker, blob_id: BlobId, stream: Stream) 
             stream._opened.set()
             stream.nbytes = read_chunks(fd, before.st_size, chunker, blob_id, stream.put)
             stream.after = os.fstat(fd)
+        except _SinkFailed as e:
+            stream.failure = e.cause
         except OSError as e:
             stream.error = f"read error: {e.strerror}"
         except StreamCancelled:
             pass
+        except Exception as e:  # noqa: BLE001 - e.g. the chunker or hashing failed: the walk re-raises it
+            stream.failure = e
         finally:
             os.close(fd)
     finally:
