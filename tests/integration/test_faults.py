@@ -97,7 +97,9 @@ def flaky_round_trip(cli: Cli, src: Path, tmp_path: Path, faults: str) -> dict[s
 def test_flaky_storage_backup_restore_check(storage, tmp_path):
     """5 % of every operation fails (dropped connection, lost reply, truncated read), on real storage."""
     src = tmp_path / "src"
-    make_tree(src, 11, big=3, big_size=(3 * MiB, 4 * MiB), dirs=4, files_per_dir=40)
+    make_tree(src, 11, big=3, big_size=(3 * MiB, 6 * MiB), dirs=4, files_per_dir=40)
+    # files above 4 MiB are read, chunked and stored by a reader thread (archiver/reading.py): cover that too
+    assert any(p.stat().st_size > 4 * MiB for p in src.rglob("*") if p.is_file())
     injected = flaky_round_trip(Cli(tmp_path, storage), src, tmp_path, FLAKY)
     assert sum(injected.values()) >= 2, injected  # expected about 5; every kind alone is the next test
 
@@ -106,7 +108,7 @@ def test_flaky_storage_backup_restore_check(storage, tmp_path):
 def test_each_fault_kind_at_a_high_rate(kind, tmp_path):
     """One kind of fault at 25 %, so each one is certain to be hit several times, and survived."""
     src = tmp_path / "src"
-    make_tree(src, 12, big=2, big_size=(2 * MiB, 3 * MiB), dirs=3, files_per_dir=40)
+    make_tree(src, 12, big=2, big_size=(2 * MiB, 6 * MiB), dirs=3, files_per_dir=40)
     injected = flaky_round_trip(
         Cli(tmp_path, local_storage(tmp_path / "repo")), src, tmp_path, f"seed=3,{kind}=0.25,retry_delay=0.01"
     )
