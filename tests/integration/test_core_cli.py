@@ -199,3 +199,37 @@ def test_unknown_format_version_or_feature_is_refused(tb, tmp_path):
         assert words in res.err and "upgrade tuckbox" in res.err
     cfg_path.write_bytes(original)
     tb("snapshots")
+
+
+def test_output_that_cannot_be_written_is_a_one_line_error(tb, tmp_path):
+    """Standard output on a full device (/dev/full): exit 1 and one line naming standard output, whichever
+    command was printing (dump streams a file, ls and --json print as they go); a closed pipe is quiet."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "s"
+    src.mkdir()
+    data = os.urandom(3 << 20)
+    (src / "f.bin").write_bytes(data)
+    tb("init")
+    tb("backup", str(src))
+
+    def run(*args: str, stdout) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tuckbox.cli.main", *args], env=tb.env, stdin=subprocess.DEVNULL,
+                              stdout=stdout, stderr=subprocess.PIPE, timeout=600)
+
+    with open("/dev/full", "wb") as full:
+        for args in (("dump", "latest", str(src / "f.bin")), ("ls", "latest"), ("--json", "snapshots"), ("stats",)):
+            p = run(*args, stdout=full)
+            err = p.stderr.decode()
+            lines = [ln for ln in err.splitlines() if ln.strip()]
+            assert p.returncode == 1 and len(lines) == 1, (args, p.returncode, err)
+            assert lines[0].startswith("tuckbox: error: cannot write to standard output: No space left"), lines[0]
+    # a reader that stops early (| head) ends the command quietly
+    p = subprocess.Popen([sys.executable, "-m", "tuckbox.cli.main", "dump", "latest", str(src / "f.bin")],
+                         env=tb.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stdout.read(10) == data[:10]
+    p.stdout.close()
+    assert p.wait(timeout=600) == 1 and p.stderr is not None and p.stderr.read() == b""
+    # and the output itself is intact when it can be written
+    assert tb("dump", "latest", str(src / "f.bin")).raw == data

@@ -17,6 +17,7 @@ from .. import __version__
 from ..errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, TuckboxError
 from .common import add_global_options, report_problems
 from .memory import tune_allocator
+from .output import Guarded, OutputError, discard_pending
 
 COMMANDS = [
     "init", "backup", "snapshots", "ls", "diff", "restore", "dump", "check", "stats", "unlock",
@@ -99,15 +100,34 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    real_stdout = sys.stdout
+    sys.stdout = Guarded(real_stdout)  # type: ignore[assignment]
+    try:
+        code = _run(args)
+    finally:
+        sys.stdout = real_stdout
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command; every failure becomes a one-line message and an exit code."""
     try:
         code = args.func(args)
+        report_problems()
+        sys.stdout.flush()
     except TuckboxError as e:
         print(f"tuckbox: error: {e.message}", file=sys.stderr)
         code = e.exit_code
+        if isinstance(e, OutputError):
+            discard_pending(sys.stdout)
+        else:
+            report_problems()
     except KeyboardInterrupt:
         print("tuckbox: interrupted", file=sys.stderr)
         code = EXIT_INTERRUPTED
-    except BrokenPipeError:
+        report_problems()
+    except BrokenPipeError:  # the reader of our output went away (| head): nothing to say
+        discard_pending(sys.stdout)
         code = EXIT_FATAL
     except Exception as e:  # noqa: BLE001 - a traceback in front of a user is a bug
         if os.environ.get("TUCKBOX_DEBUG"):
@@ -120,8 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tuckbox: internal error: {type(e).__name__}{where} (set TUCKBOX_DEBUG=1 for details; please report it)",
               file=sys.stderr)
         code = EXIT_FATAL
-    report_problems()
-    sys.stdout.flush()
+        report_problems()
     return int(code or 0)
 
 
