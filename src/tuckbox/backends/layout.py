@@ -30,6 +30,12 @@ def check_name(type: ObjectType, name: str) -> None:
         raise UsageError(f"invalid object name {name!r}")
 
 
+def is_object_name(type: ObjectType, name: str) -> bool:
+    """Whether ``name`` can be an object of ``type`` (listings skip anything else: a stray file a user,
+    a sync tool or an operating system left in the repository must not break them)."""
+    return name == "config" if type is ObjectType.CONFIG else bool(_NAME.match(name))
+
+
 def object_path(type: ObjectType, name: str) -> str:
     check_name(type, name)
     if type is ObjectType.CONFIG:

@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
 from typing import Iterator
 
 from .. import directio
 from ..errors import ObjectExists, ObjectNotFound, PermanentError, TransientError
 from ..types import ObjectInfo, ObjectType
-from .layout import directories, object_path
+from .layout import directories, is_object_name, object_path
 
 DIRECT_MIN = 1 << 20  # objects at least this large are written with O_DIRECT where possible
 
+_SHARD = re.compile(r"^[0-9a-f]{2}$")
 _PERMANENT = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR}
 
 
@@ -144,19 +146,23 @@ class LocalBackend:
                 pass
             return
         base = os.path.join(self.root, type.value)
-        dirs = [base]
+        dirs = [(base, "")]
         if type is ObjectType.PACK:
             try:
-                dirs = [e.path for e in os.scandir(base) if e.is_dir()]
+                dirs = [(e.path, e.name) for e in os.scandir(base) if _SHARD.match(e.name) and e.is_dir()]
             except FileNotFoundError:
                 return
-        for d in dirs:
+        for d, shard in dirs:
             try:
                 entries = list(os.scandir(d))
             except FileNotFoundError:
                 continue
             for e in entries:
-                if e.name.startswith(".") or not e.is_file(follow_symlinks=False):
+                # only what can be an object here: not a temporary file (".tmp-*"), nor anything foreign
+                # (".DS_Store", "Thumbs.db", a sync tool's conflict copy, a pack in the wrong shard)
+                if not is_object_name(type, e.name) or not e.name.startswith(shard):
+                    continue
+                if not e.is_file(follow_symlinks=False):
                     continue
                 try:
                     size = e.stat(follow_symlinks=False).st_size
