@@ -233,3 +233,30 @@ def test_output_that_cannot_be_written_is_a_one_line_error(tb, tmp_path):
     assert p.wait(timeout=600) == 1 and p.stderr is not None and p.stderr.read() == b""
     # and the output itself is intact when it can be written
     assert tb("dump", "latest", str(src / "f.bin")).raw == data
+
+
+def test_repository_and_cache_inside_the_source_are_left_out(tmp_path):
+    """Backing up a tree that holds the (local) repository and tuckbox's cache: neither goes into the
+    snapshot, so no run stores the previous run's packs again; the rest is backed up as usual."""
+    import time
+
+    from .conftest import Tuckbox
+
+    src = tmp_path / "home"
+    (src / "docs").mkdir(parents=True)
+    (src / "docs" / "a.bin").write_bytes(os.urandom(2 << 20))
+    tb = Tuckbox(tmp_path, repo=str(src / "backups" / "repo"))
+    tb.env["TUCKBOX_CACHE_DIR"] = str(src / ".cache" / "tuckbox")
+    tb("init")
+    time.sleep(1.1)  # (files changed within a second of being read are read again by the next run)
+    first = [json.loads(line) for line in tb("--json", "backup", str(src)).out.splitlines()][-1]
+    assert sorted(first["skipped_own"]) == sorted([str(src / ".cache" / "tuckbox"), str(src / "backups" / "repo")])
+    second = [json.loads(line) for line in tb("--json", "backup", str(src)).out.splitlines()][-1]
+    assert second["bytes_new_raw"] < 64 << 10, second  # only trees: not the first run's packs
+    paths = [e["path"] for e in tb("--json", "ls", "latest", str(src)).json()["entries"]]
+    assert str(src / "docs" / "a.bin") in paths
+    assert not [p for p in paths if p.startswith((str(src / "backups" / "repo"), str(src / ".cache" / "tuckbox")))]
+    tb("restore", "latest", "--target", str(tmp_path / "r"))
+    got = tmp_path / "r" / str(src).lstrip("/")
+    assert (got / "docs" / "a.bin").read_bytes() == (src / "docs" / "a.bin").read_bytes()
+    assert not (got / "backups" / "repo").exists() and not (got / ".cache" / "tuckbox").exists()

@@ -112,6 +112,7 @@ class Archiver:
         one_file_system: bool = False,
         should_stop: Callable[[], bool] | None = None,
         after_entry: Callable[[], None] | None = None,
+        skip_dirs: set[tuple[int, int]] | None = None,
     ) -> None:
         self.store = store
         self.chunker = chunker
@@ -131,6 +132,8 @@ class Archiver:
         # directories being walked, outermost first: (their node in the parent, entries done so far)
         self._stack: list[tuple[Node | None, list[Node | dict[str, Any] | RawNode]]] = []
         self.stopped = False
+        self._skip_dirs = skip_dirs or set()  # (st_dev, st_ino) of directories never backed up: tuckbox's own
+        self.skipped_own: list[bytes] = []
 
     # ------------------------------------------------------------ entry point
 
@@ -307,6 +310,9 @@ class Archiver:
     ) -> Node | dict[str, Any] | None:
         if stat.S_ISSOCK(st.st_mode):
             return None  # sockets cannot be restored meaningfully; skipped silently
+        if self._skip_dirs and stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) in self._skip_dirs:
+            self.skipped_own.append(path)  # the repository itself, or tuckbox's cache: never into itself
+            return None
         if isinstance(prefetched, _Prefetched) and prefetched.error is not None:
             self._warn(f"{_display(path)}: {prefetched.error}")  # one warning: its metadata is not read either
             return None

@@ -27,6 +27,7 @@ import getpass
 import json
 import os
 import socket
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,10 +35,12 @@ from pathlib import Path
 from typing import Callable
 
 from .. import __version__
+from ..backends.local import local_root
 from ..chunker import Chunker
 from ..errors import ObjectNotFound, TuckboxError
 from ..repository.journal import PackJournal, read_journal
 from ..repository.keyring import record_own_snapshot, withdraw_own_snapshot
+from ..repository.cache import cache_root
 from ..repository.locks import Lock
 from ..repository.packer import Packer
 from ..repository.repo import Repository
@@ -68,6 +71,21 @@ class BackupResult:
     adopted_packs: int = 0
     checkpoints: list[str] = field(default_factory=list)
     left_out: int = 0  # files finished by the walk but left out of the checkpoint: their data was not stored
+    skipped_own: list[bytes] = field(default_factory=list)  # tuckbox's repository or cache inside the paths
+
+
+def _own_dirs(repo: Repository) -> set[tuple[int, int]]:
+    """The directories a backup never goes into: a local repository (backing it up into itself would store
+    each run's new packs again in the next), and tuckbox's cache (rewritten by every run)."""
+    own: set[tuple[int, int]] = set()
+    for path in (local_root(repo.backend), str(cache_root())):
+        try:
+            st = os.stat(path) if path else None
+        except OSError:
+            continue
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            own.add((st.st_dev, st.st_ino))
+    return own
 
 
 def _find_parent(repo: Repository, host: str, paths: list[bytes]) -> str:
@@ -264,6 +282,7 @@ def run_backup(
             one_file_system=request.one_file_system,
             should_stop=should_stop,
             after_entry=after_entry,
+            skip_dirs=_own_dirs(repo),
         )
         tree = archiver.run(paths)
         if not stopping():
@@ -281,7 +300,7 @@ def run_backup(
         files_cache.finish(complete=not partial)
         repo.save_index_snapshot()  # every pack it stored is indexed: the next run loads the index at once
         finished = True
-        return BackupResult(snap, archiver.summary.warnings, partial, adopted, written, left_out)
+        return BackupResult(snap, archiver.summary.warnings, partial, adopted, written, left_out, archiver.skipped_own)
     except KeyboardInterrupt:
         packer.stop(grace=0)  # quit at once: wait for no upload (the journal covers what was stored)
         raise

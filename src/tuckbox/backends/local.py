@@ -28,6 +28,14 @@ from .layout import directories, is_object_name, object_path
 DIRECT_MIN = 1 << 20  # objects at least this large are written with O_DIRECT where possible
 
 _SHARD = re.compile(r"^[0-9a-f]{2}$")
+
+
+def local_root(backend: object) -> str | None:
+    """The directory of a local repository under any wrappers (retries, limits), or None for other storage."""
+    while not isinstance(backend, LocalBackend) and hasattr(backend, "inner"):
+        backend = backend.inner  # type: ignore[attr-defined]
+    return backend.root if isinstance(backend, LocalBackend) else None
+
 _PERMANENT = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR}
 
 
