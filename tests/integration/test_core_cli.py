@@ -260,3 +260,16 @@ def test_repository_and_cache_inside_the_source_are_left_out(tmp_path):
     got = tmp_path / "r" / str(src).lstrip("/")
     assert (got / "docs" / "a.bin").read_bytes() == (src / "docs" / "a.bin").read_bytes()
     assert not (got / "backups" / "repo").exists() and not (got / ".cache" / "tuckbox").exists()
+
+
+def test_pseudo_files_whose_size_says_zero(tb):
+    """/proc files say size 0 and have content (and /proc/sys refuses one read of 4 MiB): their content is
+    stored, with no warning that they changed while being read."""
+    files = ["/proc/sys/kernel/ostype", "/proc/sys/kernel/osrelease"]
+    want = {f: Path(f).read_bytes() for f in files}
+    assert all(os.stat(f).st_size == 0 and want[f] for f in files)
+    tb("init")
+    res = tb("backup", *files)
+    assert "warning" not in res.err, res.err
+    for f in files:
+        assert tb("dump", "latest", f).raw == want[f]

@@ -408,7 +408,7 @@ class Archiver:
                     return None
                 before, after, read_at, nbytes = stream.before, stream.after, stream.read_at, stream.nbytes
                 assert before is not None and after is not None
-                stable = _same(before, after) and nbytes == after.st_size
+                stable = _same(before, after) and _whole(nbytes, after)
                 if stable and _same(before, st):
                     break
                 try:
@@ -467,7 +467,7 @@ class Archiver:
                 return None
             finally:
                 os.close(fd)
-            stable = _same(before, after) and nbytes == after.st_size
+            stable = _same(before, after) and _whole(nbytes, after)
             if stable and _same(before, st):
                 break
             if attempt == 0:
@@ -556,6 +556,12 @@ def _add_hole(content: list[Any], length: int) -> None:
         content[-1] += length
     else:
         content.append(length)
+
+
+def _whole(nbytes: int, after: os.stat_result) -> bool:
+    """Whether reading ``nbytes`` covered the file: its size, or any amount for a file whose size says 0
+    before and after (a pseudo-file such as those in /proc, whose size is always 0)."""
+    return nbytes == after.st_size or after.st_size == 0
 
 
 def _same(a: os.stat_result, b: os.stat_result) -> bool:

@@ -40,8 +40,17 @@ def read_chunks(fd: int, size: int, chunker: Chunker, blob_id: BlobId, emit: Cal
     ``size`` is returned when the file shrank while being read.
     """
     if size == 0:
-        # a file may still grow; read what is there
-        data = os.read(fd, SMALL_FILE)
+        # a file may still grow, and a pseudo-file (/proc) says 0 and has content: read what is there, in
+        # pieces (a /proc/sys file refuses a single read of 4 MiB with ENOMEM)
+        parts: list[bytes] = []
+        got = 0
+        while got < SMALL_FILE:
+            piece = os.read(fd, min(1 << 16, SMALL_FILE - got))
+            if not piece:
+                break
+            parts.append(piece)
+            got += len(piece)
+        data = b"".join(parts)
         for chunk in chunker.chunks_of(data):
             emit((blob_id(chunk), chunk))
         return len(data)
