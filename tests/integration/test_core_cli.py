@@ -236,30 +236,36 @@ def test_output_that_cannot_be_written_is_a_one_line_error(tb, tmp_path):
 
 
 def test_repository_and_cache_inside_the_source_are_left_out(tmp_path):
-    """Backing up a tree that holds the (local) repository and tuckbox's cache: neither goes into the
-    snapshot, so no run stores the previous run's packs again; the rest is backed up as usual."""
+    """Backing up a tree that holds the (local) repository and tuckbox's cache: the repository's object
+    directories and the cache do not go into the snapshot, so no run stores the previous run's packs again;
+    everything else, including the user's files next to the repository's, is backed up as usual."""
     import time
 
     from .conftest import Tuckbox
 
-    src = tmp_path / "home"
+    src = tmp_path / "disk"
     (src / "docs").mkdir(parents=True)
     (src / "docs" / "a.bin").write_bytes(os.urandom(2 << 20))
-    tb = Tuckbox(tmp_path, repo=str(src / "backups" / "repo"))
-    tb.env["TUCKBOX_CACHE_DIR"] = str(src / ".cache" / "tuckbox")
+    cache = src / ".cache" / "tuckbox"
+    tb = Tuckbox(tmp_path, repo=str(src))  # a repository made at the top of the disk, next to the user's files
+    tb.env["TUCKBOX_CACHE_DIR"] = str(cache)
     tb("init")
+    (src / "notes.txt").write_text("mine\n")
     time.sleep(1.1)  # (files changed within a second of being read are read again by the next run)
     first = [json.loads(line) for line in tb("--json", "backup", str(src)).out.splitlines()][-1]
-    assert sorted(first["skipped_own"]) == sorted([str(src / ".cache" / "tuckbox"), str(src / "backups" / "repo")])
+    repo_id = next(cache.iterdir()).name
+    own = [str(src / d) for d in ("data", "index", "keys", "locks", "snapshots")] + [str(cache / repo_id)]
+    assert sorted(first["skipped_own"]) == sorted(own)
     second = [json.loads(line) for line in tb("--json", "backup", str(src)).out.splitlines()][-1]
     assert second["bytes_new_raw"] < 64 << 10, second  # only trees: not the first run's packs
     paths = [e["path"] for e in tb("--json", "ls", "latest", str(src)).json()["entries"]]
-    assert str(src / "docs" / "a.bin") in paths
-    assert not [p for p in paths if p.startswith((str(src / "backups" / "repo"), str(src / ".cache" / "tuckbox")))]
+    assert str(src / "docs" / "a.bin") in paths and str(src / "notes.txt") in paths
+    assert not [p for p in paths if p.startswith(tuple(d + "/" for d in own))]
     tb("restore", "latest", "--target", str(tmp_path / "r"))
     got = tmp_path / "r" / str(src).lstrip("/")
     assert (got / "docs" / "a.bin").read_bytes() == (src / "docs" / "a.bin").read_bytes()
-    assert not (got / "backups" / "repo").exists() and not (got / ".cache" / "tuckbox").exists()
+    assert (got / "notes.txt").read_text() == "mine\n" and (got / "config").is_file()
+    assert not (got / "data").exists() and not (got / ".cache" / "tuckbox" / repo_id).exists()
 
 
 def test_pseudo_files_whose_size_says_zero(tb):

@@ -40,7 +40,6 @@ from ..chunker import Chunker
 from ..errors import ObjectNotFound, TuckboxError
 from ..repository.journal import PackJournal, read_journal
 from ..repository.keyring import record_own_snapshot, withdraw_own_snapshot
-from ..repository.cache import cache_root
 from ..repository.locks import Lock
 from ..repository.packer import Packer
 from ..repository.repo import Repository
@@ -75,15 +74,23 @@ class BackupResult:
 
 
 def _own_dirs(repo: Repository) -> set[tuple[int, int]]:
-    """The directories a backup never goes into: a local repository (backing it up into itself would store
-    each run's new packs again in the next), and tuckbox's cache (rewritten by every run)."""
+    """The directories a backup never goes into: a local repository's object directories (backing them up
+    into the repository would store each run's new packs again in the next) and this repository's cache
+    (rewritten by every run). Only directories that hold nothing but tuckbox's own files: a repository made
+    at the top of a disk leaves the user's files next to it in the backup."""
+    paths: list[str] = []
+    root = local_root(repo.backend)
+    if root is not None:
+        paths += [os.path.join(root, t.value) for t in ObjectType if t is not ObjectType.CONFIG]
+    if repo.cache.enabled:
+        paths.append(str(repo.cache.dir))
     own: set[tuple[int, int]] = set()
-    for path in (local_root(repo.backend), str(cache_root())):
+    for path in paths:
         try:
-            st = os.stat(path) if path else None
+            st = os.stat(path)
         except OSError:
             continue
-        if st is not None and stat.S_ISDIR(st.st_mode):
+        if stat.S_ISDIR(st.st_mode):
             own.add((st.st_dev, st.st_ino))
     return own
 
