@@ -144,3 +144,39 @@ def test_upload_throughput(fresh_backend, record_property):
     secs = time.monotonic() - t0
     record_property("webdav_upload_mib_per_s", round(64 / secs, 1))
     print(f"\nWebDAV (rclone serve webdav): 64 MiB uploaded in {secs:.1f} s = {64 / secs:.1f} MiB/s")
+
+
+def test_writers_racing_to_create_one_directory(dav):
+    """Several clients save packs into the same new shard directory at the same instant: each sends MKCOL
+    for it, and rclone's server answers 423 (Locked) to some while another one creates it; every save must
+    still succeed (seen as a rare failure of the concurrent-writers conformance check in CI)."""
+    import threading
+
+    url = _repo_url(dav)
+    setup = _open(dav, url)
+    setup.create()
+    clients = [_open(dav, url) for _ in range(6)]
+    try:
+        for rnd in range(20):
+            shard = f"{rnd:02x}"
+            names = [shard + f"{rnd:02x}{k:02x}" + "0" * 58 for k in range(len(clients))]
+            barrier = threading.Barrier(len(clients))
+            errors: list[BaseException] = []
+
+            def save(client: WebDAVBackend, name: str) -> None:
+                try:
+                    barrier.wait()
+                    client.save(ObjectType.PACK, name, b"x" * 1000)
+                except BaseException as e:  # noqa: BLE001 - reported below
+                    errors.append(e)
+
+            threads = [threading.Thread(target=save, args=(c, n)) for c, n in zip(clients, names)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert not errors, (rnd, errors)
+            assert {i.name for i in setup.list(ObjectType.PACK) if i.name[:2] == shard} == set(names)
+    finally:
+        for c in clients + [setup]:
+            c.close()

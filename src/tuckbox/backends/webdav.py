@@ -180,7 +180,7 @@ class WebDAVBackend:
         """Create the collection ``rel`` (relative, no trailing slash) and its parents."""
         if rel in self._known_dirs:
             return
-        r = self._request("MKCOL", rel + "/", f"directory {rel or '/'}")
+        r = self._mkcol_once(rel)
         if r.status_code in (200, 201, 204, 405):  # 405: it exists already
             self._remember_dir(rel)
             return
@@ -188,11 +188,23 @@ class WebDAVBackend:
             parent = posixpath.dirname(rel)
             if parent != rel:
                 self._mkcol(parent)
-                r = self._request("MKCOL", rel + "/", f"directory {rel}")
+                r = self._mkcol_once(rel)
                 if r.status_code in (200, 201, 204, 405):
                     self._remember_dir(rel)
                     return
         raise self._fail(r, f"directory {rel or '/'}")
+
+    def _mkcol_once(self, rel: str) -> Any:
+        """One MKCOL, asked again while the server answers 423: another writer is creating the same
+        directory right now (rclone's server locks the name while it does; seen with concurrent saves)."""
+        deadline = time.monotonic() + _LOCKED_RETRY_SECONDS
+        delay = 0.05
+        while True:
+            r = self._request("MKCOL", rel + "/", f"directory {rel or '/'}")
+            if r.status_code != 423 or time.monotonic() >= deadline:
+                return r
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     def _remember_dir(self, rel: str) -> None:
         with self._dirs_lock:
