@@ -279,3 +279,30 @@ def test_pseudo_files_whose_size_says_zero(tb):
     assert "warning" not in res.err, res.err
     for f in files:
         assert tb("dump", "latest", f).raw == want[f]
+
+
+def test_trees_deeper_than_the_interpreter_recursion_limit(tb, tmp_path):
+    """A directory 1,200 levels deep (the longest path allows ~2,000) backs up, lists, diffs, checks, dumps
+    and restores: every walk over the trees goes without recursion (ls, diff and check failed here with an
+    internal RecursionError)."""
+    src = tmp_path / "deep"
+    depth = 1200
+    leaf = Path(str(src) + "/d" * depth)
+    leaf.mkdir(parents=True)
+    (leaf / "f").write_bytes(b"deep down\n")
+    tb("init")
+    tb("backup", str(src))
+    (leaf / "f").write_bytes(b"deep down, changed\n")
+    (leaf / "new").write_bytes(b"new\n")
+    tb("backup", str(src))
+    listing = tb("ls", "latest").out.splitlines()
+    assert str(leaf / "f") in listing and str(leaf / "new") in listing
+    assert len(listing) == len(str(tmp_path).strip("/").split("/")) + depth + 3  # parents, src, the dirs, 2 files
+    first = tb("snapshots", "--json").json()[0]["short_id"]
+    changes = {(c["change"], c["path"]) for c in tb("diff", first, "latest", "--json").json()["changes"]}
+    assert changes == {("modified", str(leaf / "f")), ("added", str(leaf / "new"))}
+    check = tb("check", "--read-data", "--json").json()
+    assert check["ok"] and check["errors"] == []
+    assert tb("dump", first, str(leaf / "f")).raw == b"deep down\n"
+    tb("restore", "latest", "--target", str(tmp_path / "r"))
+    assert compare_trees(src, restored(tmp_path / "r", src)) == []

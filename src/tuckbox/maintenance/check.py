@@ -20,7 +20,7 @@ from ..pack.format import PackKey
 from ..repository.index import PackRecord, decode_index_raw
 from ..repository.repo import Repository, object_name
 from ..snapshot.model import Snapshot
-from ..snapshot.tree import DIR, FILE, decode_tree
+from ..snapshot.tree import DIR, FILE, Node, decode_tree
 from ..types import BlobType, ObjectType
 
 
@@ -176,10 +176,11 @@ class Checker:
         seen: set[bytes] = set()
         damaged: set[str] = set()
 
-        def visit(tree_id: bytes, prefix: bytes, snap: Snapshot) -> None:
+        def enter(tree_id: bytes, prefix: bytes, snap: Snapshot) -> tuple[list[Node], bool] | None:
+            """The entries of a tree (and whether it is seen for the first time), or None if it is damaged."""
             if tree_id in self._bad_trees:
                 damaged.add(f"{_display(prefix)} (snapshot {snap.short_id}): {self._bad_trees[tree_id]}")
-                return
+                return None
             first_visit = tree_id not in seen
             seen.add(tree_id)
             try:
@@ -190,12 +191,27 @@ class Checker:
                 self._bad_trees[tree_id] = str(e)
                 self._error(f"tree {tree_id.hex()[:16]} at {_display(prefix)} (snapshot {snap.short_id}): {e}")
                 damaged.add(f"{_display(prefix)} (snapshot {snap.short_id}): directory listing damaged")
+                return None
+            return nodes, first_visit
+
+        def visit(root: bytes, snap: Snapshot) -> None:
+            """Depth first, with an explicit stack: trees may be ~2,000 directories deep (the longest path)."""
+            top = enter(root, b"/", snap)
+            if top is None:
                 return
-            for node in nodes:
+            stack = [(iter(top[0]), b"/", top[1])]
+            while stack:
+                nodes, prefix, first_visit = stack[-1]
+                node = next(nodes, None)
+                if node is None:
+                    stack.pop()
+                    continue
                 path = os.path.join(prefix, node.name)
                 if node.type == DIR:
                     if node.subtree and (first_visit or node.subtree in self._bad_trees or self._bad_blobs):
-                        visit(node.subtree, path, snap)
+                        below = enter(node.subtree, path, snap)
+                        if below is not None:
+                            stack.append((iter(below[0]), path, below[1]))
                 elif node.type == FILE:
                     for item in node.content:
                         if not isinstance(item, bytes):
@@ -213,5 +229,5 @@ class Checker:
             if not self.repo.index.has(snap.tree):
                 self._error(f"snapshot {snap.id}: its root tree is missing from the index")
                 continue
-            visit(snap.tree, b"/", snap)
+            visit(snap.tree, snap)
         self.report.damaged_files = sorted(damaged)

@@ -45,12 +45,22 @@ def decode_maps(raw: bytes) -> list[dict[str, Any]]:
 
 
 def walk(load: LoadTree, tree_id: bytes, prefix: bytes = b"/") -> Iterator[tuple[bytes, Node]]:
-    """Yield (absolute path, node) for every entry below the tree, parents before children."""
-    for node in load_nodes(load, tree_id):
-        path = os.path.join(prefix, node.name)
+    """Yield (absolute path, node) for every entry below the tree, parents before children.
+
+    Depth first, with an explicit stack rather than recursion: a tree may be
+    as deep as the longest path the file system allows (~2,000 directories).
+    """
+    stack: list[tuple[Iterator[Node], bytes]] = [(iter(load_nodes(load, tree_id)), prefix)]
+    while stack:
+        nodes, base = stack[-1]
+        node = next(nodes, None)
+        if node is None:
+            stack.pop()
+            continue
+        path = os.path.join(base, node.name)
         yield path, node
         if node.type == DIR and node.subtree:
-            yield from walk(load, node.subtree, path)
+            stack.append((iter(load_nodes(load, node.subtree)), path))
 
 
 def find(load: LoadTree, root: bytes, path: bytes) -> Node | None:
@@ -96,7 +106,23 @@ def _same_file(a: Node, b: Node) -> bool:
 
 
 def diff(load: LoadTree, a: bytes, b: bytes, prefix: bytes = b"/") -> Iterator[tuple[str, bytes]]:
-    """Yield ('+', path) / ('-', path) / ('M', path) for differences from tree a to tree b."""
+    """Yield ('+', path) / ('-', path) / ('M', path) for differences from tree a to tree b.
+
+    Depth first in name order, with an explicit stack (see ``walk``).
+    """
+    stack = [_diff_level(load, a, b, prefix)]
+    while stack:
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
+        elif item[0] == "":  # the two directories at this path: compare them next
+            stack.append(_diff_level(load, *item[1]))
+        else:
+            yield item  # type: ignore[misc]
+
+
+def _diff_level(load: LoadTree, a: bytes, b: bytes, prefix: bytes) -> Iterator[tuple[str, Any]]:
+    """One directory level of ``diff``; yields ("", (a, b, path)) where two subdirectories must be compared."""
     if a == b:
         return
     left = {n.name: n for n in load_nodes(load, a)} if a else {}
@@ -118,7 +144,7 @@ def diff(load: LoadTree, a: bytes, b: bytes, prefix: bytes = b"/") -> Iterator[t
         elif la.type == DIR and rb.type == DIR:
             if (la.mode, la.uid, la.gid, la.xattrs) != (rb.mode, rb.uid, rb.gid, rb.xattrs):
                 yield "M", path
-            yield from diff(load, la.subtree, rb.subtree, path)
+            yield "", (la.subtree, rb.subtree, path)
         elif la.type != rb.type:
             yield "-", path
             yield "+", path
