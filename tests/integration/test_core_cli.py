@@ -306,3 +306,20 @@ def test_trees_deeper_than_the_interpreter_recursion_limit(tb, tmp_path):
     assert tb("dump", first, str(leaf / "f")).raw == b"deep down\n"
     tb("restore", "latest", "--target", str(tmp_path / "r"))
     assert compare_trees(src, restored(tmp_path / "r", src)) == []
+
+
+def test_backup_says_when_its_cache_cannot_be_used(tb, tmp_path):
+    """Without a usable cache a backup still succeeds, but reads every file again and cannot resume its
+    uploads: it says so, once, with what to do (it used to say nothing)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"data\n")
+    (tmp_path / "plain-file").write_bytes(b"")
+    env = {"TUCKBOX_CACHE_DIR": str(tmp_path / "plain-file" / "cache")}  # under a file: cannot be made
+    tb("init", env=env)
+    res = tb("backup", str(src), env=env)
+    notices = [ln for ln in res.err.splitlines() if "cache directory" in ln]
+    assert len(notices) == 1 and "Not a directory" in notices[0] and "TUCKBOX_CACHE_DIR" in notices[0], res.err
+    assert "cache directory" not in tb("backup", str(src)).err  # a usable cache: no notice
+    tb("restore", "latest", "--target", str(tmp_path / "r"), env=env)
+    assert (restored(tmp_path / "r", src) / "f").read_bytes() == b"data\n"

@@ -20,6 +20,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import signal
 import sys
@@ -27,7 +28,7 @@ import threading
 
 from ..archiver.backup import DEFAULT_CHECKPOINT_INTERVAL, BackupRequest, run_backup
 from ..errors import EXIT_INTERRUPTED, EXIT_PARTIAL, UsageError
-from .common import display, emit_json, human, open_repository, opt, out
+from .common import display, emit_json, human, open_repository, opt, out, warn
 from .progress import CliProgress
 
 HELP = "back up files and directories"
@@ -80,6 +81,10 @@ class _StopOnSignal:
 def run(args: argparse.Namespace) -> int:
     interval = parse_duration(args.checkpoint_interval) if args.checkpoint_interval else DEFAULT_CHECKPOINT_INTERVAL
     repo = open_repository(args)
+    if not repo.cache.enabled:
+        warn(f"cannot use the cache directory {display(os.fsencode(repo.cache.dir))} ({repo.cache.problem}): this backup "
+             "reads every file again, and if it is interrupted its uploads start over; "
+             "set TUCKBOX_CACHE_DIR to a writable directory")
     progress = CliProgress(bool(opt(args, "json")), bool(opt(args, "quiet")), "backup")
     try:
         with _StopOnSignal() as stop:

@@ -35,11 +35,13 @@ class Cache:
     def __init__(self, repo_id: str, root: Path | None = None) -> None:
         self.dir = (root or cache_root()) / repo_id
         self.enabled = True
+        self.problem = ""  # why the cache cannot be used, when it cannot
         try:
             for sub in ("index", "trees", "snapshots", "state"):
                 (self.dir / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError:
+        except OSError as e:
             self.enabled = False  # a read-only home must not stop a restore
+            self.problem = e.strerror or type(e).__name__
 
     @property
     def state_dir(self) -> Path:
