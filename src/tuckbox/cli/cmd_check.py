@@ -24,8 +24,7 @@ HELP = "verify the repository's integrity"
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--read-data", action="store_true", help="download and verify every pack (slow; reads everything)")
     p.add_argument("--no-lock", action="store_true",
-                   help="do not take the shared lock (for storage this key cannot write to; a prune running "
-                        "meanwhile would show up as errors)")
+                   help="do not take the shared lock (for storage this key cannot write to)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -80,8 +80,8 @@ class Checker:
         unindexed = set(stored) - set(self.repo.index.packs)
         if unindexed:
             self.report.notes.append(
-                f"{len(unindexed)} pack(s) are not in any index (left by an interrupted backup; harmless, a later "
-                "backup or prune takes care of them)"
+                f"{len(unindexed)} pack(s) are not in any index (written by a backup still running, or by an "
+                "interrupted one: the next backup from that machine indexes them; harmless)"
             )
         if read_data:
             self._read_data([p for n, p in self.repo.index.packs.items() if n in stored])
