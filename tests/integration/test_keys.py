@@ -354,6 +354,16 @@ def test_recovery_refusals(env: Env, tmp_path: Path) -> None:
     p = env.run("--recover", s(2), "--recover", s(4), "--recover", s(5), "snapshots", password=None)
     assert "1 snapshot(s)" in p.stdout
 
+    # a kit shape that makes no sense is refused, before the passphrase is asked and with nothing written
+    # (a threshold or share count of 0 was taken as "not given": --threshold 0 made a 3-of-5 kit)
+    for shares, threshold, words in (("3", "0", "threshold must be between 1 and the number of shares (3), not 0"),
+                                     ("0", "2", "between 1 and 16 shares, not 0"),
+                                     ("3", "4", "threshold must be between 1 and the number of shares (3), not 4")):
+        p = env.run("recovery-kit", "--shares", shares, "--threshold", threshold, "--output",
+                    str(tmp_path / "odd"), password=None, code=2)
+        _one_line_error(p, words)
+        assert not (tmp_path / "odd").exists()
+
 
 # --------------------------------------------------------------------------- key management
 

@@ -17,6 +17,7 @@ import argparse
 import datetime as dt
 from pathlib import Path
 
+from ..crypto.recovery import check_kit_shape
 from ..errors import UsageError
 from .common import emit_json, open_repository, opt, out
 
@@ -34,9 +35,10 @@ def register(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.paper and (args.shares is not None or args.threshold is not None):
         raise UsageError("--paper makes a single key; leave out --shares and --threshold")
-    shares, threshold = (1, 1) if args.paper else (args.shares or 5, args.threshold or 3)
-    if not args.paper and threshold > shares:
-        raise UsageError(f"the threshold ({threshold}) cannot exceed the number of shares ({shares})")
+    shares, threshold = (1, 1) if args.paper else (
+        5 if args.shares is None else args.shares, 3 if args.threshold is None else args.threshold
+    )
+    check_kit_shape(threshold, shares)  # before the passphrase is asked for
     from ..recovery_kit import write_kit  # segno is imported only when a kit is made
 
     repo = open_repository(args, load_index=False)

@@ -78,6 +78,13 @@ def split_secret(root: bytes, threshold: int, count: int) -> list[str]:
     """Split the root secret into ``count`` mnemonics, any ``threshold`` of which recover it."""
     if len(root) != ROOT_LEN:
         raise ValueError("the root secret must be 32 bytes")
+    check_kit_shape(threshold, count)
+    groups = shamir_mnemonic.generate_mnemonics(1, [(threshold, count)], root, b"", extendable=True)
+    return groups[0]
+
+
+def check_kit_shape(threshold: int, count: int) -> None:
+    """Refuse, with a usage error, a kit of ``count`` shares that ``threshold`` of them cannot make sense of."""
     if not 1 <= count <= MAX_SHARES:
         raise UsageError(f"a kit has between 1 and {MAX_SHARES} shares, not {count}")
     if not 1 <= threshold <= count:
@@ -85,8 +92,6 @@ def split_secret(root: bytes, threshold: int, count: int) -> list[str]:
     if threshold == 1 and count > 1:
         raise UsageError("with a threshold of 1 every share is a full key; use --paper for a single printed key, "
                          "or a threshold of at least 2")
-    groups = shamir_mnemonic.generate_mnemonics(1, [(threshold, count)], root, b"", extendable=True)
-    return groups[0]
 
 
 def share_block(repository_id: str, mnemonic: str, number: int, count: int, threshold: int,
