@@ -59,8 +59,8 @@ def add_global_options(p: argparse.ArgumentParser, suppress: bool = False) -> No
                                          "one kit; before the command name, repeat --recover for each file)")
     p.add_argument("-o", "--option", metavar="KEY=VALUE", action="append", default=default,
                    help="backend option, e.g. s3.endpoint=http://127.0.0.1:8333 (repeatable)")
-    p.add_argument("--limit-upload", metavar="RATE", default=default, help="limit uploads to RATE per second, e.g. 2MiB")
-    p.add_argument("--limit-download", metavar="RATE", default=default, help="limit downloads to RATE per second")
+    p.add_argument("--limit-upload", metavar="RATE", default=default, help="limit uploads to RATE per second, e.g. 2MiB (0: no limit)")
+    p.add_argument("--limit-download", metavar="RATE", default=default, help="limit downloads to RATE per second (0: no limit)")
     p.add_argument("--connections", metavar="N", type=int, default=default, help="parallel storage transfers (default 4; 2 for local and SFTP repositories)")
     p.add_argument("--json", action="store_true", default=default, help="machine-readable output (JSON)")
     p.add_argument("-q", "--quiet", action="store_true", default=default, help="print only errors and warnings")
