@@ -72,7 +72,14 @@ def test_ctrl_c_while_large_files_stream(tmp_path):
     _ctrl_c_round(local_storage(tmp_path / "repo"), tmp_path, big_size=(5 * MiB, 6 * MiB), left_out=False)
 
 
-def _ctrl_c_round(storage, tmp_path, big_size: tuple[int, int], left_out: bool) -> None:
+def test_sigterm_stops_like_ctrl_c(tmp_path):
+    """SIGTERM (``systemctl stop``, a shutdown, ``kill``) stops a backup the same way: checkpoint, exit 130."""
+    _ctrl_c_round(local_storage(tmp_path / "repo"), tmp_path, big_size=(600 * KiB, 900 * KiB), left_out=True,
+                  sig=signal.SIGTERM)
+
+
+def _ctrl_c_round(storage, tmp_path, big_size: tuple[int, int], left_out: bool,
+                  sig: signal.Signals = signal.SIGINT) -> None:
     src = tmp_path / "src"
     make_tree(src, 11, big=2, big_size=big_size, dirs=6, files_per_dir=40, small_size=(0, 40 * KiB))
     time.sleep(1.1)  # files changed (ctime) within a second of being read are not put in the files cache
@@ -85,10 +92,10 @@ def _ctrl_c_round(storage, tmp_path, big_size: tuple[int, int], left_out: bool) 
         wait_for(lambda: len(journaled(cli.cache)) >= 2 or running.proc.poll() is not None, 120, "two stored packs")
         assert running.proc.poll() is None, "the backup ended before it could be interrupted"
         t0 = time.monotonic()
-        running.proc.send_signal(signal.SIGINT)  # our own child, by pid
+        running.proc.send_signal(sig)  # our own child, by pid
         res = running.wait(timeout=60)
         elapsed = time.monotonic() - t0
-        print(f"{storage.kind}: stopped {elapsed:.2f}s after SIGINT")
+        print(f"{storage.kind}: stopped {elapsed:.2f}s after {sig.name}")
         assert res.code == 130, f"exit {res.code}\n{res.err}"
         assert elapsed < SAFETY, f"the stop took {elapsed:.1f}s"
         assert elapsed < STOP_WITHIN, f"the stop took {elapsed:.1f}s: it waited for an upload"
