@@ -29,15 +29,14 @@ import pytest
 from tuckbox.testing.crash import (
     MiB,
     Cli,
-    DroppingProxy,
     local_storage,
     make_tree,
     restored,
     s3_storage,
     sftp_storage,
-    through_proxy,
     wait_for,
 )
+from tuckbox.testing.proxy import DroppingProxy, through_proxy
 from tuckbox.testing.servers import server_env
 from tuckbox.testing.trees import compare_trees
 

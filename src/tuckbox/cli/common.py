@@ -99,12 +99,12 @@ def open_storage(args: argparse.Namespace) -> Backend:
     except ImportError:  # pragma: no cover - wrappers ship with the package
         return backend
     retries: bool | dict[str, float] = not repo_url(args).startswith("memory:")
-    # TEST-ONLY hook: TUCKBOX_TEST_FAULTS="rate=0.05,seed=7" (keys in tuckbox/testing/crash.py) puts a
+    # TEST-ONLY hook: TUCKBOX_TEST_FAULTS="rate=0.05,seed=7" (keys in tuckbox/testing/faults.py) puts a
     # FaultyBackend and exact crash/quota points directly around the real backend, under the retry wrapper,
     # so the test suite can prove real runs survive storage faults and kills. Never set it outside tests.
     faults = os.environ.get("TUCKBOX_TEST_FAULTS")
     if faults:
-        from ..testing.crash import inject_faults
+        from ..testing.faults import inject_faults
 
         backend, retries = inject_faults(backend, faults, retries)
     return wrap_backend(

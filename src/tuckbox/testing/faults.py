@@ -1,0 +1,155 @@
+"""Test-only fault injection into real runs of the ``tuckbox`` command.
+
+``tuckbox.cli.common.open_storage`` calls :func:`inject_faults` when the
+environment variable ``TUCKBOX_TEST_FAULTS`` is set (only the test suite sets
+it). The value is a comma-separated list of ``key=value``:
+
+    seed=N          seed of every random choice (default 0)
+    rate=P          FaultyBackend: each call fails with a "dropped connection" TransientError with probability P
+    lost_ack=P      FaultyBackend: a save stores the object, then reports a dropped connection anyway
+    truncate=P      FaultyBackend: a load silently returns a prefix of the bytes
+    delay=S         FaultyBackend: each call first sleeps up to S seconds
+    retry_delay=S   base delay of the retry wrapper (default: the wrapper's own, 0.5 s)
+    crash_after=N   SIGKILL this process right after the N-th save has reached the storage
+    crash_before=N  SIGKILL this process right before the N-th save reaches the storage
+    crash_after_snapshots=N (or _data, _index, _locks, _keys): SIGKILL right after the N-th save of that kind
+    quota_after=N   after N pack saves, every save fails with PermanentError (a storage quota)
+
+The crash/quota wrapper sits directly on the real backend, the FaultyBackend
+above it, and the normal retry / rate-limit / connection wrappers above both,
+so faults are seen and handled exactly like real storage failures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import zlib
+
+from ..backends.wrappers import _Wrapper
+from ..errors import PermanentError, UsageError
+from ..types import Backend, ObjectType
+
+FAULTS_ENV = "TUCKBOX_TEST_FAULTS"
+SAVES_LOG_ENV = "TUCKBOX_TEST_SAVES_LOG"  # with a crash_* or quota_after key: one line "n type name" per save
+FAULTS_REPORT_ENV = "TUCKBOX_TEST_FAULTS_REPORT"  # append {"error": n, "lost_ack": n, "truncate": n} per process
+
+
+# ----------------------------------------------------------------------------- fault injection hook
+
+
+def parse_faults(spec: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in spec.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{FAULTS_ENV}: '{item}' is not key=value")
+        out[key.strip()] = float(value)
+    known = {"seed", "rate", "lost_ack", "truncate", "delay", "retry_delay", "crash_after", "crash_before", "quota_after"}
+    known |= {f"crash_after_{t.value}" for t in ObjectType}
+    unknown = set(out) - known
+    if unknown:
+        raise ValueError(f"{FAULTS_ENV}: unknown key(s) {', '.join(sorted(unknown))}")
+    return out
+
+
+class CrashBackend(_Wrapper):
+    """SIGKILLs the process at an exact write: before or after the N-th save (counting from 1)."""
+
+    def __init__(
+        self,
+        inner: Backend,
+        *,
+        crash_after: int = 0,
+        crash_before: int = 0,
+        quota_after: int = -1,
+        crash_after_kind: dict[ObjectType, int] | None = None,
+    ) -> None:
+        super().__init__(inner)
+        self.crash_after_kind = crash_after_kind or {}
+        self._kinds: dict[ObjectType, int] = {}
+        self.crash_after = crash_after
+        self.crash_before = crash_before
+        self.quota_after = quota_after
+        self._saves = 0
+        self._packs = 0
+        self._full = False
+        self._lock = threading.Lock()
+
+    def save(self, type: ObjectType, name: str, data: bytes | memoryview) -> None:
+        with self._lock:
+            self._saves += 1
+            n = self._saves
+            self._kinds[type] = k = self._kinds.get(type, 0) + 1
+            if type is ObjectType.PACK and self.quota_after >= 0 and self._packs >= self.quota_after:
+                self._full = True
+            if type is ObjectType.PACK and not self._full:
+                self._packs += 1
+            full = self._full
+        if full:
+            raise PermanentError(f"storage quota of {self.location} exceeded; free some space or raise the quota")
+        if self.crash_before and n == self.crash_before:
+            os.kill(os.getpid(), signal.SIGKILL)
+        self.inner.save(type, name, data)
+        log = os.environ.get(SAVES_LOG_ENV)
+        if log:
+            with open(log, "a") as fh:
+                fh.write(f"{n} {type.value} {name}\n")
+        if (self.crash_after and n == self.crash_after) or self.crash_after_kind.get(type) == k:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _command() -> str:
+    """The tuckbox command this process runs (backup, restore, ...), for per-command fault seeds."""
+    from ..cli.main import COMMANDS
+
+    return next((a for a in sys.argv[1:] if a in COMMANDS), "")
+
+
+def inject_faults(backend: Backend, spec: str, retries: bool | dict[str, float]) -> tuple[Backend, bool | dict[str, float]]:
+    """Wrap ``backend`` as ``spec`` asks; return it and the retry configuration to use above it."""
+    from ..backends.wrappers import FaultyBackend
+
+    try:
+        f = parse_faults(spec)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    b: Backend = backend
+    kinds = {t: int(f[f"crash_after_{t.value}"]) for t in ObjectType if f"crash_after_{t.value}" in f}
+    if kinds or any(k in f for k in ("crash_after", "crash_before", "quota_after")):
+        b = CrashBackend(
+            b,
+            crash_after=int(f.get("crash_after", 0)),
+            crash_before=int(f.get("crash_before", 0)),
+            quota_after=int(f.get("quota_after", -1)),
+            crash_after_kind=kinds,
+        )
+    if any(f.get(k, 0) > 0 for k in ("rate", "lost_ack", "truncate", "delay")):
+        faulty = FaultyBackend(
+            b,
+            seed=int(f.get("seed", 0)) ^ zlib.crc32(_command().encode()),  # per command, replayable
+            error_rate=f.get("rate", 0.0),
+            lost_ack_rate=f.get("lost_ack", 0.0),
+            truncate_rate=f.get("truncate", 0.0),
+            max_delay=f.get("delay", 0.0),
+        )
+        b = faulty
+        report = os.environ.get(FAULTS_REPORT_ENV)
+        if report:  # tell the test how many faults were really injected
+
+            def write_report() -> None:
+                with open(report, "a") as fh:
+                    fh.write(json.dumps({"pid": os.getpid(), "argv": sys.argv[1:], **faulty.injected}) + "\n")
+
+            import atexit
+
+            atexit.register(write_report)
+    if "retry_delay" in f and retries:
+        retries = {**(retries if isinstance(retries, dict) else {}), "base_delay": f["retry_delay"]}
+    return b, retries
