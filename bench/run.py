@@ -8,6 +8,9 @@ For each dataset (mixed, small) and each tool, back to back:
          check --read-data
   small: init, first backup, unchanged backup, restore latest (verified)
 
+tuckbox alone also runs the unchanged backup once more with a write-only key (made
+untimed), as an unattended host runs it: such a key has no passphrase to derive.
+
 Every step records wall time, CPU time (user+sys of the child process tree, from
 os.wait4), peak RSS (ru_maxrss of the child tree), and the repository size after
 the step.  Results go to bench/results/<out>.json (raw numbers, machine info,
@@ -48,13 +51,17 @@ ALL_DATASETS = ("mixed", "small")
 MiB = 1 << 20
 
 STEPS = {
-    "mixed": ["init", "backup_first", "backup_unchanged", "backup_mutated", "restore", "check"],
-    "small": ["init", "backup_first", "backup_unchanged", "restore"],
+    "mixed": ["init", "backup_first", "backup_unchanged", "backup_unchanged_wo", "backup_mutated", "restore", "check"],
+    "small": ["init", "backup_first", "backup_unchanged", "backup_unchanged_wo", "restore"],
 }
+# tuckbox only: the same unchanged backup with a write-only key, as an unattended host runs it (no passphrase,
+# so no key derivation; the other tools have no such key)
+ONLY = {"backup_unchanged_wo": ("tuckbox",)}
 STEP_LABEL = {
     "init": "init",
     "backup_first": "first backup",
     "backup_unchanged": "unchanged backup",
+    "backup_unchanged_wo": "unchanged backup, write-only key (tuckbox only)",
     "backup_mutated": "backup after mutation",
     "restore": "restore latest",
     "check": "check --read-data",
@@ -633,11 +640,13 @@ class Bench:
         env = tool.env(repo, home)
         settle(st)
         rec.update(ok=True, errors=[], repo=str(repo), dataset_digest_v1=st["v1"]["digest"])
-        labels = {"backup_first": "s1", "backup_unchanged": "s2", "backup_mutated": "s3"}
+        labels = {"backup_first": "s1", "backup_unchanged": "s2", "backup_unchanged_wo": "s2w", "backup_mutated": "s3"}
         last_label = "s1"
 
         for step in STEPS[ds]:
             if step == "restore" and ds == "small" and a.no_small_restore:
+                continue
+            if tool.name not in ONLY.get(step, (tool.name,)):
                 continue
             if step == "backup_mutated":
                 st = dataset.mutate_mixed(quick, log)
@@ -648,6 +657,16 @@ class Bench:
             cwd = None
             if step == "init":
                 argv = tool.init(repo)
+            elif step == "backup_unchanged_wo":
+                key = home / "write-only.key"  # made untimed, with the passphrase
+                rc, _, err = untimed([tool.exe, "key", "add", "--write-only", "--output", str(key)], env)
+                if rc != 0:
+                    rec["ok"] = False
+                    rec["errors"].append(f"making a write-only key failed: {_tail(err, 3)}")
+                    break
+                last_label = labels[step]
+                b = tool.backup(src, last_label)
+                argv = [b[0], "--key-file", str(key), *b[1:]]
             elif step.startswith("backup_"):
                 last_label = labels[step]
                 argv = tool.backup(src, last_label)
@@ -957,6 +976,10 @@ def render_targets(res: dict) -> list[str]:
                                     ("restore", 2, "restore ≥ 2× faster than restic")):
             tv, rv = _metric(t, step, "wall_s"), _metric(r, step, "wall_s")
             add(label, ds, tv, "restic", rv, None if tv is None or rv is None else tv * factor <= rv, s)
+            if step == "backup_unchanged" and _metric(t, "backup_unchanged_wo", "wall_s") is not None:
+                # for information, not the target: restic has no key that needs no passphrase
+                add("(the same, tuckbox with a write-only key, as an unattended host runs it)", ds,
+                    _metric(t, "backup_unchanged_wo", "wall_s"), "restic", rv, None, s)
         last = "backup_mutated" if "backup_mutated" in STEPS[ds] else "backup_unchanged"
         tv, rv = _metric(t, last, "repo_bytes"), _metric(r, last, "repo_bytes")
         if _metric(t, last, "wall_s") is None:
