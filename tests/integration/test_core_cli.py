@@ -323,3 +323,21 @@ def test_backup_says_when_its_cache_cannot_be_used(tb, tmp_path):
     assert "cache directory" not in tb("backup", str(src)).err  # a usable cache: no notice
     tb("restore", "latest", "--target", str(tmp_path / "r"), env=env)
     assert (restored(tmp_path / "r", src) / "f").read_bytes() == b"data\n"
+
+
+def test_backup_of_a_symlink_says_that_only_the_link_is_kept(tb, tmp_path):
+    """A path given on the command line that is a symlink is stored as the link (like restic and tar), and
+    the backup says so with the target to give instead: a scheduled backup of a symlinked folder must not
+    quietly keep nothing but a link."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "f").write_bytes(b"data\n")
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    tb("init")
+    res = tb("backup", str(link) + "/")
+    notes = [ln for ln in res.err.splitlines() if "symbolic link" in ln]
+    assert len(notes) == 1 and str(real) in notes[0], res.err
+    entries = {e["path"]: e["type"] for e in tb("ls", "--json", "latest").json()["entries"]}
+    assert entries[str(link)] == "symlink" and str(link / "f") not in entries
+    assert "symbolic link" not in tb("backup", str(real)).err

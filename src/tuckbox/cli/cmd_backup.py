@@ -80,6 +80,10 @@ class _StopOnSignal:
 
 def run(args: argparse.Namespace) -> int:
     interval = parse_duration(args.checkpoint_interval) if args.checkpoint_interval else DEFAULT_CHECKPOINT_INTERVAL
+    for path in args.paths:
+        if os.path.islink(path.rstrip("/") or "/"):  # (a trailing slash still names the link here)
+            warn(f"{display(path)} is a symbolic link: the link is backed up, not the files it points to; "
+                 f"to back them up, give the target path ({display(os.path.realpath(path))})")
     repo = open_repository(args)
     if not repo.cache.enabled:
         warn(f"cannot use the cache directory {display(os.fsencode(repo.cache.dir))} ({repo.cache.problem}): this backup "
