@@ -57,6 +57,11 @@ def test_incremental_diff_and_prefix_ids(tb, tmp_path):
     assert ("modified", str(src / "a.txt")) in changes
     assert ("added", str(src / "c.txt")) in changes
     assert ("removed", str(src / "sub" / "b.txt")) in changes
+    assert (d["added"], d["removed"], d["modified"]) == (1, 1, 1) and len(d["changes"]) == 3
+    same = tb("diff", "latest", "latest", "--json").json()  # (streamed: an empty list is still valid JSON)
+    assert same["changes"] == [] and (same["added"], same["removed"], same["modified"]) == (0, 0, 0)
+    assert same["first"] == same["second"] == snaps[1]["id"]
+    assert tb("diff", snaps[0]["short_id"], "latest").out.splitlines()[-1] == "1 added, 1 removed, 1 modified"
     # the old snapshot still restores the old content
     tb("restore", snaps[0]["short_id"], "--target", str(tmp_path / "old"))
     assert (restored(tmp_path / "old", src) / "a.txt").read_text() == "alpha\n"

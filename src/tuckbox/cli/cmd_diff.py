@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 
 from ..snapshot.walk import diff
 from ..types import BlobType
-from .common import display, emit_json, open_repository, opt
+from .common import display, open_repository, opt
 
 HELP = "show differences between two snapshots"
+_WORD = {"+": "added", "-": "removed", "M": "modified"}
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -21,18 +24,22 @@ def run(args: argparse.Namespace) -> int:
     repo.keys.require_full("compare snapshots")
     snaps = repo.snapshots()
     a, b = repo.find_snapshot(args.first, snaps), repo.find_snapshot(args.second, snaps)
-    changes = list(diff(lambda tid: repo.load_blob(BlobType.TREE, tid), a.tree, b.tree))
+    changes = diff(lambda tid: repo.load_blob(BlobType.TREE, tid), a.tree, b.tree)
     counts = {"+": 0, "-": 0, "M": 0}
-    for kind, _ in changes:
-        counts[kind] += 1
+    # streamed as the trees are compared: constant memory however many paths changed
     if opt(args, "json"):
-        emit_json({
-            "first": a.id, "second": b.id,
-            "changes": [{"change": {"+": "added", "-": "removed", "M": "modified"}[k], "path": display(p)} for k, p in changes],
-            "added": counts["+"], "removed": counts["-"], "modified": counts["M"],
-        })
+        out = sys.stdout
+        out.write('{"changes": [')
+        for kind, path in changes:
+            sep = ",\n" if sum(counts.values()) else "\n"
+            counts[kind] += 1
+            out.write(sep + json.dumps({"change": _WORD[kind], "path": display(path)}, sort_keys=True))
+        tail = {"first": a.id, "second": b.id, "added": counts["+"], "removed": counts["-"], "modified": counts["M"]}
+        out.write("\n], " + json.dumps(tail, sort_keys=True)[1:] + "\n")
+        out.flush()
         return 0
     for kind, path in changes:
+        counts[kind] += 1
         print(f"{kind}  {display(path)}")
     print(f"{counts['+']} added, {counts['-']} removed, {counts['M']} modified")
     return 0

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
+import json
 import os
 import stat
+import sys
+from typing import Iterator
 
 from ..snapshot.tree import DIR, Node
 from ..snapshot.walk import require, walk
 from ..types import BlobType
-from .common import display, emit_json, open_repository, opt
+from .common import display, open_repository, opt
 
 HELP = "list files in a snapshot"
 
@@ -38,11 +42,17 @@ def run(args: argparse.Namespace) -> int:
     load = lambda tid: repo.load_blob(BlobType.TREE, tid)  # noqa: E731
     base = os.path.normpath(os.path.abspath(os.fsencode(os.path.expanduser(args.path))))
     node = require(load, snap.tree, base, snap.id)
-    entries: list[tuple[bytes, Node]] = [] if base == b"/" else [(base, node)]
+    entries: Iterator[tuple[bytes, Node]] = iter([] if base == b"/" else [(base, node)])
     if node.type == DIR:
-        entries += list(walk(load, node.subtree, base))
+        entries = itertools.chain(entries, walk(load, node.subtree, base))
+    # streamed as the trees are read: a snapshot of millions of files is listed in constant memory
     if opt(args, "json"):
-        emit_json({"snapshot": snap.id, "entries": [_entry_json(p, n) for p, n in entries]})
+        out = sys.stdout
+        out.write('{"entries": [')
+        for i, (path, n) in enumerate(entries):
+            out.write((",\n" if i else "\n") + json.dumps(_entry_json(path, n), sort_keys=True))
+        out.write("\n], " + f'"snapshot": {json.dumps(snap.id)}' + "}\n")
+        out.flush()
         return 0
     for path, n in entries:
         if args.long:
