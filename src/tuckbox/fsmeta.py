@@ -31,6 +31,7 @@ from typing import Iterable
 
 from .errors import TuckboxError
 from .snapshot.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node
+from .text import display_path
 
 __all__ = [
     "ACL_ACCESS",
@@ -79,11 +80,6 @@ class EntryChanged(SkipEntry):
     """The entry was removed or replaced between stat and reading it."""
 
 
-def display_path(path: bytes | str) -> str:
-    """A printable form of a raw path (undecodable bytes shown as ``\\xff``)."""
-    if isinstance(path, str):
-        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return path.decode("utf-8", "backslashreplace")
 
 
 def _xname(name: bytes) -> str:

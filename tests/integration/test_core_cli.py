@@ -346,3 +346,24 @@ def test_backup_of_a_symlink_says_that_only_the_link_is_kept(tb, tmp_path):
     entries = {e["path"]: e["type"] for e in tb("ls", "--json", "latest").json()["entries"]}
     assert entries[str(link)] == "symlink" and str(link / "f") not in entries
     assert "symbolic link" not in tb("backup", str(real)).err
+
+
+def test_names_with_control_characters_are_listed_one_per_line(tb, tmp_path):
+    """A name holding a newline, an escape sequence or a right-to-left override is shown escaped in text
+    (one line per entry, nothing a terminal acts on) and exactly in JSON; it restores byte for byte."""
+    src = tmp_path / "src"
+    src.mkdir()
+    names = [b"new\nline", b"\x1b[31mred", "\u202etxt.exe".encode(), b"tab\there", b"bad\xff"]
+    for n in names:
+        with open(os.path.join(os.fsencode(src), n), "wb") as f:
+            f.write(n)
+    tb("init")
+    tb("backup", str(src))
+    lines = tb("ls", "latest", str(src)).out.splitlines()
+    assert len(lines) == 1 + len(names), lines
+    assert f"{src}/new\\x0aline" in lines and f"{src}/\\x1b[31mred" in lines and f"{src}/\\u202etxt.exe" in lines
+    assert all(ln.isprintable() for ln in lines)
+    exact = {e["path"] for e in tb("ls", "--json", "latest", str(src)).json()["entries"]}
+    assert f"{src}/new\nline" in exact and f"{src}/\u202etxt.exe" in exact and f"{src}/bad\\xff" in exact
+    tb("restore", "latest", "--target", str(tmp_path / "r"))
+    assert sorted(os.listdir(os.fsencode(restored(tmp_path / "r", src)))) == sorted(names)

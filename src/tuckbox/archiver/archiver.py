@@ -26,6 +26,7 @@ from ..chunker import Chunker
 from ..errors import UsageError
 from ..fsmeta import Owners, SkipEntry, node_from_stat, open_for_backup
 from ..snapshot.tree import DIR, FILE, Node, RawNode, encode_tree
+from ..text import display_path as _display
 from ..types import BlobStore, BlobType
 from .files_cache import FilesCache, order_prefix
 from .prefetch import Prefetched as _Prefetched
@@ -79,8 +80,6 @@ class Summary:
         }
 
 
-def _display(path: bytes) -> str:
-    return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def normalize_paths(paths: list[str | bytes]) -> list[bytes]:

@@ -28,7 +28,7 @@ import threading
 
 from ..archiver.backup import DEFAULT_CHECKPOINT_INTERVAL, BackupRequest, run_backup
 from ..errors import EXIT_INTERRUPTED, EXIT_PARTIAL, UsageError
-from .common import display, emit_json, human, open_repository, opt, out, warn
+from .common import display, emit_json, human, json_path, open_repository, opt, out, warn
 from .progress import CliProgress
 
 HELP = "back up files and directories"
@@ -111,12 +111,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"tuckbox: interrupted: checkpoint {snap.short_id} saved with what was done{unstored}; "
               "run the same backup again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
-    own = [display(p) for p in result.skipped_own]
+    own = [json_path(p) for p in result.skipped_own]
     if opt(args, "json"):
         emit_json({"type": "summary", "snapshot": snap.id, "short_id": snap.short_id, "skipped_own": own, **s})
     else:
-        for path in own:
-            out(args, f"left out {path}: tuckbox's own repository or cache is never backed up into itself")
+        for path in result.skipped_own:
+            out(args, f"left out {display(path)}: tuckbox's own repository or cache is never backed up into itself")
         out(args, f"files: {s['files_new']} new, {s['files_changed']} changed, {s['files_unmodified']} unmodified")
         out(args, f"dirs:  {s['dirs']}; other entries: {s['others']}")
         out(args, f"processed {human(s['bytes_total'])}, read {human(s['bytes_read'])}, "

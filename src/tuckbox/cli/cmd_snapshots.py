@@ -7,7 +7,7 @@ import sys
 
 from ..repository.keyring import own_snapshots
 from ..repository.repo import Repository
-from .common import display, emit_json, human, open_repository, opt
+from .common import display, emit_json, human, json_path, open_repository, opt
 
 HELP = "list snapshots"
 
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         emit_json([
             {
                 "id": s.id, "short_id": s.short_id, "time": s.time, "host": s.host, "user": s.user,
-                "tags": s.tags, "paths": [display(p) for p in s.paths], "parent": s.parent,
+                "tags": s.tags, "paths": [json_path(p) for p in s.paths], "parent": s.parent,
                 "partial": s.partial, "summary": s.summary, "tree": s.tree.hex(),
             }
             for s in snaps

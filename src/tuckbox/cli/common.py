@@ -14,7 +14,11 @@ from typing import Any
 from ..backends import open_backend
 from ..errors import UsageError
 from ..repository.repo import Repository
+from ..text import display_path as display
+from ..text import json_path
 from ..types import Backend
+
+__all__ = ["display", "json_path"]  # (re-exported for the commands)
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
 
@@ -34,11 +38,6 @@ def human(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
-
-
-def display(path: bytes | str) -> str:
-    raw = os.fsencode(path)
-    return raw.decode("utf-8", "backslashreplace")
 
 
 def add_global_options(p: argparse.ArgumentParser, suppress: bool = False) -> None:

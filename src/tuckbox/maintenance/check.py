@@ -21,6 +21,7 @@ from ..repository.index import PackRecord, decode_index_raw
 from ..repository.repo import Repository, object_name
 from ..snapshot.model import Snapshot
 from ..snapshot.tree import DIR, FILE, Node, decode_tree
+from ..text import display_path as _display
 from ..types import BlobType, ObjectType
 
 
@@ -36,8 +37,6 @@ class CheckReport:
         return not self.errors
 
 
-def _display(path: bytes) -> str:
-    return path.decode("utf-8", "backslashreplace")
 
 
 class Checker:

@@ -31,6 +31,7 @@ from typing import Any
 from .. import directio
 from ..errors import IntegrityError, TuckboxError
 from ..snapshot.tree import Node
+from ..text import display_path as display
 from .fetch import BlobCache, Fetch, Fetcher, ranges
 from .meta import Meta, file_mode
 
@@ -41,8 +42,6 @@ DIRECT_MIN = 512 << 10  # blobs this large are written with O_DIRECT (their alig
 _MALFORMED = (TuckboxError, TypeError, ValueError, KeyError, AttributeError, OverflowError)
 
 
-def display(path: bytes) -> str:
-    return path.decode("utf-8", "backslashreplace")
 
 
 def target_wide(err: OSError, path: bytes) -> None:
