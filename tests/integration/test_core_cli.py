@@ -367,3 +367,19 @@ def test_names_with_control_characters_are_listed_one_per_line(tb, tmp_path):
     assert f"{src}/new\nline" in exact and f"{src}/\u202etxt.exe" in exact and f"{src}/bad\\xff" in exact
     tb("restore", "latest", "--target", str(tmp_path / "r"))
     assert sorted(os.listdir(os.fsencode(restored(tmp_path / "r", src)))) == sorted(names)
+
+
+def test_exclude_patterns_with_a_trailing_slash_or_a_relative_path(tb, tmp_path):
+    """`--exclude '.cache/'` and `--exclude 'a/tmp'` exclude what they name (both silently excluded nothing)."""
+    src = tmp_path / "src"
+    for d in ("a/.cache", "a/tmp", "b/tmp", "b/keep"):
+        (src / d).mkdir(parents=True)
+        (src / d / "f").write_bytes(d.encode())
+    tb("init")
+    tb("backup", str(src), "--exclude", f"{src}/a/.cache/", "--exclude", "a/tmp")
+    listed = set(tb("ls", "latest", str(src)).out.splitlines())
+    assert f"{src}/a/.cache" not in listed and f"{src}/a/tmp" not in listed
+    assert {f"{src}/b/tmp/f", f"{src}/b/keep/f"} <= listed
+    tb("restore", "latest", "--target", str(tmp_path / "r"), "--include", "b/tmp/")
+    got = restored(tmp_path / "r", src)
+    assert (got / "b" / "tmp" / "f").read_bytes() == b"b/tmp" and not (got / "b" / "keep").exists()

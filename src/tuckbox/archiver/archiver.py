@@ -10,7 +10,6 @@ the rest of the snapshot goes on.
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 from concurrent.futures import ThreadPoolExecutor
 import os
 import stat
@@ -25,6 +24,7 @@ import msgpack
 from ..chunker import Chunker
 from ..errors import UsageError
 from ..fsmeta import Owners, SkipEntry, node_from_stat, open_for_backup
+from ..patterns import Patterns
 from ..snapshot.tree import DIR, FILE, Node, RawNode, encode_tree
 from ..text import display_path as _display
 from ..types import BlobStore, BlobType
@@ -116,7 +116,7 @@ class Archiver:
         self.store = store
         self.chunker = chunker
         self.files_cache = files_cache
-        self.excludes = [os.fsencode(p) for p in (excludes or [])]
+        self.excludes = Patterns(excludes)
         self.progress = progress or Progress()
         self.one_file_system = one_file_system
         self.should_stop = should_stop or (lambda: False)
@@ -182,10 +182,7 @@ class Archiver:
         self.progress.warning(message)
 
     def _excluded(self, path: bytes, name: bytes) -> bool:
-        for pat in self.excludes:
-            if fnmatch.fnmatchcase(path, pat) or fnmatch.fnmatchcase(name, pat):
-                return True
-        return False
+        return self.excludes.match(path, name)
 
     # ------------------------------------------------------------ trees
 

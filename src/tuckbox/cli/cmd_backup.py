@@ -38,7 +38,9 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or directories to back up")
     p.add_argument("--tag", action="append", default=[], metavar="TAG", help="add a tag to the snapshot (repeatable)")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
-                   help="skip entries whose path or name matches PATTERN (shell wildcards; repeatable)")
+                   help="skip what matches PATTERN, and all inside it: a name at any depth ('*.tmp', '.cache'), "
+                        "a path from the root ('/home/*/.cache') or the end of a path ('.cache/thumbnails'); "
+                        "shell wildcards; repeatable")
     p.add_argument("--host", default="", help="host name to record (default: this machine's)")
     p.add_argument("--one-file-system", action="store_true", help="do not cross into other mounted file systems")
     p.add_argument("--checkpoint-interval", metavar="DURATION", default=None,

@@ -23,7 +23,8 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("snapshot", help="snapshot id prefix or 'latest'")
     p.add_argument("-t", "--target", required=True, help="directory to restore into (created; must be new or empty)")
     p.add_argument("--include", action="append", default=[], metavar="PATTERN",
-                   help="restore only paths or names matching PATTERN (and what is inside them); repeatable")
+                   help="restore only what matches PATTERN (and what is inside it): a name, a path from the root "
+                        "or the end of a path, as for backup --exclude; repeatable")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                    help="do not restore paths or names matching PATTERN; repeatable")
     p.add_argument("--numeric-owner", action="store_true", help="restore owners by number, not by name")

@@ -23,7 +23,6 @@ not written again. The marker is removed when the restore completes.
 from __future__ import annotations
 
 import errno
-import fnmatch
 import gc
 import os
 import resource
@@ -35,6 +34,7 @@ from typing import Any, Callable
 
 from ..errors import TargetExists, TuckboxError, UsageError
 from ..fsmeta import ACL_DEFAULT, create_special
+from ..patterns import Patterns
 from ..snapshot.model import Snapshot
 from ..snapshot.tree import DIR, FILE, SYMLINK, Node
 from ..snapshot.walk import decode_maps
@@ -78,15 +78,6 @@ class RestoreResult:
     errors: list[str] = field(default_factory=list)
 
 
-def _matches(path: bytes, patterns: list[bytes]) -> bool:
-    name = path.rpartition(b"/")[2]
-    return any(fnmatch.fnmatchcase(path, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-def _patterns(patterns: list[str] | None) -> list[bytes]:
-    return [os.fsencode(p).rstrip(b"/") or b"/" for p in patterns or []]
-
-
 class Restorer:
     def __init__(self, repo: Any, progress: RestoreProgress | None = None, connections: int = 4) -> None:
         self.repo = repo
@@ -118,7 +109,7 @@ class Restorer:
         resume, fresh = _prepare_target(target, snap)
         nodes = decode_maps(self.repo.load_blob(BlobType.TREE, snap.tree))  # the root's listing: no restore without it
         meta = Meta(numeric_owner, fresh and not resume)
-        run = _Run(self, target, resume, meta, _patterns(includes), _patterns(excludes))
+        run = _Run(self, target, resume, meta, Patterns(includes), Patterns(excludes))
         run.walk(nodes)
         marker = os.path.join(target, MARKER)
         if (includes or excludes) and not run.chosen:
@@ -216,7 +207,7 @@ class _Run:
     """One restore's walk and its windows (the walk and all bookkeeping run in the calling thread)."""
 
     def __init__(
-        self, owner: Restorer, target: bytes, resume: bool, meta: Meta, inc: list[bytes], exc: list[bytes]
+        self, owner: Restorer, target: bytes, resume: bool, meta: Meta, inc: Patterns, exc: Patterns
     ) -> None:
         self.repo = owner.repo
         self.result = owner.result
@@ -303,9 +294,9 @@ class _Run:
             for m in it:
                 if inc or exc:
                     path = d.child(m["n"])
-                    if exc and _matches(path, exc):
+                    if exc and exc.match(path):
                         continue
-                    chosen = not inc or d.inside or _matches(path, inc)
+                    chosen = not inc or d.inside or inc.match(path)
                 else:
                     chosen = True
                 if m["t"] == DIR:

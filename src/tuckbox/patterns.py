@@ -1,0 +1,43 @@
+"""``--include`` / ``--exclude`` patterns, the same for backup and restore.
+
+Shell wildcards (``*``, ``?``, ``[...]``; ``*`` also crosses ``/``), matched
+against an entry's absolute path and against its name:
+
+* ``*.tmp``, ``.cache`` (no ``/``): the name, at any depth (or the whole path);
+* ``/home/*/.cache`` (leading ``/``): the whole path;
+* ``.cache/thumbnails``, ``src/build`` (a ``/`` inside): the end of the path,
+  at a component boundary (``/x/src/build`` but not ``/x/mysrc/build``);
+* a trailing ``/`` is ignored (``.cache/`` is ``.cache``): what a pattern
+  matches includes, or leaves out, everything inside it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from typing import Sequence
+
+
+class Patterns:
+    def __init__(self, patterns: Sequence[str | bytes] | None) -> None:
+        self._paths: list[bytes] = []  # matched against the whole path
+        self._names: list[bytes] = []  # matched against the name as well
+        for p in patterns or ():
+            raw = os.fsencode(p).rstrip(b"/") or b"/"
+            if b"/" not in raw:
+                self._names.append(raw)
+                self._paths.append(raw)
+            elif raw.startswith((b"/", b"*")):
+                self._paths.append(raw)
+            else:
+                self._paths.append(b"*/" + raw)
+
+    def __bool__(self) -> bool:
+        return bool(self._paths)
+
+    def match(self, path: bytes, name: bytes | None = None) -> bool:
+        """Whether the entry at ``path`` (whose last component is ``name``) matches any pattern."""
+        if name is None:
+            name = path.rpartition(b"/")[2]
+        match = fnmatch.fnmatchcase
+        return any(match(name, p) for p in self._names) or any(match(path, p) for p in self._paths)

@@ -1,0 +1,32 @@
+"""--include / --exclude patterns (tuckbox.patterns), shared by backup and restore."""
+
+from __future__ import annotations
+
+from tuckbox.patterns import Patterns
+
+
+def test_names_match_at_any_depth():
+    p = Patterns(["*.tmp", ".cache"])
+    assert p.match(b"/home/ann/x.tmp") and p.match(b"/home/ann/.cache") and p.match(b"/.cache")
+    assert not p.match(b"/home/ann/x.tmpl") and not p.match(b"/home/ann/.cache2")
+
+
+def test_a_leading_slash_anchors_at_the_root():
+    p = Patterns(["/home/*/.cache"])
+    assert p.match(b"/home/ann/.cache") and not p.match(b"/srv/home/ann/.cache")
+
+
+def test_a_slash_inside_matches_the_end_of_the_path_at_a_component_boundary():
+    p = Patterns([".cache/thumbnails", "src/build"])
+    assert p.match(b"/home/ann/.cache/thumbnails") and p.match(b"/x/src/build")
+    assert not p.match(b"/x/mysrc/build") and not p.match(b"/x/src/build2")
+
+
+def test_a_trailing_slash_is_the_same_pattern():
+    for pattern in (".cache/", "/home/ann/.cache/", "ann/.cache/"):
+        assert Patterns([pattern]).match(b"/home/ann/.cache"), pattern
+
+
+def test_no_patterns_match_nothing():
+    assert not Patterns([]) and not Patterns(None).match(b"/x")
+    assert Patterns(["/"]).match(b"/")
