@@ -1,8 +1,11 @@
+import os
+
 import pytest
 
 from tuckbox.backends.local import LocalBackend
 from tuckbox.backends.memory import MemoryBackend
 from tuckbox.testing.conformance import CONFORMANCE_CHECKS
+from tuckbox.types import ObjectType
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -36,3 +39,105 @@ def test_local_listing_skips_what_is_not_an_object(tmp_path):
     (root / "snapshots" / ("ee" * 32)).mkdir()  # a directory with an object's name
     assert [i.name for i in b.list(ObjectType.SNAPSHOT)] == [snap]
     assert [i.name for i in b.list(ObjectType.PACK)] == [pack]
+
+
+def _no_hard_links(monkeypatch):
+    """The file system of a FAT or exFAT USB disk: link() is refused with EPERM."""
+    import errno
+    import os
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", refuse)
+
+
+@pytest.mark.parametrize("check", CONFORMANCE_CHECKS, ids=lambda c: c.__name__)
+def test_conformance_without_hard_links(check, tmp_path, monkeypatch):
+    """Where link() is refused, objects are renamed into place with RENAME_NOREPLACE: still never replacing,
+    still one winner of a race (init on an exFAT disk failed with 'Operation not permitted' before)."""
+    _no_hard_links(monkeypatch)
+    b = LocalBackend(str(tmp_path / "repo"))
+    b.create()
+    check(b)
+    b.save(ObjectType.LOCK, "ef" * 32, b"probe")
+    assert b._publish_by == "renameat2"
+
+
+def test_without_hard_links_or_renameat2(tmp_path, monkeypatch):
+    """Where renameat2's flag is refused too (exFAT through FUSE): check the name, then rename. Objects are
+    still whole, never replaced by a later save, and no temporary file is left."""
+    import errno
+
+    from tuckbox.backends import local
+    from tuckbox.errors import ObjectExists
+    from tuckbox.testing.conformance import (
+        check_big_object, check_empty_object, check_list_many, check_overwrite_refused, check_ranged_reads,
+        check_remove, check_round_trip,
+    )
+    from tuckbox.types import ObjectType
+
+    _no_hard_links(monkeypatch)
+
+    def refuse(src, dst):
+        raise OSError(errno.EINVAL, "Invalid argument", dst)
+
+    monkeypatch.setattr(local, "rename_noreplace", refuse)
+    for i, check in enumerate((check_round_trip, check_ranged_reads, check_empty_object, check_big_object,
+                               check_list_many, check_overwrite_refused, check_remove)):
+        b = LocalBackend(str(tmp_path / f"repo{i}"))
+        b.create()
+        check(b)
+    b = LocalBackend(str(tmp_path / "repo"))
+    b.create()
+    b.save(ObjectType.INDEX, "ab" * 32, b"first")
+    assert b._publish_by == "rename"
+    with pytest.raises(ObjectExists):
+        b.save(ObjectType.INDEX, "ab" * 32, b"second")
+    assert b.load(ObjectType.INDEX, "ab" * 32) == b"first"
+    assert not [p for p in (tmp_path / "repo").rglob(".tmp-*")]
+
+
+def test_a_real_exfat_disk(tmp_path):
+    """Backup, check --read-data and restore on a real exFAT file system (exfat-fuse on a loop device), where
+    the machine can make one; skipped where it cannot (no exfat tools, loop devices or FUSE)."""
+    import shutil
+    import subprocess
+    import sys
+
+    need = ("mkfs.exfat", "mount.exfat-fuse", "losetup", "fusermount")
+    if os.geteuid() != 0 or not all(shutil.which(t) for t in need) or not os.path.exists("/dev/fuse"):
+        pytest.skip(f"needs root, /dev/fuse and {', '.join(need)}")
+    img, mnt = tmp_path / "img", tmp_path / "mnt"
+    mnt.mkdir()
+    with open(img, "wb") as f:
+        f.truncate(256 << 20)
+    subprocess.run(["mkfs.exfat", str(img)], check=True, capture_output=True)
+    loop = subprocess.run(["losetup", "-f", "--show", str(img)], capture_output=True, text=True)
+    if loop.returncode != 0:
+        pytest.skip(f"no loop device: {loop.stderr.strip()}")
+    dev = loop.stdout.strip()
+    try:
+        if subprocess.run(["mount.exfat-fuse", dev, str(mnt)], capture_output=True).returncode != 0:
+            pytest.skip("cannot mount exfat through FUSE here")
+        try:
+            src = tmp_path / "src"
+            (src / "d").mkdir(parents=True)
+            (src / "d" / "big").write_bytes(os.urandom(3 << 20))
+            (src / "small").write_bytes(b"small\n")
+            env = {**os.environ, "TUCKBOX_PASSWORD": "pw", "TUCKBOX_TEST_CHEAP_KDF": "1",
+                   "TUCKBOX_CACHE_DIR": str(tmp_path / "cache"), "TUCKBOX_REPOSITORY": str(mnt / "repo")}
+            for args in (["init"], ["backup", str(src)], ["backup", str(src)], ["check", "--read-data"],
+                         ["restore", "latest", "--target", str(tmp_path / "r")]):
+                p = subprocess.run([sys.executable, "-m", "tuckbox.cli.main", *args], env=env, capture_output=True,
+                                   text=True, timeout=300)
+                assert p.returncode == 0, (args, p.stderr)
+            out = tmp_path / "r" / str(src).lstrip("/")
+            assert (out / "d" / "big").read_bytes() == (src / "d" / "big").read_bytes()
+            assert (out / "small").read_bytes() == b"small\n"
+            assert not list((mnt / "repo").rglob(".tmp-*"))
+        finally:
+            subprocess.run(["fusermount", "-u", str(mnt)], capture_output=True)
+            subprocess.run(["umount", str(mnt)], capture_output=True)
+    finally:
+        subprocess.run(["losetup", "-d", dev], capture_output=True)

@@ -3,7 +3,9 @@
 Writes are crash-safe and never replace: the bytes go to a temporary file in
 the same directory, are fsynced, then ``link``ed to the final name (which fails
 if the name exists), and the directory is fsynced. A crash leaves at worst a
-``.tmp-*`` file, which ``list`` ignores.
+``.tmp-*`` file, which ``list`` ignores. On file systems without hard links
+(FAT and exFAT, as USB disks often are) the temporary file is renamed instead,
+with ``RENAME_NOREPLACE`` where the file system takes it (``_publish``).
 
 Large objects (packs) are written with ``O_DIRECT`` for their aligned part
 where the file system allows (``tuckbox.directio``): straight from the pack
@@ -14,6 +16,7 @@ through the page cache. The fsyncs are the same either way.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import re
@@ -37,6 +40,24 @@ def local_root(backend: object) -> str | None:
     return backend.root if isinstance(backend, LocalBackend) else None
 
 _PERMANENT = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR}
+# what link() says on a file system without hard links (vfat/exfat: EPERM; others: not supported)
+_NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK}
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_renameat2 = getattr(_libc, "renameat2", None)  # glibc >= 2.28
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def rename_noreplace(src: str, dst: str) -> None:
+    """``rename`` that fails with FileExistsError rather than replace ``dst`` (Linux renameat2)."""
+    if _renameat2 is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available", dst)
+    if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) != 0:
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            raise FileExistsError(err, os.strerror(err), dst)
+        raise OSError(err, os.strerror(err), dst)
 
 
 class LocalBackend:
@@ -44,6 +65,33 @@ class LocalBackend:
         self.root = os.path.abspath(os.path.expanduser(root))
         self.location = self.root
         self._direct: bool | None = None  # O_DIRECT writes: decided on the first large object
+        self._publish_by = "link"  # how a written object gets its name (see _publish)
+
+    def _publish(self, tmp: str, path: str) -> None:
+        """Give the written temporary file its final name, never replacing an existing object
+        (FileExistsError). ``link`` where the file system has hard links; where it has none (FAT, exFAT: USB
+        disks) ``renameat2(RENAME_NOREPLACE)``; where that is refused too (exFAT through FUSE), a check
+        for the name, then ``rename``: two writers racing to store the same name there both store the
+        same content (names are content hashes, or random), so the race loses nothing."""
+        if self._publish_by == "link":
+            try:
+                os.link(tmp, path)
+                return
+            except OSError as e:
+                if e.errno not in _NO_LINKS:
+                    raise
+                self._publish_by = "renameat2"
+        if self._publish_by == "renameat2":
+            try:
+                rename_noreplace(tmp, path)
+                return
+            except OSError as e:
+                if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+                self._publish_by = "rename"
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, "File exists", path)
+        os.rename(tmp, path)
 
     def _direct_ok(self) -> bool:
         if self._direct is None:
@@ -113,11 +161,14 @@ class LocalBackend:
             finally:
                 os.close(fd)
             try:
-                os.link(tmp, path)
+                self._publish(tmp, path)
             except FileExistsError:
                 raise ObjectExists(f"{type.value}/{name} already exists in {self.location}") from None
             finally:
-                os.unlink(tmp)
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass  # renamed: nothing left behind
             dfd = os.open(dirname, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 os.fsync(dfd)
