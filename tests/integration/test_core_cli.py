@@ -97,7 +97,7 @@ def test_errors_are_one_line_with_exit_codes(tb, tmp_path):
     src.mkdir()
     (src / "f").write_text("f")
     # missing repository
-    _one_line_error(tb("snapshots", expect=1), "no repository at", "tuckbox init")
+    _one_line_error(tb("snapshots", expect=1), "no repository at", "is it mounted?", "tuckbox init")
     tb("init")
     # init twice
     _one_line_error(tb("init", expect=1), "already exists")

@@ -34,6 +34,7 @@ from ..errors import (
 from ..pack.format import PackKey
 from ..snapshot import model as snapmodel
 from ..snapshot.model import Snapshot
+from ..backends.local import local_root
 from ..types import Backend, BlobType, ObjectType
 from .cache import Cache
 from .config import Config
@@ -105,8 +106,9 @@ class Repository:
             raw = backend.load(ObjectType.CONFIG, "config")
         except ObjectNotFound:
             if not backend.exists():
+                disk = " (on a removable disk: is it mounted?)" if local_root(backend) is not None else ""
                 raise RepositoryNotFound(
-                    f"no repository at {backend.location}; check the path, or create one with 'tuckbox init'"
+                    f"no repository at {backend.location}{disk}; check the path, or create one with 'tuckbox init'"
                 ) from None
             raise NotARepository(
                 f"{backend.location} is not a tuckbox repository (it has no config); check the path, or run 'tuckbox init'"
