@@ -60,6 +60,10 @@ def test_flipped_byte_in_data_blob(tb, tmp_path):
 
     res = tb("restore", "latest", "--target", str(tmp_path / "r"), expect=1)
     assert "victim.bin" in res.err and "not restored" in res.err
+    # said as an error when it happens (not as a warning), and again under the count at the end
+    said = [ln for ln in res.err.splitlines() if "victim.bin" in ln]
+    assert len(said) == 2 and all(ln.startswith("error: ") for ln in said), res.err
+    assert "1 entry not restored:" in res.err
     out = Path(str(tmp_path / "r") + str(src))
     assert not (out / "victim.bin").exists()  # never wrong bytes
     for name in ("bystander1.bin", "bystander2.bin"):

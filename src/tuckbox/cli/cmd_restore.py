@@ -10,6 +10,7 @@ and the exit code is 1.
 from __future__ import annotations
 
 import argparse
+import sys
 import os
 
 from ..restorer.restorer import Restorer
@@ -49,8 +50,11 @@ def run(args: argparse.Namespace) -> int:
             "warnings": result.warnings, "errors": result.errors,
         })
     else:
+        if result.errors:  # (each was said as it happened; listed again so that none scrolls away unseen)
+            n = len(result.errors)
+            print(f"{n} {'entry' if n == 1 else 'entries'} not restored:", file=sys.stderr)
         for e in result.errors:
-            print(f"error: {e}", file=__import__("sys").stderr)
+            print(f"error: {e}", file=sys.stderr)
         skipped = f" ({result.files_skipped} already restored)" if result.files_skipped else ""
         out(args, f"restored snapshot {snap.short_id}: {result.files} files{skipped}, {result.dirs} dirs, "
                   f"{result.others} other entries, {human(result.bytes_written)} written")

@@ -73,13 +73,18 @@ class CliProgress(Progress):
         if self._bar is not None or self.json_mode:
             self._render()
 
-    def warning(self, message: str) -> None:
+    def warning(self, message: str, kind: str = "warning") -> None:
         if self.json_mode:
-            emit_json({"type": "warning", "message": message})
+            emit_json({"type": kind, "message": message})
         elif self._bar is not None:
-            self._bar.console.print(f"warning: {message}", style="yellow", markup=False, highlight=False)
+            style = "red" if kind == "error" else "yellow"
+            self._bar.console.print(f"{kind}: {message}", style=style, markup=False, highlight=False)
         else:
-            print(f"warning: {message}", file=sys.stderr)
+            print(f"{kind}: {message}", file=sys.stderr)
+
+    def error(self, message: str) -> None:
+        """A restore's entry that was not restored: said as it happens, and again in the summary."""
+        self.warning(message, "error")
 
     def _render(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -66,6 +66,10 @@ class RestoreProgress:
     def warning(self, message: str) -> None:  # noqa: D102
         pass
 
+    def error(self, message: str) -> None:
+        """Something that was not restored (the restore will exit 1); a warning unless overridden."""
+        self.warning(message)
+
 
 @dataclass
 class RestoreResult:

@@ -105,7 +105,7 @@ class Report:
     def error(self, msg: str) -> None:
         with self.lock:
             self.result.errors.append(msg)
-        self.progress.warning(msg)
+        self.progress.error(msg)
 
     def written(self, n: int) -> None:
         with self.lock:
