@@ -383,3 +383,19 @@ def test_exclude_patterns_with_a_trailing_slash_or_a_relative_path(tb, tmp_path)
     tb("restore", "latest", "--target", str(tmp_path / "r"), "--include", "b/tmp/")
     got = restored(tmp_path / "r", src)
     assert (got / "b" / "tmp" / "f").read_bytes() == b"b/tmp" and not (got / "b" / "keep").exists()
+
+
+def test_snapshot_times_are_shown_in_the_viewers_time_zone(tb, tmp_path):
+    """A snapshot records its host's time and offset; `snapshots` shows it in this machine's zone, as `ls -l`
+    shows file times (it showed the recording host's wall clock, so hosts in other zones looked hours off)."""
+    import datetime as dt
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"x")
+    tb("init")
+    tb("backup", str(src), env={"TZ": "UTC"})
+    recorded = dt.datetime.fromisoformat(tb("snapshots", "--json").json()[0]["time"])
+    for zone, hours in (("JST-9", 9), ("XST+5", -5)):  # POSIX zones: no time zone database needed
+        shown = recorded.astimezone(dt.timezone(dt.timedelta(hours=hours))).strftime("%Y-%m-%d %H:%M:%S")
+        assert shown in tb("snapshots", env={"TZ": zone}).out, zone

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 
 from ..repository.keyring import own_snapshots
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     for s in snaps:
         rows.append((
             s.short_id + (" (checkpoint)" if s.partial else ""),
-            s.datetime.strftime("%Y-%m-%d %H:%M:%S"),
+            s.datetime.astimezone().strftime("%Y-%m-%d %H:%M:%S"),  # in this machine's time zone
             s.host,
             ",".join(s.tags),
             ", ".join(display(p) for p in s.paths),
@@ -69,7 +70,7 @@ def _own_work(args: argparse.Namespace, repo: Repository) -> int:
     for s in snaps:
         rows.append((
             s.short_id + (" (checkpoint)" if s.partial else "") + ("" if s.present else " (gone)"),
-            s.time[:19].replace("T", " "),
+            _local(s.time),
             s.host,
             ",".join(s.tags),
             ", ".join(s.paths),
@@ -82,3 +83,11 @@ def _own_work(args: argparse.Namespace, repo: Repository) -> int:
             print("-" * (sum(widths) + 2 * (len(widths) - 1)))
     print(f"{len(snaps)} snapshot(s) saved by this write-only key (own work)")
     return 0
+
+
+def _local(iso: str) -> str:
+    """A recorded time in this machine's time zone (a snapshot records its host's)."""
+    try:
+        return dt.datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return iso[:19].replace("T", " ")
