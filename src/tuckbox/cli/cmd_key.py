@@ -34,7 +34,7 @@ from ..repository.keyring import (
 )
 from ..snapshot.model import now_iso
 from . import common
-from .common import add_global_options, ask_passphrase, emit_json, open_repository, opt, out
+from .common import add_global_options, ask_passphrase, emit_json, local_time, open_repository, opt, out
 
 HELP = "list, add, change or remove keys (passphrases and write-only keys)"
 
@@ -93,7 +93,7 @@ def new_passphrase(args: argparse.Namespace) -> bytes:
 
 
 def _when(iso: str) -> str:
-    return iso[:19].replace("T", " ")
+    return local_time(iso)
 
 
 def _type(e: KeyEntry) -> str:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import sys
 
 from ..repository.keyring import own_snapshots
 from ..repository.repo import Repository
-from .common import display, emit_json, human, json_path, open_repository, opt
+from .common import display, emit_json, human, json_path, local_time, open_repository, opt
 
 HELP = "list snapshots"
 
@@ -40,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     for s in snaps:
         rows.append((
             s.short_id + (" (checkpoint)" if s.partial else ""),
-            s.datetime.astimezone().strftime("%Y-%m-%d %H:%M:%S"),  # in this machine's time zone
+            local_time(s.time),
             s.host,
             ",".join(s.tags),
             ", ".join(display(p) for p in s.paths),
@@ -70,7 +69,7 @@ def _own_work(args: argparse.Namespace, repo: Repository) -> int:
     for s in snaps:
         rows.append((
             s.short_id + (" (checkpoint)" if s.partial else "") + ("" if s.present else " (gone)"),
-            _local(s.time),
+            local_time(s.time),
             s.host,
             ",".join(s.tags),
             ", ".join(s.paths),
@@ -83,11 +82,3 @@ def _own_work(args: argparse.Namespace, repo: Repository) -> int:
             print("-" * (sum(widths) + 2 * (len(widths) - 1)))
     print(f"{len(snaps)} snapshot(s) saved by this write-only key (own work)")
     return 0
-
-
-def _local(iso: str) -> str:
-    """A recorded time in this machine's time zone (a snapshot records its host's)."""
-    try:
-        return dt.datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M:%S")
-    except ValueError:
-        return iso[:19].replace("T", " ")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import getpass
 import json
 import os
@@ -30,6 +31,14 @@ def parse_size(text: str) -> int:
         raise UsageError(f"'{text}' is not a size; write it like 512KiB, 2MiB or 1GiB")
     mult = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
     return int(float(m.group(1)) * mult)
+
+
+def local_time(iso: str) -> str:
+    """A recorded time (ISO 8601 with its host's offset) in this machine's time zone."""
+    try:
+        return datetime.datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return iso[:19].replace("T", " ")
 
 
 def human(n: float) -> str:
