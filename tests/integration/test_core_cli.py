@@ -96,6 +96,9 @@ def test_errors_are_one_line_with_exit_codes(tb, tmp_path):
     src = tmp_path / "s"
     src.mkdir()
     (src / "f").write_text("f")
+    # a subcommand's usage error points to its own help; an empty --target is not the current directory
+    _one_line_error(tb("restore", "latest", expect=2), "--target", "tuckbox restore --help")
+    _one_line_error(tb("restore", "latest", "--target", "", expect=2), "--target needs a directory")
     # missing repository
     _one_line_error(tb("snapshots", expect=1), "no repository at", "is it mounted?", "tuckbox init")
     tb("init")

@@ -13,6 +13,7 @@ import argparse
 import sys
 import os
 
+from ..errors import UsageError
 from ..restorer.restorer import Restorer
 from .common import emit_json, human, open_repository, opt, out
 from .progress import CliProgress
@@ -32,6 +33,8 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.target:
+        raise UsageError("--target needs a directory to restore into (a new or empty one)")
     repo = open_repository(args)
     repo.keys.require_full("restore")
     snap = repo.find_snapshot(args.snapshot)

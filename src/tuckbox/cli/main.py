@@ -50,7 +50,7 @@ examples:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2
-        self.exit(EXIT_USAGE, f"tuckbox: usage error: {message} (see 'tuckbox --help')\n")
+        self.exit(EXIT_USAGE, f"tuckbox: usage error: {message} (see '{self.prog} --help')\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
