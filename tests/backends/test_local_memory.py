@@ -105,9 +105,10 @@ def test_a_real_exfat_disk(tmp_path):
     import subprocess
     import sys
 
-    need = ("mkfs.exfat", "mount.exfat-fuse", "losetup", "fusermount")
-    if os.geteuid() != 0 or not all(shutil.which(t) for t in need) or not os.path.exists("/dev/fuse"):
-        pytest.skip(f"needs root, /dev/fuse and {', '.join(need)}")
+    need = ("mkfs.exfat", "mount.exfat-fuse", "losetup")
+    unmount = shutil.which("fusermount") or shutil.which("fusermount3")
+    if os.geteuid() != 0 or not all(shutil.which(t) for t in need) or not unmount or not os.path.exists("/dev/fuse"):
+        pytest.skip(f"needs root, /dev/fuse, fusermount and {', '.join(need)}")
     img, mnt = tmp_path / "img", tmp_path / "mnt"
     mnt.mkdir()
     with open(img, "wb") as f:
@@ -137,7 +138,7 @@ def test_a_real_exfat_disk(tmp_path):
             assert (out / "small").read_bytes() == b"small\n"
             assert not list((mnt / "repo").rglob(".tmp-*"))
         finally:
-            subprocess.run(["fusermount", "-u", str(mnt)], capture_output=True)
+            subprocess.run([unmount, "-u", str(mnt)], capture_output=True)
             subprocess.run(["umount", str(mnt)], capture_output=True)
     finally:
         subprocess.run(["losetup", "-d", dev], capture_output=True)
