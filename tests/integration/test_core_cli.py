@@ -402,3 +402,30 @@ def test_snapshot_times_are_shown_in_the_viewers_time_zone(tb, tmp_path):
     for zone, hours in (("JST-9", 9), ("XST+5", -5)):  # POSIX zones: no time zone database needed
         shown = recorded.astimezone(dt.timezone(dt.timedelta(hours=hours))).strftime("%Y-%m-%d %H:%M:%S")
         assert shown in tb("snapshots", env={"TZ": zone}).out, zone
+
+
+def test_exclude_caches_and_exclude_file(tb, tmp_path):
+    """--exclude-caches stores a directory tagged by a valid CACHEDIR.TAG empty (a tag without the signature
+    does not count); --exclude-file reads patterns, skipping blank lines and comments; a missing file is a
+    usage error."""
+    src = tmp_path / "src"
+    for d in ("cache/sub", "fake-cache", "keep", "logs"):
+        (src / d).mkdir(parents=True)
+    (src / "cache" / "CACHEDIR.TAG").write_bytes(
+        b"Signature: 8a477f597d28d172789f06886806bc55\n# This file is a cache directory tag.\n")
+    (src / "cache" / "sub" / "blob").write_bytes(b"cached")
+    (src / "fake-cache" / "CACHEDIR.TAG").write_bytes(b"not the signature\n")
+    (src / "fake-cache" / "data").write_bytes(b"kept")
+    (src / "keep" / "a.txt").write_bytes(b"a")
+    (src / "logs" / "x.log").write_bytes(b"log")
+    (src / "keep" / "b.tmp").write_bytes(b"tmp")
+    excludes = tmp_path / "excludes"
+    excludes.write_text("# scratch files\n*.tmp\n\n   logs/  \n")
+    tb("init")
+    tb("backup", str(src), "--exclude-caches", "--exclude-file", str(excludes))
+    listed = set(tb("ls", "latest", str(src)).out.splitlines())
+    assert f"{src}/cache" in listed and not [p for p in listed if p.startswith(f"{src}/cache/")]
+    assert {f"{src}/fake-cache/data", f"{src}/keep/a.txt"} <= listed
+    assert f"{src}/keep/b.tmp" not in listed and f"{src}/logs" not in listed
+    res = tb("backup", str(src), "--exclude-file", str(tmp_path / "nope"), expect=2)
+    assert "cannot read the exclude file" in res.err and len(res.err.strip().splitlines()) == 1

@@ -109,6 +109,7 @@ class Archiver:
         excludes: list[str] | None = None,
         progress: Progress | None = None,
         one_file_system: bool = False,
+        exclude_caches: bool = False,
         should_stop: Callable[[], bool] | None = None,
         after_entry: Callable[[], None] | None = None,
         skip_dirs: set[tuple[int, int]] | None = None,
@@ -119,6 +120,7 @@ class Archiver:
         self.excludes = Patterns(excludes)
         self.progress = progress or Progress()
         self.one_file_system = one_file_system
+        self.exclude_caches = exclude_caches
         self.should_stop = should_stop or (lambda: False)
         self.owners = Owners()
         self.summary = Summary()
@@ -330,8 +332,10 @@ class Archiver:
             return self._save_file(path, st, node, prefetched, known)
         if node.type == DIR:
             self.summary.dirs += 1
-            if self.one_file_system and st.st_dev not in self._root_devs:
-                node.subtree = self._save_tree([])
+            if (self.one_file_system and st.st_dev not in self._root_devs) or (
+                self.exclude_caches and is_cache_dir(path)
+            ):
+                node.subtree = self._save_tree([])  # the directory itself, empty
             else:
                 node.subtree = self._save_dir(path, st.st_dev, node)
             if self.stopped:
@@ -545,6 +549,19 @@ class Archiver:
         content: list[Any] = []
         nbytes = read_chunks(fd, st.st_size, self.chunker, self.store.blob_id, lambda p: self._add_piece(p, content))
         return content, nbytes
+
+
+CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
+
+
+def is_cache_dir(path: bytes) -> bool:
+    """Whether a directory is marked as a cache by a ``CACHEDIR.TAG`` file (the Cache Directory Tagging
+    Specification: the file begins with its signature), as browsers, build tools and package managers do."""
+    try:
+        with open(os.path.join(path, b"CACHEDIR.TAG"), "rb") as f:
+            return f.read(len(CACHEDIR_SIGNATURE)) == CACHEDIR_SIGNATURE
+    except OSError:
+        return False
 
 
 def _add_hole(content: list[Any], length: int) -> None:

@@ -59,6 +59,7 @@ class BackupRequest:
     excludes: list[str] = field(default_factory=list)
     host: str = ""
     one_file_system: bool = False
+    exclude_caches: bool = False  # directories with a CACHEDIR.TAG are stored empty
     checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL  # seconds; 0 disables
 
 
@@ -287,6 +288,7 @@ def run_backup(
             excludes=request.excludes,
             progress=progress,
             one_file_system=request.one_file_system,
+            exclude_caches=request.exclude_caches,
             should_stop=should_stop,
             after_entry=after_entry,
             skip_dirs=_own_dirs(repo),

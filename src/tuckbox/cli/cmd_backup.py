@@ -15,6 +15,7 @@ with 130 (twice: quit at once).
 examples:
   tuckbox backup ~/Documents ~/Music --tag daily
   tuckbox backup / --one-file-system --exclude '/home/*/.cache' --exclude '*.tmp'
+  tuckbox backup ~ --exclude-caches --exclude-file ~/.config/tuckbox/excludes
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ def register(p: argparse.ArgumentParser) -> None:
                    help="skip what matches PATTERN, and all inside it: a name at any depth ('*.tmp', '.cache'), "
                         "a path from the root ('/home/*/.cache') or the end of a path ('.cache/thumbnails'); "
                         "shell wildcards; repeatable")
+    p.add_argument("--exclude-file", action="append", default=[], metavar="FILE",
+                   help="read --exclude patterns from FILE, one per line (blank lines and lines starting with # "
+                        "are ignored); repeatable")
+    p.add_argument("--exclude-caches", action="store_true",
+                   help="store directories marked with a CACHEDIR.TAG (browser, build and package caches) empty")
     p.add_argument("--host", default="", help="host name to record (default: this machine's)")
     p.add_argument("--one-file-system", action="store_true", help="do not cross into other mounted file systems")
     p.add_argument("--checkpoint-interval", metavar="DURATION", default=None,
@@ -80,8 +86,19 @@ class _StopOnSignal:
             signal.signal(sig, old)  # type: ignore[arg-type]
 
 
+def _patterns_from(file: str) -> list[str]:
+    """The patterns of an --exclude-file: one per line; blank lines and # comments skipped."""
+    try:
+        with open(os.path.expanduser(file), encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise UsageError(f"cannot read the exclude file {file}: {e.strerror}") from None
+    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
 def run(args: argparse.Namespace) -> int:
     interval = parse_duration(args.checkpoint_interval) if args.checkpoint_interval else DEFAULT_CHECKPOINT_INTERVAL
+    excludes = list(args.exclude) + [p for f in args.exclude_file for p in _patterns_from(f)]
     for path in args.paths:
         if os.path.islink(path.rstrip("/") or "/"):  # (a trailing slash still names the link here)
             warn(f"{display(path)} is a symbolic link: the link is backed up, not the files it points to; "
@@ -96,8 +113,9 @@ def run(args: argparse.Namespace) -> int:
         with _StopOnSignal() as stop:
             result = run_backup(
                 repo,
-                BackupRequest(args.paths, tags=args.tag, excludes=args.exclude, host=args.host,
-                              one_file_system=args.one_file_system, checkpoint_interval=interval),
+                BackupRequest(args.paths, tags=args.tag, excludes=excludes, host=args.host,
+                              one_file_system=args.one_file_system, exclude_caches=args.exclude_caches,
+                              checkpoint_interval=interval),
                 progress,
                 should_stop=stop.event.is_set,
             )
