@@ -312,6 +312,7 @@ def test_trees_deeper_than_the_interpreter_recursion_limit(tb, tmp_path):
     check = tb("check", "--read-data", "--json").json()
     assert check["ok"] and check["errors"] == []
     assert tb("dump", first, str(leaf / "f")).raw == b"deep down\n"
+    assert [m["path"] for m in tb("find", "--json", "new").json()["matches"]] == [str(leaf / "new")]
     tb("restore", "latest", "--target", str(tmp_path / "r"))
     assert compare_trees(src, restored(tmp_path / "r", src)) == []
 
@@ -429,3 +430,28 @@ def test_exclude_caches_and_exclude_file(tb, tmp_path):
     assert f"{src}/keep/b.tmp" not in listed and f"{src}/logs" not in listed
     res = tb("backup", str(src), "--exclude-file", str(tmp_path / "nope"), expect=2)
     assert "cannot read the exclude file" in res.err and len(res.err.strip().splitlines()) == 1
+
+
+def test_find_a_file_across_snapshots(tb, tmp_path):
+    """find lists every snapshot holding a matching entry, with its size: unchanged directories shared by the
+    snapshots are read once but reported for each; --host and --snapshot narrow the search."""
+    src = tmp_path / "src"
+    (src / "docs" / "old").mkdir(parents=True)
+    (src / "docs" / "old" / "report.docx").write_bytes(b"v1" * 10)
+    (src / "docs" / "notes.txt").write_bytes(b"notes")
+    tb("init")
+    tb("backup", str(src), "--host", "laptop")
+    (src / "docs" / "notes.txt").write_bytes(b"notes, longer now")
+    tb("backup", str(src), "--host", "desktop")
+    snaps = tb("snapshots", "--json").json()
+    found = tb("find", "--json", "*.docx", "notes.txt").json()
+    got = sorted((m["short_id"], m["path"], m["size"]) for m in found["matches"])
+    docx, notes = str(src / "docs" / "old" / "report.docx"), str(src / "docs" / "notes.txt")
+    assert got == sorted([(snaps[0]["short_id"], docx, 20), (snaps[1]["short_id"], docx, 20),
+                          (snaps[0]["short_id"], notes, 5), (snaps[1]["short_id"], notes, 17)])
+    assert found["count"] == 4
+    by_path = tb("find", "--json", f"{src}/docs/old/*", "--host", "desktop").json()["matches"]
+    assert [(m["short_id"], m["path"]) for m in by_path] == [(snaps[1]["short_id"], docx)]
+    text = tb("find", "old/report.docx", "--snapshot", snaps[0]["short_id"]).out.splitlines()
+    assert len(text) == 2 and docx in text[0] and text[-1] == "1 match(es) in 1 snapshot(s)"
+    assert tb("find", "nothing*").out.strip() == "0 match(es) in 2 snapshot(s)"

@@ -20,7 +20,7 @@ from .memory import tune_allocator
 from .output import Guarded, OutputError, discard_pending
 
 COMMANDS = [
-    "init", "backup", "snapshots", "ls", "diff", "restore", "dump", "check", "stats", "unlock",
+    "init", "backup", "snapshots", "ls", "find", "diff", "restore", "dump", "check", "stats", "unlock",
     "key", "recovery_kit",
 ]
 

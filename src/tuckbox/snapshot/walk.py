@@ -150,3 +150,42 @@ def _diff_level(load: LoadTree, a: bytes, b: bytes, prefix: bytes) -> Iterator[t
             yield "+", path
         elif not _same_file(la, rb):
             yield "M", path
+
+
+def find_in_tree(
+    load: LoadTree, tree_id: bytes, prefix: bytes, match: Callable[[bytes, bytes], bool],
+    memo: dict[tuple[bytes, bytes], list[tuple[bytes, Node]]],
+) -> list[tuple[bytes, Node]]:
+    """Every entry below the tree at ``prefix`` that ``match(path, name)`` accepts, as (absolute path, node).
+
+    Snapshots share most of their trees, at the same paths, so the matches below every (tree, path) visited
+    are kept in ``memo`` and one seen before costs a lookup: searching years of snapshots reads each distinct
+    directory once. Only matches are kept, never whole listings. Depth first with an explicit stack.
+    """
+    key = (tree_id, prefix)
+    if key in memo:
+        return memo[key]
+    # (tree id, its path, its nodes, next index, matches so far)
+    stack: list[tuple[bytes, bytes, list[Node], int, list[tuple[bytes, Node]]]] = [
+        (tree_id, prefix, load_nodes(load, tree_id), 0, [])
+    ]
+    while True:
+        tid, base, nodes, i, found = stack[-1]
+        if i == len(nodes):
+            stack.pop()
+            memo[(tid, base)] = found
+            if not stack:
+                return found
+            stack[-1][4].extend(found)
+            continue
+        node = nodes[i]
+        stack[-1] = (tid, base, nodes, i + 1, found)
+        path = os.path.join(base, node.name)
+        if match(path, node.name):
+            found.append((path, node))
+        if node.type == DIR and node.subtree:
+            below = memo.get((node.subtree, path))
+            if below is not None:
+                found.extend(below)
+            else:
+                stack.append((node.subtree, path, load_nodes(load, node.subtree), 0, []))
