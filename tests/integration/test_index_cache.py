@@ -117,3 +117,53 @@ def test_a_backup_after_the_snapshot_finds_unchanged_files_and_adds_nothing(tb, 
     for i in range(30):
         assert (tmp_path / "r" / str(src).lstrip("/") / f"f{i}").read_bytes() == (src / f"f{i}").read_bytes()
     tb("check", "--read-data")
+
+
+def test_snapshots_are_decrypted_once_then_read_from_the_cache(tb, tmp_path, monkeypatch):
+    """The cache keeps the decrypted snapshots (state/snapshots, MAC'd): a listing decrypts only snapshots it
+    has not seen, drops those removed from the repository, and ignores a damaged cache file."""
+    from tuckbox.crypto import aead
+    from tuckbox.repository import snapcache
+
+    src = tmp_path / "src"
+    src.mkdir()
+    tb("init")
+    for i in range(3):
+        (src / f"f{i}").write_bytes(b"x" * i)
+        tb("backup", str(src))
+    opened = []
+    real = aead.open_sealed_to
+
+    def counting(*args, **kw):
+        opened.append(kw.get("what", ""))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(aead, "open_sealed_to", counting)
+
+    def listing():
+        opened.clear()
+        repo = open_repo(local_storage(tmp_path / "repo"), PASSPHRASE, tmp_path / "cache")
+        try:
+            return [s.id for s in repo.snapshots()], [w for w in opened if w.startswith("snapshot")]
+        finally:
+            repo.close()
+
+    tb("snapshots")  # (each backup listed the snapshots before its own; this listing decrypts the last one)
+    first, decrypted = listing()
+    assert len(first) == 3 and decrypted == []
+    state = next((tmp_path / "cache").glob(f"*/state/{snapcache.STATE}"))
+    state.unlink()
+    again, decrypted = listing()
+    assert again == first and len(decrypted) == 3  # rebuilt
+    assert listing() == (first, [])
+    raw = bytearray(state.read_bytes())
+    raw[-5] ^= 1
+    state.write_bytes(bytes(raw))
+    damaged, decrypted = listing()
+    assert damaged == first and len(decrypted) == 3  # the MAC refused it; rebuilt
+    (tmp_path / "repo" / "snapshots" / first[0]).unlink()
+    gone, _ = listing()
+    assert gone == first[1:]
+    import msgpack
+
+    assert set(msgpack.unpackb(state.read_bytes()[32:])["snaps"]) == set(first[1:])

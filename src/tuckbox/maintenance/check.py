@@ -88,7 +88,7 @@ class Checker:
         if self.repo.is_full():
             for name in snapshot_names:
                 try:
-                    snaps.append(self.repo.load_snapshot(name))
+                    snaps.append(self.repo.load_snapshot(name, from_storage=True))  # not the cache's copy
                 except ObjectNotFound:
                     continue  # removed since it was listed (a checkpoint superseded by a complete backup)
                 except TuckboxError as e:

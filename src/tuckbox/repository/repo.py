@@ -16,6 +16,7 @@ from typing import Callable
 
 import blake3
 
+from ..backends.local import local_root
 from ..crypto import aead
 from ..crypto.keyfile import keyfile_info, make_keyfile, needs_passphrase, open_keyfile
 from ..crypto.keys import ROOT_LEN, KeyKind, KeySet, derive_keyset
@@ -34,12 +35,12 @@ from ..errors import (
 from ..pack.format import PackKey
 from ..snapshot import model as snapmodel
 from ..snapshot.model import Snapshot
-from ..backends.local import local_root
 from ..types import Backend, BlobType, ObjectType
 from .cache import Cache
 from .config import Config
 from .index import MasterIndex, PackRecord, RawPack, decode_index_raw, encode_index
 from .packer import Packer
+from .snapcache import SnapshotCache
 
 PassphraseSource = Callable[[], bytes]
 TREE_PACK_CACHE = 24 << 20  # bytes of whole tree packs kept in memory
@@ -62,6 +63,7 @@ class Repository:
         self._tree_packs: dict[str, bytes] = {}
         self._damaged_packs: set[str] = set()  # tree packs that failed their hash: read blob by blob
         self._index_loaded = False
+        self._snapcache = SnapshotCache(self.cache, aead.hkdf(keys.index_key, b"tuckbox local snapshot cache"))
         self._lock = threading.Lock()
         self.connections = 4
         self.problems: list[str] = []  # damaged objects skipped while reading (reported as warnings)
@@ -371,20 +373,27 @@ class Repository:
     def snapshot_names(self) -> list[str]:
         return sorted(i.name for i in self.backend.list(ObjectType.SNAPSHOT))
 
-    def load_snapshot(self, name: str) -> Snapshot:
+    def load_snapshot(self, name: str, from_storage: bool = False) -> Snapshot:
+        """A snapshot, from the cache where it was read before; ``from_storage``: read and verify the
+        repository's own object (check)."""
         self.keys.require_full("read snapshots")
-        data = self.cache.get("snapshots", name)
-        if data is None:
-            data = self.backend.load(ObjectType.SNAPSHOT, name)
-            if object_name(data) != name:
-                raise IntegrityError(f"snapshot {name[:8]} does not match its name: it was modified or damaged")
-            self.cache.put("snapshots", name, data)
-        if data[:4] != snapmodel.MAGIC or len(data) < 5:
-            raise IntegrityError(f"snapshot {name[:8]} is not a tuckbox snapshot")
-        if data[4] != snapmodel.VERSION:
-            raise IntegrityError(f"snapshot {name[:8]} has unknown version {data[4]}")
-        assert self.keys.meta_private is not None
-        plain = aead.open_sealed_to(self.keys.meta_private, data[5:], snapmodel.PURPOSE, what=f"snapshot {name[:8]}")
+        plain = None if from_storage else self._snapcache.get(name)
+        if plain is None:
+            data = None if from_storage else self.cache.get("snapshots", name)
+            if data is None:
+                data = self.backend.load(ObjectType.SNAPSHOT, name)
+                if object_name(data) != name:
+                    raise IntegrityError(f"snapshot {name[:8]} does not match its name: it was modified or damaged")
+                self.cache.put("snapshots", name, data)
+            if data[:4] != snapmodel.MAGIC or len(data) < 5:
+                raise IntegrityError(f"snapshot {name[:8]} is not a tuckbox snapshot")
+            if data[4] != snapmodel.VERSION:
+                raise IntegrityError(f"snapshot {name[:8]} has unknown version {data[4]}")
+            assert self.keys.meta_private is not None
+            plain = aead.open_sealed_to(self.keys.meta_private, data[5:], snapmodel.PURPOSE, what=f"snapshot {name[:8]}")
+            snap = Snapshot.decode(plain, name)
+            self._snapcache.put(name, plain)  # (only once it decodes)
+            return snap
         return Snapshot.decode(plain, name)
 
     def snapshots(self) -> list[Snapshot]:
@@ -407,8 +416,14 @@ class Repository:
                 self.problems.append(f"snapshot {name[:8]} skipped: {e}")
                 return None
 
-        with ThreadPoolExecutor(self.connections) as pool:
-            snaps = [s for s in pool.map(load, names) if s is not None]
+        known = [n for n in names if self._snapcache.get(n) is not None]  # decrypted before: no pool needed
+        unknown = sorted(set(names) - set(known))
+        loaded = [load(n) for n in known]
+        if unknown:
+            with ThreadPoolExecutor(self.connections) as pool:
+                loaded += pool.map(load, unknown)
+        snaps = [s for s in loaded if s is not None]
+        self._snapcache.save(set(names))
         return sorted(snaps, key=lambda s: (s.datetime, s.id))
 
     def find_snapshot(self, ref: str, snaps: list[Snapshot] | None = None) -> Snapshot:
