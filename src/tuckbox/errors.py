@@ -86,6 +86,10 @@ class RepositoryLocked(RepositoryError):
     pass
 
 
+class LockLost(RepositoryError):
+    """This run's lock lapsed long enough to be judged stale: it must not record anything more."""
+
+
 class AccessDenied(TuckboxError):
     pass
 

@@ -201,6 +201,7 @@ def run_backup(
         user = str(os.getuid())
     state = repo.cache.state_dir if repo.cache.enabled else None
     lock = Lock(repo.backend, repo.keys.index_key, exclusive=False).acquire()
+    repo.guard = lock.ensure_held
     journal = PackJournal(state / "journal" if state else None)
     packer = repo.new_packer(on_pack_saved=journal.record)
     store = RunStore(repo, packer)
@@ -319,4 +320,5 @@ def run_backup(
             files_cache.abandon()
         packer.close()
         journal.close(remove=finished)
+        repo.guard = None
         lock.release()

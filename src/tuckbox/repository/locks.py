@@ -6,6 +6,13 @@ object is sealed with the index key and holds host, pid, user, time and kind.
 Objects are immutable, so a lock is refreshed by writing a new one and removing
 the old. A lock is stale when it was not refreshed for ``STALE_AFTER`` seconds,
 or when it was taken on this host by a process that no longer exists.
+
+A holder whose lock went unrefreshed for ``SAFE_FOR`` seconds at any moment
+(the machine slept, the storage was unreachable) may have been judged stale
+by a prune on another machine, which may then have deleted data this run
+deduplicated against. ``Lock.ensure_held`` tells it so: a backup calls it
+before every index and snapshot it writes, a prune before every deletion, and
+stops rather than record anything that might name deleted data.
 """
 
 from __future__ import annotations
@@ -20,12 +27,18 @@ import time
 from dataclasses import dataclass
 
 from ..crypto.aead import open_sealed, seal
-from ..errors import IntegrityError, ObjectNotFound, RepositoryLocked
+from ..errors import IntegrityError, LockLost, ObjectNotFound, RepositoryLocked
 from ..types import Backend, ObjectType
 
 LOCK_AD = b"tuckbox lock v1"
 REFRESH_EVERY = 300.0
 STALE_AFTER = 1800.0
+SAFE_FOR = STALE_AFTER - 300.0  # a holder trusts its lock only while no refresh gap exceeded this
+
+
+def _elapsed() -> float:
+    """Seconds on a clock that keeps counting while the machine sleeps (and never jumps with the wall clock)."""
+    return time.clock_gettime(getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC))
 
 
 @dataclass(frozen=True)
@@ -85,7 +98,10 @@ def read_locks(backend: Backend, index_key: bytes) -> list[LockInfo]:
 class Lock:
     """A held lock, refreshed in the background until released."""
 
-    def __init__(self, backend: Backend, index_key: bytes, exclusive: bool) -> None:
+    def __init__(self, backend: Backend, index_key: bytes, exclusive: bool, background: bool = True) -> None:
+        """``background``: refresh from a thread; otherwise the holder calls ``tick`` often (a restore that
+        forks worker processes must not have another thread running at the fork)."""
+        self.background = background
         self.backend = backend
         self.index_key = index_key
         self.exclusive = exclusive
@@ -93,6 +109,8 @@ class Lock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()
+        self._written_at = 0.0  # _elapsed() when the current lock object was written
+        self._longest_gap = 0.0  # the longest time the held lock went unrefreshed so far
 
     def _write(self) -> str:
         doc = {
@@ -108,6 +126,7 @@ class Lock:
 
     def acquire(self) -> "Lock":
         self.name = self._write()
+        self._written_at = _elapsed()
         conflicts = [
             lk
             for lk in read_locks(self.backend, self.index_key)
@@ -119,8 +138,9 @@ class Lock:
                 f"repository is locked: {conflicts[0].describe()}; wait for it to finish, "
                 "or run 'tuckbox unlock' if that process is gone"
             )
-        self._thread = threading.Thread(target=self._refresh_loop, name="tuckbox-lock", daemon=True)
-        self._thread.start()
+        if self.background:
+            self._thread = threading.Thread(target=self._refresh_loop, name="tuckbox-lock", daemon=True)
+            self._thread.start()
         return self
 
     def _remove(self, name: str) -> None:
@@ -131,13 +151,46 @@ class Lock:
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(REFRESH_EVERY):
-            try:
-                new = self._write()
-            except Exception:  # noqa: BLE001 - retry at the next interval
-                continue
-            with self._mutex:
-                old, self.name = self.name, new
-            self._remove(old)
+            self._refresh()
+
+    def tick(self) -> None:
+        """Refresh the lock if it is due (for a holder without the background thread)."""
+        if self.name and _elapsed() - self._written_at >= REFRESH_EVERY:
+            self._refresh()
+
+    def _refresh(self) -> None:
+        try:
+            new = self._write()
+        except Exception:  # noqa: BLE001 - retry at the next interval
+            return
+        now = _elapsed()
+        with self._mutex:
+            old, self.name = self.name, new
+            self._longest_gap = max(self._longest_gap, now - self._written_at)
+            self._written_at = now
+        self._remove(old)
+
+    def ensure_held(self) -> None:
+        """Raise LockLost if the lock may have looked stale to another machine at any moment so far."""
+        with self._mutex:  # (held across the stat: a refresh swaps names under it, then removes the old one)
+            gap = max(self._longest_gap, _elapsed() - self._written_at)
+            gone = False
+            if self.name and gap <= SAFE_FOR:
+                try:
+                    self.backend.stat(ObjectType.LOCK, self.name)
+                except ObjectNotFound:
+                    gone = True
+        if gone:
+            raise LockLost(
+                "the repository lock of this run was removed (by 'tuckbox unlock --all'?), so a prune may have "
+                "started; it stops without saving; run it again (what was stored is reused)"
+            )
+        if gap > SAFE_FOR:
+            raise LockLost(
+                f"the repository lock went unrefreshed for {gap / 60:.0f} minutes (was this machine asleep, or the "
+                "storage unreachable?), so a prune elsewhere may have removed data this run relies on; it stops "
+                "without saving; run it again (what was stored is reused)"
+            )
 
     def release(self) -> None:
         self._stop.set()

@@ -67,6 +67,9 @@ class Repository:
         self._lock = threading.Lock()
         self.connections = 4
         self.problems: list[str] = []  # damaged objects skipped while reading (reported as warnings)
+        # called before every index and snapshot this process writes (the held lock's ensure_held): a run
+        # whose lock lapsed must not record anything that may name data a prune removed meanwhile
+        self.guard: Callable[[], None] | None = None
 
     # ---------------------------------------------------------------- init / open
 
@@ -248,6 +251,8 @@ class Repository:
         return aead.hkdf(self.keys.index_key, b"tuckbox local index snapshot")
 
     def write_index(self, packs: list[PackRecord]) -> str:
+        if self.guard is not None:
+            self.guard()
         sealed = encode_index(packs, self.keys.index_key)
         name = object_name(sealed)
         self.backend.save(ObjectType.INDEX, name, sealed)
@@ -350,6 +355,8 @@ class Repository:
 
     def save_snapshot(self, snap: Snapshot, before_save: Callable[[str], None] | None = None) -> str:
         """Store a snapshot; ``before_save(name)`` runs first (to record its name where a crash cannot lose it)."""
+        if self.guard is not None:
+            self.guard()
         body = aead.seal_to(self.keys.meta_public, snap.encode(), snapmodel.PURPOSE)
         data = snapmodel.MAGIC + bytes((snapmodel.VERSION,)) + body
         name = object_name(data)

@@ -1,0 +1,112 @@
+"""A lock that may have looked stale to another machine must stop its holder from recording anything:
+a lapse (the machine slept, the storage was unreachable) at any moment, or its object removed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tuckbox.archiver.backup import BackupRequest, run_backup
+from tuckbox.backends.local import LocalBackend
+from tuckbox.backends.memory import MemoryBackend
+from tuckbox.errors import LockLost
+from tuckbox.repository import locks
+from tuckbox.repository.locks import Lock
+from tuckbox.repository.repo import Repository
+from tuckbox.types import ObjectType
+
+KEY = bytes(32)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(locks, "_elapsed", c)
+    return c
+
+
+def test_a_fresh_lock_is_held_and_a_lapsed_one_is_not(clock: Clock) -> None:
+    backend = MemoryBackend()
+    lock = Lock(backend, KEY, exclusive=False, background=False).acquire()
+    lock.ensure_held()
+    clock.now += locks.SAFE_FOR - 1
+    lock.ensure_held()
+    clock.now += 2
+    with pytest.raises(LockLost, match="unrefreshed for 25 minutes"):
+        lock.ensure_held()
+    lock.release()
+
+
+def test_a_gap_in_the_past_is_not_forgiven_by_a_later_refresh(clock: Clock) -> None:
+    backend = MemoryBackend()
+    lock = Lock(backend, KEY, exclusive=False, background=False).acquire()
+    clock.now += locks.SAFE_FOR + 60  # asleep: a prune elsewhere may have judged the lock stale meanwhile
+    lock.tick()  # refreshes (it was due): the lock object is fresh again ...
+    assert len(list(backend.list(ObjectType.LOCK))) == 1
+    with pytest.raises(LockLost):  # ... but what was deduplicated before the gap may be gone
+        lock.ensure_held()
+    lock.release()
+    assert list(backend.list(ObjectType.LOCK)) == []
+
+
+def test_regular_refreshes_keep_the_lock_held(clock: Clock) -> None:
+    backend = MemoryBackend()
+    lock = Lock(backend, KEY, exclusive=False, background=False).acquire()
+    for _ in range(20):  # 20 refresh intervals: far longer than the staleness limit in total
+        clock.now += locks.REFRESH_EVERY
+        lock.tick()
+        lock.ensure_held()
+    assert len(list(backend.list(ObjectType.LOCK))) == 1
+    lock.release()
+
+
+def test_a_removed_lock_is_not_held(clock: Clock) -> None:
+    backend = MemoryBackend()
+    lock = Lock(backend, KEY, exclusive=False, background=False).acquire()
+    backend.remove(ObjectType.LOCK, lock.name)  # 'tuckbox unlock --all' elsewhere
+    with pytest.raises(LockLost, match="removed"):
+        lock.ensure_held()
+    lock.release()
+
+
+def test_a_backup_whose_lock_lapsed_saves_no_snapshot_and_the_next_run_reuses_its_packs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TUCKBOX_CACHE_DIR", str(tmp_path / "cache"))
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big").write_bytes(os.urandom(6 << 20))
+    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), b"pw", created="t", host="h", user="u")
+    clock = Clock()
+    monkeypatch.setattr(locks, "_elapsed", clock)
+    real_save = repo.backend.save
+
+    def sleepy_save(type: ObjectType, name: str, data: bytes | memoryview) -> None:
+        real_save(type, name, data)
+        if type is ObjectType.PACK:
+            clock.now += locks.STALE_AFTER  # the machine slept right after storing a pack
+
+    monkeypatch.setattr(repo.backend, "save", sleepy_save)
+    with pytest.raises(LockLost):
+        run_backup(repo, BackupRequest([str(src)], checkpoint_interval=0))
+    assert list(repo.backend.list(ObjectType.SNAPSHOT)) == []
+    assert list(repo.backend.list(ObjectType.INDEX)) == []  # nothing recorded after the lapse
+    assert list(repo.backend.list(ObjectType.LOCK)) == []
+    monkeypatch.setattr(repo.backend, "save", real_save)
+    from tuckbox.repository import journal
+
+    monkeypatch.setattr(journal, "_running", lambda path: False)  # (the lapsed run was this same process)
+    repo = Repository.open(LocalBackend(str(tmp_path / "repo")), lambda: b"pw")  # a new run: a new process
+    result = run_backup(repo, BackupRequest([str(src)], checkpoint_interval=0))
+    assert result.adopted_packs >= 1  # the packs stored before the lapse were checked and reused
+    assert len(list(repo.backend.list(ObjectType.SNAPSHOT))) == 1
