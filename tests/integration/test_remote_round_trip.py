@@ -75,6 +75,19 @@ def test_round_trip(kind, tmp_path):
     assert str(src / "added-later.txt") in listing.out.splitlines()
     dumped = tb(*o, "dump", "latest", str(src / "added-later.txt"))
     assert dumped.raw == (src / "added-later.txt").read_bytes()
+    # forget every snapshot but a new one without that file, and prune: its data goes, the rest restores
+    (src / "added-later.txt").unlink()
+    outputs.append(tb(*o, "backup", str(src), "--json"))
+    pruned = tb(*o, "forget", "--keep-last", "1", "--prune", "--max-unused", "0", "--json")
+    outputs.append(pruned)
+    assert pruned.json()["removed"] == 2
+    assert pruned.json()["prune"]["plan"]["bytes_removed"] >= 300_000
+    assert len(tb(*o, "snapshots", "--json").json()) == 1
+    check = tb(*o, "check", "--read-data", "--json")
+    outputs.append(check)
+    assert check.json()["ok"] and not any("not in any index" in n for n in check.json()["notes"]), check.out
+    outputs.append(tb(*o, "restore", "latest", "--target", str(tmp_path / "r2")))
+    assert compare_trees(src, Path(str(tmp_path / "r2") + str(src))) == []
     outputs.append(tb(*o, "unlock"))
     for res in outputs:
         for secret in secrets:

@@ -13,7 +13,8 @@ import argparse
 import sys
 import os
 
-from ..errors import UsageError
+from ..errors import PermanentError, UsageError
+from ..repository.locks import Lock
 from ..restorer.restorer import Restorer
 from .common import emit_json, human, open_repository, opt, out
 from .progress import CliProgress
@@ -38,13 +39,24 @@ def run(args: argparse.Namespace) -> int:
     repo = open_repository(args)
     repo.keys.require_full("restore")
     snap = repo.find_snapshot(args.snapshot)
+    # a shared lock, so a prune cannot delete what is being restored; refreshed from the restoring thread
+    # (worker processes are forked only while no other thread runs); storage this key cannot write to
+    # (read-only) is restored from without one
+    lock: Lock | None = None
+    try:
+        lock = Lock(repo.backend, repo.keys.index_key, exclusive=False, background=False).acquire()
+    except PermanentError as e:
+        print(f"note: restoring without a lock: {e}", file=sys.stderr)
     progress = CliProgress(bool(opt(args, "json")), bool(opt(args, "quiet")), "restore")
     try:
-        result = Restorer(repo, progress, connections=repo.connections).restore(
+        result = Restorer(repo, progress, connections=repo.connections,
+                          keepalive=lock.tick if lock is not None else None).restore(
             snap, os.fsencode(os.path.expanduser(args.target)), args.include, args.exclude, args.numeric_owner
         )
     finally:
         progress.close()
+        if lock is not None:
+            lock.release()
         repo.close()
     if opt(args, "json"):
         emit_json({

@@ -80,7 +80,8 @@ class Checker:
         if unindexed:
             self.report.notes.append(
                 f"{len(unindexed)} pack(s) are not in any index (written by a backup still running, or by an "
-                "interrupted one: the next backup from that machine indexes them; harmless)"
+                "interrupted one: the next backup from that machine indexes them; or left by an interrupted "
+                "prune: the next prune removes them; harmless)"
             )
         if read_data:
             self._read_data([p for n, p in self.repo.index.packs.items() if n in stored])

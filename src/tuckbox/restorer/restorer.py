@@ -83,8 +83,12 @@ class RestoreResult:
 
 
 class Restorer:
-    def __init__(self, repo: Any, progress: RestoreProgress | None = None, connections: int = 4) -> None:
+    def __init__(
+        self, repo: Any, progress: RestoreProgress | None = None, connections: int = 4,
+        keepalive: Callable[[], None] | None = None,
+    ) -> None:
         self.repo = repo
+        self.keepalive = keepalive or (lambda: None)  # called often from the restoring thread (the lock's tick)
         self.progress = progress or RestoreProgress()
         self.connections = connections
         self.result = RestoreResult()
@@ -214,6 +218,7 @@ class _Run:
         self, owner: Restorer, target: bytes, resume: bool, meta: Meta, inc: Patterns, exc: Patterns
     ) -> None:
         self.repo = owner.repo
+        self.keepalive = owner.keepalive
         self.result = owner.result
         self.report = Report(owner.result, owner.progress)
         self.target = target
@@ -471,6 +476,7 @@ class _Run:
         if not w.files:
             return
         self.window = Window(w.id + 1)
+        self.keepalive()
         self.report.progress.files_done(self.result.files)
         while self.inflight and (len(self.inflight) >= self.inflight_max or self.inflight[0].future.done()):
             self._complete_oldest()

@@ -13,6 +13,7 @@ it). The value is a comma-separated list of ``key=value``:
     crash_after=N   SIGKILL this process right after the N-th save has reached the storage
     crash_before=N  SIGKILL this process right before the N-th save reaches the storage
     crash_after_snapshots=N (or _data, _index, _locks, _keys): SIGKILL right after the N-th save of that kind
+    crash_after_removes=N   SIGKILL right after the N-th removal of a pack, index or snapshot (prune, forget)
     quota_after=N   after N pack saves, every save fails with PermanentError (a storage quota)
 
 The crash/quota wrapper sits directly on the real backend, the FaultyBackend
@@ -51,7 +52,8 @@ def parse_faults(spec: str) -> dict[str, float]:
         if not sep:
             raise ValueError(f"{FAULTS_ENV}: '{item}' is not key=value")
         out[key.strip()] = float(value)
-    known = {"seed", "rate", "lost_ack", "truncate", "delay", "retry_delay", "crash_after", "crash_before", "quota_after"}
+    known = {"seed", "rate", "lost_ack", "truncate", "delay", "retry_delay", "crash_after", "crash_before", "quota_after",
+             "crash_after_removes"}
     known |= {f"crash_after_{t.value}" for t in ObjectType}
     unknown = set(out) - known
     if unknown:
@@ -70,8 +72,11 @@ class CrashBackend(_Wrapper):
         crash_before: int = 0,
         quota_after: int = -1,
         crash_after_kind: dict[ObjectType, int] | None = None,
+        crash_after_removes: int = 0,
     ) -> None:
         super().__init__(inner)
+        self.crash_after_removes = crash_after_removes
+        self._removes = 0
         self.crash_after_kind = crash_after_kind or {}
         self._kinds: dict[ObjectType, int] = {}
         self.crash_after = crash_after
@@ -105,6 +110,17 @@ class CrashBackend(_Wrapper):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+    def remove(self, type: ObjectType, name: str) -> None:
+        self.inner.remove(type, name)
+        if type is ObjectType.LOCK:
+            return
+        with self._lock:
+            self._removes += 1
+            n = self._removes
+        if self.crash_after_removes and n == self.crash_after_removes:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _command() -> str:
     """The tuckbox command this process runs (backup, restore, ...), for per-command fault seeds."""
     from ..cli.main import COMMANDS
@@ -122,13 +138,14 @@ def inject_faults(backend: Backend, spec: str, retries: bool | dict[str, float])
         raise UsageError(str(e)) from None
     b: Backend = backend
     kinds = {t: int(f[f"crash_after_{t.value}"]) for t in ObjectType if f"crash_after_{t.value}" in f}
-    if kinds or any(k in f for k in ("crash_after", "crash_before", "quota_after")):
+    if kinds or any(k in f for k in ("crash_after", "crash_before", "quota_after", "crash_after_removes")):
         b = CrashBackend(
             b,
             crash_after=int(f.get("crash_after", 0)),
             crash_before=int(f.get("crash_before", 0)),
             quota_after=int(f.get("quota_after", -1)),
             crash_after_kind=kinds,
+            crash_after_removes=int(f.get("crash_after_removes", 0)),
         )
     if any(f.get(k, 0) > 0 for k in ("rate", "lost_ack", "truncate", "delay")):
         faulty = FaultyBackend(

@@ -1,0 +1,184 @@
+"""Remove snapshots by a retention policy (--keep-*), or the ones named; --prune then frees their data.
+
+Snapshots are grouped by host and paths (--group-by) and each group keeps,
+newest first, whatever any rule selects: the N newest (--keep-last), the
+newest of each of the N newest hours, days, ISO weeks, months or years that
+have snapshots (--keep-hourly ... --keep-yearly; -1 = all), every snapshot
+within a span of the group's newest one (--keep-within 30d), every snapshot
+with a tag (--keep-tag). Times are this machine's local time. A checkpoint
+(of an unfinished backup) is kept while it is newer than the group's last
+complete backup. --host/--tag/--path limit which snapshots are considered.
+
+Forgetting removes only the snapshot objects; the data stays until
+'tuckbox prune' (or --prune here) deletes what no snapshot uses. At least one
+--keep-* rule or snapshot id is required: nothing is removed by default.
+
+examples:
+  tuckbox forget --keep-daily 7 --keep-weekly 5 --keep-monthly 12 --dry-run
+  tuckbox forget --keep-within 30d --keep-monthly -1 --prune
+  tuckbox forget 1a2b3c4d
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from ..errors import ObjectNotFound, UsageError
+from ..repository.locks import Lock
+from ..snapshot import retention
+from ..snapshot.model import Snapshot
+from ..types import ObjectType
+from .cmd_prune import add_prune_options, prune, say
+from .common import display, emit_json, local_time, open_repository, opt
+
+HELP = "remove snapshots by a retention policy (--keep-daily 7 ...)"
+
+_COUNTS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number (-1 means all)") from None
+    if n < -1:
+        raise argparse.ArgumentTypeError(f"'{text}' is below -1 (-1 means all)")
+    return n
+
+
+def _duration(text: str) -> object:
+    try:
+        return retention.parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _group_by(text: str) -> tuple[str, ...]:
+    try:
+        return retention.parse_group_by(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    p.add_argument("snapshots", nargs="*", metavar="SNAPSHOT", help="snapshot ids to remove (instead of a policy)")
+    for name in _COUNTS:
+        what = "snapshots" if name == "last" else {"daily": "days"}.get(name, name.replace("ly", "s"))
+        p.add_argument(f"--keep-{name}", type=_count, default=0, metavar="N",
+                       help=f"keep the newest snapshot of each of the N newest {what}" if name != "last"
+                       else "keep the N newest snapshots")
+    p.add_argument("--keep-within", type=_duration, metavar="DURATION",
+                   help="keep every snapshot within DURATION of the group's newest (e.g. 7d, 2w, 1y6m, 12h)")
+    p.add_argument("--keep-tag", action="append", default=[], metavar="TAG", help="keep every snapshot with this tag")
+    p.add_argument("--host", action="append", default=[], help="only consider snapshots of this host (repeatable)")
+    p.add_argument("--tag", action="append", default=[], help="only consider snapshots with this tag (repeatable)")
+    p.add_argument("--path", action="append", default=[], help="only consider snapshots of this path (repeatable)")
+    p.add_argument("--group-by", type=_group_by, default=("host", "paths"), metavar="FIELDS",
+                   help="decide per group of these fields: host, paths, tags, comma-separated, or '' "
+                        "(default host,paths)")
+    p.add_argument("--dry-run", "-n", action="store_true", help="show what would be removed; change nothing")
+    p.add_argument("--prune", action="store_true", help="then delete the data no snapshot needs (see 'tuckbox prune')")
+    add_prune_options(p)
+
+
+def _policy(args: argparse.Namespace) -> retention.Policy:
+    return retention.Policy(
+        **{name: getattr(args, f"keep_{name}") for name in _COUNTS},
+        within=args.keep_within,
+        tags=frozenset(args.keep_tag),
+    )
+
+
+def _selected(args: argparse.Namespace, snaps: list[Snapshot]) -> list[Snapshot]:
+    paths = {os.fsencode(os.path.abspath(p)).rstrip(b"/") or b"/" for p in args.path}
+    return [
+        s for s in snaps
+        if (not args.host or s.host in args.host)
+        and (not args.tag or set(args.tag) & set(s.tags))
+        and (not paths or paths & set(s.paths))
+    ]
+
+
+def run(args: argparse.Namespace) -> int:
+    policy = _policy(args)
+    if args.snapshots and not policy.is_empty():
+        raise UsageError("give either snapshot ids or --keep-* rules, not both")
+    if not args.snapshots and policy.is_empty():
+        raise UsageError("no --keep-* rule and no snapshot id given: say what to keep (e.g. --keep-daily 7) "
+                         "or which snapshots to remove")
+    repo = open_repository(args, load_index=False)
+    try:
+        repo.keys.require_full("forget (it must read the snapshots)")
+        snaps = repo.snapshots()
+        if args.snapshots:
+            doomed = {repo.find_snapshot(ref, snaps).id: "named" for ref in args.snapshots}
+            groups = [{"key": {}, "keep": [], "remove": [_brief(s, ()) for s in snaps if s.id in doomed]}]
+            remove = [s for s in snaps if s.id in doomed]
+        else:
+            decided = retention.apply(_selected(args, snaps), policy, args.group_by)
+            groups = []
+            remove = []
+            for g in decided:
+                groups.append({
+                    "key": g.key,
+                    "keep": [_brief(d.snapshot, d.reasons) for d in g.decisions if d.keep],
+                    "remove": [_brief(d.snapshot, ()) for d in g.decisions if not d.keep],
+                })
+                remove += [d.snapshot for d in g.decisions if not d.keep]
+        if not opt(args, "json"):
+            _print_groups(args, groups)
+        removed = 0
+        if remove and not args.dry_run:
+            # snapshots are only removed, never rewritten: a shared lock, so backups elsewhere go on meanwhile
+            lock = Lock(repo.backend, repo.keys.index_key, exclusive=False).acquire()
+            try:
+                removed = _remove(repo, [s.id for s in remove])
+            finally:
+                lock.release()
+        verb = "would remove" if args.dry_run else "removed"
+        say(args, f"{verb} {len(remove) if args.dry_run else removed} snapshot(s), kept "
+                  f"{sum(len(g['keep']) for g in groups)}")
+        doc: dict[str, object] = {"dry_run": args.dry_run, "groups": groups,
+                                  "removed": 0 if args.dry_run else removed}
+        if args.prune:
+            doc["prune"] = prune(args, repo, args.dry_run, frozenset(s.id for s in remove))
+    finally:
+        repo.close()
+    if opt(args, "json"):
+        emit_json(doc)
+    return 0
+
+
+def _brief(s: Snapshot, reasons: tuple[str, ...]) -> dict[str, object]:
+    return {"id": s.id, "short_id": s.short_id, "time": s.time, "host": s.host, "tags": s.tags,
+            "partial": s.partial, "reasons": list(reasons)}
+
+
+def _print_groups(args: argparse.Namespace, groups: list[dict]) -> None:
+    for g in groups:
+        key = g["key"]
+        if key:
+            parts = [f"{k} {', '.join(display(os.fsencode(p)) for p in v) if isinstance(v, list) else display(os.fsencode(str(v)))}"
+                     for k, v in key.items()]
+            say(args, "group: " + "; ".join(parts))
+        rows = [("keep", b, ", ".join(b["reasons"])) for b in g["keep"]]
+        rows += [("remove", b, "") for b in g["remove"]]
+        rows.sort(key=lambda r: r[1]["time"], reverse=True)
+        for what, b, why in rows:
+            mark = " (checkpoint)" if b["partial"] else ""
+            say(args, f"  {what:<6}  {b['short_id']}{mark}  {local_time(b['time'])}  {why}".rstrip())
+
+
+def _remove(repo, names: list[str]) -> int:  # type: ignore[no-untyped-def]
+    def remove(name: str) -> int:
+        try:
+            repo.backend.remove(ObjectType.SNAPSHOT, name)
+        except ObjectNotFound:
+            return 0
+        repo.cache.discard("snapshots", name)
+        return 1
+
+    with ThreadPoolExecutor(max(1, repo.connections)) as pool:
+        return sum(pool.map(remove, names))

@@ -1,0 +1,98 @@
+"""Delete the data that no snapshot needs any more ('tuckbox forget' removes snapshots; this frees their space).
+
+Prune reads every snapshot's trees, then removes packs nothing uses, copies
+the used blobs out of packs that are mostly unused (--max-unused) into new
+packs, and rewrites the index. It takes the exclusive lock: it waits for no
+one, so it refuses while a backup, check or restore holds a lock. If anything
+in the repository cannot be read it deletes nothing. --dry-run shows the plan.
+
+A crash or Ctrl-C at any moment leaves a valid repository; run prune again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..maintenance.prune import DEFAULT_MAX_UNUSED, PrunePlan, execute_prune, plan_prune
+from ..repository.locks import Lock
+from ..repository.repo import Repository
+from .common import emit_json, human, open_repository, opt, out
+
+HELP = "delete data no snapshot needs (after 'forget')"
+
+
+def add_prune_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-unused", metavar="PERCENT", type=_percent, default=DEFAULT_MAX_UNUSED * 100,
+                   help=f"repack a pack when at least this share of it is unused (default {DEFAULT_MAX_UNUSED:.0%}; "
+                        "100: never repack, only remove wholly unused packs)")
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dry-run", "-n", action="store_true", help="show what would be removed; change nothing")
+    add_prune_options(p)
+
+
+def say(args: argparse.Namespace, text: str) -> None:
+    """A line of the human-readable report (none with --json: one JSON document is the output)."""
+    if not opt(args, "json"):
+        out(args, text)
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text.rstrip("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a percentage (e.g. 10 or 10%)") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"'{text}' is not between 0 and 100")
+    return value
+
+
+def describe_plan(plan: PrunePlan) -> str:
+    return (f"{plan.snapshots} snapshot(s) use {plan.used_blobs} blobs; "
+            f"{len(plan.remove) + len(plan.unindexed)} pack(s) unused, {len(plan.repack)} to repack "
+            f"({human(plan.bytes_repacked)} to copy), {len(plan.keep)} kept; "
+            f"{human(plan.bytes_removed)} to delete")
+
+
+def prune(args: argparse.Namespace, repo: Repository, dry_run: bool, without: frozenset[str] = frozenset()) -> dict[str, object]:
+    """Plan, and unless ``dry_run`` execute under the exclusive lock; print the outcome, return it for --json.
+
+    ``without``: snapshots a dry run of forget would remove (planned as gone)."""
+    quiet = bool(opt(args, "quiet")) or bool(opt(args, "json"))
+    progress = None if quiet else (lambda m: print(m, file=sys.stderr))
+    max_unused = args.max_unused / 100
+    if dry_run:
+        plan = plan_prune(repo, max_unused, progress, without)
+        say(args, "would delete: " + describe_plan(plan))
+        return {"dry_run": True, "plan": plan.as_dict()}
+    lock = Lock(repo.backend, repo.keys.index_key, exclusive=True).acquire()
+    repo.guard = lock.ensure_held
+    try:
+        plan = plan_prune(repo, max_unused, progress)
+        if plan.nothing_to_do:
+            say(args, f"nothing to prune ({plan.snapshots} snapshot(s), {len(plan.keep)} pack(s) all in use)")
+            return {"dry_run": False, "plan": plan.as_dict(), "result": None}
+        say(args, describe_plan(plan))
+        result = execute_prune(repo, plan, progress)
+    finally:
+        repo.guard = None
+        lock.release()
+    for note in result.notes:
+        say(args, f"note: {note}")
+    say(args, f"removed {result.packs_removed} pack(s) and {result.indexes_removed} index object(s), wrote "
+              f"{result.packs_written} pack(s) ({human(result.bytes_written)}) and {result.indexes_written} index "
+              f"object(s): {human(max(0, result.bytes_freed))} freed")
+    return {"dry_run": False, "plan": plan.as_dict(), "result": result.as_dict()}
+
+
+def run(args: argparse.Namespace) -> int:
+    repo = open_repository(args, load_index=False)
+    try:
+        doc = prune(args, repo, args.dry_run)
+    finally:
+        repo.close()
+    if opt(args, "json"):
+        emit_json(doc)
+    return 0
