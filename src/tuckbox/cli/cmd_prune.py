@@ -24,7 +24,7 @@ HELP = "delete data no snapshot needs (after 'forget')"
 
 def add_prune_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-unused", metavar="PERCENT", type=_percent, default=DEFAULT_MAX_UNUSED * 100,
-                   help=f"repack a pack when at least this share of it is unused (default {DEFAULT_MAX_UNUSED:.0%}; "
+                   help=f"repack a pack when at least this share of it is unused (default {DEFAULT_MAX_UNUSED * 100:.0f}%%; "
                         "100: never repack, only remove wholly unused packs)")
 
 
