@@ -110,3 +110,34 @@ def test_a_backup_whose_lock_lapsed_saves_no_snapshot_and_the_next_run_reuses_it
     result = run_backup(repo, BackupRequest([str(src)], checkpoint_interval=0))
     assert result.adopted_packs >= 1  # the packs stored before the lapse were checked and reused
     assert len(list(repo.backend.list(ObjectType.SNAPSHOT))) == 1
+
+
+def test_waiting_for_a_lock_takes_it_once_the_holder_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    monkeypatch.setattr(locks, "RETRY_EVERY", 0.05)
+    backend = MemoryBackend()
+    pruning = Lock(backend, KEY, exclusive=True, background=False).acquire()
+    with pytest.raises(locks.RepositoryLocked, match="exclusive lock"):  # no wait: refused at once
+        Lock(backend, KEY, exclusive=False, background=False).acquire()
+    said: list[str] = []
+    threading.Timer(0.3, pruning.release).start()
+    backup = Lock(backend, KEY, exclusive=False, background=False).acquire(wait=10, on_wait=said.append)
+    assert len(said) == 1 and "waiting up to 10 s" in said[0] and "exclusive lock" in said[0]
+    assert [lk.name for lk in locks.read_locks(backend, KEY)] == [backup.name]  # its failed attempts left nothing
+    with pytest.raises(locks.RepositoryLocked, match=r"waited 0 s"):
+        Lock(backend, KEY, exclusive=True, background=False).acquire(wait=0.2)
+    backup.release()
+
+
+def test_waiting_for_a_lock_stops_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuckbox.errors import Interrupted
+
+    monkeypatch.setattr(locks, "RETRY_EVERY", 0.05)
+    backend = MemoryBackend()
+    pruning = Lock(backend, KEY, exclusive=True, background=False).acquire()
+    asked = iter([False, False, True])
+    with pytest.raises(Interrupted):
+        Lock(backend, KEY, exclusive=False, background=False).acquire(wait=60, should_stop=lambda: next(asked))
+    assert [lk.name for lk in locks.read_locks(backend, KEY)] == [pruning.name]
+    pruning.release()

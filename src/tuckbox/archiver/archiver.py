@@ -55,6 +55,9 @@ class Progress:
     def warning(self, message: str) -> None:  # noqa: D102
         pass
 
+    def note(self, message: str) -> None:
+        """Not a problem, but worth saying (waiting for the repository lock)."""
+
 
 @dataclass
 class Summary:

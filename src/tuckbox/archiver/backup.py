@@ -61,6 +61,7 @@ class BackupRequest:
     one_file_system: bool = False
     exclude_caches: bool = False  # directories with a CACHEDIR.TAG are stored empty
     checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL  # seconds; 0 disables
+    lock_wait: float = 0.0  # seconds to wait for a conflicting lock (a prune) to go away
 
 
 @dataclass
@@ -200,7 +201,9 @@ def run_backup(
     except (KeyError, OSError):
         user = str(os.getuid())
     state = repo.cache.state_dir if repo.cache.enabled else None
-    lock = Lock(repo.backend, repo.keys.index_key, exclusive=False).acquire()
+    lock = Lock(repo.backend, repo.keys.index_key, exclusive=False).acquire(
+        request.lock_wait, progress.note if progress is not None else None, should_stop
+    )
     repo.guard = lock.ensure_held
     journal = PackJournal(state / "journal" if state else None)
     packer = repo.new_packer(on_pack_saved=journal.record)

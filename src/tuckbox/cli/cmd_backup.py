@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
 import sys
 import threading
 
 from ..archiver.backup import DEFAULT_CHECKPOINT_INTERVAL, BackupRequest, run_backup
 from ..errors import EXIT_INTERRUPTED, EXIT_PARTIAL, UsageError
-from .common import display, emit_json, human, json_path, open_repository, opt, out, warn
+from .common import display, emit_json, human, json_path, lock_wait, open_repository, opt, out, parse_duration, warn
 from .progress import CliProgress
 
 HELP = "back up files and directories"
@@ -52,13 +51,6 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-interval", metavar="DURATION", default=None,
                    help="save a restorable checkpoint this often during a long backup, e.g. 15m, 1h, 90s; "
                         "0 disables (default 15m)")
-
-
-def parse_duration(text: str) -> float:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|)\s*", text)
-    if not m:
-        raise UsageError(f"'{text}' is not a duration; write it like 90s, 15m or 1h")
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
 class _StopOnSignal:
@@ -115,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
                 repo,
                 BackupRequest(args.paths, tags=args.tag, excludes=excludes, host=args.host,
                               one_file_system=args.one_file_system, exclude_caches=args.exclude_caches,
-                              checkpoint_interval=interval),
+                              checkpoint_interval=interval, lock_wait=lock_wait(args)),
                 progress,
                 should_stop=stop.event.is_set,
             )

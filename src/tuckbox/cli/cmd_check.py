@@ -16,7 +16,7 @@ import sys
 from ..errors import PermanentError
 from ..maintenance.check import Checker
 from ..repository.locks import Lock
-from .common import emit_json, open_repository, opt, out
+from .common import emit_json, lock_wait, open_repository, opt, out, say_waiting
 
 HELP = "verify the repository's integrity"
 
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         unlocked_note = "checked without a lock (--no-lock)"
     else:
         try:
-            lock = Lock(repo.backend, repo.keys.index_key, exclusive=False).acquire()
+            lock = Lock(repo.backend, repo.keys.index_key, exclusive=False).acquire(lock_wait(args), say_waiting)
         except PermanentError as e:  # cannot write here at all; a lock held by someone else is another error
             unlocked_note = f"checked without a lock: {e}"
     try:

@@ -31,7 +31,7 @@ from ..snapshot import retention
 from ..snapshot.model import Snapshot
 from ..types import ObjectType
 from .cmd_prune import add_prune_options, prune, say
-from .common import display, emit_json, local_time, open_repository, opt
+from .common import display, emit_json, local_time, lock_wait, open_repository, opt, say_waiting
 
 HELP = "remove snapshots by a retention policy (--keep-daily 7 ...)"
 
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         removed = 0
         if remove and not args.dry_run:
             # snapshots are only removed, never rewritten: a shared lock, so backups elsewhere go on meanwhile
-            lock = Lock(repo.backend, repo.keys.index_key, exclusive=False).acquire()
+            lock = Lock(repo.backend, repo.keys.index_key, exclusive=False).acquire(lock_wait(args), say_waiting)
             try:
                 removed = _remove(repo, [s.id for s in remove])
             finally:

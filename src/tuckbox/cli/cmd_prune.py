@@ -2,9 +2,10 @@
 
 Prune reads every snapshot's trees, then removes packs nothing uses, copies
 the used blobs out of packs that are mostly unused (--max-unused) into new
-packs, and rewrites the index. It takes the exclusive lock: it waits for no
-one, so it refuses while a backup, check or restore holds a lock. If anything
-in the repository cannot be read it deletes nothing. --dry-run shows the plan.
+packs, and rewrites the index. It takes the exclusive lock, so it refuses
+while a backup, check or restore holds a lock (--lock-wait 1h waits for them
+instead; they wait for it the same way). If anything in the repository cannot
+be read it deletes nothing. --dry-run shows the plan.
 
 A crash or Ctrl-C at any moment leaves a valid repository; run prune again.
 """
@@ -17,7 +18,7 @@ import sys
 from ..maintenance.prune import DEFAULT_MAX_UNUSED, PrunePlan, execute_prune, plan_prune
 from ..repository.locks import Lock
 from ..repository.repo import Repository
-from .common import emit_json, human, open_repository, opt, out
+from .common import emit_json, human, lock_wait, open_repository, opt, out, say_waiting
 
 HELP = "delete data no snapshot needs (after 'forget')"
 
@@ -67,7 +68,7 @@ def prune(args: argparse.Namespace, repo: Repository, dry_run: bool, without: fr
         plan = plan_prune(repo, max_unused, progress, without)
         say(args, "would delete: " + describe_plan(plan))
         return {"dry_run": True, "plan": plan.as_dict()}
-    lock = Lock(repo.backend, repo.keys.index_key, exclusive=True).acquire()
+    lock = Lock(repo.backend, repo.keys.index_key, exclusive=True).acquire(lock_wait(args), say_waiting)
     repo.guard = lock.ensure_held
     try:
         plan = plan_prune(repo, max_unused, progress)

@@ -16,7 +16,7 @@ import os
 from ..errors import PermanentError, UsageError
 from ..repository.locks import Lock
 from ..restorer.restorer import Restorer
-from .common import emit_json, human, open_repository, opt, out
+from .common import emit_json, human, lock_wait, open_repository, opt, out, say_waiting
 from .progress import CliProgress
 
 HELP = "restore a snapshot into a directory"
@@ -44,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
     # (read-only) is restored from without one
     lock: Lock | None = None
     try:
-        lock = Lock(repo.backend, repo.keys.index_key, exclusive=False, background=False).acquire()
+        lock = Lock(repo.backend, repo.keys.index_key, exclusive=False, background=False).acquire(
+            lock_wait(args), say_waiting
+        )
     except PermanentError as e:
         print(f"note: restoring without a lock: {e}", file=sys.stderr)
     progress = CliProgress(bool(opt(args, "json")), bool(opt(args, "quiet")), "restore")

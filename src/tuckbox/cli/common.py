@@ -70,8 +70,29 @@ def add_global_options(p: argparse.ArgumentParser, suppress: bool = False) -> No
     p.add_argument("--limit-upload", metavar="RATE", default=default, help="limit uploads to RATE per second, e.g. 2MiB (0: no limit)")
     p.add_argument("--limit-download", metavar="RATE", default=default, help="limit downloads to RATE per second (0: no limit)")
     p.add_argument("--connections", metavar="N", type=int, default=default, help="parallel storage transfers (default 4; 2 for local and SFTP repositories)")
+    p.add_argument("--lock-wait", metavar="DURATION", default=default,
+                   help="when another process holds a conflicting repository lock (a backup and a prune), wait up "
+                        "to DURATION for it, e.g. 30m (default: stop at once)")
     p.add_argument("--json", action="store_true", default=default, help="machine-readable output (JSON)")
     p.add_argument("-q", "--quiet", action="store_true", default=default, help="print only errors and warnings")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from '90s', '15m', '1h' or a plain number of seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|)\s*", text)
+    if not m:
+        raise UsageError(f"'{text}' is not a duration; write it like 90s, 15m or 1h")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def lock_wait(args: argparse.Namespace) -> float:
+    """--lock-wait in seconds (0: do not wait)."""
+    text = opt(args, "lock_wait")
+    return parse_duration(text) if text else 0.0
+
+
+def say_waiting(text: str) -> None:
+    print(f"note: {text}", file=sys.stderr)
 
 
 def opt(args: argparse.Namespace, name: str, default: Any = None) -> Any:

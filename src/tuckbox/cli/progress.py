@@ -82,6 +82,11 @@ class CliProgress(Progress):
         else:
             print(f"{kind}: {message}", file=sys.stderr)
 
+    def note(self, message: str) -> None:
+        """Something worth saying that is not a problem (e.g. waiting for a lock)."""
+        if not self.quiet or self.json_mode:
+            self.warning(message, "note")
+
     def error(self, message: str) -> None:
         """A restore's entry that was not restored: said as it happens, and again in the summary."""
         self.warning(message, "error")

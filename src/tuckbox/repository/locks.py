@@ -25,15 +25,21 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from ..crypto.aead import open_sealed, seal
-from ..errors import IntegrityError, LockLost, ObjectNotFound, RepositoryLocked
+from ..errors import IntegrityError, Interrupted, LockLost, ObjectNotFound, RepositoryLocked
 from ..types import Backend, ObjectType
 
 LOCK_AD = b"tuckbox lock v1"
 REFRESH_EVERY = 300.0
 STALE_AFTER = 1800.0
+RETRY_EVERY = 10.0  # seconds between attempts while waiting for a lock (--lock-wait)
 SAFE_FOR = STALE_AFTER - 300.0  # a holder trusts its lock only while no refresh gap exceeded this
+
+
+def _span(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def _elapsed() -> float:
@@ -124,20 +130,43 @@ class Lock:
         self.backend.save(ObjectType.LOCK, name, seal(self.index_key, json.dumps(doc).encode(), LOCK_AD))
         return name
 
-    def acquire(self) -> "Lock":
-        self.name = self._write()
-        self._written_at = _elapsed()
-        conflicts = [
-            lk
-            for lk in read_locks(self.backend, self.index_key)
-            if lk.name != self.name and (self.exclusive or lk.exclusive) and not lk.is_stale()
-        ]
-        if conflicts:
+    def acquire(
+        self,
+        wait: float = 0.0,
+        on_wait: Callable[[str], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> "Lock":
+        """Take the lock; while a conflicting one is held, retry for up to ``wait`` seconds (``on_wait`` is
+        told once whom it waits for), then raise RepositoryLocked; Interrupted once ``should_stop`` says so."""
+        deadline = _elapsed() + wait
+        told = False
+        while True:
+            self.name = self._write()
+            self._written_at = _elapsed()
+            conflicts = [
+                lk
+                for lk in read_locks(self.backend, self.index_key)
+                if lk.name != self.name and (self.exclusive or lk.exclusive) and not lk.is_stale()
+            ]
+            if not conflicts:
+                break
             self._remove(self.name)
-            raise RepositoryLocked(
-                f"repository is locked: {conflicts[0].describe()}; wait for it to finish, "
-                "or run 'tuckbox unlock' if that process is gone"
-            )
+            self.name = ""
+            left = deadline - _elapsed()
+            if left <= 0:
+                waited = f" (waited {_span(wait)})" if wait else ""
+                raise RepositoryLocked(
+                    f"repository is locked: {conflicts[0].describe()}{waited}; wait for it to finish "
+                    "(--lock-wait 30m waits for you), or run 'tuckbox unlock' if that process is gone"
+                )
+            if on_wait is not None and not told:
+                on_wait(f"waiting up to {_span(left)} for the repository lock: {conflicts[0].describe()}")
+                told = True
+            until = _elapsed() + min(left, RETRY_EVERY)
+            while _elapsed() < until:
+                if should_stop is not None and should_stop():
+                    raise Interrupted("interrupted while waiting for the repository lock; nothing was changed")
+                time.sleep(min(0.1, max(0.0, until - _elapsed())))
         if self.background:
             self._thread = threading.Thread(target=self._refresh_loop, name="tuckbox-lock", daemon=True)
             self._thread.start()
