@@ -11,6 +11,7 @@ and every file that depends on it; nothing is repaired here.
 from __future__ import annotations
 
 import os
+import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
@@ -39,6 +40,27 @@ class CheckReport:
 
 
 
+def pack_subset(spec: str) -> Callable[[str], bool]:
+    """Which packs ``check --read-data-subset`` reads: ``N/M`` is the N-th of M fixed parts (split by pack
+    name, so running 1/M ... M/M, say one a week, reads every pack exactly once), ``P%`` a random P % of
+    the packs. ValueError with a message on anything else."""
+    text = spec.strip()
+    if text.endswith("%"):
+        try:
+            share = float(text[:-1])
+        except ValueError:
+            share = -1.0
+        if not 0 < share <= 100:
+            raise ValueError(f"--read-data-subset {spec!r}: a percentage must be above 0 and at most 100, e.g. 10%")
+        rng = random.SystemRandom()
+        return lambda _name: rng.random() * 100 < share
+    part, sep, parts = text.partition("/")
+    if not (sep and part.isdigit() and parts.isdigit() and 1 <= int(part) <= int(parts)):
+        raise ValueError(f"--read-data-subset {spec!r}: write N/M (1 <= N <= M, e.g. 2/5) or a percentage (e.g. 10%)")
+    n, m = int(part), int(parts)
+    return lambda name: int(name[:16], 16) % m == n - 1
+
+
 class Checker:
     def __init__(self, repo: Repository, on_progress: Callable[[str], None] | None = None) -> None:
         self.repo = repo
@@ -50,7 +72,8 @@ class Checker:
     def _error(self, msg: str) -> None:
         self.report.errors.append(msg)
 
-    def run(self, read_data: bool = False) -> CheckReport:
+    def run(self, read_data: bool = False, subset: Callable[[str], bool] | None = None) -> CheckReport:
+        """``subset``: with ``read_data``, read only the packs it selects (by name)."""
         backend = self.repo.backend
         # snapshots are listed before indexes: a backup running meanwhile stores its index before its
         # snapshot, so every snapshot listed here has its index in the listing below
@@ -84,7 +107,10 @@ class Checker:
                 "prune: the next prune removes them; harmless)"
             )
         if read_data:
-            self._read_data([p for n, p in self.repo.index.packs.items() if n in stored])
+            readable = [p for n, p in sorted(self.repo.index.packs.items()) if n in stored]
+            chosen = [p for p in readable if subset is None or subset(p.name)]
+            self._read_data(chosen)
+            self.report.counts["packs_read"] = len(chosen)
         snaps: list[Snapshot] = []
         if self.repo.is_full():
             for name in snapshot_names:
@@ -114,6 +140,7 @@ class Checker:
             except TuckboxError as e:
                 self._error(f"renewing storage leases failed: {e}")
         self.report.counts = {
+            **self.report.counts,
             "indexes": len(index_names),
             "packs": len(stored),
             "blobs": len(self.repo.index),
