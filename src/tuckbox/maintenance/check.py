@@ -80,6 +80,7 @@ class Checker:
         snapshot_names = sorted(i.name for i in backend.list(ObjectType.SNAPSHOT))
         self.on_progress("loading indexes")
         index_names = sorted(i.name for i in backend.list(ObjectType.INDEX))
+        repairable = False
         for name in index_names:
             try:
                 raw = backend.load(ObjectType.INDEX, name)
@@ -89,16 +90,24 @@ class Checker:
                     self.repo.index.add_raw(pack)
             except TuckboxError as e:
                 self._error(f"index {name}: {e}")
+                repairable = True
         self.repo.index.index_names.update(index_names)
         self.on_progress("listing packs")
         stored = {i.name: i.size for i in backend.list(ObjectType.PACK)}
         for name, pack in self.repo.index.packs.items():
             if name not in stored:
+                repairable = True
                 self._error(f"pack {name}: missing (named by the index)")
                 self._mark_pack(pack, "its pack is missing")
             elif stored[name] != pack.size:
+                repairable = True
                 self._error(f"pack {name}: size {stored[name]} but the index says {pack.size} (truncated or damaged)")
                 self._mark_pack(pack, "its pack is damaged")
+        if repairable:
+            self.report.notes.append(
+                "'tuckbox repair index' indexes the packs of a damaged index object again from their own headers, "
+                "and drops missing packs from the index so that the next backup stores their data again"
+            )
         unindexed = set(stored) - set(self.repo.index.packs)
         if unindexed:
             self.report.notes.append(

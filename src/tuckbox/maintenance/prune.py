@@ -40,7 +40,6 @@ from ..snapshot.model import Snapshot
 from ..snapshot.walk import decode_maps
 from ..types import BlobType, ObjectType
 
-INDEX_ENTRIES = 100_000  # blob entries per index object written for the kept packs
 DEFAULT_MAX_UNUSED = 0.10  # a pack with at least this share of unused bytes is repacked
 
 Progress = Callable[[str], None]
@@ -227,18 +226,9 @@ def execute_prune(repo: Repository, plan: PrunePlan, progress: Progress | None =
         result.indexes_written += len(written)
     # 2. every kept pack into new index objects
     progress("writing the new index")
-    batch: list[PackRecord] = []
-    count = 0
-    for pack, entries in plan.keep + kept_repack:
-        batch.append(PackRecord(pack.name, pack.epk, pack.kind, pack.size, tuple(entries)))
-        count += len(entries)
-        if count >= INDEX_ENTRIES:
-            repo.write_index(batch)
-            result.indexes_written += 1
-            batch, count = [], 0
-    if batch:
-        repo.write_index(batch)
-        result.indexes_written += 1
+    result.indexes_written += repo.write_indexes(
+        [PackRecord(pack.name, pack.epk, pack.kind, pack.size, tuple(entries)) for pack, entries in plan.keep + kept_repack]
+    )
     # 3. the old index objects, then the packs nothing names any more
     failed_repack = {p.name for p, _ in kept_repack}
     doomed = [p.name for p in plan.remove] + [p.name for p, _ in plan.repack if p.name not in failed_repack]

@@ -328,16 +328,25 @@ class PackKey:
         return decompress(payload, entry.compression, entry.raw_length)
 
     def read_header(self, pack: bytes) -> list[BlobEntry]:
-        """Parse a whole pack's header (used by check and index rebuilding)."""
+        """Parse a whole pack's header (used by check)."""
         if len(pack) < PREFIX_LEN + TRAILER_LEN:
             raise IntegrityError("pack is truncated")
-        trailer = decrypt_with_nonce(self._trailer_key, counter_nonce(0), pack[-TRAILER_LEN:], b"", "pack trailer")
-        offset, length = TRAILER_PLAIN.unpack(trailer)
-        if offset + length > len(pack) - TRAILER_LEN or offset < PREFIX_LEN:
+        offset, length = self.read_trailer(pack[-TRAILER_LEN:], len(pack))
+        return self.parse_header(pack[offset : offset + length], pack[:PREFIX_LEN], offset)
+
+    def read_trailer(self, trailer: bytes, pack_size: int) -> tuple[int, int]:
+        """The header's (offset, length) from a pack's last TRAILER_LEN bytes (authenticated)."""
+        if len(trailer) != TRAILER_LEN:
+            raise IntegrityError("pack is truncated")
+        plain = decrypt_with_nonce(self._trailer_key, counter_nonce(0), trailer, b"", "pack trailer")
+        offset, length = TRAILER_PLAIN.unpack(plain)
+        if offset + length > pack_size - TRAILER_LEN or offset < PREFIX_LEN:
             raise IntegrityError("pack trailer points outside the pack")
-        plain = decrypt_with_nonce(
-            self._header_key, counter_nonce(0), pack[offset : offset + length], pack[:PREFIX_LEN], "pack header"
-        )
+        return offset, length
+
+    def parse_header(self, sealed: bytes, prefix: bytes, offset: int) -> list[BlobEntry]:
+        """The blob entries of a header read at ``offset`` (authenticated with the pack's prefix)."""
+        plain = decrypt_with_nonce(self._header_key, counter_nonce(0), sealed, prefix[:PREFIX_LEN], "pack header")
         try:
             items = msgpack.unpackb(plain)
         except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):

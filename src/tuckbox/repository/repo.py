@@ -221,7 +221,7 @@ class Repository:
                 return fetch(name)
             except (IntegrityError, UnsupportedFormat) as e:
                 # a damaged index must not make the rest of the repository unreadable
-                self.problems.append(f"index {name[:8]} skipped: {e}; run 'tuckbox check'")
+                self.problems.append(f"index {name[:8]} skipped: {e}; 'tuckbox repair index' rebuilds it from the packs")
                 return name, None
 
         added = False
@@ -259,6 +259,18 @@ class Repository:
         self.cache.put("index", name, sealed)
         self.index.indexed(name, [p.name for p in packs])
         return name
+
+    def write_indexes(self, packs: list[PackRecord], entries_per_object: int = 100_000) -> int:
+        """Index many packs in objects of about ``entries_per_object`` blobs each; return how many were written."""
+        written, batch, count = 0, [], 0
+        for i, pack in enumerate(packs):
+            batch.append(pack)
+            count += len(pack.blobs)
+            if count >= entries_per_object or i == len(packs) - 1:
+                self.write_index(batch)
+                written += 1
+                batch, count = [], 0
+        return written
 
     # ---------------------------------------------------------------- blobs
 

@@ -1,0 +1,60 @@
+"""Repair a damaged repository: 'repair index' rebuilds the index from the packs themselves.
+
+When an index object is damaged or lost, the packs it listed are still whole
+but their blobs cannot be found: restore and check report them missing. Each
+pack carries its own encrypted header, so 'repair index' indexes again every
+stored pack that no intact index object lists, and drops from the index the
+packs that are gone (so that the next backup stores their chunks again). New
+index objects are written before the damaged ones are removed; it takes the
+exclusive lock. Run 'tuckbox check' afterwards: it names any file whose data
+is really lost. --dry-run says what it would do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..maintenance.repair import repair_index
+from ..repository.locks import Lock
+from .cmd_prune import say
+from .common import emit_json, lock_wait, open_repository, opt, say_waiting
+
+HELP = "rebuild the index from the packs (after 'check' reports a damaged or missing index)"
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    p.add_argument("what", choices=["index"], help="what to repair: index")
+    p.add_argument("--dry-run", "-n", action="store_true", help="say what would be done; change nothing")
+
+
+def run(args: argparse.Namespace) -> int:
+    repo = open_repository(args, load_index=False)
+    quiet = bool(opt(args, "quiet")) or bool(opt(args, "json"))
+    progress = None if quiet else (lambda m: print(m, file=sys.stderr))
+    lock = None
+    try:
+        if not args.dry_run:
+            lock = Lock(repo.backend, repo.keys.index_key, exclusive=True).acquire(lock_wait(args), say_waiting)
+            repo.guard = lock.ensure_held
+        report = repair_index(repo, progress, dry_run=args.dry_run)
+    finally:
+        repo.guard = None
+        if lock is not None:
+            lock.release()
+        repo.close()
+    if opt(args, "json"):
+        emit_json({"dry_run": args.dry_run, **report.as_dict()})
+        return 0
+    for problem in report.problems:
+        print(f"note: {problem}", file=sys.stderr)
+    if report.nothing_to_do:
+        say(args, "the index is complete: every stored pack is indexed and every indexed pack is stored")
+        return 0
+    replace, index = ("would replace", "would index") if args.dry_run else ("replaced", "indexed")
+    say(args, f"{replace} {len(report.indexes_damaged)} damaged and {len(report.indexes_replaced)} outdated "
+              f"index object(s); {index} {len(report.packs_reindexed)} pack(s) again from their headers; "
+              f"{len(report.packs_missing)} indexed pack(s) are missing ({report.blobs_lost} blob(s) lost)")
+    if report.blobs_lost:
+        say(args, "run 'tuckbox check' to see which files lost data; the next backup stores those chunks again")
+    return 0

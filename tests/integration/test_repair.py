@@ -1,0 +1,105 @@
+"""repair index: a damaged or lost index object, or a lost pack, is repaired from the packs' own headers;
+afterwards check --read-data passes (or names exactly the files whose data is gone), restore gives back
+the source, and the next backup stores lost chunks again."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tuckbox.testing.trees import compare_trees
+
+from .conftest import Tuckbox
+
+MiB = 1 << 20
+
+
+def _setup(tb: Tuckbox, tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    (src / "docs").mkdir(parents=True)
+    for i in range(4):
+        (src / f"big{i}").write_bytes(os.urandom(700 * 1024))
+    for i in range(50):
+        (src / "docs" / f"n{i}.txt").write_text(f"note {i}\n" * 50)
+    tb("init", "--pack-size", "1MiB")
+    tb("backup", str(src))
+    (src / "later").write_bytes(os.urandom(300_000))
+    tb("backup", str(src))
+    return src
+
+
+def _restore_equal(tb: Tuckbox, src: Path, target: Path) -> None:
+    tb("restore", "latest", "--target", str(target))
+    assert compare_trees(src, Path(str(target) + str(src)), check_atime=False) == []
+
+
+def _flip(path: Path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 1
+    path.chmod(0o600)
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_index_object_is_rebuilt_from_the_packs(tb: Tuckbox, tmp_path: Path) -> None:
+    src = _setup(tb, tmp_path)
+    assert "the index is complete" in tb("repair", "index").out
+    victim = sorted((Path(tb.repo) / "index").iterdir())[0]
+    _flip(victim, 60)
+    (tmp_path / "cache").rename(tmp_path / "old-cache")  # a machine without a cached copy of it
+    check = tb("check", expect=1)
+    assert victim.name in check.err and "tuckbox repair index" in check.out
+    dry = tb("repair", "index", "--dry-run", "--json").json()
+    assert dry["indexes_damaged"] == [victim.name] and dry["packs_reindexed"] >= 1 and dry["blobs_lost"] == 0
+    assert victim.exists()  # a dry run changes nothing
+    done = tb("repair", "index", "--json").json()
+    assert done["indexes_damaged"] == [victim.name] and done["indexes_written"] >= 1
+    assert not victim.exists()
+    out = tb("check", "--read-data")
+    assert "no errors found" in out.out and "not in any index" not in out.out
+    _restore_equal(tb, src, tmp_path / "r")
+    assert "the index is complete" in tb("repair", "index").out
+
+
+def test_a_lost_index_object_is_rebuilt(tb: Tuckbox, tmp_path: Path) -> None:
+    src = _setup(tb, tmp_path)
+    for f in (Path(tb.repo) / "index").iterdir():
+        f.unlink()  # every index object gone: only the packs are left
+    (tmp_path / "cache").rename(tmp_path / "old-cache")
+    tb("check", expect=1)
+    tb("repair", "index")
+    assert "no errors found" in tb("check", "--read-data").out
+    _restore_equal(tb, src, tmp_path / "r")
+
+
+def test_a_lost_pack_is_dropped_from_the_index_and_the_next_backup_stores_it_again(tb: Tuckbox, tmp_path: Path) -> None:
+    src = _setup(tb, tmp_path)
+    data_packs = sorted((f for f in (Path(tb.repo) / "data").rglob("*") if f.is_file()), key=lambda f: -f.stat().st_size)
+    data_packs[0].unlink()  # a large pack: file content
+    (tmp_path / "cache").rename(tmp_path / "old-cache")
+    report = tb("repair", "index", "--json").json()
+    assert report["packs_missing"] == [data_packs[0].name] and report["blobs_lost"] >= 1
+    check = tb("check", expect=1)
+    assert "damaged file" in check.err and "missing from the index" in check.err
+    assert "pack " + data_packs[0].name not in check.err  # the index no longer names the lost pack
+    lines = tb("backup", str(src), "--json").out.splitlines()
+    assert __import__("json").loads(lines[-1])["bytes_new_raw"] >= 512 * 1024  # the lost chunks stored again
+    _restore_equal(tb, src, tmp_path / "r")
+    tb("forget", "--keep-last", "1", "--prune")  # the damaged snapshots go; what is left is whole
+    assert "no errors found" in tb("check", "--read-data").out
+
+
+def test_an_unindexed_pack_with_a_damaged_header_is_left_alone(tb: Tuckbox, tmp_path: Path) -> None:
+    src = _setup(tb, tmp_path)
+    for f in (Path(tb.repo) / "index").iterdir():
+        f.unlink()
+    (tmp_path / "cache").rename(tmp_path / "old-cache")
+    packs = sorted(f for f in (Path(tb.repo) / "data").rglob("*") if f.is_file())
+    victim = packs[0]
+    _flip(victim, victim.stat().st_size - 5)  # in the trailer: its header cannot be found
+    report = tb("repair", "index", "--json").json()
+    assert report["packs_unreadable"] == [victim.name]
+    assert report["packs_reindexed"] == len(packs) - 1
+    assert victim.exists()
+    r = tb("repair", "index")  # still reported, still left alone
+    assert "header unreadable" in r.err and victim.exists()
+    del src
