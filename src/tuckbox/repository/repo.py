@@ -343,7 +343,10 @@ class Repository:
     def load_blob(self, blob_type: BlobType, blob_id: bytes) -> bytes:
         loc = self.index.lookup(blob_id)
         if loc is None:
-            raise IntegrityError(f"blob {blob_id.hex()[:8]} is missing from the repository index")
+            raise IntegrityError(
+                f"blob {blob_id.hex()[:8]} is missing from the repository index (if 'tuckbox check' reports a "
+                "damaged index, 'tuckbox repair index' rebuilds it)"
+            )
         pack, entry = loc.pack, loc.entry
         self.keys.require_full("read file contents or trees")
         sealed: bytes | memoryview | None = None
