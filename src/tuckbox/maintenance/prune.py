@@ -27,6 +27,8 @@ machine slept) stops, since a backup may have started meanwhile.
 
 from __future__ import annotations
 
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
@@ -269,10 +271,19 @@ def _copy_pack(repo: Repository, packer: Packer, pack: PackRecord, entries: list
     return True
 
 
+GUARD_EVERY = 2.0  # seconds between lock checks while removing (each costs a stat of the lock object)
+
+
 def _remove_all(repo: Repository, kind: ObjectType, names: list[str], guard: Callable[[], None]) -> int:
-    """Remove objects in parallel (the lock checked before each); return how many were removed."""
+    """Remove objects in parallel, checking the lock first and every GUARD_EVERY seconds; return how many."""
+    checked = [-GUARD_EVERY]
+    mutex = threading.Lock()
+
     def remove(name: str) -> int:
-        guard()
+        with mutex:
+            if time.monotonic() - checked[0] >= GUARD_EVERY:
+                guard()
+                checked[0] = time.monotonic()
         try:
             repo.backend.remove(kind, name)
         except ObjectNotFound:
