@@ -177,3 +177,38 @@ def test_snapshot_saved_after_a_reader_opened_the_repository(tmp_path):
         assert compare_trees(second, restored(tmp_path / "r", second)) == []
     finally:
         repo.close()
+
+
+def test_prune_waits_for_a_running_backup_and_keeps_what_it_deduplicated(storage, tmp_path):
+    """forget runs beside a backup (shared locks); prune --lock-wait waits for the backup to end, then
+    removes only what no snapshot needs: the running backup deduplicated against the forgotten snapshot's
+    data, and that data is still there afterwards."""
+    src = tmp_path / "data"
+    make_tree(src, 301, big=3, big_size=(1 * MiB, 2 * MiB), dirs=2, files_per_dir=20)
+    cli, other = Cli(tmp_path, storage, name="laptop"), Cli(tmp_path, storage, name="admin")
+    cli(*INIT)
+    first = cli("--json", "backup", str(src)).summary()["snapshot"]
+    gone = sorted(src.glob("big-*"))[0]
+    gone_size = gone.stat().st_size
+    gone.unlink()  # only the first snapshot holds it: prune may remove it
+    make_tree(src / "new", 302, big=4, big_size=(2 * MiB, 2 * MiB), dirs=1, files_per_dir=5)
+    repo = open_repo(storage, cli.passphrase, tmp_path / "inspect-cache")
+    insp = PackInspector(repo)
+    try:
+        before = len(insp.stored())
+        running = cli.start("--json", "--limit-upload", "2MiB", "backup", str(src))
+        wait_for(lambda: running.proc.poll() is not None or len(insp.stored()) > before, 60, "the backup storing a pack")
+        assert running.proc.poll() is None, "the backup ended before prune could meet it"
+        other("forget", first[:12])  # shared lock: beside the backup
+        pruned = other("--json", "--lock-wait", "5m", "prune")
+        assert running.proc.poll() is not None  # prune ran only once the backup had ended
+        res = running.wait(timeout=300)
+        assert res.code == 0, res.err[-3000:]
+        assert "waiting up to 5 min for the repository lock" in pruned.err
+        assert pruned.json()["plan"]["bytes_removed"] >= gone_size  # the forgotten file's data went
+        assert other("check", "--read-data", "--json").json()["ok"]
+        target = tmp_path / "r"
+        other("restore", "latest", "--target", str(target))
+        assert compare_trees(src, restored(target, src)) == []
+    finally:
+        repo.close()
