@@ -103,3 +103,81 @@ def test_an_unindexed_pack_with_a_damaged_header_is_left_alone(tb: Tuckbox, tmp_
     r = tb("repair", "index")  # still reported, still left alone
     assert "header unreadable" in r.err and victim.exists()
     del src
+
+
+def test_repair_snapshots_leaves_out_exactly_the_files_whose_data_is_lost(tb: Tuckbox, tmp_path: Path) -> None:
+    src = _setup(tb, tmp_path)
+    data_packs = sorted((f for f in (Path(tb.repo) / "data").rglob("*") if f.is_file()), key=lambda f: -f.stat().st_size)
+    data_packs[0].unlink()
+    tb("repair", "index")
+    damaged = {line.split("damaged file: ", 1)[1].split(" (snapshot")[0]
+               for line in tb("check", expect=1).err.splitlines() if line.startswith("damaged file: ")}
+    assert damaged
+    before = {s["id"] for s in tb("snapshots", "--json").json()}
+    dry = tb("repair", "snapshots", "--dry-run", "--json").json()
+    assert {r["old"] for r in dry["snapshots"]} <= before and dry["snapshots"]
+    assert {s["id"] for s in tb("snapshots", "--json").json()} == before  # a dry run changes nothing
+    done = tb("repair", "snapshots", "--json").json()
+    assert {p for r in done["snapshots"] for p in r["removed"]} == damaged
+    snaps = tb("snapshots", "--json").json()
+    assert len(snaps) == 2 and all("repaired" in s["tags"] for s in snaps if s["id"] in {r["new"] for r in done["snapshots"]})
+    assert not before & {r["new"] for r in done["snapshots"]}
+    assert "no errors found" in tb("check", "--read-data").out  # clean again
+    target = tmp_path / "r"
+    tb("restore", "latest", "--target", str(target))
+    for name in damaged:  # exactly the damaged files are missing; everything else is exact
+        Path(name).rename(Path(str(tmp_path / "aside") + name.replace("/", "_")))
+    assert compare_trees(src, Path(str(target) + str(src)), check_atime=False) == []
+    assert "every piece of their data" in tb("repair", "snapshots").out
+
+
+def test_repair_snapshots_reports_a_snapshot_whose_root_is_lost(tb: Tuckbox, tmp_path: Path) -> None:
+    _setup(tb, tmp_path)
+    from tuckbox.backends.local import LocalBackend
+    from tuckbox.repository.repo import Repository
+    from tuckbox.types import BlobType
+
+    repo = Repository.open(LocalBackend(tb.repo), lambda: tb.passfile.read_bytes().strip())
+    tree_packs = [name for name, p in repo.index.packs.items() if p.kind is BlobType.TREE]
+    repo.close()
+    assert tree_packs
+    for f in (Path(tb.repo) / "data").rglob("*"):
+        if f.name in tree_packs:
+            f.unlink()  # every directory listing is gone
+    (tmp_path / "cache").rename(tmp_path / "old-cache")
+    tb("repair", "index")
+    res = tb("repair", "snapshots", "--json").json()
+    assert res["snapshots"] and all(r["lost"] and not r["new"] for r in res["snapshots"])
+    assert "root directory listing is lost" in tb("repair", "snapshots").out
+
+
+def test_repair_snapshots_keeps_a_directory_whose_listing_is_lost_empty(tb: Tuckbox, tmp_path: Path) -> None:
+    src = _setup(tb, tmp_path)  # two backups: the second stored new listings for src and its parents only
+    from tuckbox.backends.local import LocalBackend
+    from tuckbox.repository.repo import Repository
+    from tuckbox.snapshot.walk import find
+    from tuckbox.types import BlobType
+
+    repo = Repository.open(LocalBackend(tb.repo), lambda: tb.passfile.read_bytes().strip())
+    latest = repo.find_snapshot("latest")
+    docs = find(lambda t: repo.load_blob(BlobType.TREE, t), latest.tree, os.fsencode(src / "docs"))
+    docs_pack = repo.index.lookup(docs.subtree).pack.name
+    assert repo.index.lookup(latest.tree).pack.name != docs_pack
+    repo.close()
+    next(f for f in (Path(tb.repo) / "data").rglob(docs_pack)).unlink()
+    (tmp_path / "cache").rename(tmp_path / "old-cache")
+    tb("repair", "index")
+    res = tb("repair", "snapshots", "--json").json()
+    by_old = {r["old"]: r for r in res["snapshots"]}
+    assert not by_old[latest.id]["lost"] and by_old[latest.id]["removed"] == [str(src / "docs") + "/"]
+    lost = [old for old, r in by_old.items() if r["lost"]]
+    assert len(lost) == 1 and lost[0] != latest.id  # the first snapshot's root listing went with the pack
+    assert "root tree is missing" in tb("check", expect=1).err
+    tb("forget", lost[0][:12])  # what 'repair snapshots' told to do with it
+    assert "no errors found" in tb("check", "--read-data").out
+    target = tmp_path / "r"
+    tb("restore", by_old[latest.id]["new"][:12], "--target", str(target))
+    restored = Path(str(target) + str(src))
+    assert (restored / "docs").is_dir() and list((restored / "docs").iterdir()) == []
+    assert (restored / "later").read_bytes() == (src / "later").read_bytes()
+    assert all((restored / f"big{i}").read_bytes() == (src / f"big{i}").read_bytes() for i in range(4))

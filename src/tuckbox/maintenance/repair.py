@@ -23,6 +23,7 @@ twice are fine: any copy serves). It runs under the exclusive lock.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
@@ -31,6 +32,9 @@ from ..errors import IntegrityError, ObjectNotFound, TuckboxError, UnsupportedFo
 from ..pack.format import PREFIX_LEN, TRAILER_LEN, PackKey, parse_prefix
 from ..repository.index import PackRecord, RawPack, decode_index_raw
 from ..repository.repo import Repository, object_name
+from ..snapshot.model import Snapshot
+from ..snapshot.tree import encode_tree
+from ..snapshot.walk import decode_maps
 from ..pack.format import BlobEntry
 from ..types import BlobType, ObjectType
 
@@ -185,3 +189,143 @@ def repair_index(repo: Repository, progress: Progress | None = None, dry_run: bo
             pass
         repo.cache.discard("index", name)
     return report
+
+
+# ---------------------------------------------------------------------------------------------- snapshots
+
+
+@dataclass
+class RepairedSnapshot:
+    old: str
+    new: str  # "" in a dry run, or when the snapshot cannot be repaired (its root directory is lost)
+    removed: list[bytes]  # absolute paths of entries left out (a lost directory is kept, empty: "path/")
+    lost: bool = False  # its root listing is lost: nothing to keep (forget it)
+
+    def as_dict(self) -> dict[str, object]:
+        from ..text import json_path
+
+        return {"old": self.old, "new": self.new, "lost": self.lost, "removed": [json_path(p) for p in self.removed]}
+
+
+REPAIRED_TAG = "repaired"
+
+
+def repair_snapshots(
+    repo: Repository, snaps: list[Snapshot], progress: Progress | None = None, dry_run: bool = False
+) -> list[RepairedSnapshot]:
+    """Rewrite each snapshot that needs data the repository no longer has, without the damaged entries.
+
+    A file with a chunk that is not indexed, or whose pack is not stored, is left out; a directory whose
+    listing is lost is kept, empty. The new snapshot (tagged ``repaired``, with the left-out count in its
+    summary) is saved before the old one is removed. A snapshot whose root listing is lost is reported and
+    left alone (forget it). The caller holds a lock and set ``repo.guard``.
+    """
+    progress = progress or (lambda _m: None)
+    repo.keys.require_full("repair snapshots (it must read them)")
+    stored = {i.name for i in repo.backend.list(ObjectType.PACK)}
+
+    def available(blob_id: bytes) -> bool:
+        loc = repo.index.lookup(blob_id)
+        return loc is not None and loc.pack.name in stored
+
+    packer = None if dry_run else repo.new_packer()
+    memo: dict[bytes, tuple[bytes | None, list[bytes]]] = {}  # tree id -> (new id or None if lost, removed)
+    out: list[RepairedSnapshot] = []
+    try:
+        for snap in snaps:
+            progress(f"checking snapshot {snap.short_id}")
+            new_root, removed = _repair_tree(repo, snap.tree, memo, available, packer)
+            if new_root == snap.tree:
+                continue
+            paths = [b"/"] if new_root is None else [os.path.join(b"/", r) for r in removed]
+            out.append(RepairedSnapshot(snap.id, "", paths, lost=new_root is None))
+        if packer is not None:
+            packer.flush()  # the new trees, and the index naming them, before any snapshot needs them
+        if dry_run:
+            return out
+        for item in out:
+            snap = next(s for s in snaps if s.id == item.old)
+            new_root = memo[snap.tree][0]
+            if new_root is None:
+                continue  # the root listing itself is lost: nothing to keep (reported; forget it)
+            summary = dict(snap.summary)
+            summary["repaired_removed"] = len(item.removed)
+            fixed = Snapshot(
+                time=snap.time, host=snap.host, user=snap.user, paths=snap.paths, tree=new_root,
+                tags=sorted(set(snap.tags) | {REPAIRED_TAG}), parent=snap.parent, partial=snap.partial,
+                summary=summary, program=snap.program,
+            )
+            item.new = repo.save_snapshot(fixed)
+            try:
+                repo.backend.remove(ObjectType.SNAPSHOT, snap.id)
+            except ObjectNotFound:
+                pass
+            repo.cache.discard("snapshots", snap.id)
+    finally:
+        if packer is not None:
+            packer.close()
+    return out
+
+
+def _repair_tree(
+    repo: Repository,
+    root: bytes,
+    memo: dict[bytes, tuple[bytes | None, list[bytes]]],
+    available: Callable[[bytes], bool],
+    packer: object | None,
+) -> tuple[bytes | None, list[bytes]]:
+    """The id of ``root`` rewritten without damaged entries (None: its listing is lost), and the paths
+    (relative to it) left out. Depth first with an explicit stack (trees may be thousands deep)."""
+    stack: list[list[object]] = [[root, None]]
+    while stack:
+        frame = stack[-1]
+        tree_id = frame[0]
+        assert isinstance(tree_id, bytes)
+        if tree_id in memo:
+            stack.pop()
+            continue
+        if frame[1] is None:
+            maps = None
+            if available(tree_id):
+                try:
+                    maps = decode_maps(repo.load_blob(BlobType.TREE, tree_id))
+                except TuckboxError:
+                    maps = None
+            if maps is None:
+                memo[tree_id] = (None, [])
+                stack.pop()
+                continue
+            frame[1] = maps
+            below = [m["st"] for m in maps if m.get("st") and m["st"] not in memo]
+            if below:
+                stack.extend([sub, None] for sub in below)
+                continue
+        maps = frame[1]
+        assert isinstance(maps, list)
+        kept: list[dict] = []
+        removed: list[bytes] = []
+        for m in maps:
+            name = m["n"]
+            sub = m.get("st")
+            if sub:
+                new_sub, below_removed = memo[sub]
+                if new_sub is None:
+                    m = {k: v for k, v in m.items() if k != "st"}  # lost listing: an empty directory
+                    removed.append(name + b"/")
+                elif new_sub != sub:
+                    m = {**m, "st": new_sub}
+                removed += [name + b"/" + r for r in below_removed]
+            elif m.get("c") and not all(available(c) for c in m["c"] if type(c) is bytes):
+                removed.append(name)
+                continue
+            kept.append(m)
+        if removed:
+            data = encode_tree(kept)
+            new_id = repo.blob_id(data)
+            if packer is not None:
+                packer.add(BlobType.TREE, new_id, data)  # type: ignore[attr-defined]
+            memo[tree_id] = (new_id, removed)
+        else:
+            memo[tree_id] = (tree_id, [])
+        stack.pop()
+    return memo[root]
