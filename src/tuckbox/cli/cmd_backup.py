@@ -27,8 +27,8 @@ import sys
 import threading
 
 from ..archiver.backup import DEFAULT_CHECKPOINT_INTERVAL, BackupRequest, run_backup
-from ..errors import EXIT_INTERRUPTED, EXIT_PARTIAL, UsageError
-from .common import display, emit_json, human, json_path, lock_wait, open_repository, opt, out, parse_duration, warn
+from ..errors import EXIT_INTERRUPTED, EXIT_PARTIAL
+from .common import display, emit_json, human, json_path, lock_wait, open_repository, opt, out, parse_duration, patterns_from_file, warn
 from .progress import CliProgress
 
 HELP = "back up files and directories"
@@ -78,19 +78,9 @@ class _StopOnSignal:
             signal.signal(sig, old)  # type: ignore[arg-type]
 
 
-def _patterns_from(file: str) -> list[str]:
-    """The patterns of an --exclude-file: one per line; blank lines and # comments skipped."""
-    try:
-        with open(os.path.expanduser(file), encoding="utf-8", errors="surrogateescape") as f:
-            lines = f.read().splitlines()
-    except OSError as e:
-        raise UsageError(f"cannot read the exclude file {file}: {e.strerror}") from None
-    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-
-
 def run(args: argparse.Namespace) -> int:
     interval = parse_duration(args.checkpoint_interval) if args.checkpoint_interval else DEFAULT_CHECKPOINT_INTERVAL
-    excludes = list(args.exclude) + [p for f in args.exclude_file for p in _patterns_from(f)]
+    excludes = list(args.exclude) + [p for f in args.exclude_file for p in patterns_from_file(f)]
     for path in args.paths:
         if os.path.islink(path.rstrip("/") or "/"):  # (a trailing slash still names the link here)
             warn(f"{display(path)} is a symbolic link: the link is backed up, not the files it points to; "

@@ -31,7 +31,7 @@ from ..snapshot import retention
 from ..snapshot.model import Snapshot
 from ..types import ObjectType
 from .cmd_prune import add_prune_options, prune, say
-from .common import display, emit_json, local_time, lock_wait, open_repository, opt, say_waiting
+from .common import display, emit_json, local_time, lock_wait, open_repository, opt, say_waiting, select_snapshots
 
 HELP = "remove snapshots by a retention policy (--keep-daily 7 ...)"
 
@@ -91,16 +91,6 @@ def _policy(args: argparse.Namespace) -> retention.Policy:
     )
 
 
-def _selected(args: argparse.Namespace, snaps: list[Snapshot]) -> list[Snapshot]:
-    paths = {os.fsencode(os.path.abspath(p)).rstrip(b"/") or b"/" for p in args.path}
-    return [
-        s for s in snaps
-        if (not args.host or s.host in args.host)
-        and (not args.tag or set(args.tag) & set(s.tags))
-        and (not paths or paths & set(s.paths))
-    ]
-
-
 def run(args: argparse.Namespace) -> int:
     policy = _policy(args)
     if args.snapshots and not policy.is_empty():
@@ -117,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
             groups = [{"key": {}, "keep": [], "remove": [_brief(s, ()) for s in snaps if s.id in doomed]}]
             remove = [s for s in snaps if s.id in doomed]
         else:
-            decided = retention.apply(_selected(args, snaps), policy, args.group_by)
+            decided = retention.apply(select_snapshots(args, snaps), policy, args.group_by)
             groups = []
             remove = []
             for g in decided:

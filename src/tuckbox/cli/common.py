@@ -15,6 +15,7 @@ from typing import Any
 from ..backends import open_backend
 from ..errors import UsageError
 from ..repository.repo import Repository
+from ..snapshot.model import Snapshot
 from ..text import display_path as display
 from ..text import json_path
 from ..types import Backend
@@ -259,3 +260,24 @@ def out(args: argparse.Namespace, text: str) -> None:
 
 def warn(text: str) -> None:
     print(f"warning: {text}", file=sys.stderr)
+
+
+def patterns_from_file(file: str) -> list[str]:
+    """The patterns of an --exclude-file: one per line; blank lines and # comments skipped."""
+    try:
+        with open(os.path.expanduser(file), encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise UsageError(f"cannot read the exclude file {file}: {e.strerror}") from None
+    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def select_snapshots(args: argparse.Namespace, snaps: list[Snapshot]) -> list[Snapshot]:
+    """The snapshots matching --host, --tag and --path (each repeatable; none given: all)."""
+    paths = {os.fsencode(os.path.abspath(p)).rstrip(b"/") or b"/" for p in args.path}
+    return [
+        s for s in snaps
+        if (not args.host or s.host in args.host)
+        and (not args.tag or set(args.tag) & set(s.tags))
+        and (not paths or paths & set(s.paths))
+    ]

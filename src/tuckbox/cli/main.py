@@ -21,7 +21,7 @@ from .output import Guarded, OutputError, discard_pending
 
 COMMANDS = [
     "init", "backup", "snapshots", "ls", "find", "diff", "restore", "dump", "check", "stats", "unlock",
-    "forget", "prune", "repair", "key", "recovery_kit",
+    "forget", "prune", "rewrite", "repair", "key", "recovery_kit",
 ]
 
 DESCRIPTION = """\

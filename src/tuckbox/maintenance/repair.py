@@ -23,18 +23,16 @@ twice are fine: any copy serves). It runs under the exclusive lock.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from ..errors import IntegrityError, ObjectNotFound, TuckboxError, UnsupportedFormat
 from ..pack.format import PREFIX_LEN, TRAILER_LEN, PackKey, parse_prefix
 from ..repository.index import PackRecord, RawPack, decode_index_raw
 from ..repository.repo import Repository, object_name
 from ..snapshot.model import Snapshot
-from ..snapshot.tree import encode_tree
-from ..snapshot.walk import decode_maps
+from .rewrite import Memo, Verdict, rewrite_tree, save_rewritten
 from ..pack.format import BlobEntry
 from ..types import BlobType, ObjectType
 
@@ -228,104 +226,29 @@ def repair_snapshots(
         loc = repo.index.lookup(blob_id)
         return loc is not None and loc.pack.name in stored
 
+    def judge(_path: bytes, m: dict[str, Any]) -> Verdict:
+        content = m.get("c")
+        if content and not all(available(c) for c in content if type(c) is bytes):
+            return "drop"
+        return "keep"
+
     packer = None if dry_run else repo.new_packer()
-    memo: dict[bytes, tuple[bytes | None, list[bytes]]] = {}  # tree id -> (new id or None if lost, removed)
-    out: list[RepairedSnapshot] = []
+    memo: Memo = {}
+    out: list[tuple[Snapshot, bytes | None, RepairedSnapshot]] = []
     try:
         for snap in snaps:
             progress(f"checking snapshot {snap.short_id}")
-            new_root, removed = _repair_tree(repo, snap.tree, memo, available, packer)
-            if new_root == snap.tree:
-                continue
-            paths = [b"/"] if new_root is None else [os.path.join(b"/", r) for r in removed]
-            out.append(RepairedSnapshot(snap.id, "", paths, lost=new_root is None))
+            new_root, removed = rewrite_tree(repo, snap.tree, judge, memo, packer, available)
+            if new_root != snap.tree:
+                out.append((snap, new_root, RepairedSnapshot(snap.id, "", [b"/"] if new_root is None else removed,
+                                                             lost=new_root is None)))
         if packer is not None:
             packer.flush()  # the new trees, and the index naming them, before any snapshot needs them
-        if dry_run:
-            return out
-        for item in out:
-            snap = next(s for s in snaps if s.id == item.old)
-            new_root = memo[snap.tree][0]
-            if new_root is None:
-                continue  # the root listing itself is lost: nothing to keep (reported; forget it)
-            summary = dict(snap.summary)
-            summary["repaired_removed"] = len(item.removed)
-            fixed = Snapshot(
-                time=snap.time, host=snap.host, user=snap.user, paths=snap.paths, tree=new_root,
-                tags=sorted(set(snap.tags) | {REPAIRED_TAG}), parent=snap.parent, partial=snap.partial,
-                summary=summary, program=snap.program,
-            )
-            item.new = repo.save_snapshot(fixed)
-            try:
-                repo.backend.remove(ObjectType.SNAPSHOT, snap.id)
-            except ObjectNotFound:
-                pass
-            repo.cache.discard("snapshots", snap.id)
+        if not dry_run:
+            for snap, new_root, item in out:
+                if new_root is not None:  # (a lost root listing: nothing to keep; reported, forget it)
+                    item.new = save_rewritten(repo, snap, new_root, REPAIRED_TAG, len(item.removed))
     finally:
         if packer is not None:
             packer.close()
-    return out
-
-
-def _repair_tree(
-    repo: Repository,
-    root: bytes,
-    memo: dict[bytes, tuple[bytes | None, list[bytes]]],
-    available: Callable[[bytes], bool],
-    packer: object | None,
-) -> tuple[bytes | None, list[bytes]]:
-    """The id of ``root`` rewritten without damaged entries (None: its listing is lost), and the paths
-    (relative to it) left out. Depth first with an explicit stack (trees may be thousands deep)."""
-    stack: list[list[object]] = [[root, None]]
-    while stack:
-        frame = stack[-1]
-        tree_id = frame[0]
-        assert isinstance(tree_id, bytes)
-        if tree_id in memo:
-            stack.pop()
-            continue
-        if frame[1] is None:
-            maps = None
-            if available(tree_id):
-                try:
-                    maps = decode_maps(repo.load_blob(BlobType.TREE, tree_id))
-                except TuckboxError:
-                    maps = None
-            if maps is None:
-                memo[tree_id] = (None, [])
-                stack.pop()
-                continue
-            frame[1] = maps
-            below = [m["st"] for m in maps if m.get("st") and m["st"] not in memo]
-            if below:
-                stack.extend([sub, None] for sub in below)
-                continue
-        maps = frame[1]
-        assert isinstance(maps, list)
-        kept: list[dict] = []
-        removed: list[bytes] = []
-        for m in maps:
-            name = m["n"]
-            sub = m.get("st")
-            if sub:
-                new_sub, below_removed = memo[sub]
-                if new_sub is None:
-                    m = {k: v for k, v in m.items() if k != "st"}  # lost listing: an empty directory
-                    removed.append(name + b"/")
-                elif new_sub != sub:
-                    m = {**m, "st": new_sub}
-                removed += [name + b"/" + r for r in below_removed]
-            elif m.get("c") and not all(available(c) for c in m["c"] if type(c) is bytes):
-                removed.append(name)
-                continue
-            kept.append(m)
-        if removed:
-            data = encode_tree(kept)
-            new_id = repo.blob_id(data)
-            if packer is not None:
-                packer.add(BlobType.TREE, new_id, data)  # type: ignore[attr-defined]
-            memo[tree_id] = (new_id, removed)
-        else:
-            memo[tree_id] = (tree_id, [])
-        stack.pop()
-    return memo[root]
+    return [item for _, _, item in out]

@@ -1,0 +1,117 @@
+"""Remove files from existing snapshots: each snapshot holding a path that matches --exclude is replaced
+by one without it (for a secret or a huge file that should never have been backed up).
+
+Patterns are those of 'backup --exclude' (a name at any depth, a path from
+the root, or the end of a path; a directory takes everything inside it). The
+new snapshot keeps the time, host, paths and parent of the old one, is tagged
+'rewritten', and is saved before the old one is removed. The data stays in
+the repository until 'tuckbox prune' (or --prune here) deletes what no
+snapshot needs any more. With no SNAPSHOT, every snapshot (--host, --tag,
+--path narrow it down). --dry-run lists what would be left out.
+
+examples:
+  tuckbox rewrite --exclude '/home/*/.ssh/id_*' --dry-run
+  tuckbox rewrite --exclude 'huge.iso' --prune
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import UsageError
+from ..maintenance.rewrite import Memo, Verdict, rewrite_tree, save_rewritten
+from ..patterns import Patterns
+from ..repository.locks import Lock
+from .cmd_prune import add_prune_options, prune, say
+from .common import (
+    display, emit_json, json_path, lock_wait, open_repository, opt, patterns_from_file, say_waiting, select_snapshots,
+)
+
+HELP = "remove files matching --exclude from existing snapshots"
+TAG = "rewritten"
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    p.add_argument("snapshots", nargs="*", metavar="SNAPSHOT", help="snapshots to rewrite (default: all)")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="leave out paths or names matching PATTERN (as for backup --exclude); repeatable")
+    p.add_argument("--exclude-file", action="append", default=[], metavar="FILE",
+                   help="read --exclude patterns from FILE, one per line (# comments)")
+    p.add_argument("--host", action="append", default=[], help="only snapshots of this host (repeatable)")
+    p.add_argument("--tag", action="append", default=[], help="only snapshots with this tag (repeatable)")
+    p.add_argument("--path", action="append", default=[], help="only snapshots of this path (repeatable)")
+    p.add_argument("--dry-run", "-n", action="store_true", help="list what would be left out; change nothing")
+    p.add_argument("--prune", action="store_true", help="then delete the data no snapshot needs (see 'tuckbox prune')")
+    add_prune_options(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    patterns = Patterns(list(args.exclude) + [p for f in args.exclude_file for p in patterns_from_file(f)])
+    if not patterns:
+        raise UsageError("say what to remove with --exclude PATTERN (or --exclude-file FILE)")
+    if patterns.match(b"/", b""):
+        raise UsageError("that pattern matches the root of every snapshot; to remove snapshots use 'tuckbox forget'")
+    repo = open_repository(args)
+    quiet = bool(opt(args, "quiet")) or bool(opt(args, "json"))
+    progress = None if quiet else (lambda m: print(m, file=sys.stderr))
+    lock = None
+    done: list[dict[str, object]] = []
+    try:
+        repo.keys.require_full("rewrite snapshots (it must read them)")
+        snaps = repo.snapshots()
+        if args.snapshots:
+            wanted = {repo.find_snapshot(ref, snaps).id for ref in args.snapshots}
+            snaps = [s for s in snaps if s.id in wanted]
+        snaps = select_snapshots(args, snaps)
+
+        def judge(path: bytes, _m: dict) -> Verdict:
+            return "drop" if patterns.match(path) else "keep"
+
+        if not args.dry_run:
+            lock = Lock(repo.backend, repo.keys.index_key, exclusive=False).acquire(lock_wait(args), say_waiting)
+            repo.guard = lock.ensure_held
+        packer = None if args.dry_run else repo.new_packer()
+        memo: Memo = {}
+        changed = []
+        try:
+            for snap in snaps:
+                if progress:
+                    progress(f"reading snapshot {snap.short_id}")
+                new_root, removed = rewrite_tree(repo, snap.tree, judge, memo, packer)
+                if new_root is None:
+                    raise UsageError(f"snapshot {snap.short_id} cannot be read; run 'tuckbox check'")
+                if new_root != snap.tree:
+                    changed.append((snap, new_root, removed))
+            if packer is not None:
+                packer.flush()  # the new trees and their index, before any snapshot names them
+            for snap, new_root, removed in changed:
+                new = "" if args.dry_run else save_rewritten(repo, snap, new_root, TAG, len(removed))
+                done.append({"old": snap.id, "new": new, "removed": [json_path(p) for p in removed]})
+                if not opt(args, "json"):
+                    verb = "would lose" if args.dry_run else f"replaced by {new[:8]}, without"
+                    say(args, f"snapshot {snap.short_id} {verb} {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}:")
+                    for path in removed[:20]:
+                        say(args, f"  - {display(path)}")
+                    if len(removed) > 20:
+                        say(args, f"  ... and {len(removed) - 20} more (--json lists them all)")
+        finally:
+            if packer is not None:
+                packer.close()
+            repo.guard = None
+            if lock is not None:
+                lock.release()
+        if not changed:
+            say(args, f"nothing matches in {len(snaps)} snapshot(s)")
+        elif not args.prune and not args.dry_run:
+            say(args, "the data stays in the repository until 'tuckbox prune' deletes what no snapshot needs")
+        doc: dict[str, object] = {"dry_run": args.dry_run, "snapshots": done}
+        if args.prune and changed and args.dry_run:
+            say(args, "(prune runs once the snapshots are rewritten: what it frees shows then)")
+        elif args.prune and changed:
+            doc["prune"] = prune(args, repo, False)
+    finally:
+        repo.close()
+    if opt(args, "json"):
+        emit_json(doc)
+    return 0
