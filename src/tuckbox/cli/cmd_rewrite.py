@@ -103,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
                 lock.release()
         if not changed:
             say(args, f"nothing matches in {len(snaps)} snapshot(s)")
+        elif not args.dry_run:
+            say(args, "give your backups the same --exclude, or the next one stores these files again")
         elif not args.prune and not args.dry_run:
             say(args, "the data stays in the repository until 'tuckbox prune' deletes what no snapshot needs")
         doc: dict[str, object] = {"dry_run": args.dry_run, "snapshots": done}
