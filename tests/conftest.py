@@ -16,7 +16,7 @@ sys.setrecursionlimit(max(sys.getrecursionlimit(), 10000))
 @pytest.fixture(autouse=True)
 def _no_thread_left_behind():
     """A test (with its fixtures) ends every thread it started: one left running would, among other things,
-    keep a later restore in this process from forking its workers (restorer.workers.alone)."""
+    keep a later restore in this process from forking its workers (backends.fork.alone)."""
     before = set(threading.enumerate())
     yield
     deadline = time.monotonic() + 5.0

@@ -30,10 +30,10 @@ from tuckbox.repository.config import Config
 from tuckbox.repository.repo import Repository
 from tuckbox.restorer import restorer as restorer_module
 from tuckbox.restorer import fetch as fetch_module
-from tuckbox.restorer import workers as workers_module
 from tuckbox.restorer import writer as writer_module
 from tuckbox.restorer.restorer import MARKER, Restorer
-from tuckbox.restorer.workers import cpus
+from tuckbox.backends import fork as fork_module
+from tuckbox.backends.fork import cpus
 from tuckbox.snapshot.tree import FILE, TREE_VERSION
 from tuckbox.snapshot.walk import decode_maps, find
 from tuckbox.testing.crash import Cli, local_storage, wait_for
@@ -141,7 +141,7 @@ def test_workers_are_forked_only_from_a_process_with_no_other_thread(backed_up, 
     for good in OpenSSL's lock, taken by a thread that was exiting at the fork). A thread that ends within the
     wait delays the fork; one that stays means threads write the windows. Each restore is exact."""
     monkeypatch.setattr(restorer_module, "PROCESSES", 2)
-    monkeypatch.setattr(workers_module, "FORK_WAIT", 1.0)
+    monkeypatch.setattr(fork_module, "FORK_WAIT", 1.0)
     started = count_worker_processes(monkeypatch)
     repo, snap, src = backed_up
 

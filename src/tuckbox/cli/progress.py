@@ -42,7 +42,7 @@ class CliProgress(Progress):
                 TextColumn("{task.fields[current]}"),
                 transient=True,
                 # redrawn by _render, on the threads that report progress: no refresh thread of rich's, so a
-                # restore can fork its workers from a process with no other thread (restorer.workers.alone)
+                # restore can fork its workers from a process with no other thread (backends.fork.alone)
                 auto_refresh=False,
             )
             self._bar.start()

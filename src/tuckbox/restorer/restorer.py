@@ -42,7 +42,8 @@ from ..types import BlobType
 from .fetch import BlobCache, Fetcher
 from .meta import Meta, file_mode
 from .writer import DONE, FAILED, PENDING, Dir, LinkGroup, Report, Window, WindowWriter, display, make_room, target_wide
-from .workers import WorkerProcesses, cpus, prepare_fork
+from ..backends.fork import cpus, prepare_fork
+from .workers import WorkerProcesses
 from .workers import usable as workers_usable
 
 MARKER = b".tuckbox-restore"

@@ -20,14 +20,10 @@ never touch its repository lock.
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import os
-import pickle
 import signal
-import sys
 import threading
-import time
 from collections import deque
 from concurrent.futures import Future
 from multiprocessing.connection import Connection, Pipe
@@ -35,89 +31,24 @@ from typing import Any, Callable
 
 import msgpack
 
+from ..backends.fork import F_SETPIPE_SZ, PIPE_SIZE, die_with_parent, forkable
+from ..backends.fork import pickle_error as _pickle
+from ..backends.fork import unpickle_error
 from ..errors import TuckboxError
 from .writer import Dir, Window, WindowWriter, display
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_PR_SET_PDEATHSIG = 1
-_F_SETPIPE_SZ = 1031
-PIPE_SIZE = 1 << 20  # the default maximum for unprivileged processes (/proc/sys/fs/pipe-max-size)
-
-
-def _base(backend: Any) -> Any:
-    """The storage under the wrappers that are safe to copy into each process (retries, connection limits)."""
-    try:
-        from ..backends.wrappers import ConnectionLimitBackend, RetryBackend
-
-        passthrough: tuple[type, ...] = (RetryBackend, ConnectionLimitBackend)
-    except ImportError:  # pragma: no cover - wrappers ship with the package
-        passthrough = ()
-    while type(backend) in passthrough:
-        backend = backend.inner
-    return backend
 
 
 def usable(backend: Any) -> bool:
     """Whether windows may be written by forked processes that read ``backend`` on their own.
 
-    A plain local directory, or storage that can drop its connections and
-    threads before the fork and open new ones in each process (``suspend``:
-    SFTP, S3, WebDAV, Tahoe-LAFS), possibly behind retries or a connection limit (a copy of those
-    per process changes nothing that matters); not behind a bandwidth limit,
-    which every process would then spend in full.
+    Storage a forked process may use (``backends.fork.forkable``: a local
+    directory, or SFTP, S3, WebDAV, Tahoe-LAFS, possibly behind retries or a
+    connection limit), not behind a bandwidth limit, which every process would
+    then spend in full.
     """
-    from ..backends.local import LocalBackend  # here: only this check knows concrete backends
-
-    base = _base(backend)
-    forkable = type(base) is LocalBackend or callable(getattr(base, "suspend", None))
-    return forkable and hasattr(os, "fork") and sys.platform.startswith("linux")
-
-
-def prepare_fork(backend: Any) -> bool:
-    """Drop the storage's connections and threads (if it has any); each process then opens its own.
-
-    True once no other thread is left in this process (``alone``): only then is
-    a fork safe. False (some thread outlived the wait: a library's, or one a
-    caller started) means the windows must be written by threads instead.
-    """
-    suspend = getattr(_base(backend), "suspend", None)
-    if callable(suspend):
-        suspend()
-    return alone()
-
-
-FORK_WAIT = 2.0  # seconds to wait for threads still exiting before a fork; then threads are used instead
-
-
-def alone(wait: float | None = None) -> bool:
-    """Whether the calling thread is the only one in this process (waiting up to ``wait`` s for others to end).
-
-    Forking while another thread runs can hand the child a lock that nobody
-    will ever release there. ``Thread.join`` is not enough: it returns before
-    the thread has finished its last C-level clean-up, and OpenSSL's per-thread
-    destructors take OpenSSL's own locks at that point (seen: a worker forked
-    just after the SFTP backend's event-loop thread was joined hung forever in
-    ``CRYPTO_THREAD_write_lock`` on its first connection). The kernel's list of
-    the process's threads is the only reliable answer; where it cannot be read
-    (not Linux), the answer is no.
-    """
-    deadline = time.monotonic() + (FORK_WAIT if wait is None else wait)
-    while True:
-        try:
-            if len(os.listdir("/proc/self/task")) == 1:
-                return True
-        except OSError:
-            return False
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.002)
-
-
-def cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    return forkable(backend)
 
 
 class _ChildReport:
@@ -177,7 +108,7 @@ class WorkerProcesses:
         up_recv, up_send = Pipe(duplex=False)
         for conn in (down_send, up_send):  # room for the next window while the worker writes one: no waiting
             try:
-                fcntl.fcntl(conn.fileno(), _F_SETPIPE_SZ, PIPE_SIZE)
+                fcntl.fcntl(conn.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
             except OSError:
                 pass  # a smaller pipe only means the walk waits a little
         parent = os.getpid()
@@ -190,7 +121,7 @@ class WorkerProcesses:
                     w.recv.close()
                 down_send.close()
                 up_recv.close()
-                _die_with_parent(parent)
+                die_with_parent(parent)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 _serve(down_recv, up_send, make_writer(_ChildReport(up_send)), self.target)
                 code = 0
@@ -309,26 +240,5 @@ def _stopped() -> TuckboxError:
     return TuckboxError("a restore worker process stopped unexpectedly; run the same restore again to resume")
 
 
-def _pickle(e: BaseException) -> bytes:
-    try:
-        return pickle.dumps(e)
-    except Exception:  # noqa: BLE001 - an exception that does not pickle still has a message
-        return pickle.dumps(TuckboxError(f"{type(e).__name__}: {e}"))
-
-
 def _unpickle(raw: bytes) -> BaseException:
-    try:
-        e = pickle.loads(raw)
-    except Exception as err:  # noqa: BLE001
-        return TuckboxError(f"a restore worker failed: {err}")
-    return e if isinstance(e, BaseException) else TuckboxError(str(e))
-
-
-def _die_with_parent(parent: int) -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:  # the parent is already gone
-        os._exit(1)
+    return unpickle_error(raw, "a restore worker")
