@@ -83,6 +83,8 @@ def test_a_backup_whose_lock_lapsed_saves_no_snapshot_and_the_next_run_reuses_it
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TUCKBOX_CACHE_DIR", str(tmp_path / "cache"))
+    # packs stored in this process: the sleep is simulated by a save here moving this process's clock
+    monkeypatch.setenv("TUCKBOX_PACK_PROCESS", "0")
     src = tmp_path / "src"
     src.mkdir()
     (src / "big").write_bytes(os.urandom(6 << 20))

@@ -42,6 +42,7 @@ from ..repository.journal import PackJournal, read_journal
 from ..repository.keyring import record_own_snapshot, withdraw_own_snapshot
 from ..repository.locks import Lock
 from ..repository.packer import Packer
+from ..repository.packproc import PackProcess
 from ..repository.repo import Repository
 from ..snapshot.model import Snapshot, now_iso
 from ..types import ObjectType
@@ -174,7 +175,7 @@ class _Checkpoints:
                 pass
 
 
-def _watch(should_stop: Callable[[], bool], packer: Packer, over: threading.Event) -> threading.Thread:
+def _watch(should_stop: Callable[[], bool], packer: Packer | PackProcess, over: threading.Event) -> threading.Thread:
     """Tell the packer to stop as soon as ``should_stop`` says so: the walking thread may be waiting on it."""
 
     def loop() -> None:
@@ -201,12 +202,19 @@ def run_backup(
     except (KeyError, OSError):
         user = str(os.getuid())
     state = repo.cache.state_dir if repo.cache.enabled else None
-    lock = Lock(repo.backend, repo.keys.index_key, exclusive=False).acquire(
-        request.lock_wait, progress.note if progress is not None else None, should_stop
-    )
-    repo.guard = lock.ensure_held
     journal = PackJournal(state / "journal" if state else None)
-    packer = repo.new_packer(on_pack_saved=journal.record)
+    # first: a pack process is forked only while this process has no other thread (the lock's is next)
+    packer = repo.new_backup_packer(journal)
+    try:
+        lock = Lock(repo.backend, repo.keys.index_key, exclusive=False).acquire(
+            request.lock_wait, progress.note if progress is not None else None, should_stop
+        )
+    except BaseException:
+        packer.stop(grace=0)
+        packer.close()
+        journal.close(remove=True)
+        raise
+    repo.guard = lock.ensure_held
     store = RunStore(repo, packer)
     over = threading.Event()
     if should_stop is not None:

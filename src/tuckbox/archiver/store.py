@@ -27,6 +27,7 @@ from typing import Any
 import msgpack
 
 from ..repository.packer import Packer
+from ..repository.packproc import PackProcess
 from ..repository.repo import Repository
 from ..snapshot.tree import encode_tree, node_refs
 from ..types import BlobType
@@ -44,7 +45,7 @@ class _Unsure:
 class RunStore:
     """BlobStore over the repository index and this run's packer."""
 
-    def __init__(self, repo: Repository, packer: Packer) -> None:
+    def __init__(self, repo: Repository, packer: Packer | PackProcess) -> None:
         self._repo = repo
         self._packer = packer
         self._unsure: dict[bytes, _Unsure] = {}  # tree id -> tree, in the order made (children first)

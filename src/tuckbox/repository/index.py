@@ -162,8 +162,9 @@ class MasterIndex:
                 self._raw.append(e.raw_length)
                 self._kind.append(int(e.type) << 4 | e.compression)
 
-    def add_raw(self, raw: RawPack) -> None:
-        """Add a pack straight from an index object's lists (validated, no per-blob objects)."""
+    def add_raw(self, raw: RawPack, *, new: bool = False) -> None:
+        """Add a pack straight from an index object's lists (validated, no per-blob objects);
+        ``new``: a pack this run stored (as ``add_pack``), which an index object must still name."""
         pack = raw.record
         try:
             blobs = raw.blobs
@@ -184,6 +185,8 @@ class MasterIndex:
         with self._lock:
             if pack.name in self._pack_no:
                 return
+            if new:
+                self._added.add(pack.name)
             no = len(self._pack_list)
             self._pack_list.append(pack)
             self._pack_no[pack.name] = no

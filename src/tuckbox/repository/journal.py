@@ -27,9 +27,20 @@ from ..types import BlobType
 from .index import PackRecord
 
 
-def _encode(p: PackRecord) -> bytes:
+def encode_record(p: PackRecord) -> bytes:
+    """A pack's record as the journal holds it (also how the pack process reports a stored pack)."""
     return msgpack.packb(
         {"id": p.name, "epk": p.epk, "kind": int(p.kind), "size": p.size, "blobs": p.blobs}
+    )
+
+
+def decode_record(doc: dict) -> PackRecord:
+    return PackRecord(
+        name=str(doc["id"]),
+        epk=bytes(doc["epk"]),
+        kind=BlobType(doc["kind"]),
+        size=int(doc["size"]),
+        blobs=tuple(BlobEntry.from_list(b) for b in doc["blobs"]),
     )
 
 
@@ -56,7 +67,7 @@ class PackJournal:
             try:
                 if self._fd is None:
                     self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-                os.write(self._fd, _encode(pack))
+                os.write(self._fd, encode_record(pack))
                 os.fsync(self._fd)
             except OSError:
                 pass  # the journal only saves work on resume; never fail a backup over it
@@ -108,13 +119,7 @@ def read_journal(path: Path) -> Iterator[PackRecord]:
     unpacker.feed(data)
     try:
         for doc in unpacker:
-            yield PackRecord(
-                name=str(doc["id"]),
-                epk=bytes(doc["epk"]),
-                kind=BlobType(doc["kind"]),
-                size=int(doc["size"]),
-                blobs=tuple(BlobEntry.from_list(b) for b in doc["blobs"]),
-            )
+            yield decode_record(doc)
     except (ValueError, KeyError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
         return  # a torn or damaged tail: what came before is still good
     except Exception:  # noqa: BLE001 - an unreadable journal only costs re-uploading

@@ -136,6 +136,20 @@ class Packer:
                 self._submit_batch()
             return True
 
+    def submit(self, blobs: list[tuple[BlobType, bytes, bytes | memoryview]], done: Callable[[], None]) -> None:
+        """Store ``blobs``, already deduplicated by the caller, as one batch (the pack process's input:
+        packproc.py). ``done()`` is called once their bytes are no longer needed: sealed into a pack,
+        or dropped by a stop."""
+        if self._error is not None:
+            raise self._error
+        self._blob_slots.acquire()
+        try:
+            fut = self._workers.submit(self._store, blobs, done)
+        except BaseException:
+            self._blob_slots.release()
+            raise
+        self._track(fut)
+
     def _submit_batch(self) -> None:
         """Hand the batch being gathered to a worker (the caller holds ``_add_lock``)."""
         if self._stop.is_set():
@@ -257,7 +271,9 @@ class Packer:
             wait_futures(pending, timeout=0.1, return_when=FIRST_COMPLETED)
         self._raise_error()
 
-    def _store(self, batch: list[tuple[BlobType, bytes, bytes]]) -> None:
+    def _store(
+        self, batch: list[tuple[BlobType, bytes, bytes | memoryview]], done: Callable[[], None] | None = None
+    ) -> None:
         try:
             if self._stop.is_set():
                 batch = [b for b in batch if b[0] is not BlobType.DATA]
@@ -278,6 +294,8 @@ class Packer:
                         full.append(self._open.pop(blob_type))
         finally:
             self._blob_slots.release()
+            if done is not None:
+                done()
         for builder in full:
             self._upload(builder)
 

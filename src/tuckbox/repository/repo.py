@@ -39,7 +39,9 @@ from ..types import Backend, BlobType, ObjectType
 from .cache import Cache
 from .config import Config
 from .index import MasterIndex, PackRecord, RawPack, decode_index_raw, encode_index
+from .journal import PackJournal
 from .packer import Packer
+from .packproc import PackProcess, open_packer
 from .snapcache import SnapshotCache
 
 PassphraseSource = Callable[[], bytes]
@@ -283,22 +285,27 @@ class Repository:
     def has_blobs(self, blob_ids: list[bytes]) -> bool:
         return self.index.has_all(blob_ids, ())
 
+    def recipient(self, kind: BlobType) -> bytes:
+        """The public key a new pack of ``kind`` is sealed to."""
+        return self.keys.data_public if kind is BlobType.DATA else self.keys.meta_public
+
     def new_packer(self, on_pack_saved: Callable[[PackRecord], None] | None = None) -> Packer:
-        def recipient(kind: BlobType) -> bytes:
-            return self.keys.data_public if kind is BlobType.DATA else self.keys.meta_public
-
-        def cache_tree_pack(record: PackRecord) -> None:
-            if on_pack_saved is not None:
-                on_pack_saved(record)
-
         return Packer(
             self.backend,
             self.index,
-            recipient,
+            self.recipient,
             self.config.pack_size,
             self.write_index,
             connections=self.connections,
-            on_pack_saved=cache_tree_pack,
+            on_pack_saved=on_pack_saved,
+        )
+
+    def new_backup_packer(self, journal: PackJournal) -> Packer | PackProcess:
+        """A backup's packer: in a process of its own where one can be forked now (packproc.py), so the
+        walk keeps this process's GIL; it journals every pack it stores."""
+        return open_packer(
+            self.backend, self.index, self.recipient, self.config.pack_size, self.write_index, journal,
+            connections=self.connections,
         )
 
     def pack_key(self, pack: PackRecord) -> PackKey:

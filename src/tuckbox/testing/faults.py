@@ -27,7 +27,6 @@ import json
 import os
 import signal
 import sys
-import threading
 import zlib
 
 from ..backends.wrappers import _Wrapper
@@ -62,7 +61,14 @@ def parse_faults(spec: str) -> dict[str, float]:
 
 
 class CrashBackend(_Wrapper):
-    """SIGKILLs the process at an exact write: before or after the N-th save (counting from 1)."""
+    """SIGKILLs the process at an exact write: before or after the N-th save (counting from 1).
+
+    The counts live in shared memory, so a process forked from this one (the backup's pack process,
+    which stores the packs) counts with it, and its crash kills the process it was forked from too:
+    the N-th save is the N-th of the whole command, and the whole command dies, as a real crash would.
+    """
+
+    _KINDS = list(ObjectType)
 
     def __init__(
         self,
@@ -75,50 +81,58 @@ class CrashBackend(_Wrapper):
         crash_after_removes: int = 0,
     ) -> None:
         super().__init__(inner)
+        import multiprocessing
+
         self.crash_after_removes = crash_after_removes
-        self._removes = 0
         self.crash_after_kind = crash_after_kind or {}
-        self._kinds: dict[ObjectType, int] = {}
         self.crash_after = crash_after
         self.crash_before = crash_before
         self.quota_after = quota_after
-        self._saves = 0
-        self._packs = 0
-        self._full = False
-        self._lock = threading.Lock()
+        # saves, packs counted against the quota, full (0/1), removes, then one count per object type
+        self._counts = multiprocessing.get_context("fork").Array("q", 4 + len(self._KINDS))
+        self._owner = os.getpid()
 
     def save(self, type: ObjectType, name: str, data: bytes | memoryview) -> None:
-        with self._lock:
-            self._saves += 1
-            n = self._saves
-            self._kinds[type] = k = self._kinds.get(type, 0) + 1
-            if type is ObjectType.PACK and self.quota_after >= 0 and self._packs >= self.quota_after:
-                self._full = True
-            if type is ObjectType.PACK and not self._full:
-                self._packs += 1
-            full = self._full
+        c = self._counts
+        with c.get_lock():
+            c[0] += 1
+            n = c[0]
+            slot = 4 + self._KINDS.index(type)
+            c[slot] += 1
+            k = c[slot]
+            if type is ObjectType.PACK and self.quota_after >= 0 and c[1] >= self.quota_after:
+                c[2] = 1
+            if type is ObjectType.PACK and not c[2]:
+                c[1] += 1
+            full = bool(c[2])
         if full:
             raise PermanentError(f"storage quota of {self.location} exceeded; free some space or raise the quota")
         if self.crash_before and n == self.crash_before:
-            os.kill(os.getpid(), signal.SIGKILL)
+            self._crash()
         self.inner.save(type, name, data)
         log = os.environ.get(SAVES_LOG_ENV)
         if log:
             with open(log, "a") as fh:
                 fh.write(f"{n} {type.value} {name}\n")
         if (self.crash_after and n == self.crash_after) or self.crash_after_kind.get(type) == k:
-            os.kill(os.getpid(), signal.SIGKILL)
+            self._crash()
+
+    def _crash(self) -> None:
+        if os.getpid() != self._owner:
+            os.kill(self._owner, signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
     def remove(self, type: ObjectType, name: str) -> None:
         self.inner.remove(type, name)
         if type is ObjectType.LOCK:
             return
-        with self._lock:
-            self._removes += 1
-            n = self._removes
+        c = self._counts
+        with c.get_lock():
+            c[3] += 1
+            n = c[3]
         if self.crash_after_removes and n == self.crash_after_removes:
-            os.kill(os.getpid(), signal.SIGKILL)
+            self._crash()
 
 
 def _command() -> str:
