@@ -187,3 +187,22 @@ def test_a_backup_packs_in_a_process_of_its_own_unless_told_not_to(tmp_path: Pat
     packer = open_packer(repo.backend, repo.index, repo.recipient, MiB, repo.write_index, PackJournal(None))
     assert type(packer) is Packer
     packer.close()
+
+
+def test_where_no_process_can_be_forked_the_backup_packs_in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = _repo(tmp_path, monkeypatch)
+
+    def no_fork() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")  # EAGAIN: a process limit reached
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    packer = repo.new_backup_packer(PackJournal(None))
+    assert type(packer) is Packer
+    data = os.urandom(1000)
+    packer.add(BlobType.DATA, repo.blob_id(data), data)
+    packer.flush()
+    packer.close()
+    assert repo.load_blob(BlobType.DATA, repo.blob_id(data)) == data
+

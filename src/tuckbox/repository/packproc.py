@@ -33,8 +33,9 @@ Protocol (msgpack lists):
                    ["e", pickled exception]      ["a"] / ["f"] / ["c"]  abandon / flush / close done
 
 Where a fork is not possible (another thread already runs, storage that cannot
-be used from two processes, not Linux) or ``TUCKBOX_PACK_PROCESS=0`` is set,
-``open_packer`` returns the in-process ``Packer``.
+be used from two processes, not Linux, or the fork fails) or
+``TUCKBOX_PACK_PROCESS=0`` is set, ``open_packer`` returns the in-process
+``Packer``.
 """
 
 from __future__ import annotations
@@ -81,7 +82,10 @@ def open_packer(
     if os.environ.get(ENV, "1") != "0" and forkable(backend, any_wrapper=True) and prepare_fork(
         backend, any_wrapper=True
     ):
-        return PackProcess(backend, index, recipient, pack_size, write_index, journal, connections=connections)
+        try:
+            return PackProcess(backend, index, recipient, pack_size, write_index, journal, connections=connections)
+        except OSError:
+            pass  # no fork to be had here: the same packer, as threads
     return Packer(
         backend, index, recipient, pack_size, write_index, connections=connections, on_pack_saved=journal.record
     )
@@ -181,7 +185,13 @@ class PackProcess:
             except OSError:
                 pass  # a smaller pipe only means more, shorter waits
         parent = os.getpid()
-        self.pid = os.fork()
+        try:
+            self.pid = os.fork()
+        except OSError:  # (a process limit, no memory, a sandbox that forbids it): the caller packs in-process
+            for conn in (down_recv, self._down, self._up, up_send):
+                conn.close()
+            self._ring.buf.close()
+            raise
         if self.pid == 0:  # the child: never returns
             code = 1
             try:
