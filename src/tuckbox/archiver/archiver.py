@@ -257,8 +257,8 @@ class Archiver:
         self._stack.append((this, nodes))
         # files-cache lookups happen here, in walk order; what must be read is prefetched in parallel
         todo: list[tuple[bytes, bytes, os.stat_result, Any]] = []
+        prefix = order_prefix(path)
         if files:
-            prefix = order_prefix(path)
             unchanged = self._unchanged_file
             cache = self.files_cache
             count = size = 0
@@ -287,7 +287,7 @@ class Archiver:
                     break
                 ahead = window.take(k)
                 if type(ahead) is _Prefetched:
-                    node = small(child, name, st, ahead, known)
+                    node = small(child, name, st, ahead, known, prefix + name)
                     if node is not None:
                         nodes.append(node)
                         self.after_entry()
@@ -387,7 +387,7 @@ class Archiver:
         return hit
 
     def _small_file(
-        self, path: bytes, name: bytes, st: os.stat_result, ahead: _Prefetched, known: bool
+        self, path: bytes, name: bytes, st: os.stat_result, ahead: _Prefetched, known: bool, key: bytes | None = None
     ) -> dict[str, Any] | None:
         """A small file already read (``ahead``) that needs none of ``_save_file``'s care, stored here,
         or None (nothing done): the general path takes it.
@@ -456,7 +456,7 @@ class Archiver:
         pairs = ahead.xattrs[0]
         if pairs:
             m["x"] = [[k, v] for k, v in pairs]
-        self.files_cache.remember(path, after, m, ahead.read_at)
+        self.files_cache.remember(path, after, m, ahead.read_at, key)
         return m
 
     def _save_file(

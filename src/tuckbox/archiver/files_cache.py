@@ -298,8 +298,12 @@ class FilesCache:
         self._flush_copy()
         self._copy = (start, end)
 
-    def remember(self, path: bytes, st: os.stat_result, node_map: dict[str, Any], read_at_ns: int) -> None:
-        key = self._key if self._key_path == path else _order(path)
+    def remember(
+        self, path: bytes, st: os.stat_result, node_map: dict[str, Any], read_at_ns: int, key: bytes | None = None
+    ) -> None:
+        """Record a file just read (``key``: its walk-order key, when the caller has it at hand)."""
+        if key is None:
+            key = self._key if self._key_path == path else _order(path)
         if max(st.st_mtime_ns, st.st_ctime_ns) >= read_at_ns - RACY_NS:
             # may change again within the same clock tick: recorded as known (the next run counts it as
             # changed, not new) but never trusted (no real file has a ctime before 1970)
