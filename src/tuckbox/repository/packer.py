@@ -31,7 +31,7 @@ import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import blake3
 
@@ -64,7 +64,87 @@ class _Upload:
     abandoned: bool = False  # given up by ``abandon``: its result is ignored
 
 
-class Packer:
+class Ledger:
+    """What a packer keeps track of, wherever its packing happens (here, or in a pack process:
+    packproc.py): the blobs pending (accepted, not yet in a stored pack), the stored packs no index
+    object names yet, the counts, the stop and the first error."""
+
+    def __init__(self, index: MasterIndex, write_index: Callable[[list[PackRecord]], None], index_every: int) -> None:
+        self.index = index
+        self.write_index = write_index
+        self.index_every = index_every
+        self.stats = PackerStats()
+        self._lock = threading.Lock()
+        self._add_lock = threading.Lock()  # blobs come from the walk and from reader threads
+        self._pending: dict[bytes, BlobType] = {}  # queued or in an unstored pack
+        self._data_added = 0  # data blobs ever made pending (written under _add_lock) ...
+        self._data_settled = 0  # ... and those since stored or given up (written under the lock)
+        self._unindexed: list[PackRecord] = []
+        self._stop = threading.Event()  # set: drop data blobs, cancel data-pack uploads
+        self._error: BaseException | None = None
+
+    def known(self, blob_id: bytes) -> bool:
+        return self.index.has(blob_id) or blob_id in self._pending
+
+    def known_all(self, blob_ids: list[bytes]) -> bool:
+        """``known`` for every one (the unchanged-file check: one call per file, not per chunk)."""
+        return self.index.has_all(blob_ids, self._pending)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def data_pending(self) -> bool:
+        """Whether a data blob was accepted but is not in a stored pack yet."""
+        return self._data_added != self._data_settled
+
+    def _pend(self, blob_type: BlobType, blob_id: bytes) -> None:
+        """The blob was accepted (the caller holds ``_add_lock``)."""
+        self._pending[blob_id] = blob_type
+        if blob_type is BlobType.DATA:
+            self._data_added += 1
+
+    def _stored(self, record: PackRecord, blob_ids: Iterable[bytes], raw_bytes: int) -> None:
+        """A pack holding ``blob_ids`` was stored and added to the index (the caller holds ``_lock``)."""
+        pop, settled = self._pending.pop, 0
+        for blob_id in blob_ids:
+            if pop(blob_id, None) is BlobType.DATA:
+                settled += 1
+        self._data_settled += settled
+        self._unindexed.append(record)
+        stats = self.stats
+        stats.packs_new += 1
+        stats.blobs_new += len(record.blobs)
+        stats.bytes_new_raw += raw_bytes
+        stats.bytes_new_stored += record.size
+
+    def _forget_unstored(self) -> int:
+        """After a stop: the data blobs no stored pack holds are no longer pending; how many there were."""
+        with self._lock:
+            dropped = [b for b, t in self._pending.items() if t is BlobType.DATA and not self.index.has(b)]
+            for blob_id in dropped:
+                del self._pending[blob_id]
+            self._data_settled += len(dropped)
+        return len(dropped)
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _write_pending_index(self, force: bool) -> None:
+        with self._lock:
+            if not self._unindexed or (not force and len(self._unindexed) < self.index_every):
+                return
+            batch, self._unindexed = self._unindexed, []
+        try:
+            self.write_index(batch)
+        except BaseException:
+            with self._lock:
+                self._unindexed[:0] = batch
+            raise
+
+
+class Packer(Ledger):
     def __init__(
         self,
         backend: Backend,
@@ -78,41 +158,23 @@ class Packer:
         index_every: int = 8,
         on_pack_saved: Callable[[PackRecord], None] | None = None,
     ) -> None:
+        super().__init__(index, write_index, index_every)
         self.backend = backend
-        self.index = index
         self.recipient = recipient
         self.pack_size = pack_size
-        self.write_index = write_index
-        self.index_every = index_every
         self.on_pack_saved = on_pack_saved
-        self.stats = PackerStats()
         nworkers = workers or max(2, os.cpu_count() or 2)
         self._workers = ThreadPoolExecutor(nworkers, thread_name_prefix="tuckbox-pack")
         self._blob_slots = threading.BoundedSemaphore(nworkers + 1)
         self._upload_slots = threading.BoundedSemaphore(connections)
-        self._lock = threading.Lock()
         self._open: dict[BlobType, PackBuilder] = {}
-        self._pending: dict[bytes, BlobType] = {}  # queued or in an unstored pack
-        self._add_lock = threading.Lock()  # blobs come from the walk and from reader threads
-        self._data_added = 0  # data blobs ever made pending (written under _add_lock) ...
-        self._data_settled = 0  # ... and those since stored or given up (written under the lock)
         self._inflight: set[Future[None]] = set()
         self._uploads: set[_Upload] = set()
-        self._stop = threading.Event()  # set: drop data blobs, cancel data-pack uploads
         self._closing = False
-        self._unindexed: list[PackRecord] = []
-        self._error: BaseException | None = None
         self._batch: list[tuple[BlobType, bytes, bytes]] = []
         self._batch_bytes = 0
 
     # -- public --
-
-    def known(self, blob_id: bytes) -> bool:
-        return self.index.has(blob_id) or blob_id in self._pending
-
-    def known_all(self, blob_ids: list[bytes]) -> bool:
-        """``known`` for every one (the unchanged-file check: one call per file, not per chunk)."""
-        return self.index.has_all(blob_ids, self._pending)
 
     def add(self, blob_type: BlobType, blob_id: bytes, data: bytes | memoryview) -> bool:
         """Queue a blob for storage; False if the repository (or this run) already has it.
@@ -127,9 +189,7 @@ class Packer:
                 return False
             if blob_type is BlobType.DATA and self._stop.is_set():
                 return True  # stopping: dropped, never stored (the caller leaves its file out)
-            self._pending[blob_id] = blob_type
-            if blob_type is BlobType.DATA:
-                self._data_added += 1
+            self._pend(blob_type, blob_id)
             self._batch.append((blob_type, blob_id, bytes(data)))
             self._batch_bytes += len(data)
             if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_COUNT:
@@ -178,14 +238,6 @@ class Packer:
         self._wait_all()
         self._write_pending_index(force=True)
 
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
-    def data_pending(self) -> bool:
-        """Whether a data blob was accepted but is not in a stored pack yet."""
-        return self._data_added != self._data_settled
-
     def stop(self, grace: float = STOP_GRACE) -> None:
         """From any thread, at once: drop new data blobs and cancel the data-pack uploads under way.
 
@@ -215,12 +267,9 @@ class Packer:
         wait_futures(workers)  # they drop data blobs now: quick
         with self._lock:
             self._open.pop(BlobType.DATA, None)
-            dropped = [b for b, t in self._pending.items() if t is BlobType.DATA and not self.index.has(b)]
-            for blob_id in dropped:
-                del self._pending[blob_id]
-            self._data_settled += len(dropped)
+        dropped = self._forget_unstored()
         self._raise_error()
-        return len(dropped)
+        return dropped
 
     def _give_up_transfers(self) -> None:
         """Abandon the data-pack uploads still running: nothing waits for them or indexes them."""
@@ -256,10 +305,6 @@ class Packer:
             self._inflight.discard(fut)
         if not fut.cancelled() and fut.exception() is not None and self._error is None:
             self._error = fut.exception()
-
-    def _raise_error(self) -> None:
-        if self._error is not None:
-            raise self._error
 
     def _wait_all(self) -> None:
         while True:
@@ -363,29 +408,10 @@ class Packer:
                 if job.abandoned:
                     return  # stored after the stop gave up on it: left unindexed, like a pack of a killed run
                 self.index.add_pack(record)
-                for e in builder.entries:
-                    if self._pending.pop(e.id, None) is BlobType.DATA:
-                        self._data_settled += 1
-                self._unindexed.append(record)
-                self.stats.packs_new += 1
-                self.stats.blobs_new += len(builder.entries)
-                self.stats.bytes_new_raw += builder.raw_bytes
-                self.stats.bytes_new_stored += size
+                self._stored(record, (e.id for e in builder.entries), builder.raw_bytes)
             if self.on_pack_saved is not None:
                 self.on_pack_saved(record)
         finally:
             builder.release()
             self._release_slot(job)
         self._write_pending_index(force=False)
-
-    def _write_pending_index(self, force: bool) -> None:
-        with self._lock:
-            if not self._unindexed or (not force and len(self._unindexed) < self.index_every):
-                return
-            batch, self._unindexed = self._unindexed, []
-        try:
-            self.write_index(batch)
-        except BaseException:
-            with self._lock:
-                self._unindexed[:0] = batch
-            raise

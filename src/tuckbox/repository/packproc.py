@@ -61,7 +61,7 @@ from ..errors import TuckboxError
 from ..types import Backend, BlobType
 from .index import MasterIndex, PackRecord, RawPack
 from .journal import PackJournal, encode_record
-from .packer import BATCH_BYTES, BATCH_COUNT, STOP_GRACE, Packer, PackerStats
+from .packer import BATCH_BYTES, BATCH_COUNT, STOP_GRACE, Ledger, Packer
 
 RING_SIZE = 24 << 20
 INLINE_OVER = 8 << 20  # a larger blob (a huge directory's tree, a custom chunker's maximum) travels in its message
@@ -139,7 +139,7 @@ class _Ring:
             self.cond.notify_all()
 
 
-class PackProcess:
+class PackProcess(Ledger):
     """The ``Packer`` interface, with the packing done by a forked child (see the module's docstring)."""
 
     def __init__(
@@ -155,24 +155,13 @@ class PackProcess:
         index_every: int = 8,
         ring_size: int = RING_SIZE,
     ) -> None:
-        self.index = index
-        self.write_index = write_index
-        self.index_every = index_every
-        self.stats = PackerStats()
+        super().__init__(index, write_index, index_every)
         self._ring = _Ring(ring_size)
         self._inline_over = min(INLINE_OVER, ring_size // 2)
-        self._lock = threading.Lock()  # index bookkeeping and the error
-        self._add_lock = threading.Lock()  # blobs come from the walk and from reader threads
         self._send_lock = threading.Lock()
-        self._pending: dict[bytes, BlobType] = {}  # sent to the child, not in a stored pack yet
-        self._data_added = 0
-        self._data_settled = 0
-        self._unindexed: list[PackRecord] = []
         self._batch: list[tuple[Any, ...]] = []
         self._batch_bytes = 0
         self._seq = 0
-        self._stop = threading.Event()
-        self._error: BaseException | None = None
         self._gone = False  # the child's messages ended
         self._closing = False
         self._replies: queue.SimpleQueue[str] = queue.SimpleQueue()
@@ -212,12 +201,6 @@ class PackProcess:
 
     # -- the Packer interface --
 
-    def known(self, blob_id: bytes) -> bool:
-        return self.index.has(blob_id) or blob_id in self._pending
-
-    def known_all(self, blob_ids: list[bytes]) -> bool:
-        return self.index.has_all(blob_ids, self._pending)
-
     def add(self, blob_type: BlobType, blob_id: bytes, data: bytes | memoryview) -> bool:
         """Queue a blob for storage; False if the repository (or this run) already has it. Any thread."""
         if self._error is not None:
@@ -240,9 +223,7 @@ class PackProcess:
                         return True  # a data blob, and the run stopped while it waited for room
                 ring.buf[at : at + n] = data
                 entry = (blob_type, blob_id, at, n)
-            self._pending[blob_id] = blob_type
-            if blob_type is BlobType.DATA:
-                self._data_added += 1
+            self._pend(blob_type, blob_id)
             self._batch.append(entry)
             self._batch_bytes += n
             if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_COUNT:
@@ -255,14 +236,6 @@ class PackProcess:
             self._send_batch()
         self._request(["F"], "f")
         self._write_pending_index(force=True)
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
-    def data_pending(self) -> bool:
-        """Whether a data blob was accepted but is not in a stored pack yet."""
-        return self._data_added != self._data_settled
 
     def stop(self, grace: float = STOP_GRACE) -> None:
         """From any thread, at once: drop new data blobs and cancel the data-pack uploads under way."""
@@ -280,12 +253,7 @@ class PackProcess:
         with self._add_lock:
             self._send_batch()  # (its data blobs are dropped by the child, and their room freed)
         self._request(["A", grace], "a")
-        with self._lock:
-            dropped = [b for b, t in self._pending.items() if t is BlobType.DATA and not self.index.has(b)]
-            for blob_id in dropped:
-                del self._pending[blob_id]
-            self._data_settled += len(dropped)
-        return len(dropped)
+        return self._forget_unstored()
 
     def close(self) -> None:
         """End the child: it waits for running uploads unless the run was stopped (then they are given up)."""
@@ -390,10 +358,6 @@ class PackProcess:
             if self._error is None:
                 self._error = e
 
-    def _raise_error(self) -> None:
-        if self._error is not None:
-            raise self._error
-
     def _saved(self, doc: dict[str, Any]) -> None:
         """A pack the child stored (and journaled): index it, as ``Packer._save_pack`` does.
 
@@ -404,32 +368,12 @@ class PackProcess:
         record = PackRecord(str(doc["id"]), bytes(doc["epk"]), BlobType(doc["kind"]), int(doc["size"]), ())
         with self._lock:
             self.index.add_raw(RawPack(record, blobs), new=True)
-            pop, settled = self._pending.pop, 0
-            for blob_id in map(itemgetter(0), blobs):
-                if pop(blob_id, None) is BlobType.DATA:
-                    settled += 1
-            self._data_settled += settled
-            self._unindexed.append(dataclasses.replace(record, blobs=tuple(blobs)))
-            self.stats.packs_new += 1
-            self.stats.blobs_new += len(blobs)
-            self.stats.bytes_new_raw += sum(map(itemgetter(4), blobs))
-            self.stats.bytes_new_stored += record.size
+            self._stored(dataclasses.replace(record, blobs=tuple(blobs)), map(itemgetter(0), blobs),
+                         sum(map(itemgetter(4), blobs)))
         try:
             self._write_pending_index(force=False)
         except BaseException as e:  # noqa: BLE001 - raised on the walking thread by its next call
             self._fail(e)
-
-    def _write_pending_index(self, force: bool) -> None:
-        with self._lock:
-            if not self._unindexed or (not force and len(self._unindexed) < self.index_every):
-                return
-            batch, self._unindexed = self._unindexed, []
-        try:
-            self.write_index(batch)
-        except BaseException:
-            with self._lock:
-                self._unindexed[:0] = batch
-            raise
 
 
 # ----------------------------------------------------------------------------- the child
