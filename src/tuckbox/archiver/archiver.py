@@ -17,6 +17,7 @@ import sys
 from stat import S_ISREG
 import time
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Callable
 
 import msgpack
@@ -34,6 +35,7 @@ from .prefetch import Prefetcher as _Prefetcher
 from .reading import Piece, Stream, read_chunks, stream_file
 
 _LEAF = object()
+_entry_name = attrgetter("name")  # a directory's entries are walked in the order of their raw names
 
 
 class _Stopped(Exception):
@@ -234,7 +236,7 @@ class Archiver:
         """One directory: its other entries first (read a window ahead: prefetch.py), then subdirectories."""
         try:
             with os.scandir(path) as it:
-                listing = sorted(it, key=lambda e: e.name)
+                listing = sorted(it, key=_entry_name)
         except OSError as e:
             self._warn(f"{_display(path)}: cannot list directory: {e.strerror}")
             listing = []
@@ -264,7 +266,7 @@ class Archiver:
             count = size = 0
             last = b""
             for child, name, st in files:
-                hit = unchanged(child, st, prefix + name) if S_ISREG(st.st_mode) else None
+                hit = unchanged(child, st, prefix + name, name) if S_ISREG(st.st_mode) else None
                 if hit is not None:
                     nodes.append(hit)
                     count += 1
@@ -357,7 +359,9 @@ class Archiver:
 
     # ------------------------------------------------------------ files
 
-    def _unchanged_file(self, path: bytes, st: os.stat_result, key: bytes | None = None) -> RawNode | dict[str, Any] | None:
+    def _unchanged_file(
+        self, path: bytes, st: os.stat_result, key: bytes | None = None, name: bytes | None = None
+    ) -> RawNode | dict[str, Any] | None:
         """The stored node of a file the files cache knows is unchanged (and whose chunks all exist).
 
         Usually as the cache holds it, already encoded (a ``RawNode``); decoded only when its atime
@@ -380,7 +384,7 @@ class Archiver:
             cache.remember(path, st, hit, time.time_ns())
         else:
             cache.keep(path)
-            hit = RawNode(path.rpartition(b"/")[2], raw)
+            hit = RawNode(path.rpartition(b"/")[2] if name is None else name, raw)
         summary = self.summary
         summary.bytes_total += st.st_size
         summary.files_unmodified += 1

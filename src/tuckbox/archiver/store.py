@@ -48,6 +48,8 @@ class RunStore:
     def __init__(self, repo: Repository, packer: Packer | PackProcess) -> None:
         self._repo = repo
         self._packer = packer
+        # every id indexed or pending (the unchanged-file check, once per file: bound, not a method calling one)
+        self.has_blobs: Callable[[list[bytes]], bool] = packer.known_all
         self._unsure: dict[bytes, _Unsure] = {}  # tree id -> tree, in the order made (children first)
         self._kept = 0  # how many were left after the last pruning
 
@@ -57,8 +59,6 @@ class RunStore:
     def has_blob(self, blob_id: bytes) -> bool:
         return self._packer.known(blob_id)
 
-    def has_blobs(self, blob_ids: list[bytes]) -> bool:
-        return self._packer.known_all(blob_ids)
 
     def add_blob(self, blob_type: BlobType, blob_id: bytes, data: bytes | memoryview) -> bool:
         new = self._packer.add(blob_type, blob_id, data)
