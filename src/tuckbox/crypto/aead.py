@@ -6,6 +6,7 @@ All ciphertexts are AES-256-GCM. Failures to authenticate raise IntegrityError.
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -94,6 +95,12 @@ def encrypt_into_with_nonce(
     """AES-256-GCM under a nonce the caller guarantees unique for ``key``, written into ``out``
     (exactly ``len(plaintext) + TAG_LEN`` bytes): the ciphertext is not copied again."""
     AESGCM(key).encrypt_into(nonce, plaintext, ad, out)
+
+
+def sealer_with_nonce(key: bytes) -> Callable[[bytes, bytes | memoryview, bytes, memoryview], None]:
+    """``encrypt_into_with_nonce`` with ``key`` bound: one key schedule for many messages (a pack's blobs,
+    sealed by one thread). Called as ``seal(nonce, plaintext, ad, out)``."""
+    return AESGCM(key).encrypt_into
 
 
 def decrypt_with_nonce(key: bytes, nonce: bytes, ciphertext: bytes | memoryview, ad: bytes, what: str) -> bytes:
