@@ -108,3 +108,17 @@ def decrypt_with_nonce(key: bytes, nonce: bytes, ciphertext: bytes | memoryview,
         return AESGCM(key).decrypt(nonce, ciphertext, ad)
     except InvalidTag:
         raise IntegrityError(f"{what} failed authentication: it was modified or damaged") from None
+
+
+def opener_with_nonce(key: bytes) -> Callable[[bytes, bytes | memoryview, bytes, str], bytes]:
+    """``decrypt_with_nonce`` with ``key`` bound: one key schedule for many messages (a pack's blobs, read
+    by restore or check; safe from several threads). Called as ``open(nonce, ciphertext, ad, what)``."""
+    decrypt = AESGCM(key).decrypt
+
+    def open_(nonce: bytes, ciphertext: bytes | memoryview, ad: bytes, what: str) -> bytes:
+        try:
+            return decrypt(nonce, ciphertext, ad)
+        except InvalidTag:
+            raise IntegrityError(f"{what} failed authentication: it was modified or damaged") from None
+
+    return open_

@@ -37,6 +37,7 @@ from ..crypto.aead import (
     encrypt_into_with_nonce,
     hkdf,
     new_ephemeral_key,
+    opener_with_nonce,
     recover_ephemeral_key,
     sealer_with_nonce,
 )
@@ -322,11 +323,10 @@ class PackKey:
     def __init__(self, recipient_private: bytes, epk: bytes) -> None:
         pack_key = recover_ephemeral_key(recipient_private, epk, PURPOSE)
         self._blob_key, self._header_key, self._trailer_key = _subkeys(pack_key)
+        self._open_blob = opener_with_nonce(self._blob_key)  # one key schedule per pack, not per blob
 
     def open_blob(self, entry: BlobEntry, sealed: bytes | memoryview) -> bytes:
-        payload = decrypt_with_nonce(
-            self._blob_key, entry.id[:12], sealed, _blob_ad(entry.id, entry.type, entry.compression), "blob"
-        )
+        payload = self._open_blob(entry.id[:12], sealed, _blob_ad(entry.id, entry.type, entry.compression), "blob")
         return decompress(payload, entry.compression, entry.raw_length)
 
     def read_header(self, pack: bytes) -> list[BlobEntry]:
