@@ -134,8 +134,11 @@ class _Cursor:
 
 
 class FilesCache:
+    """The files cache of one backup; used by its walking thread only."""
+
     def __init__(self, directory: Path | None, paths: list[bytes] | None = None) -> None:
         self.dir = directory
+        self._pack = msgpack.Packer().pack  # reused: a new Packer per record costs more than the packing
         self.path: Path | None = None
         self._out: BinaryIO | None = None
         self._last: list[Any] | None = None
@@ -270,7 +273,7 @@ class FilesCache:
             return
         assert self._out is not None
         try:
-            self._out.write(msgpack.packb(rec))
+            self._out.write(self._pack(rec))
             self._last_written = rec[0]
             self.entries_written += 1
         except OSError:
@@ -312,7 +315,7 @@ class FilesCache:
         chunks = [c for c in node_map.get("c", ()) if type(c) is bytes]
         self._write([
             key, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, node_map.get("at", 0), chunks,
-            msgpack.packb(node_map),
+            self._pack(node_map),
         ])
 
     def flush(self) -> None:
