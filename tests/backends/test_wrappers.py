@@ -156,6 +156,28 @@ def test_transient_errors_bounded_by_attempts():
         assert cap / 2 <= wait <= cap
 
 
+def test_retries_are_told_once_per_interval_never_for_permanent_errors():
+    """A user waiting on retries hears about it (the CLI prints a note), but not once per attempt."""
+    notes: list[str] = []
+    inner = _Counting(TransientError("connection reset by the server"))
+    b = RetryBackend(inner, attempts=4, seed=3, sleep=lambda _s: None, notify=notes.append, notify_every=3600)
+    with pytest.raises(TransientError):
+        b.save(ObjectType.PACK, _name(1), b"x")
+    with pytest.raises(TransientError):
+        b.stat(ObjectType.PACK, _name(2))
+    assert inner.calls == 8 and b.retries == 6
+    assert len(notes) == 1  # six retries, one note within the interval
+    assert "connection reset by the server" in notes[0] and "counting:" in notes[0] and "retrying" in notes[0]
+    b2 = RetryBackend(inner, attempts=3, seed=3, sleep=lambda _s: None, notify=notes.append, notify_every=0)
+    with pytest.raises(TransientError):
+        b2.load(ObjectType.PACK, _name(3))
+    assert len(notes) == 3  # no interval: one note per retry
+    quiet = RetryBackend(_Counting(PermanentError("denied")), notify=notes.append, notify_every=0)
+    with pytest.raises(PermanentError):
+        quiet.load(ObjectType.PACK, _name(4))
+    assert len(notes) == 3  # a permanent error is not retried, so nothing to tell
+
+
 def test_transient_errors_bounded_by_time():
     inner = _Counting(TransientError("reset"))
     b = RetryBackend(inner, attempts=1000, base_delay=0.02, max_delay=0.05, max_elapsed=0.3, seed=3)

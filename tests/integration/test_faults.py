@@ -62,7 +62,8 @@ def storage(request, tmp_path):
 
 
 def one_line_error(err: str) -> str:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
+    """The error line; notes said while retrying before it are not part of it."""
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("tuckbox: note: ")]
     assert len(lines) == 1, f"expected one line, got:\n{err}"
     assert lines[0].startswith("tuckbox: error: "), lines[0]
     return lines[0]
@@ -119,6 +120,10 @@ def test_flaky_storage_really_injects(tmp_path):
     cli = Cli(tmp_path, local_storage(tmp_path / "repo"))
     res = cli(*INIT, env={"TUCKBOX_TEST_FAULTS": "rate=1,retry_delay=0.001"}, expect=1)
     assert "injected fault" in one_line_error(res.err)
+    notes = [ln for ln in res.err.splitlines() if ln.startswith("tuckbox: note: ")]
+    assert len(notes) == 1 and "retrying" in notes[0], res.err  # the wait was announced, once
+    quiet = cli("-q", *INIT, env={"TUCKBOX_TEST_FAULTS": "rate=1,retry_delay=0.001"}, expect=1)
+    assert "note" not in quiet.err and "injected fault" in one_line_error(quiet.err)
 
 
 def test_quota_exceeded_stops_then_resumes(tmp_path):

@@ -135,9 +135,16 @@ class RetryBackend(_Wrapper):
         max_elapsed: float = 300.0,
         seed: int | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        notify: Callable[[str], None] | None = None,
+        notify_every: float = 60.0,
     ) -> None:
         super().__init__(inner)
         self.attempts = max(1, attempts)
+        # told about a retry (the CLI prints it as a note), at most once per ``notify_every`` seconds: the
+        # pauses add up to about a minute, which without a word looks like a hang
+        self._notify = notify
+        self._notify_every = notify_every
+        self._noted_at: float | None = None
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.max_elapsed = max_elapsed
@@ -166,6 +173,7 @@ class RetryBackend(_Wrapper):
                     log.warning("giving up on %s in %s after %d attempts: %s", what, self.location, attempt, e)
                     raise
                 log.info("retrying %s in %s in %.1fs (attempt %d): %s", what, self.location, delay, attempt + 1, e)
+                self._note(what, e)
                 with self._rng_lock:
                     self.retries += 1
                 if cancel is None:
@@ -173,6 +181,19 @@ class RetryBackend(_Wrapper):
                 elif cancel.wait(delay):
                     _check_cancel(what, self.location)
                 attempt += 1
+
+    def _note(self, what: str, err: TransientError) -> None:
+        if self._notify is None:
+            return
+        now = time.monotonic()
+        with self._rng_lock:
+            if self._noted_at is not None and now - self._noted_at < self._notify_every:
+                return
+            self._noted_at = now
+        text = str(err)
+        if self.location not in text:
+            text = f"{what} in {self.location}: {text}"
+        self._notify(f"{text} (retrying: up to {self.attempts} attempts, pauses growing to {self.max_delay:.0f} s; Ctrl-C stops)")
 
     def save(self, type: ObjectType, name: str, data: bytes | memoryview) -> None:
         def go(attempt: int) -> None:
@@ -497,12 +518,13 @@ def wrap_backend(
     limit_upload: float | None = None,
     limit_download: float | None = None,
     connections: int | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> Backend:
     """Stack the wrappers a repository wants around ``backend``.
 
     ``limit_upload``/``limit_download`` are bytes per second; ``connections``
     bounds concurrent operations; ``retries`` is True (defaults), False, or a
-    dict of RetryBackend keyword arguments.
+    dict of RetryBackend keyword arguments; ``notify`` is told about retries.
     """
     b: Backend = backend
     if connections:
@@ -510,7 +532,7 @@ def wrap_backend(
     if limit_upload or limit_download:
         b = RateLimitBackend(b, upload=limit_upload, download=limit_download)
     if isinstance(retries, dict):
-        b = RetryBackend(b, **retries)  # type: ignore[arg-type]
+        b = RetryBackend(b, notify=notify, **retries)  # type: ignore[arg-type]
     elif retries:
-        b = RetryBackend(b)
+        b = RetryBackend(b, notify=notify)
     return b

@@ -143,7 +143,13 @@ def open_storage(args: argparse.Namespace) -> Backend:
         limit_upload=parse_size(limit_up) if limit_up else None,
         limit_download=parse_size(limit_down) if limit_down else None,
         connections=connections,
+        notify=None if opt(args, "quiet", False) else _note,
     )
+
+
+def _note(text: str) -> None:
+    """Something the user should know while waiting (the storage is retried); stderr, never stdout."""
+    print(f"tuckbox: note: {text}", file=sys.stderr, flush=True)
 
 
 def _strip(secret: bytes) -> bytes:
