@@ -249,6 +249,43 @@ def test_crc32_only_where_the_server_checks_it(fresh_backend, s3env, request):
     assert [k for k in keys if "probe" in k] == [] and len(keys) == 1
 
 
+@pytest.mark.parametrize("sign", [None, "true"], ids=["default", "signed"])
+@pytest.mark.parametrize("multipart", [False, True], ids=["single", "multipart"])
+def test_bodies_unsigned_unless_asked(s3env, sign, multipart):
+    """By default no SHA-256 of the body goes into the signature (UNSIGNED-PAYLOAD), and both servers take
+    the upload; with s3.sign-payload=true the header is the body's SHA-256."""
+    extra = {"s3.sign-payload": sign} if sign else {}
+    if multipart:
+        extra.update({"s3.multipart-threshold": str(5 << 20), "s3.part-size": str(5 << 20)})
+    b = _open(s3env, **extra)
+    b.create()
+    sent: list[tuple[object, bytes]] = []
+
+    def record(request, **kwargs):
+        body = request.body
+        if hasattr(body, "read"):  # botocore may wrap the bytes in a file-like object
+            pos = body.tell()
+            body, _ = body.read(), body.seek(pos)
+        sent.append((request.headers.get("X-Amz-Content-SHA256"), body if isinstance(body, bytes) else b""))
+
+    operation = "UploadPart" if multipart else "PutObject"
+    b._s3.meta.events.register(f"before-send.s3.{operation}", record)
+    try:
+        data = os.urandom((6 << 20) if multipart else 100_000)
+        name = hashlib.sha256(data).hexdigest()
+        b.save(ObjectType.PACK, name, data)
+        assert b.load(ObjectType.PACK, name) == data
+        mine = [(h.decode() if isinstance(h, bytes) else h, body) for h, body in sent if len(body) > 1000 and body in data]
+        assert len(mine) == (2 if multipart else 1)
+        for header, body in mine:
+            assert header == (hashlib.sha256(body).hexdigest() if sign else "UNSIGNED-PAYLOAD")
+    finally:
+        b.close()
+        _purge(s3env, b.prefix)
+    with pytest.raises(UsageError, match="s3.sign-payload"):
+        _open(s3env, **{"s3.sign-payload": "maybe"})
+
+
 def test_checksum_option_is_checked(s3env):
     with pytest.raises(UsageError, match="s3.checksum"):
         _open(s3env, **{"s3.checksum": "sha1"})

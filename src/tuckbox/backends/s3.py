@@ -15,6 +15,7 @@ these options (``-o``); secrets are never options:
     s3.part-size=SIZE            multipart part size (default 16MiB, at least 5MiB)
     s3.conditional-write=auto|true|false
     s3.checksum=auto|md5|crc32   how the server checks each uploaded body (default auto)
+    s3.sign-payload=true|false   also sign each body's SHA-256 into the request (default false)
 
 Never replacing an object: ``save`` sends ``If-None-Match: *`` (a conditional
 PUT, and on CompleteMultipartUpload for big objects), which the server refuses
@@ -35,6 +36,18 @@ rclone accept a body that does not match it, and rclone accepts a wrong CRC32
 too. So ``auto`` probes once, before the first single-request upload: a PUT
 with the right CRC32 must succeed and one with a wrong CRC32 must be refused,
 else Content-MD5 is used. Multipart parts always carry Content-MD5.
+
+Bodies are sent as ``UNSIGNED-PAYLOAD`` (the signature covers the method, the
+key and every header, the checksum header included, but not a SHA-256 of the
+body), unless ``s3.sign-payload=true``. botocore otherwise hashes every body
+over plain http, and over https too whenever the checksum is the CRC32 (it
+recognises only Content-MD5): one more pass over all uploaded bytes on the
+client, and one on a server that checks it, which guards against nothing
+tuckbox does not already catch: the checksum refuses a body damaged on the way,
+and every object is authenticated end to end (AEAD, names that are content
+hashes), so a body altered on purpose is found by ``check`` and never restored.
+botocore itself sends https uploads that carry Content-MD5 unsigned. The option
+is there for a server that refuses unsigned bodies.
 
 S3 PUTs are atomic: a reader sees the whole object or nothing. Ranged GETs are
 used for partial loads; a server that answers a ranged GET with the whole
@@ -99,6 +112,7 @@ class S3Backend:
         part_size: int = 16 << 20,
         conditional_write: bool | None = None,
         checksum: str = "auto",
+        sign_payload: bool = False,
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
@@ -123,7 +137,7 @@ class S3Backend:
         config = Config(
             region_name=region,
             signature_version="s3v4",
-            s3={"addressing_style": "path" if path_style else "auto"},
+            s3={"addressing_style": "path" if path_style else "auto", "payload_signing_enabled": sign_payload},
             retries={"mode": "standard", "total_max_attempts": 2},
             max_pool_connections=connections,
             connect_timeout=15,
@@ -168,6 +182,7 @@ class S3Backend:
             part_size=parse_size(option(options, "s3.part-size"), "s3.part-size", 16 << 20),
             conditional_write=None if cw == "auto" else parse_bool(cw, "s3.conditional-write"),
             checksum=option(options, "s3.checksum", None, "auto"),
+            sign_payload=parse_bool(option(options, "s3.sign-payload", None, "false"), "s3.sign-payload"),
         )
 
     def __repr__(self) -> str:
