@@ -12,7 +12,7 @@ import pytest
 from botocore.config import Config
 
 from tuckbox.backends import open_backend
-from tuckbox.backends.s3 import S3Backend
+from tuckbox.backends.s3 import S3Backend, _Body
 from tuckbox.errors import ObjectExists, ObjectNotFound, PermanentError, TransientError, UsageError
 from tuckbox.testing.conformance import CONFORMANCE_CHECKS
 from tuckbox.testing.servers import server_env
@@ -263,10 +263,10 @@ def test_bodies_unsigned_unless_asked(s3env, sign, multipart):
 
     def record(request, **kwargs):
         body = request.body
-        if hasattr(body, "read"):  # botocore may wrap the bytes in a file-like object
+        if hasattr(body, "read"):  # a file-like object (the backend's own, or botocore's BytesIO)
             pos = body.tell()
-            body, _ = body.read(), body.seek(pos)
-        sent.append((request.headers.get("X-Amz-Content-SHA256"), body if isinstance(body, bytes) else b""))
+            body, _ = bytes(body.read()), body.seek(pos)
+        sent.append((request.headers.get("X-Amz-Content-SHA256"), bytes(body or b"")))
 
     operation = "UploadPart" if multipart else "PutObject"
     b._s3.meta.events.register(f"before-send.s3.{operation}", record)
@@ -284,6 +284,29 @@ def test_bodies_unsigned_unless_asked(s3env, sign, multipart):
         _purge(s3env, b.prefix)
     with pytest.raises(UsageError, match="s3.sign-payload"):
         _open(s3env, **{"s3.sign-payload": "maybe"})
+
+
+def test_upload_retried_after_a_dropped_connection(fresh_backend):
+    """A body read part-way by an attempt whose connection drops is sent again whole: botocore rewinds
+    the backend's zero-copy body (``_Body``) before retrying."""
+    from botocore.exceptions import ConnectionClosedError
+
+    attempts: list[int] = []
+
+    def drop_first(request, **_):
+        if not isinstance(request.body, _Body) or len(request.body) != len(data):
+            return  # the backend's probes
+        attempts.append(request.body.tell())
+        if len(attempts) == 1:
+            request.body.read(len(request.body) // 2)  # half of it went out, then the connection broke
+            raise ConnectionClosedError(endpoint_url=request.url)
+
+    fresh_backend._s3.meta.events.register("before-send.s3.PutObject", drop_first)
+    data = os.urandom(3 << 20)
+    name = hashlib.sha256(data).hexdigest()
+    fresh_backend.save(ObjectType.PACK, name, memoryview(data))
+    assert attempts == [0, 0]
+    assert fresh_backend.load(ObjectType.PACK, name) == data
 
 
 def test_checksum_option_is_checked(s3env):

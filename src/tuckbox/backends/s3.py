@@ -92,6 +92,44 @@ def _b64crc(crc: int) -> str:
     return base64.b64encode(crc.to_bytes(4, "big")).decode()
 
 
+class _Body:
+    """An upload's bytes as the seekable file botocore takes, read as views: no copy of the body.
+
+    botocore would otherwise need ``bytes`` (a pack is a view of a reused buffer, so a 16 MiB copy) and
+    then wrap them in a ``BytesIO`` that copies again as it is sent. Measured: 20 sequential 16 MiB PUTs to
+    SeaweedFS, 3.5 -> 2.7 s, client CPU 0.27 -> 0.15 s. botocore rewinds it (``seek(0)``) to retry.
+    """
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self._view = memoryview(data).cast("B")
+        self._pos = 0
+
+    def read(self, n: int | None = -1) -> memoryview:
+        start, size = self._pos, len(self._view)
+        end = size if n is None or n < 0 else min(size, start + n)
+        self._pos = max(start, end)
+        return self._view[start:end]
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = (0, self._pos, len(self._view))[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+
 def _range_start(header: str | None) -> int | None:
     m = _CONTENT_RANGE.match(header or "")
     return int(m.group(1)) if m else None
@@ -384,12 +422,11 @@ class S3Backend:
         if len(data) > self.multipart_threshold:
             self._save_multipart(key, what, data, conditional)
             return
-        body = data if isinstance(data, bytes) else bytes(data)  # botocore takes bytes or a file, not a view
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": body}
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": _Body(data)}
         if self._crc32_checked():
-            kwargs["ChecksumCRC32"] = _b64crc(zlib.crc32(body))
+            kwargs["ChecksumCRC32"] = _b64crc(zlib.crc32(data))
         else:
-            kwargs["ContentMD5"] = self._md5(body)
+            kwargs["ContentMD5"] = self._md5(data)
         if conditional:
             kwargs["IfNoneMatch"] = "*"
         self._call(what, self._s3.put_object, **kwargs)
@@ -404,7 +441,7 @@ class S3Backend:
                 chunk = view[start : start + self.part_size]
                 r = self._call(
                     what, self._s3.upload_part, Bucket=self.bucket, Key=key, UploadId=upload_id,
-                    PartNumber=number, Body=bytes(chunk), ContentMD5=self._md5(chunk),
+                    PartNumber=number, Body=_Body(chunk), ContentMD5=self._md5(chunk),
                 )
                 parts.append({"PartNumber": number, "ETag": r["ETag"]})
             kwargs: dict[str, Any] = {
