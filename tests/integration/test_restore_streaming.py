@@ -368,3 +368,56 @@ def test_modes_do_not_depend_on_the_umask(backed_up, tmp_path, umask):
         os.umask(old)
     assert result.errors == [] and result.warnings == []
     assert compare_trees(src, out_of(tmp_path / "out", src)) == []
+
+
+@pytest.fixture
+def far_apart_copy(tmp_path, monkeypatch):
+    """A file and its copy with many windows between them: more than the blob cache can bridge."""
+    monkeypatch.setenv("TUCKBOX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(fetch_module, "COPY_MIN", 1)
+    monkeypatch.setattr(restorer_module, "COPY_MIN", 1)
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "b").mkdir()
+    (src / "c").mkdir()
+    original = os.urandom(200_000)
+    (src / "a" / "original.bin").write_bytes(original)
+    for k in range(30):
+        (src / "b" / f"f{k:02d}").write_bytes(os.urandom(20_000))
+    (src / "c" / "copy.bin").write_bytes(original)
+    config = Config.new("t", ChunkerParams(4096, 8192, 65536), pack_size=1 << 20)
+    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), b"pw", created="t", host="h", user="u", config=config)
+    result = run_backup(repo, BackupRequest([str(src)]))
+    assert result.warnings == []
+    return repo, result.snapshot, src, len(original)
+
+
+def test_a_copy_far_apart_is_read_back_from_the_restored_original(mode, far_apart_copy, tmp_path):
+    """The copy's blobs are not fetched again: they are read from the original, restored windows before."""
+    repo, snap, src, size = far_apart_copy
+    target = tmp_path / "out"
+    result = Restorer(repo, connections=2).restore(snap, os.fsencode(target))
+    assert result.errors == [] and result.warnings == []
+    assert compare_trees(src, out_of(target, src)) == []
+    assert result.bytes_read_back == size
+
+
+def test_a_wrong_place_to_read_back_is_never_written(mode, far_apart_copy, tmp_path, monkeypatch):
+    """Whatever is read back is checked against the blob's id: from a wrong place (here every offset one
+    byte off), nothing is read back, the blobs are fetched, and every file is exact."""
+    real = fetch_module.Sources.note
+
+    def one_off(self, w, path, content):
+        before = dict(self._where)
+        real(self, w, path, content)
+        for blob_id, (p, offset, n, wid) in list(self._where.items()):
+            if blob_id not in before:
+                self._where[blob_id] = (p, offset + 1, n, wid)
+
+    monkeypatch.setattr(fetch_module.Sources, "note", one_off)
+    repo, snap, src, size = far_apart_copy
+    target = tmp_path / "out"
+    result = Restorer(repo, connections=2).restore(snap, os.fsencode(target))
+    assert result.errors == [] and result.warnings == []
+    assert compare_trees(src, out_of(target, src)) == []
+    assert result.bytes_read_back == 0

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         emit_json({
             "type": "summary", "snapshot": snap.id, "files": result.files, "dirs": result.dirs,
             "others": result.others, "bytes_written": result.bytes_written, "files_skipped": result.files_skipped,
-            "warnings": result.warnings, "errors": result.errors,
+            "bytes_read_back": result.bytes_read_back, "warnings": result.warnings, "errors": result.errors,
         })
     else:
         if result.errors:  # (each was said as it happened; listed again so that none scrolls away unseen)
@@ -74,5 +74,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
         skipped = f" ({result.files_skipped} already restored)" if result.files_skipped else ""
         out(args, f"restored snapshot {snap.short_id}: {result.files} files{skipped}, {result.dirs} dirs, "
-                  f"{result.others} other entries, {human(result.bytes_written)} written")
+                  f"{result.others} other entries, {human(result.bytes_written)} written"
+                  + (f" ({human(result.bytes_read_back)} of it copied from files restored before it, not "
+                     "fetched again)" if result.bytes_read_back else ""))
     return 1 if result.errors else 0

@@ -14,15 +14,19 @@ bounded one.
 
 from __future__ import annotations
 
+import mmap
+import struct
 import threading
 from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ..errors import PermanentError, TuckboxError
 from ..types import ObjectType
 
 GAP = 1 << 20  # fetch across gaps smaller than this rather than issue another request
+COPY_MIN = 64 << 10  # a blob this large that a later window needs again is read back from the target
+SOURCES = 1 << 14  # how many such blobs are remembered (the most recently written)
 MAX_RANGE = 8 << 20  # but request at most this much at once
 
 
@@ -75,6 +79,77 @@ class BlobCache:
                 self._size += len(data)
                 while self._size > self.limit:
                     self._size -= len(blobs.popitem(last=False)[1])
+
+
+class Sources:
+    """Where this restore wrote each large blob (the ``SOURCES`` most recent), so that a later window
+    needing the same blob again — a copy of a big file elsewhere in the tree, a file that also sits in
+    another directory — reads it back from the file already restored instead of fetching it from the
+    storage again. The blob cache holds only the last 16 MiB of blobs; without this, a remote repository
+    would be read (and, for a cloud, billed) once more for every such copy. The reader checks what it reads
+    against the blob's id and fetches the blob after all if it does not match (the file failed, was removed
+    or was changed meanwhile). Used by the restoring thread only.
+    """
+
+    def __init__(self, raw_length: Callable[[bytes], int | None], limit: int = SOURCES) -> None:
+        self._raw_length = raw_length
+        self._where: OrderedDict[bytes, tuple[bytes, int, int, int]] = OrderedDict()
+        self._limit = limit
+
+    def note(self, w: Any, path: bytes, content: Any) -> None:
+        """The file at ``path`` (in the snapshot) goes into window ``w`` with ``content`` (its chunk list):
+        remember where its large blobs will be, and give ``w`` the earlier places of those already placed."""
+        where, pos = self._where, 0
+        try:
+            for item in content:
+                if type(item) is int:
+                    pos += item
+                    continue
+                n = self._raw_length(item)
+                if n is None:
+                    return  # missing from the index: the window's writer reports the file
+                if n >= COPY_MIN:
+                    source = where.get(item)
+                    if source is None:
+                        where[item] = (path, pos, n, w.id)
+                        if len(where) > self._limit:
+                            where.popitem(last=False)
+                    elif source[3] != w.id:  # (within one window a blob is fetched once anyway)
+                        w.copies[item] = source
+                pos += n
+        except TypeError:
+            return  # a malformed entry: the writer reports it
+
+
+
+class DoneMark:
+    """The id of the last window up to which every window is complete (written, its files closed), in
+    shared memory: advanced as windows complete (``complete``, from whichever thread completes their
+    futures), read by the writers of later windows (in worker processes, forked after it was made), which
+    read blobs back only from files of complete windows."""
+
+    def __init__(self) -> None:
+        self._buf = mmap.mmap(-1, 8)
+        self._mark = -1
+        self._done: set[int] = set()
+        self._lock = threading.Lock()
+        struct.pack_into("q", self._buf, 0, -1)
+
+    def complete(self, window_id: int, future: Any) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return  # not written: the mark stops before it (the restore is failing anyway)
+        with self._lock:
+            self._done.add(window_id)
+            mark = self._mark
+            while mark + 1 in self._done:
+                mark += 1
+                self._done.discard(mark)
+            if mark != self._mark:
+                self._mark = mark
+                struct.pack_into("q", self._buf, 0, mark)
+
+    def get(self) -> int:
+        return struct.unpack_from("q", self._buf, 0)[0]
 
 
 class Fetcher:

@@ -39,7 +39,7 @@ from ..snapshot.model import Snapshot
 from ..snapshot.tree import DIR, FILE, SYMLINK, Node
 from ..snapshot.walk import decode_maps
 from ..types import BlobType
-from .fetch import BlobCache, Fetcher
+from .fetch import COPY_MIN, BlobCache, DoneMark, Fetcher, Sources
 from .meta import Meta, file_mode
 from .writer import DONE, FAILED, PENDING, Dir, LinkGroup, Report, Window, WindowWriter, display, make_room, target_wide
 from ..backends.fork import cpus, prepare_fork
@@ -79,6 +79,7 @@ class RestoreResult:
     others: int = 0
     bytes_written: int = 0
     files_skipped: int = 0  # already correct (resumed restore)
+    bytes_read_back: int = 0  # blobs read back from files this restore wrote earlier, not fetched again
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -239,6 +240,8 @@ class _Run:
         self.pending_dirs: deque[tuple[int, Dir]] = deque()  # (last window below it, dir), in post-order
         self.late: list[Dir] = []
         self.writer: WindowWriter | None = None
+        self.sources = Sources(self.repo.index.raw_length)
+        self.done_mark = DoneMark()  # done_upto, shared with the worker processes (made before they fork)
 
     # ---------------------------------------------------------------- walk
 
@@ -271,7 +274,9 @@ class _Run:
         """The window writer of this process (of each worker: ``share`` of them split the memory budgets)."""
         self.fetcher = Fetcher(self.repo.backend, self.connections, READ_AHEAD // share)
         cache = BlobCache(BLOB_CACHE // share)
-        return WindowWriter(self.repo, self.meta, cache, self.fetcher, report, self.target, self.resume)
+        return WindowWriter(
+            self.repo, self.meta, cache, self.fetcher, report, self.target, self.resume, self.done_mark.get
+        )
 
     def _start(self) -> None:
         """Worker processes on several CPUs where the storage allows and no other thread runs, else threads.
@@ -468,6 +473,8 @@ class _Run:
     def _add(self, d: Dir, m: dict[str, Any]) -> None:
         w = self.window
         w.files.append((d, m))
+        if m.get("s", 0) >= COPY_MIN:
+            self.sources.note(w, d.child(m["n"]), m["c"])
         w.nbytes += m.get("s", 0)
         if len(w.files) >= WINDOW_FILES or w.nbytes >= WINDOW_BYTES:
             self._submit()
@@ -485,6 +492,7 @@ class _Run:
             w.future = self.pool.submit(None, w)  # to a worker process
         else:
             w.future = self.pool.submit(self.writer.write, self.writer.prepare(w, eager=True))
+        w.future.add_done_callback(lambda f, wid=w.id: self.done_mark.complete(wid, f))
         self.inflight.append(w)
 
     def _complete_oldest(self) -> None:

@@ -72,6 +72,9 @@ class _ChildReport:
     def skipped(self) -> None:
         self._send("s")
 
+    def read_back(self, n: int) -> None:
+        self._send("c", n)
+
 
 class _Worker:
     __slots__ = ("pid", "send", "recv", "queue", "reader")
@@ -147,7 +150,8 @@ class WorkerProcesses:
                 k = dirs[id(d)] = len(paths)
                 paths.append(d.path)
             files.append((k, m))
-        msg = msgpack.packb((w.id, paths, files))
+        copies = [[blob_id, *source] for blob_id, source in w.copies.items()]
+        msg = msgpack.packb((w.id, paths, files, copies))
         with self._lock:
             worker = min(self.workers, key=lambda x: len(x.queue))
             worker.queue.append((w, future))
@@ -171,6 +175,8 @@ class WorkerProcesses:
                     report.error(msg[1])
                 elif kind == "s":
                     report.skipped()
+                elif kind == "c":
+                    report.read_back(msg[1])
                 else:
                     with self._lock:
                         w, future = worker.queue.popleft()
@@ -207,8 +213,9 @@ def _serve(recv: Connection, send: Connection, writer: WindowWriter, target: byt
             raw = recv.recv_bytes()
         except EOFError:
             return
-        wid, paths, files = msgpack.unpackb(raw)
+        wid, paths, files, copies = msgpack.unpackb(raw)
         w = Window(wid)
+        w.copies = {c[0]: (c[1], c[2], c[3], c[4]) for c in copies}
         dirs: list[Dir] = []
         try:
             unusable: dict[int, str] = {}

@@ -26,7 +26,7 @@ import os
 import stat
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from .. import directio
 from ..errors import IntegrityError, TuckboxError
@@ -38,6 +38,7 @@ from .meta import Meta, file_mode
 _TARGET_WIDE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # write errors that are about the target, not a file
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 _REOPEN = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_BACK = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NOATIME", 0)
 DIRECT_MIN = 512 << 10  # blobs this large are written with O_DIRECT (their aligned part) where possible
 _MALFORMED = (TuckboxError, TypeError, ValueError, KeyError, AttributeError, OverflowError)
 
@@ -78,6 +79,9 @@ class Window:
     firsts: list[tuple[int, "LinkGroup"]] = field(default_factory=list)  # slots that start a hardlink group
     failed: set[int] = field(default_factory=set)
     future: Any = None
+    # blobs an earlier window wrote into a file: blob id -> (that file's path in the snapshot, offset, length,
+    # the earlier window's id); read back from the target instead of fetched again (``LocalCopies``)
+    copies: dict[bytes, tuple[bytes, int, int, int]] = field(default_factory=dict)
 
 
 @dataclass(slots=True, eq=False)
@@ -116,6 +120,10 @@ class Report:
         with self.lock:
             self.result.files_skipped += 1
 
+    def read_back(self, n: int) -> None:
+        with self.lock:
+            self.result.bytes_read_back += n
+
 
 class _Job:
     """The state of one window while it is written (one thread)."""
@@ -136,7 +144,8 @@ class _Job:
 
 class WindowWriter:
     def __init__(
-        self, repo: Any, meta: Meta, cache: BlobCache, fetcher: Fetcher, report: Any, target: bytes, resume: bool
+        self, repo: Any, meta: Meta, cache: BlobCache, fetcher: Fetcher, report: Any, target: bytes, resume: bool,
+        done_upto: Callable[[], int] = lambda: -1,
     ) -> None:
         self.repo = repo
         self.meta = meta
@@ -147,6 +156,7 @@ class WindowWriter:
         self.resume = resume
         self.direct = directio.worth_it(target)
         self._stage = directio.Staging()
+        self.done_upto = done_upto  # windows up to this id are complete: their files may be read back
 
     def run(self, w: Window) -> None:
         self.write(self.prepare(w))
@@ -184,8 +194,14 @@ class WindowWriter:
             left[slot] = n
         by_pack: dict[str, list[Any]] = {}  # pack name -> locations
         cache = self.cache
+        copies = w.copies
+        done = self.done_upto() if copies else -1
         for blob_id, targets in wants.items():
             data = cache.get(blob_id)
+            if data is None and copies:
+                source = copies.get(blob_id)
+                if source is not None and source[3] <= done:
+                    data = self._read_back(blob_id, source)
             if data is None:
                 loc = targets[0]
                 locs = by_pack.get(loc.pack.name)
@@ -197,6 +213,34 @@ class WindowWriter:
                 job.cached.append((data, targets))
         job.fetch = self.fetcher.start([g for locs in by_pack.values() for g in ranges(locs)], eager)
         return job
+
+    def _read_back(self, blob_id: bytes, source: tuple[bytes, int, int, int]) -> bytes | None:
+        """A blob an earlier window wrote into a file of this restore, read back from that file and checked
+        against its id (the file may have failed, been removed or changed since): None means fetch it."""
+        path, offset, length = source[0], source[1], source[2]
+        try:
+            # the file's restored atime must stay: only where reading cannot move it (the file is ours)
+            fd = os.open(self.target + path, _READ_BACK)
+        except OSError:
+            return None
+        try:
+            before = os.fstat(fd)
+            data = os.pread(fd, length, offset)
+            while 0 < len(data) < length:
+                more = os.pread(fd, length - len(data), offset + len(data))
+                if not more:
+                    break
+                data += more
+            if os.fstat(fd).st_atime_ns != before.st_atime_ns:  # a file system that ignores O_NOATIME
+                os.utime(fd, ns=(before.st_atime_ns, before.st_mtime_ns))
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        if len(data) != length or self.repo.blob_id(data) != blob_id:
+            return None
+        self.report.read_back(length)
+        return data
 
     def write(self, job: _Job) -> None:
         """Write a prepared window."""
