@@ -68,6 +68,9 @@ def remote_backup(request, tmp_path, monkeypatch):
     monkeypatch.setattr(restorer_module, "WINDOW_BYTES", 8192)
     monkeypatch.setattr(restorer_module, "READ_AHEAD", 100 << 10)
     monkeypatch.setattr(fetch_module, "MAX_RANGE", 64 << 10)
+    monkeypatch.setattr(restorer_module, "BLOB_CACHE", 64 << 10)  # (keeps no blob of big.bin until its copy)
+    monkeypatch.setattr(fetch_module, "COPY_MIN", 1)
+    monkeypatch.setattr(restorer_module, "COPY_MIN", 1)
     started = count_worker_processes(monkeypatch)
     src = tmp_path / "src"
     sample_tree(src)
@@ -77,6 +80,8 @@ def remote_backup(request, tmp_path, monkeypatch):
         for f in range(5):
             (sub / f"f{f}").write_bytes(os.urandom(100 + 1999 * f))
     (src / "many" / "big.bin").write_bytes(os.urandom(400_000))
+    (src / "zz").mkdir()
+    (src / "zz" / "big-copy.bin").write_bytes((src / "many" / "big.bin").read_bytes())  # windows later
     for d in sorted((src / "many").rglob("*"), reverse=True):
         if d.is_dir():
             os.utime(d, ns=DIR_TIMES)
@@ -110,6 +115,9 @@ def test_workers_restore_exactly_and_the_parent_reconnects(remote_backup, tmp_pa
     assert started == [2]
     assert result.errors == [] and result.warnings == []
     assert compare_trees(src, _out(target, src)) == []
+    # the copy's blobs were read back from the restored original, not fetched again (all but what the
+    # small blob cache still held)
+    assert 300_000 <= result.bytes_read_back <= 400_000
     # the restoring process's own connection came back after the fork: it still reads and lists
     assert sum(1 for _ in repo.backend.list(ObjectType.SNAPSHOT)) == 1
     again = tmp_path / "again"

@@ -376,6 +376,7 @@ def far_apart_copy(tmp_path, monkeypatch):
     monkeypatch.setenv("TUCKBOX_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(fetch_module, "COPY_MIN", 1)
     monkeypatch.setattr(restorer_module, "COPY_MIN", 1)
+    monkeypatch.setattr(restorer_module, "READ_BACK_LOCAL", True)  # (remote storage: test_restore_remote_workers)
     src = tmp_path / "src"
     (src / "a").mkdir(parents=True)
     (src / "b").mkdir()
@@ -400,6 +401,16 @@ def test_a_copy_far_apart_is_read_back_from_the_restored_original(mode, far_apar
     assert result.errors == [] and result.warnings == []
     assert compare_trees(src, out_of(target, src)) == []
     assert result.bytes_read_back == size
+
+
+def test_a_local_repository_is_not_read_back(far_apart_copy, tmp_path, monkeypatch):
+    """From a local disk the blob is fetched like any other (as cheap as reading it back, and read ahead)."""
+    monkeypatch.setattr(restorer_module, "READ_BACK_LOCAL", False)
+    repo, snap, src, size = far_apart_copy
+    target = tmp_path / "out"
+    result = Restorer(repo, connections=2).restore(snap, os.fsencode(target))
+    assert result.errors == [] and compare_trees(src, out_of(target, src)) == []
+    assert result.bytes_read_back == 0
 
 
 def test_a_wrong_place_to_read_back_is_never_written(mode, far_apart_copy, tmp_path, monkeypatch):

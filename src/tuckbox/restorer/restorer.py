@@ -43,6 +43,7 @@ from .fetch import COPY_MIN, BlobCache, DoneMark, Fetcher, Sources
 from .meta import Meta, file_mode
 from .writer import DONE, FAILED, PENDING, Dir, LinkGroup, Report, Window, WindowWriter, display, make_room, target_wide
 from ..backends.fork import cpus, prepare_fork
+from ..backends.local import local_root
 from .workers import WorkerProcesses
 from .workers import usable as workers_usable
 
@@ -53,6 +54,7 @@ BLOB_CACHE = 16 << 20  # decrypted blobs kept for content that recurs across win
 READ_AHEAD = 32 << 20  # bytes of ranges fetched ahead of the windows that need them
 PROCESSES = 0  # worker processes where the storage allows (0: one more than the CPUs, at most 4; 1 CPU: threads)
 FILE_LIMIT = 1 << 16  # open files wanted (deep trees: a descriptor per directory level)
+READ_BACK_LOCAL = False  # read recurring blobs back from the target for a local repository too (tests)
 PENDING_DIRS = 256  # directories waiting for their metadata (each holds a descriptor) before the walk waits
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -240,7 +242,10 @@ class _Run:
         self.pending_dirs: deque[tuple[int, Dir]] = deque()  # (last window below it, dir), in post-order
         self.late: list[Dir] = []
         self.writer: WindowWriter | None = None
-        self.sources = Sources(self.repo.index.raw_length)
+        # a local repository is read from the same kind of disk, and its reads run ahead on the fetch
+        # threads: reading a restored file back (at once, in the writer) would not be cheaper there
+        remote = local_root(self.repo.backend) is None
+        self.sources = Sources(self.repo.index.raw_length) if remote or READ_BACK_LOCAL else None
         self.done_mark = DoneMark()  # done_upto, shared with the worker processes (made before they fork)
 
     # ---------------------------------------------------------------- walk
@@ -473,7 +478,7 @@ class _Run:
     def _add(self, d: Dir, m: dict[str, Any]) -> None:
         w = self.window
         w.files.append((d, m))
-        if m.get("s", 0) >= COPY_MIN:
+        if self.sources is not None and m.get("s", 0) >= COPY_MIN:
             self.sources.note(w, d.child(m["n"]), m["c"])
         w.nbytes += m.get("s", 0)
         if len(w.files) >= WINDOW_FILES or w.nbytes >= WINDOW_BYTES:
