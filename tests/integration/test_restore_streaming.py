@@ -400,7 +400,9 @@ def test_a_copy_far_apart_is_read_back_from_the_restored_original(mode, far_apar
     result = Restorer(repo, connections=2).restore(snap, os.fsencode(target))
     assert result.errors == [] and result.warnings == []
     assert compare_trees(src, out_of(target, src)) == []
-    assert result.bytes_read_back == size
+    # every blob of the copy, but for a small one (the blob cache keeps blobs up to an eighth of its 32 or
+    # 64 KiB) that the copy's writer may still have had in its cache
+    assert size - 8192 <= result.bytes_read_back <= size
 
 
 def test_a_local_repository_is_not_read_back(far_apart_copy, tmp_path, monkeypatch):
