@@ -14,6 +14,17 @@ sys.setrecursionlimit(max(sys.getrecursionlimit(), 10000))
 
 
 @pytest.fixture(autouse=True)
+def _environment_restored():
+    """What a test sets in os.environ directly (a cache directory in its tmp_path, ...) ends with it: a later
+    test would otherwise write its cache into a directory already deleted and so re-created and left behind."""
+    saved = dict(os.environ)
+    yield
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
 def _no_thread_left_behind():
     """A test (with its fixtures) ends every thread it started: one left running would, among other things,
     keep a later restore in this process from forking its workers (backends.fork.alone)."""
