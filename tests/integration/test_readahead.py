@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 from tuckbox.archiver import prefetch
-from tuckbox.archiver.archiver import Progress
+from tuckbox.archiver.report import Progress
 from tuckbox.archiver.backup import BackupRequest, run_backup
 from tuckbox.backends.local import LocalBackend
 from tuckbox.repository.repo import Repository

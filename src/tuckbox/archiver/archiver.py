@@ -10,29 +10,29 @@ the rest of the snapshot goes on.
 from __future__ import annotations
 
 import dataclasses
-from concurrent.futures import ThreadPoolExecutor
 import os
 import stat
 import sys
-from stat import S_ISREG
 import time
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from stat import S_ISREG
 from operator import attrgetter
 from typing import Any, Callable
 
 import msgpack
 
 from ..chunker import Chunker
-from ..errors import UsageError
 from ..fsmeta import Owners, SkipEntry, node_from_stat, open_for_backup
 from ..patterns import Patterns
 from ..snapshot.tree import DIR, FILE, Node, RawNode, encode_tree
 from ..text import display_path as _display
 from ..types import BlobStore, BlobType
+from .entries import add_hole, is_cache_dir, same, whole
 from .files_cache import FilesCache, order_prefix
 from .prefetch import Prefetched as _Prefetched
 from .prefetch import Prefetcher as _Prefetcher
 from .reading import Piece, Stream, read_chunks, stream_file
+from .report import Progress, Summary
 
 _LEAF = object()
 _entry_name = attrgetter("name")  # a directory's entries are walked in the order of their raw names
@@ -40,68 +40,6 @@ _entry_name = attrgetter("name")  # a directory's entries are walked in the orde
 
 class _Stopped(Exception):
     """Raised inside a file read when the run was asked to stop."""
-
-
-class Progress:
-    """Receives progress events; the CLI subclasses it to draw a bar or print JSON lines."""
-
-    def file_started(self, path: bytes, size: int) -> None:  # noqa: D102
-        pass
-
-    def bytes_done(self, n: int) -> None:  # noqa: D102
-        pass
-
-    def files_unchanged(self, last_path: bytes, count: int, size: int) -> None:
-        """``count`` files of ``size`` bytes in all, the last of them ``last_path``, were found unchanged."""
-
-    def warning(self, message: str) -> None:  # noqa: D102
-        pass
-
-    def note(self, message: str) -> None:
-        """Not a problem, but worth saying (waiting for the repository lock)."""
-
-
-@dataclass
-class Summary:
-    files_new: int = 0
-    files_changed: int = 0
-    files_unmodified: int = 0
-    dirs: int = 0
-    others: int = 0
-    bytes_total: int = 0  # size of every file in the snapshot
-    bytes_read: int = 0  # bytes actually read from disk
-    warnings: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "files_new": self.files_new,
-            "files_changed": self.files_changed,
-            "files_unmodified": self.files_unmodified,
-            "dirs": self.dirs,
-            "others": self.others,
-            "bytes_total": self.bytes_total,
-            "bytes_read": self.bytes_read,
-            "warnings": len(self.warnings),
-        }
-
-
-
-
-def normalize_paths(paths: list[str | bytes]) -> list[bytes]:
-    out: list[bytes] = []
-    for p in paths:
-        raw = os.fsencode(p)
-        absolute = os.path.normpath(os.path.abspath(raw))
-        if not os.path.lexists(absolute):
-            raise UsageError(f"cannot back up {_display(raw)}: it does not exist")
-        out.append(absolute)
-    out = sorted(set(out))
-    # drop paths inside other paths
-    kept: list[bytes] = []
-    for p in out:
-        if not any(p == k or p.startswith(k.rstrip(b"/") + b"/") for k in kept):
-            kept.append(p)
-    return kept
 
 
 class Archiver:
@@ -407,7 +345,7 @@ class Archiver:
         if (
             ahead.error is not None or ahead.sparse or after is None or st.st_nlink != 1
             or (n and ahead.chunk_id is None) or not S_ISREG(after.st_mode) or n != after.st_size
-            or not _same(st, after) or ahead.xattrs is None or ahead.xattrs[1]
+            or not same(st, after) or ahead.xattrs is None or ahead.xattrs[1]
         ):
             return None
         m: dict[str, Any] = {"n": name, "t": FILE}
@@ -496,8 +434,8 @@ class Archiver:
                     return None
                 before, after, read_at, nbytes = stream.before, stream.after, stream.read_at, stream.nbytes
                 assert before is not None and after is not None
-                stable = _same(before, after) and _whole(nbytes, after)
-                if stable and _same(before, st):
+                stable = same(before, after) and whole(nbytes, after)
+                if stable and same(before, st):
                     break
                 try:
                     st = os.lstat(path)
@@ -520,7 +458,7 @@ class Archiver:
                 if not stat.S_ISREG(after.st_mode):
                     self._warn(f"{_display(path)}: replaced by another kind of entry during backup; skipped")
                     return None
-                if _same(st, after) and len(prefetched.data) == after.st_size:
+                if same(st, after) and len(prefetched.data) == after.st_size:
                     try:
                         content = self._consume(prefetched.data, prefetched.chunk_id)
                         nbytes = len(prefetched.data)
@@ -555,8 +493,8 @@ class Archiver:
                 return None
             finally:
                 os.close(fd)
-            stable = _same(before, after) and _whole(nbytes, after)
-            if stable and _same(before, st):
+            stable = same(before, after) and whole(nbytes, after)
+            if stable and same(before, st):
                 break
             if attempt == 0:
                 try:
@@ -599,7 +537,7 @@ class Archiver:
 
     def _add_piece(self, piece: Piece, content: list[Any]) -> None:
         if isinstance(piece, int):
-            _add_hole(content, piece)
+            add_hole(content, piece)
             return
         if self.should_stop():
             raise _Stopped
@@ -637,33 +575,3 @@ class Archiver:
         content: list[Any] = []
         nbytes = read_chunks(fd, st.st_size, self.chunker, self.store.blob_id, lambda p: self._add_piece(p, content))
         return content, nbytes
-
-
-CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
-
-
-def is_cache_dir(path: bytes) -> bool:
-    """Whether a directory is marked as a cache by a ``CACHEDIR.TAG`` file (the Cache Directory Tagging
-    Specification: the file begins with its signature), as browsers, build tools and package managers do."""
-    try:
-        with open(os.path.join(path, b"CACHEDIR.TAG"), "rb") as f:
-            return f.read(len(CACHEDIR_SIGNATURE)) == CACHEDIR_SIGNATURE
-    except OSError:
-        return False
-
-
-def _add_hole(content: list[Any], length: int) -> None:
-    if content and isinstance(content[-1], int):
-        content[-1] += length
-    else:
-        content.append(length)
-
-
-def _whole(nbytes: int, after: os.stat_result) -> bool:
-    """Whether reading ``nbytes`` covered the file: its size, or any amount for a file whose size says 0
-    before and after (a pseudo-file such as those in /proc, whose size is always 0)."""
-    return nbytes == after.st_size or after.st_size == 0
-
-
-def _same(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_size, a.st_mtime_ns, a.st_ctime_ns, a.st_ino) == (b.st_size, b.st_mtime_ns, b.st_ctime_ns, b.st_ino)

@@ -46,7 +46,8 @@ from ..repository.packproc import PackProcess
 from ..repository.repo import Repository
 from ..snapshot.model import Snapshot, now_iso
 from ..types import ObjectType
-from .archiver import Archiver, Progress, normalize_paths
+from .archiver import Archiver
+from .report import Progress, normalize_paths
 from .files_cache import FilesCache
 from .store import RunStore
 

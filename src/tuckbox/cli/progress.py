@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-from ..archiver.archiver import Progress
+from ..archiver.report import Progress
 from .common import display, emit_json, human
 
 

@@ -1,0 +1,74 @@
+"""What a backup run tells as it goes (``Progress``) and counts (``Summary``), and its paths' normal form."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import UsageError
+from ..text import display_path as _display
+
+__all__ = ["Progress", "Summary", "normalize_paths"]
+
+
+class Progress:
+    """Receives progress events; the CLI subclasses it to draw a bar or print JSON lines."""
+
+    def file_started(self, path: bytes, size: int) -> None:  # noqa: D102
+        pass
+
+    def bytes_done(self, n: int) -> None:  # noqa: D102
+        pass
+
+    def files_unchanged(self, last_path: bytes, count: int, size: int) -> None:
+        """``count`` files of ``size`` bytes in all, the last of them ``last_path``, were found unchanged."""
+
+    def warning(self, message: str) -> None:  # noqa: D102
+        pass
+
+    def note(self, message: str) -> None:
+        """Not a problem, but worth saying (waiting for the repository lock)."""
+
+
+@dataclass
+class Summary:
+    files_new: int = 0
+    files_changed: int = 0
+    files_unmodified: int = 0
+    dirs: int = 0
+    others: int = 0
+    bytes_total: int = 0  # size of every file in the snapshot
+    bytes_read: int = 0  # bytes actually read from disk
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "files_new": self.files_new,
+            "files_changed": self.files_changed,
+            "files_unmodified": self.files_unmodified,
+            "dirs": self.dirs,
+            "others": self.others,
+            "bytes_total": self.bytes_total,
+            "bytes_read": self.bytes_read,
+            "warnings": len(self.warnings),
+        }
+
+
+
+
+def normalize_paths(paths: list[str | bytes]) -> list[bytes]:
+    out: list[bytes] = []
+    for p in paths:
+        raw = os.fsencode(p)
+        absolute = os.path.normpath(os.path.abspath(raw))
+        if not os.path.lexists(absolute):
+            raise UsageError(f"cannot back up {_display(raw)}: it does not exist")
+        out.append(absolute)
+    out = sorted(set(out))
+    # drop paths inside other paths
+    kept: list[bytes] = []
+    for p in out:
+        if not any(p == k or p.startswith(k.rstrip(b"/") + b"/") for k in kept):
+            kept.append(p)
+    return kept
