@@ -136,9 +136,13 @@ class Owners:
 _DEFAULT_OWNERS = Owners()
 
 
-def read_xattrs(path: bytes, fd: int | None = None) -> tuple[list[tuple[bytes, bytes]], list[str]]:
-    """Every readable xattr of ``path`` (not following symlinks; or of the open ``fd``), sorted, plus warnings."""
-    target: bytes | int = path if fd is None else fd
+def read_xattrs(
+    path: bytes, fd: int | None = None, at: bytes | None = None
+) -> tuple[list[tuple[bytes, bytes]], list[str]]:
+    """Every readable xattr of ``path`` (not following symlinks; or of the open ``fd``), sorted, plus warnings.
+
+    ``at``: where to reach the entry when not at ``path`` itself (a deep one: longpath.py); warnings name ``path``."""
+    target: bytes | int = (at or path) if fd is None else fd
     follow: dict[str, bool] = {"follow_symlinks": False} if fd is None else {}
     try:
         names = os.listxattr(target, **follow)
@@ -168,8 +172,11 @@ def node_from_stat(
     st: os.stat_result,
     owners: Owners,
     xattrs: tuple[list[tuple[bytes, bytes]], list[str]] | None = None,
+    at: bytes | None = None,
 ) -> tuple[Node, list[str]]:
     """Describe the entry at ``path`` (already ``lstat``-ed as ``st``) as a ``Node``.
+
+    ``at``: where to reach the entry when not at ``path`` itself (a deep one: longpath.py).
 
     Content, subtree and warning are left for the caller. Raises
     ``UnsupportedFileType`` for sockets and unknown types, ``EntryChanged`` when
@@ -205,14 +212,14 @@ def node_from_stat(
         node.rdev = st.st_rdev
     elif kind == SYMLINK:
         try:
-            node.link_target = os.readlink(path)
-            after = os.lstat(path)
+            node.link_target = os.readlink(at or path)
+            after = os.lstat(at or path)
         except OSError as e:
             why = e.strerror or str(e)
             raise EntryChanged(f"{display_path(path)}: skipped, the symlink changed while reading it ({why})") from None
         if after.st_ino == st.st_ino and after.st_dev == st.st_dev:
             node.atime_ns = after.st_atime_ns
-    node.xattrs, warnings = xattrs if xattrs is not None else read_xattrs(path)
+    node.xattrs, warnings = xattrs if xattrs is not None else read_xattrs(path, at=at)
     return node, list(warnings)
 
 

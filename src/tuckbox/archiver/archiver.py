@@ -23,6 +23,7 @@ import msgpack
 
 from ..chunker import Chunker
 from ..fsmeta import Owners, SkipEntry, node_from_stat, open_for_backup
+from ..longpath import DIR_PATH, held, room_for_children
 from ..patterns import Patterns
 from ..snapshot.tree import DIR, FILE, Node, RawNode, encode_tree
 from ..text import display_path as _display
@@ -170,10 +171,26 @@ class Archiver:
         self._stack.pop()
         return self._save_tree(nodes)
 
-    def _save_dir(self, path: bytes, dev: int, this: Node | None) -> bytes:
-        """One directory: its other entries first (read a window ahead: prefetch.py), then subdirectories."""
+    def _save_dir(self, path: bytes, dev: int, this: Node | None, at: bytes | None = None) -> bytes:
+        """One directory (reached at ``at`` when not at ``path``): its other entries first (read a window
+        ahead: prefetch.py), then subdirectories. A directory whose entries' paths could be too long for
+        one system call is held open while it is walked, and its entries reached through it (longpath.py)."""
+        reach = at or path
+        if room_for_children(reach):
+            return self._walk_dir(path, this, at)
         try:
-            with os.scandir(path) as it:
+            anchor = os.open(reach, DIR_PATH | os.O_NOFOLLOW)
+        except OSError as e:
+            self._warn(f"{_display(path)}: cannot list directory: {e.strerror}")
+            return self._save_tree([])
+        try:
+            return self._walk_dir(path, this, held(anchor))
+        finally:
+            os.close(anchor)
+
+    def _walk_dir(self, path: bytes, this: Node | None, at: bytes | None) -> bytes:
+        try:
+            with os.scandir(at or path) as it:
                 listing = sorted(it, key=_entry_name)
         except OSError as e:
             self._warn(f"{_display(path)}: cannot list directory: {e.strerror}")
@@ -181,7 +198,7 @@ class Archiver:
         files: list[tuple[bytes, bytes, os.stat_result]] = []
         dirs: list[tuple[bytes, bytes, os.stat_result]] = []
         for entry in listing:
-            child = entry.path
+            child = entry.path if at is None else os.path.join(path, entry.name)
             if self.excludes and self._excluded(child, entry.name):
                 continue
             try:
@@ -217,7 +234,7 @@ class Archiver:
         self.after_entry()
         window = _Prefetcher(
             self._readers, todo, self._start_stream, (self.store.blob_id, self.chunker.params.min_size),
-            self._store_chunk,
+            self._store_chunk, at,
         )
         try:
             small = self._small_file
@@ -233,7 +250,7 @@ class Archiver:
                         self.after_entry()
                         continue
                 try:
-                    node = self._save_entry(child, name, st, ahead, known)
+                    node = self._save_entry(child, name, st, ahead, known, at and at + b"/" + name)
                 finally:
                     if isinstance(ahead, Stream):
                         ahead.cancel()  # consumed, or not wanted after all: release its reader
@@ -242,11 +259,13 @@ class Archiver:
                     self.after_entry()
         finally:
             window.cancel()
+            if at is not None:
+                window.settle()
         for child, name, st in dirs:
             if self.should_stop():
                 self.stopped = True
                 break
-            node = self._save_entry(child, name, st)
+            node = self._save_entry(child, name, st, None, False, at and at + b"/" + name)
             if node is not None:
                 nodes.append(node)
                 self.after_entry()
@@ -255,8 +274,9 @@ class Archiver:
 
     def _save_entry(
         self, path: bytes, name: bytes, st: os.stat_result, prefetched: "_Prefetched | Stream | None" = None,
-        known: bool = False,
+        known: bool = False, at: bytes | None = None,
     ) -> Node | dict[str, Any] | None:
+        """One entry (reached at ``at`` when not at ``path``) as a node, or None with a warning."""
         if stat.S_ISSOCK(st.st_mode):
             return None  # sockets cannot be restored meaningfully; skipped silently
         if self._skip_dirs and stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) in self._skip_dirs:
@@ -267,7 +287,7 @@ class Archiver:
             return None
         try:
             xattrs = prefetched.xattrs if prefetched is not None else None
-            node, warnings = node_from_stat(name, path, st, self.owners, xattrs)
+            node, warnings = node_from_stat(name, path, st, self.owners, xattrs, at)
         except FileNotFoundError:
             self._warn(f"{_display(path)}: vanished during backup")
             return None
@@ -280,15 +300,15 @@ class Archiver:
         for w in warnings:
             self._warn(w)
         if node.type == FILE:
-            return self._save_file(path, st, node, prefetched, known)
+            return self._save_file(path, st, node, prefetched, known, at)
         if node.type == DIR:
             self.summary.dirs += 1
             if (self.one_file_system and st.st_dev not in self._root_devs) or (
-                self.exclude_caches and is_cache_dir(path)
+                self.exclude_caches and is_cache_dir(at or path)
             ):
                 node.subtree = self._save_tree([])  # the directory itself, empty
             else:
-                node.subtree = self._save_dir(path, st.st_dev, node)
+                node.subtree = self._save_dir(path, st.st_dev, node, at)
             if self.stopped:
                 node.warning = "incomplete: the backup was interrupted"
             return node
@@ -403,7 +423,7 @@ class Archiver:
 
     def _save_file(
         self, path: bytes, st: os.stat_result, node: Node, prefetched: "_Prefetched | Stream | None" = None,
-        known: bool = False,
+        known: bool = False, at: bytes | None = None,
     ) -> Node | dict[str, Any] | None:
         """Read a new or changed file (``known``: the files cache had it, so it changed)."""
         self.progress.file_started(path, st.st_size)
@@ -438,7 +458,7 @@ class Archiver:
                 if stable and same(before, st):
                     break
                 try:
-                    st = os.lstat(path)
+                    st = os.lstat(at or path)
                 except OSError:
                     self._warn(f"{_display(path)}: vanished during backup")
                     return None
@@ -471,7 +491,7 @@ class Archiver:
                 continue
             read_at = time.time_ns()
             try:
-                fd = open_for_backup(path)
+                fd = open_for_backup(at or path)
             except FileNotFoundError:
                 self._warn(f"{_display(path)}: vanished during backup")
                 return None
@@ -498,7 +518,7 @@ class Archiver:
                 break
             if attempt == 0:
                 try:
-                    st = os.lstat(path)
+                    st = os.lstat(at or path)
                 except OSError:
                     self._warn(f"{_display(path)}: vanished during backup")
                     return None
@@ -568,8 +588,8 @@ class Archiver:
         """A large file's chunk, stored from its reader thread (the packer is thread-safe)."""
         self.store.add_blob(BlobType.DATA, blob_id, chunk)
 
-    def _start_stream(self, path: bytes, stream: Stream) -> None:
-        stream_file(path, self.chunker, self.store.blob_id, stream)
+    def _start_stream(self, path: bytes, stream: Stream, at: bytes | None = None) -> None:
+        stream_file(path, self.chunker, self.store.blob_id, stream, at)
 
     def _read_content(self, fd: int, st: os.stat_result) -> tuple[list[Any], int]:
         content: list[Any] = []

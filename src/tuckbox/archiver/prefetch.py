@@ -21,7 +21,7 @@ import os
 import resource
 import stat
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -53,11 +53,13 @@ def _open_error(e: OSError) -> Prefetched:
     return Prefetched(error=f"cannot read: {e.strerror}")
 
 
-def _read_small(path: bytes, size: int, blocks: int = 0, hasher: Hasher | None = None) -> Prefetched:
-    """Open and read a whole small file."""
+def _read_small(
+    path: bytes, size: int, blocks: int = 0, hasher: Hasher | None = None, at: bytes | None = None
+) -> Prefetched:
+    """Open and read a whole small file (reached at ``at`` when not at ``path``: longpath.py)."""
     read_at = time.time_ns()
     try:
-        fd = open_for_backup(path)
+        fd = open_for_backup(at or path)
     except OSError as e:
         return _open_error(e)
     return _read_open(fd, read_at, path, size, blocks, hasher)
@@ -98,8 +100,8 @@ def _read_open(
     return Prefetched(data, after, read_at, xattrs=xattrs, chunk_id=chunk_id)
 
 
-def _read_batch(batch: list[tuple[bytes, int, int]], hasher: Hasher | None) -> list[Prefetched]:
-    return [_read_small(path, size, blocks, hasher) for path, size, blocks in batch]
+def _read_batch(batch: list[tuple[bytes, int, int, bytes | None]], hasher: Hasher | None) -> list[Prefetched]:
+    return [_read_small(path, size, blocks, hasher, at) for path, size, blocks, at in batch]
 
 
 PREFETCH_BYTES = 8 << 20
@@ -124,25 +126,31 @@ BATCH_BYTES = 256 << 10
 class Prefetcher:
     """Keeps the reader pool a bounded window ahead of the walk through one directory's files.
 
-    ``start_stream(path, stream)``, when given, is submitted for large regular
+    ``start_stream(path, stream, at)``, when given, is submitted for large regular
     files: they are then handed over as a ``Stream`` (whose reader stores the
     chunks through ``sink``, when given) instead of ``None``.
     ``hasher``, when given, names the chunk id of files that are one chunk.
+    ``base``, when given, is where the directory's files are reached (by name
+    below it) instead of at their paths: a directory too deep for one system
+    call to name (longpath.py); ``settle`` then waits until no reader uses it.
     """
 
     def __init__(
         self,
         pool: ThreadPoolExecutor | None,
         todo: list[tuple[bytes, bytes, os.stat_result, Any]],
-        start_stream: Callable[[bytes, Stream], None] | None = None,
+        start_stream: Callable[[bytes, Stream, bytes | None], None] | None = None,
         hasher: Hasher | None = None,
         sink: Callable[[bytes, bytes | memoryview], object] | None = None,
+        base: bytes | None = None,
     ) -> None:
         self.pool = pool
         self.sink = sink
         self.hasher = hasher
         self.todo = todo
         self.start_stream = start_stream
+        self.base = base
+        self.submitted: list[Future[Any]] = []  # with a ``base``: every task, for ``settle``
         self.futures: dict[int, tuple[Future[list[Prefetched]], int]] = {}  # file -> (its batch, place in it)
         self.streams: dict[int, tuple[Stream, Future[None]]] = {}
         self.opened: dict[int, tuple[int, int]] = {}  # small file -> (descriptor, when it was opened)
@@ -154,6 +162,16 @@ class Prefetcher:
     @staticmethod
     def _cost(st: os.stat_result) -> int:
         return min(st.st_size, STREAM_BYTES)
+
+    def _at(self, k: int) -> bytes | None:
+        """Where file ``k`` is reached, when not at its path."""
+        return None if self.base is None else self.base + b"/" + self.todo[k][1]
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        fut = self.pool.submit(fn, *args)  # type: ignore[union-attr]
+        if self.base is not None:
+            self.submitted.append(fut)
+        return fut
 
     def _inline(self, st: os.stat_result) -> bool:
         """Whether the walking thread reads this file itself (a small regular file, or any up to
@@ -169,14 +187,15 @@ class Prefetcher:
             path, _, st, _ = self.todo[self.next]
             if self._inline(st):
                 if self.ahead and len(self.opened) < OPEN_AHEAD:
-                    self._open_ahead(self.next, path, st.st_size)
+                    self._open_ahead(self.next, self._at(self.next) or path, st.st_size)
             elif stat.S_ISREG(st.st_mode) and self.pool is not None:
                 if st.st_size <= SMALL_FILE:
                     self._submit_batch(current)
                     continue
                 if self.start_stream is not None:
                     stream = Stream(self.sink)
-                    self.streams[self.next] = (stream, self.pool.submit(self.start_stream, path, stream))
+                    fut = self._submit(self.start_stream, path, stream, self._at(self.next))
+                    self.streams[self.next] = (stream, fut)
                     self.bytes += self._cost(st)
             self.next += 1
 
@@ -198,7 +217,7 @@ class Prefetcher:
 
     def _submit_batch(self, current: int) -> None:
         """Submit the run of small files starting at ``self.next`` as one task (one hand-off, not one per file)."""
-        batch: list[tuple[bytes, int, int]] = []
+        batch: list[tuple[bytes, int, int, bytes | None]] = []
         first = self.next
         size = 0
         while (
@@ -210,10 +229,10 @@ class Prefetcher:
             path, _, st, _ = self.todo[self.next]
             if not (stat.S_ISREG(st.st_mode) and st.st_size <= SMALL_FILE) or self._inline(st):
                 break
-            batch.append((path, st.st_size, st.st_blocks))
+            batch.append((path, st.st_size, st.st_blocks, self._at(self.next)))
             size += st.st_size
             self.next += 1
-        fut = self.pool.submit(_read_batch, batch, self.hasher)  # type: ignore[union-attr]
+        fut = self._submit(_read_batch, batch, self.hasher)
         for i in range(len(batch)):
             self.futures[first + i] = (fut, i)
         self.bytes += size
@@ -233,7 +252,7 @@ class Prefetcher:
             if opened is not None:
                 return _read_open(opened[0], opened[1], path, st.st_size, st.st_blocks, self.hasher)
             if self._inline(st):
-                return _read_small(path, st.st_size, st.st_blocks, self.hasher)
+                return _read_small(path, st.st_size, st.st_blocks, self.hasher, self._at(k))
             return None
         fut, i = batched
         return fut.result()[i]
@@ -249,3 +268,13 @@ class Prefetcher:
             stream.cancel()
             sfut.cancel()
         self.streams.clear()
+
+    def settle(self) -> None:
+        """After ``cancel``: wait until no reader still works below ``base`` (its descriptor may then close)."""
+        for fut in self.submitted:
+            if not fut.cancelled():
+                try:
+                    fut.exception()
+                except CancelledError:
+                    pass
+        self.submitted.clear()

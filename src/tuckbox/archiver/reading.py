@@ -183,12 +183,12 @@ class Stream:
             self._cond.notify_all()
 
 
-def stream_file(path: bytes, chunker: Chunker, blob_id: BlobId, stream: Stream) -> None:
-    """Run in a reader thread: read, chunk and hash ``path`` into ``stream``."""
+def stream_file(path: bytes, chunker: Chunker, blob_id: BlobId, stream: Stream, at: bytes | None = None) -> None:
+    """Run in a reader thread: read, chunk and hash ``path`` (reached at ``at`` when not there) into ``stream``."""
     stream.read_at = time.time_ns()
     try:
         try:
-            fd = open_for_backup(path)
+            fd = open_for_backup(at or path)
         except FileNotFoundError:
             stream.error = "vanished during backup"
             return

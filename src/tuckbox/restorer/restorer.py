@@ -32,8 +32,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..backends.fork import cpus, prepare_fork
+from ..backends.local import local_root
 from ..errors import TargetExists, TuckboxError, UsageError
 from ..fsmeta import ACL_DEFAULT, create_special
+from ..longpath import link_deep
 from ..patterns import Patterns
 from ..snapshot.model import Snapshot
 from ..snapshot.tree import DIR, FILE, SYMLINK, Node
@@ -41,11 +44,10 @@ from ..snapshot.walk import decode_maps
 from ..types import BlobType
 from .fetch import COPY_MIN, BlobCache, DoneMark, Fetcher, Sources
 from .meta import Meta, file_mode
-from .writer import DONE, FAILED, PENDING, Dir, LinkGroup, Report, Window, WindowWriter, display, make_room, target_wide
-from ..backends.fork import cpus, prepare_fork
-from ..backends.local import local_root
 from .workers import WorkerProcesses
 from .workers import usable as workers_usable
+from .writer import DONE, FAILED, PENDING, Dir, LinkGroup, Report, Window, WindowWriter, display, make_room, reach
+from .writer import target_wide
 
 MARKER = b".tuckbox-restore"
 WINDOW_FILES = 512  # files with data per window
@@ -416,7 +418,7 @@ class _Run:
     def _create_empty(self, d: Dir, node: Node) -> None:
         """A file without data (empty, or holes only): created now, at its size."""
         if self.resume:
-            make_room(self.target + d.child(node.name))
+            make_room(reach(self.target, d, node.name))
         mode = file_mode(node.mode)
         fd = os.open(node.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=d.fd)
         try:
@@ -430,18 +432,19 @@ class _Run:
 
     def _create_other(self, d: Dir, node: Node) -> None:
         path = self.target + d.child(node.name)
+        where = reach(self.target, d, node.name)
         if self.resume:
-            make_room(path)
+            make_room(where)
         if node.type == SYMLINK:
             os.symlink(node.link_target, node.name, dir_fd=d.fd)
             created = self.meta.created(0o777)
         else:
-            for w in create_special(path, node):
+            for w in create_special(where, node):
                 self.report.warn(w)
-            if not os.path.lexists(path):
+            if not os.path.lexists(where):
                 return
             created = None
-        for w in self.meta.apply(path, node, path, created):
+        for w in self.meta.apply(where, node, path, created):
             self.report.warn(w)
 
     def _hardlink(self, d: Dir, m: dict[str, Any], data: bool) -> bool:
@@ -466,8 +469,8 @@ class _Run:
             return  # the data holder was not restored (and is reported)
         try:
             if self.resume:
-                make_room(self.target + d.child(name))
-            os.link(group.path, name, dst_dir_fd=d.fd, follow_symlinks=False)
+                make_room(reach(self.target, d, name))
+            link_deep(group.path, name, d.fd)
             self.result.files += 1
         except OSError as e:
             target_wide(e, self.target + d.child(name))

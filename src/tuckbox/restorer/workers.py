@@ -31,6 +31,8 @@ from typing import Any, Callable
 
 import msgpack
 
+from ..longpath import open_deep
+
 from ..backends.fork import F_SETPIPE_SZ, PIPE_SIZE, die_with_parent, forkable
 from ..backends.fork import pickle_error as _pickle
 from ..backends.fork import unpickle_error
@@ -222,7 +224,7 @@ def _serve(recv: Connection, send: Connection, writer: WindowWriter, target: byt
             for k, path in enumerate(paths):
                 d = Dir(path, None, None)
                 try:
-                    d.fd = os.open(target + path, _DIR_FLAGS)
+                    d.fd = open_deep(target + path, _DIR_FLAGS)
                 except OSError as e:
                     unusable[k] = e.strerror or str(e)
                 dirs.append(d)

@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 from .. import directio
 from ..errors import IntegrityError, TuckboxError
+from ..longpath import fits, open_deep, through
 from ..snapshot.tree import Node
 from ..text import display_path as display
 from .fetch import BlobCache, Fetch, Fetcher, ranges
@@ -220,7 +221,7 @@ class WindowWriter:
         path, offset, length = source[0], source[1], source[2]
         try:
             # the file's restored atime must stay: only where reading cannot move it (the file is ours)
-            fd = os.open(self.target + path, _READ_BACK)
+            fd = open_deep(self.target + path, _READ_BACK)
         except OSError:
             return None
         try:
@@ -394,8 +395,9 @@ class WindowWriter:
         """Resuming: whether the file is already restored (then only its metadata is set again)."""
         d, m = job.files[slot]
         path = self.target + d.child(m["n"])
+        where = reach(self.target, d, m["n"])
         try:
-            st = os.lstat(path)
+            st = os.lstat(where)
         except OSError:
             return False
         if stat.S_ISDIR(st.st_mode):
@@ -403,7 +405,7 @@ class WindowWriter:
             return True
         if not stat.S_ISREG(st.st_mode):  # e.g. a symlink, which the create (O_NOFOLLOW) would refuse
             try:
-                os.unlink(path)
+                os.unlink(where)
             except OSError:
                 pass
             return False
@@ -411,10 +413,10 @@ class WindowWriter:
             node = Node.from_map(m)
         except _MALFORMED:
             return False  # failed as malformed when planned
-        if st.st_size != node.size or not already_restored(self.repo, path, node):
+        if st.st_size != node.size or not already_restored(self.repo, where, node):
             return False
         self.report.skipped()
-        for w in self.meta.apply(path, node, path, None):
+        for w in self.meta.apply(where, node, path, None):
             self.report.warn(w)
         return True
 
@@ -450,6 +452,13 @@ def already_restored(repo: Any, path: bytes, node: Node) -> bool:
             return True
     except OSError:
         return False
+
+
+def reach(target: bytes, d: Dir, name: bytes) -> bytes:
+    """The path to ``name`` in ``d`` for a system call: its own, or through ``d``'s descriptor when that
+    is too long for one call (a deep tree: longpath.py)."""
+    path = target + d.child(name)
+    return path if fits(path) else through(d.fd, name)
 
 
 def make_room(path: bytes) -> None:
