@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from tuckbox.testing.trees import compare_trees, sample_tree
@@ -37,6 +38,33 @@ def test_sample_tree_round_trip(tb, tmp_path):
     assert tb("dump", "latest", str(some_file)).raw == some_file.read_bytes()
     listing = tb("ls", "latest", str(src)).out.splitlines()
     assert str(some_file) in listing
+
+
+def test_unchanged_hardlinks_are_not_read_again(tb, tmp_path):
+    """Every name of a file with several links is in the files cache after one backup: the next reads
+    nothing and counts none of them as new (the second name used to be read again, once)."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a").write_bytes(os.urandom(5000))
+    os.link(src / "a", src / "b")
+    os.link(src / "a", src / "sub" / "c")
+    (src / "plain").write_bytes(b"x" * 100)
+    past = 1_600_000_000_000_000_000  # (the files cache trusts no file modified within a second of the read)
+    for p in ("a", "plain"):
+        os.utime(src / p, ns=(past, past))
+    time.sleep(1.05)  # (nor one whose inode changed, by the links, within a second)
+
+    def summary() -> dict:
+        return json.loads([ln for ln in tb("backup", str(src), "--json").out.splitlines() if '"summary"' in ln][-1])
+
+    tb("init")
+    first = summary()
+    assert (first["files_new"], first["files_unmodified"], first["bytes_read"]) == (2, 2, 5100), first
+    second = summary()
+    assert (second["files_new"], second["files_changed"], second["files_unmodified"]) == (0, 0, 4), second
+    assert second["bytes_read"] == 0
+    tb("restore", "latest", "--target", str(tmp_path / "r"))
+    assert compare_trees(src, restored(tmp_path / "r", src)) == []
 
 
 def test_incremental_diff_and_prefix_ids(tb, tmp_path):

@@ -69,7 +69,8 @@ class Archiver:
         self.owners = Owners()
         self._names: dict[int, str] = {}  # uid -> user name, ~gid -> group name (the walking thread's own)
         self.summary = Summary()
-        self._hardlinks: dict[tuple[int, int], tuple[int, int, int, list[Any]]] = {}
+        # (st_dev, st_ino) of a file with several links -> (size, mtime, ctime, content, when it was read)
+        self._hardlinks: dict[tuple[int, int], tuple[int, int, int, list[Any], int]] = {}
         self._root_devs: set[int] = set()
         self.after_entry = after_entry or (lambda: None)
         self._report_files = type(self.progress).files_unchanged is not Progress.files_unchanged
@@ -435,7 +436,10 @@ class Archiver:
                 node.content = seen[3]
                 self.summary.files_unmodified += 1
                 self.progress.bytes_done(st.st_size)
-                return node
+                stored = node.to_map()
+                # known to the files cache too: the next run finds this name unchanged (not new, not read)
+                self.files_cache.remember(path, st, stored, seen[4])
+                return stored
         if known:
             self.summary.files_changed += 1
         else:
@@ -538,7 +542,7 @@ class Archiver:
         stored = node.to_map()  # the tree takes the map too: made once
         self.files_cache.remember(path, after, stored, read_at)
         if after.st_nlink > 1:
-            self._hardlinks[link_key] = (after.st_size, after.st_mtime_ns, after.st_ctime_ns, content)
+            self._hardlinks[link_key] = (after.st_size, after.st_mtime_ns, after.st_ctime_ns, content, read_at)
         return stored
 
     def _consume(self, data: bytes, chunk_id: bytes | None = None) -> list[Any]:
