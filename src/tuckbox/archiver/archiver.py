@@ -553,11 +553,8 @@ class Archiver:
                 self._add_piece((chunk_id or self.store.blob_id(data), data), content)
             return content
         for chunk in self.chunker.chunks_of(data):
-            self._add_chunk(chunk, content)
+            self._add_piece((self.store.blob_id(chunk), chunk), content)
         return content
-
-    def _add_chunk(self, chunk: bytes | memoryview, content: list[Any]) -> None:
-        self._add_piece((self.store.blob_id(chunk), chunk), content)
 
     def _add_piece(self, piece: Piece, content: list[Any]) -> None:
         if isinstance(piece, int):
