@@ -33,10 +33,14 @@ from .files_cache import FilesCache, order_prefix
 from .prefetch import Prefetched as _Prefetched
 from .prefetch import Prefetcher as _Prefetcher
 from .reading import Piece, Stream, read_chunks, stream_file
-from .report import Progress, Summary
+from .report import LEAF as _LEAF
+from .report import Progress, Summary, path_spec
 
-_LEAF = object()
 _entry_name = attrgetter("name")  # a directory's entries are walked in the order of their raw names
+
+
+def _replaced(path: bytes) -> str:
+    return f"{_display(path)}: replaced by another kind of entry during backup; skipped"
 
 
 class _Stopped(Exception):
@@ -88,22 +92,9 @@ class Archiver:
         """Back up ``paths`` (absolute, normalized); return the root tree id."""
         if sys.getrecursionlimit() < 10000:
             sys.setrecursionlimit(10000)
-        spec: dict[bytes, Any] = {}
-        whole_root = b"/" in paths
-        for p in paths:
-            if p == b"/":
-                continue
-            parts = [c for c in p.split(b"/") if c]
-            node = spec
-            for comp in parts[:-1]:
-                sub = node.setdefault(comp, {})
-                if sub is _LEAF:
-                    break
-                node = sub
-            else:
-                node[parts[-1]] = _LEAF
+        spec = path_spec(paths)
         try:
-            if whole_root:
+            if b"/" in paths:
                 self._root_devs.add(os.lstat(b"/").st_dev)
                 return self._save_dir(b"/", os.lstat(b"/").st_dev, None)
             return self._save_virtual(b"/", spec, None)
@@ -461,14 +452,10 @@ class Archiver:
                 stable = same(before, after) and whole(nbytes, after)
                 if stable and same(before, st):
                     break
-                try:
-                    st = os.lstat(at or path)
-                except OSError:
-                    self._warn(f"{_display(path)}: vanished during backup")
+                now = self._restat(path, at)
+                if now is None:
                     return None
-                if not stat.S_ISREG(st.st_mode):
-                    self._warn(f"{_display(path)}: replaced by another kind of entry during backup; skipped")
-                    return None
+                st = now
                 continue
             if prefetched is not None and prefetched.sparse:
                 prefetched = None
@@ -480,7 +467,7 @@ class Archiver:
                 after, read_at = prefetched.after, prefetched.read_at
                 assert after is not None
                 if not stat.S_ISREG(after.st_mode):
-                    self._warn(f"{_display(path)}: replaced by another kind of entry during backup; skipped")
+                    self._warn(_replaced(path))
                     return None
                 if same(st, after) and len(prefetched.data) == after.st_size:
                     try:
@@ -505,7 +492,7 @@ class Archiver:
             try:
                 before = os.fstat(fd)
                 if not stat.S_ISREG(before.st_mode):
-                    self._warn(f"{_display(path)}: replaced by another kind of entry during backup; skipped")
+                    self._warn(_replaced(path))
                     return None
                 content, nbytes = self._read_content(fd, before)
                 after = os.fstat(fd)
@@ -521,14 +508,10 @@ class Archiver:
             if stable and same(before, st):
                 break
             if attempt == 0:
-                try:
-                    st = os.lstat(at or path)
-                except OSError:
-                    self._warn(f"{_display(path)}: vanished during backup")
+                now = self._restat(path, at)
+                if now is None:
                     return None
-                if not stat.S_ISREG(st.st_mode):
-                    self._warn(f"{_display(path)}: replaced by another kind of entry during backup; skipped")
-                    return None
+                st = now
                 continue
             if not stable:
                 node.warning = "changed during backup"
@@ -544,6 +527,19 @@ class Archiver:
         if after.st_nlink > 1:
             self._hardlinks[link_key] = (after.st_size, after.st_mtime_ns, after.st_ctime_ns, content, read_at)
         return stored
+
+    def _restat(self, path: bytes, at: bytes | None) -> os.stat_result | None:
+        """The state of a file that changed while it was read, to read it again; None (warned) if it is
+        gone or no longer a regular file."""
+        try:
+            st = os.lstat(at or path)
+        except OSError:
+            self._warn(f"{_display(path)}: vanished during backup")
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            self._warn(_replaced(path))
+            return None
+        return st
 
     def _consume(self, data: bytes, chunk_id: bytes | None = None) -> list[Any]:
         """``data`` as chunks (``chunk_id``: its id, already computed, when it is one chunk)."""

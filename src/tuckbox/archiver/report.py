@@ -9,7 +9,9 @@ from typing import Any
 from ..errors import UsageError
 from ..text import display_path as _display
 
-__all__ = ["Progress", "Summary", "normalize_paths"]
+__all__ = ["LEAF", "Progress", "Summary", "normalize_paths", "path_spec"]
+
+LEAF = object()  # in a ``path_spec``: a path backed up whole
 
 
 class Progress:
@@ -72,3 +74,22 @@ def normalize_paths(paths: list[str | bytes]) -> list[bytes]:
         if not any(p == k or p.startswith(k.rstrip(b"/") + b"/") for k in kept):
             kept.append(p)
     return kept
+
+
+def path_spec(paths: list[bytes]) -> dict[bytes, Any]:
+    """The directories leading to ``paths`` (absolute, normalized) as nested dicts of their names, each
+    path itself ``LEAF`` (``/`` itself is left out: the caller backs up the whole root instead)."""
+    spec: dict[bytes, Any] = {}
+    for p in paths:
+        if p == b"/":
+            continue
+        parts = [c for c in p.split(b"/") if c]
+        node = spec
+        for comp in parts[:-1]:
+            sub = node.setdefault(comp, {})
+            if sub is LEAF:
+                break
+            node = sub
+        else:
+            node[parts[-1]] = LEAF
+    return spec
