@@ -66,6 +66,31 @@ _FAST_CIPHERS = [
 ]
 
 
+async def _read_range(f: asyncssh.SFTPClientFile, offset: int, n: int) -> bytes:
+    """``n`` bytes at ``offset`` (fewer at the end of the file).
+
+    asyncssh's ``read`` reassembles its parallel requests into a bytearray that grows block by block
+    (zero-padding the gaps of blocks that arrive early) and then copies it into bytes: three passes over
+    fresh memory for every pack range. ``read_parallel`` hands over the blocks as they arrive (a short
+    reply is completed by a further request); they are joined once, in order, up to the first gap (the
+    end of the file).
+    """
+    blocks: dict[int, bytes] = {}
+    async for at, data in await f.read_parallel(n, offset):
+        if data:
+            blocks[at] = data
+    out: list[bytes] = []
+    end = offset
+    for at in sorted(blocks):
+        if at != end:
+            break
+        out.append(blocks[at])
+        end += len(blocks[at])
+    if len(out) == 1:
+        return out[0]
+    return b"".join(out)
+
+
 class _LoopThread:
     """An asyncio event loop running forever in a daemon thread."""
 
@@ -399,8 +424,7 @@ class SFTPBackend:
                     n = length
                 if n <= 0:
                     return b""
-                data = await f.read(n, offset)
-                return bytes(data)
+                return await _read_range(f, offset, n)
 
         return self._run(self._what(type, name), op, None)
 
