@@ -34,7 +34,7 @@ from ..repository.keyring import (
 )
 from ..snapshot.model import now_iso
 from . import common
-from .common import add_global_options, ask_passphrase, emit_json, local_time, open_repository, opt, out
+from .common import add_global_options, ask_passphrase, emit_json, local_time, open_repository, opt, out, print_table
 
 HELP = "list, add, change or remove keys (passphrases and write-only keys)"
 
@@ -121,11 +121,7 @@ def _list(args: argparse.Namespace) -> int:
         elif e.stored == "outside":
             comment = (comment + " " if comment else "") + "(key file kept outside)"
         rows.append((e.short_id + (" *" if e.in_use else ""), _type(e), e.host, e.user, _when(e.created), comment))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for k, r in enumerate(rows):
-        print("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip())
-        if k == 0:
-            print("-" * (sum(widths) + 2 * (len(widths) - 1)))
+    print_table(rows)
     note = " (* = the key in use)" if any(e.in_use for e in entries) else ""
     print(f"{len(entries)} key(s){note}")
     return 0

@@ -7,7 +7,7 @@ import sys
 
 from ..repository.keyring import own_snapshots
 from ..repository.repo import Repository
-from .common import display, emit_json, human, json_path, local_time, open_repository, opt
+from .common import display, emit_json, human, json_path, local_time, open_repository, opt, print_table
 
 HELP = "list snapshots"
 
@@ -45,11 +45,7 @@ def run(args: argparse.Namespace) -> int:
             ", ".join(display(p) for p in s.paths),
             human(s.summary.get("bytes_total", 0)),
         ))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for k, r in enumerate(rows):
-        print("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip())
-        if k == 0:
-            print("-" * (sum(widths) + 2 * (len(widths) - 1)))
+    print_table(rows)
     print(f"{len(snaps)} snapshot(s)")
     return 0
 
@@ -75,10 +71,6 @@ def _own_work(args: argparse.Namespace, repo: Repository) -> int:
             ", ".join(s.paths),
             human(s.summary.get("bytes_total", 0)),
         ))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for k, r in enumerate(rows):
-        print("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip())
-        if k == 0:
-            print("-" * (sum(widths) + 2 * (len(widths) - 1)))
+    print_table(rows)
     print(f"{len(snaps)} snapshot(s) saved by this write-only key (own work)")
     return 0

@@ -50,6 +50,15 @@ def human(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+def print_table(rows: list[tuple[str, ...]]) -> None:
+    """Rows of text in left-aligned columns, the first row a heading underlined with dashes."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for k, r in enumerate(rows):
+        print("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip())
+        if k == 0:
+            print("-" * (sum(widths) + 2 * (len(widths) - 1)))
+
+
 def add_global_options(p: argparse.ArgumentParser, suppress: bool = False) -> None:
     """Options every command accepts, before or after the command name."""
     default = argparse.SUPPRESS if suppress else None

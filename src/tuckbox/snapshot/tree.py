@@ -198,7 +198,9 @@ def node_refs(nodes: list[Node | dict[str, Any] | RawNode]) -> list[tuple[Any, b
     return out
 
 
-def decode_tree(raw: bytes) -> list[Node]:
+def tree_maps(raw: bytes) -> Any:
+    """The entry maps of an encoded tree, unchecked, once its framing and version are (IntegrityError,
+    UnsupportedFormat)."""
     try:
         doc = msgpack.unpackb(raw)
         version = doc["v"]
@@ -207,4 +209,8 @@ def decode_tree(raw: bytes) -> list[Node]:
         raise IntegrityError("a tree is malformed") from None
     if version != TREE_VERSION:
         raise UnsupportedFormat(f"tree version {version} is not supported; upgrade tuckbox")
-    return [Node.from_map(m) for m in maps]
+    return maps
+
+
+def decode_tree(raw: bytes) -> list[Node]:
+    return [Node.from_map(m) for m in tree_maps(raw)]

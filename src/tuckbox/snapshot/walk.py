@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Iterator
 
-import msgpack
-
-from ..errors import IntegrityError, UnsupportedFormat, UsageError
-from .tree import DIR, NODE_TYPES, TREE_VERSION, Node, decode_tree
+from ..errors import IntegrityError, UsageError
+from .tree import DIR, NODE_TYPES, Node, decode_tree, tree_maps
 
 LoadTree = Callable[[bytes], bytes]
 
@@ -28,14 +26,7 @@ def decode_maps(raw: bytes) -> list[dict[str, Any]]:
     type, ...; see ``tree._FIELDS``): ``Node.from_map`` makes a full Node of
     one when needed. Raises like ``decode_tree``.
     """
-    try:
-        doc = msgpack.unpackb(raw)
-        version = doc["v"]
-        maps = doc["nodes"]
-    except (ValueError, KeyError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
-        raise IntegrityError("a tree is malformed") from None
-    if version != TREE_VERSION:
-        raise UnsupportedFormat(f"tree version {version} is not supported; upgrade tuckbox")
+    maps = tree_maps(raw)
     try:
         if all(type(n := m["n"]) is bytes and m["t"] in NODE_TYPES and _plain(n) for m in maps):
             return maps  # type: ignore[no-any-return]
