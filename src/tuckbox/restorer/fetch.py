@@ -24,17 +24,20 @@ from typing import Any, Callable, Iterator
 from ..errors import PermanentError, TuckboxError
 from ..types import ObjectType
 
-GAP = 1 << 20  # fetch across gaps smaller than this rather than issue another request
+GAP = 1 << 20  # fetch across gaps smaller than this rather than issue another request (a local repository)
+# from remote storage bytes cost more than requests: bridging at most 256 KiB fetched 10 % less of the mixed
+# benchmark set from S3 (504 instead of 560 MiB, 90 more requests, ~0.2 s more CPU: it pays below ~280 MiB/s)
+GAP_REMOTE = 256 << 10
 COPY_MIN = 64 << 10  # a blob this large that a later window needs again is read back from the target
 SOURCES = 1 << 14  # how many such blobs are remembered (the most recently written)
 MAX_RANGE = 8 << 20  # but request at most this much at once
 
 
-def ranges(locs: list[Any]) -> list[list[Any]]:
-    """One pack's needed blobs (index locations) as requests, in offset order."""
+def ranges(locs: list[Any], gap: int = GAP) -> list[list[Any]]:
+    """One pack's needed blobs (index locations) as requests, in offset order: blobs closer than ``gap`` share one."""
     locs.sort(key=lambda loc: loc.entry.offset)
     groups: list[list[Any]] = [[locs[0]]]
-    gap, most = GAP, MAX_RANGE
+    most = MAX_RANGE
     for loc in locs[1:]:
         group = groups[-1]
         prev, e = group[-1].entry, loc.entry
@@ -163,8 +166,9 @@ class Fetcher:
     comes back as its error (PermanentError, storage-wide, is raised).
     """
 
-    def __init__(self, backend: Any, connections: int, budget: int) -> None:
+    def __init__(self, backend: Any, connections: int, budget: int, gap: int = GAP) -> None:
         self.backend = backend
+        self.gap = gap  # for ``ranges``
         self.connections = max(1, connections)
         self._pool: ThreadPoolExecutor | None = None
         self._free = budget

@@ -42,7 +42,7 @@ from ..snapshot.model import Snapshot
 from ..snapshot.tree import DIR, FILE, SYMLINK, Node
 from ..snapshot.walk import decode_maps
 from ..types import BlobType
-from .fetch import COPY_MIN, BlobCache, DoneMark, Fetcher, Sources
+from .fetch import COPY_MIN, GAP, GAP_REMOTE, BlobCache, DoneMark, Fetcher, Sources
 from .meta import Meta, file_mode
 from .workers import WorkerProcesses
 from .workers import usable as workers_usable
@@ -279,7 +279,8 @@ class _Run:
 
     def _writer(self, report: Any, share: int = 1) -> WindowWriter:
         """The window writer of this process (of each worker: ``share`` of them split the memory budgets)."""
-        self.fetcher = Fetcher(self.repo.backend, self.connections, READ_AHEAD // share)
+        gap = GAP if local_root(self.repo.backend) is not None else GAP_REMOTE
+        self.fetcher = Fetcher(self.repo.backend, self.connections, READ_AHEAD // share, gap)
         cache = BlobCache(BLOB_CACHE // share)
         return WindowWriter(
             self.repo, self.meta, cache, self.fetcher, report, self.target, self.resume, self.done_mark.get

@@ -212,7 +212,7 @@ class WindowWriter:
                     locs.append(loc)
             else:
                 job.cached.append((data, targets))
-        job.fetch = self.fetcher.start([g for locs in by_pack.values() for g in ranges(locs)], eager)
+        job.fetch = self.fetcher.start([g for locs in by_pack.values() for g in ranges(locs, self.fetcher.gap)], eager)
         return job
 
     def _read_back(self, blob_id: bytes, source: tuple[bytes, int, int, int]) -> bytes | None:
