@@ -186,7 +186,7 @@ class S3Backend:
         )
         try:
             # botocore's own session, not boto3's: boto3 adds nothing a client uses here, and importing it (with
-            # s3transfer) and building its client took ~0.1 s more of every command on an S3 repository
+            # s3transfer) and building its client cost every command on an S3 repository ~25 ms more
             session = botocore.session.Session(profile=profile) if profile else botocore.session.Session()
             self._s3 = session.create_client("s3", endpoint_url=endpoint, config=config)
         except bexc.ProfileNotFound:
