@@ -235,7 +235,7 @@ def test_body_damaged_in_transit_is_refused(s3env, multipart, checksum, request)
 def test_crc32_only_where_the_server_checks_it(fresh_backend, s3env, request):
     """The probe: the right CRC32 accepted and a wrong one refused, or Content-MD5; it leaves nothing behind."""
     server = request.node.callspec.params["s3env"]
-    assert fresh_backend._crc32_checked() is VERIFIES_CRC32[server]
+    assert fresh_backend._server()[1] is VERIFIES_CRC32[server]
     data = os.urandom(100_000)
     name = hashlib.sha256(data).hexdigest()
     fresh_backend.save(ObjectType.PACK, name, data)
@@ -247,6 +247,51 @@ def test_crc32_only_where_the_server_checks_it(fresh_backend, s3env, request):
     finally:
         raw.close()
     assert [k for k in keys if "probe" in k] == [] and len(keys) == 1
+
+
+def test_probes_start_early_run_at_once_and_end_before_a_fork(fresh_backend):
+    """prepare_writes starts both probes in the background (a repository opened for writing calls it before
+    its key derivation); the first save then waits for their answers and probes nothing more; closing
+    (as before a fork) leaves no probe thread running."""
+    import threading
+
+    puts: list[str] = []
+    fresh_backend._s3.meta.events.register(
+        "before-send.s3.PutObject", lambda request, **_: puts.append(request.url.rsplit("/", 1)[-1])
+    )
+    fresh_backend.prepare_writes()
+    fresh_backend.prepare_writes()  # (a second call starts nothing more)
+    assert fresh_backend._server() in {(c, k) for c in (True, False) for k in (True, False)}
+    probes = [p for p in puts if p.startswith(".tuckbox-probe-")]
+    assert len(probes) == 4 and len(set(probes)) == 3  # conditional write: one name twice; checksum: two names
+    fresh_backend.save(ObjectType.LOCK, "cd" * 32, b"x")
+    assert puts[len(probes):] == ["cd" * 32]  # the save itself, and no probe again
+    fresh_backend.prepare_writes()  # answered: nothing to start
+    fresh_backend.close()
+    assert not [t for t in threading.enumerate() if t.name == "tuckbox-s3-probe"]
+    assert [i.name for i in fresh_backend.list(ObjectType.LOCK)] == ["cd" * 32]
+
+
+def test_a_failed_background_probe_fails_the_save_then_is_asked_again(fresh_backend):
+    """A probe that meets an error reports it at the first save that needs its answer (here a dropped
+    connection, every attempt of it), and the next save probes again."""
+    from botocore.exceptions import ConnectionClosedError
+
+    def drop_probes(request, **_):
+        if ".tuckbox-probe-" in request.url:
+            raise ConnectionClosedError(endpoint_url=request.url)
+
+    fresh_backend._s3.meta.events.register("before-send.s3.PutObject", drop_probes)
+    fresh_backend.prepare_writes()
+    with pytest.raises(TransientError):
+        fresh_backend.save(ObjectType.LOCK, "ef" * 32, b"x")
+    assert fresh_backend._probes == [] and None in (fresh_backend._conditional, fresh_backend._crc32)
+    with pytest.raises(ObjectNotFound):
+        fresh_backend.stat(ObjectType.LOCK, "ef" * 32)
+    fresh_backend._s3.meta.events.unregister("before-send.s3.PutObject", drop_probes)
+    fresh_backend.save(ObjectType.LOCK, "ef" * 32, b"x")
+    assert fresh_backend._conditional is not None and fresh_backend._crc32 is not None
+    assert fresh_backend.load(ObjectType.LOCK, "ef" * 32) == b"x"
 
 
 @pytest.mark.parametrize("sign", [None, "true"], ids=["default", "signed"])

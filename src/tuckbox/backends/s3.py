@@ -61,7 +61,6 @@ import base64
 import hashlib
 import os
 import re
-import secrets
 import threading
 import zlib
 from typing import Any, Iterator
@@ -73,6 +72,7 @@ from botocore.config import Config
 from ..errors import ObjectExists, ObjectNotFound, PermanentError, TransientError, TuckboxError, UsageError
 from ..types import ObjectInfo, ObjectType
 from .layout import check_name, object_path
+from .s3probe import Probe, b64crc, conditional_put_honoured, crc32_checked
 from .url import option, parse_bool, parse_int, parse_size
 
 _AUTH_CODES = {
@@ -86,10 +86,6 @@ _RETRY_CODES = {
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
 _MIN_PART = 5 << 20
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-\d+/(?:\d+|\*)\s*$")
-
-
-def _b64crc(crc: int) -> str:
-    return base64.b64encode(crc.to_bytes(4, "big")).decode()
 
 
 class _Body:
@@ -172,6 +168,7 @@ class S3Backend:
             raise UsageError(f"s3.checksum must be auto, md5 or crc32, not {checksum!r}")
         self._crc32: bool | None = None if checksum == "auto" else checksum == "crc32"
         self._probe_lock = threading.Lock()
+        self._probes: list[tuple[str, Probe]] = []  # probes under way (s3probe.py)
         config = Config(
             region_name=region,
             signature_version="s3v4",
@@ -307,75 +304,46 @@ class S3Backend:
                 return None
             raise err from None
 
-    # -- conditional writes ---------------------------------------------------
+    # -- what the server does (s3probe.py) -------------------------------------
 
-    def _conditional_supported(self) -> bool:
-        if self._conditional is not None:
-            return self._conditional
+    def prepare_writes(self) -> None:
+        """Start finding out what the first save needs to know, in the background (a repository opened
+        for writing calls this before its key derivation, which then hides the probes' round trips)."""
         with self._probe_lock:
-            if self._conditional is None:
-                self._conditional = self._probe()
-        return self._conditional
+            self._start_probes()
 
-    def _probe(self) -> bool:
-        """Does the server honour If-None-Match: * on PUT? Ask once, with a probe object."""
-        key = f"{self._base}.tuckbox-probe-{secrets.token_hex(8)}"
-        what = "a conditional-write probe"
-        try:
-            try:
-                self._s3.put_object(Bucket=self.bucket, Key=key, Body=b"1", IfNoneMatch="*")
-            except bexc.ClientError as e:
-                if int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)) in (400, 501):
-                    return False  # the server rejects the header outright
-                raise
-            try:
-                self._s3.put_object(Bucket=self.bucket, Key=key, Body=b"2", IfNoneMatch="*")
-            except bexc.ClientError as e:
-                if isinstance(self._map(e, what), ObjectExists):
-                    return True
-                raise
-            return False
-        except Exception as e:  # noqa: BLE001
-            raise self._map(e, what) from None
-        finally:
-            try:
-                self._s3.delete_object(Bucket=self.bucket, Key=key)
-            except Exception:  # noqa: BLE001 - best effort
-                pass
+    def _start_probes(self) -> None:
+        running = {name for name, _ in self._probes}
+        args = (self._s3, self.bucket, self._base, self._map)
+        if self._conditional is None and "conditional" not in running:
+            self._probes.append(("conditional", Probe(lambda: conditional_put_honoured(*args))))
+        if self._crc32 is None and "crc32" not in running:
+            self._probes.append(("crc32", Probe(lambda: crc32_checked(*args))))
 
-    # -- upload checksums -----------------------------------------------------
-
-    def _crc32_checked(self) -> bool:
-        """Whether the server verifies ``x-amz-checksum-crc32`` on PutObject (probed once; see the module doc)."""
-        if self._crc32 is not None:
-            return self._crc32
-        with self._probe_lock:
-            if self._crc32 is None:
-                self._crc32 = self._probe_crc32()
-        return self._crc32
-
-    def _probe_crc32(self) -> bool:
-        body = b"tuckbox checksum probe " + secrets.token_bytes(16)
-        right = zlib.crc32(body)
-        keys = [f"{self._base}.tuckbox-probe-{secrets.token_hex(8)}" for _ in range(2)]
-        try:
+    def _settle_probes(self, raise_error: bool) -> None:
+        """Wait for the probes under way; a failed one leaves its answer unknown (asked again when needed)."""
+        error: BaseException | None = None
+        for name, probe in self._probes:
             try:
-                self._s3.put_object(Bucket=self.bucket, Key=keys[0], Body=body, ChecksumCRC32=_b64crc(right))
-            except bexc.ClientError:
-                return False  # the header itself is not accepted
-            try:
-                self._s3.put_object(Bucket=self.bucket, Key=keys[1], Body=body, ChecksumCRC32=_b64crc(right ^ 1))
-            except bexc.ClientError as e:
-                return int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)) == 400
-            return False  # a wrong checksum was stored: the server does not check it
-        except Exception as e:  # noqa: BLE001
-            raise self._map(e, "an upload-checksum probe") from None
-        finally:
-            for key in keys:
-                try:
-                    self._s3.delete_object(Bucket=self.bucket, Key=key)
-                except Exception:  # noqa: BLE001 - best effort
-                    pass
+                answer = probe.result()
+            except Exception as e:  # noqa: BLE001
+                error = error or e
+                continue
+            if name == "conditional":
+                self._conditional = answer
+            else:
+                self._crc32 = answer
+        self._probes = []
+        if error is not None and raise_error:
+            raise error
+
+    def _server(self) -> tuple[bool, bool]:
+        """(conditional PUTs honoured, CRC32 checked): each probed once, both at once, before the first save."""
+        if self._conditional is None or self._crc32 is None:
+            with self._probe_lock:
+                self._start_probes()
+                self._settle_probes(raise_error=True)
+        return bool(self._conditional), bool(self._crc32)
 
     # -- Backend --------------------------------------------------------------
 
@@ -418,15 +386,15 @@ class S3Backend:
     def save(self, type: ObjectType, name: str, data: bytes | memoryview) -> None:
         key = self._key(type, name)
         what = self._what(type, name)
-        conditional = self._conditional_supported()
+        conditional, crc32 = self._server()
         if not conditional and self._head(key, what) is not None:
             raise ObjectExists(f"{what} already exists in {self.location}")
         if len(data) > self.multipart_threshold:
             self._save_multipart(key, what, data, conditional)
             return
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": _Body(data)}
-        if self._crc32_checked():
-            kwargs["ChecksumCRC32"] = _b64crc(zlib.crc32(data))
+        if crc32:
+            kwargs["ChecksumCRC32"] = b64crc(zlib.crc32(data))
         else:
             kwargs["ContentMD5"] = self._md5(data)
         if conditional:
@@ -554,6 +522,8 @@ class S3Backend:
         self.close()
 
     def close(self) -> None:
+        with self._probe_lock:
+            self._settle_probes(raise_error=False)  # no probe thread outlives this (nor runs at a fork)
         try:
             self._s3.close()
         except Exception:  # noqa: BLE001 - closing is best effort

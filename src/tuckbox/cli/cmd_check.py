@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise UsageError(str(e)) from None
         args.read_data = True
-    repo = open_repository(args, load_index=False)
+    repo = open_repository(args, load_index=False, writes=not args.no_lock)
     quiet = bool(opt(args, "quiet")) or bool(opt(args, "json"))
     lock: Lock | None = None
     unlocked_note: str | None = None

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.snapshots and policy.is_empty():
         raise UsageError("no --keep-* rule and no snapshot id given: say what to keep (e.g. --keep-daily 7) "
                          "or which snapshots to remove")
-    repo = open_repository(args, load_index=False)
+    repo = open_repository(args, load_index=False, writes=not args.dry_run)
     try:
         repo.keys.require_full("forget (it must read the snapshots)")
         snaps = repo.snapshots()

@@ -135,7 +135,7 @@ def _add(args: argparse.Namespace) -> int:
     output = Path(os.path.expanduser(args.output)) if args.output else None
     if output is not None and (output.exists() or output.is_symlink()):
         raise UsageError(f"{output} already exists; choose a new file name for the key")
-    repo = open_repository(args, load_index=False)
+    repo = open_repository(args, load_index=False, writes=True)
     try:
         repo.keys.require_full("add keys")
         if output is not None:
@@ -160,7 +160,7 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _passwd(args: argparse.Namespace) -> int:
-    repo = open_repository(args, load_index=False)
+    repo = open_repository(args, load_index=False, writes=True)
     try:
         repo.keys.require_full("change a passphrase")
         if not repo.key_name:
@@ -177,7 +177,7 @@ def _passwd(args: argparse.Namespace) -> int:
 
 
 def _remove(args: argparse.Namespace) -> int:
-    repo = open_repository(args, load_index=False)
+    repo = open_repository(args, load_index=False, writes=True)
     try:
         entry = remove_key(repo, args.id)
     finally:

@@ -89,7 +89,7 @@ def prune(args: argparse.Namespace, repo: Repository, dry_run: bool, without: fr
 
 
 def run(args: argparse.Namespace) -> int:
-    repo = open_repository(args, load_index=False)
+    repo = open_repository(args, load_index=False, writes=True)
     try:
         doc = prune(args, repo, args.dry_run)
     finally:

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         return _snapshots(args)
     if args.snapshots:
         raise UsageError("'repair index' takes no snapshot ids")
-    repo = open_repository(args, load_index=False)
+    repo = open_repository(args, load_index=False, writes=not args.dry_run)
     quiet = bool(opt(args, "quiet")) or bool(opt(args, "json"))
     progress = None if quiet else (lambda m: print(m, file=sys.stderr))
     lock = None
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _snapshots(args: argparse.Namespace) -> int:
-    repo = open_repository(args)
+    repo = open_repository(args, writes=not args.dry_run)
     quiet = bool(opt(args, "quiet")) or bool(opt(args, "json"))
     progress = None if quiet else (lambda m: print(m, file=sys.stderr))
     lock = None

@@ -36,7 +36,7 @@ def register(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if not args.target:
         raise UsageError("--target needs a directory to restore into (a new or empty one)")
-    repo = open_repository(args)
+    repo = open_repository(args, writes=True)
     repo.keys.require_full("restore")
     snap = repo.find_snapshot(args.snapshot)
     # a shared lock, so a prune cannot delete what is being restored; refreshed from the restoring thread

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("say what to remove with --exclude PATTERN (or --exclude-file FILE)")
     if patterns.match(b"/", b""):
         raise UsageError("that pattern matches the root of every snapshot; to remove snapshots use 'tuckbox forget'")
-    repo = open_repository(args)
+    repo = open_repository(args, writes=True)
     quiet = bool(opt(args, "quiet")) or bool(opt(args, "json"))
     progress = None if quiet else (lambda m: print(m, file=sys.stderr))
     lock = None

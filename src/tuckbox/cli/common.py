@@ -226,7 +226,8 @@ def report_problems() -> None:
                 warn(p)
 
 
-def open_repository(args: argparse.Namespace, *, load_index: bool = True) -> Repository:
+def open_repository(args: argparse.Namespace, *, load_index: bool = True, writes: bool = False) -> Repository:
+    """The repository of ``args``, unlocked; ``writes``: the command will write to it (takes a lock)."""
     backend = open_storage(args)
     key_file = opt(args, "key_file")
     raw_key: bytes | None = None
@@ -249,9 +250,9 @@ def open_repository(args: argparse.Namespace, *, load_index: bool = True) -> Rep
             raise UsageError("use either --key-file or --recover, not both")
         from ..repository.keyring import open_with_shares
 
-        repo = open_with_shares(backend, recover, load_index=load_index)
+        repo = open_with_shares(backend, recover, load_index=load_index, writes=writes)
     else:
-        repo = Repository.open(backend, passphrase, key_file=raw_key, load_index=load_index)
+        repo = Repository.open(backend, passphrase, key_file=raw_key, load_index=load_index, writes=writes)
     OPENED.append(repo)
     connections = opt(args, "connections")
     if connections:

@@ -249,7 +249,9 @@ def read_share_files(files: Sequence[str]) -> list[ParsedShare]:
     return parsed
 
 
-def open_with_shares(backend: Backend, files: Sequence[str], *, load_index: bool = True) -> Repository:
+def open_with_shares(
+    backend: Backend, files: Sequence[str], *, load_index: bool = True, writes: bool = False
+) -> Repository:
     """Open a repository with recovery-kit shares instead of a passphrase.
 
     The share files must name this repository; the combined secret must authenticate its config.
@@ -267,7 +269,7 @@ def open_with_shares(backend: Backend, files: Sequence[str], *, load_index: bool
             f"the recovery shares do not unlock repository {config.id[:8]} at {backend.location}: they belong to "
             "another repository's kit (or the repository's config was modified)"
         ) from None
-    return Repository.open(backend, None, keys=keys, load_index=load_index)
+    return Repository.open(backend, None, keys=keys, load_index=load_index, writes=writes)
 
 
 # --------------------------------------------------------------------------- a write-only key's own work

@@ -131,10 +131,16 @@ class Repository:
         key_file: bytes | None = None,
         keys: KeySet | None = None,
         load_index: bool = True,
+        writes: bool = False,
     ) -> "Repository":
         """Open with a passphrase (tried on every passphrase key), a key file, or a key set
-        already recovered (e.g. from recovery-kit shares)."""
+        already recovered (e.g. from recovery-kit shares). ``writes``: the caller will write (a lock at
+        least), so storage that must find something out before its first save starts now (S3's probes),
+        while the key is being derived."""
         config, doc = cls.read_config(backend)
+        prepare = getattr(backend, "prepare_writes", None) if writes else None
+        if callable(prepare):
+            prepare()
         key_name = ""
         if keys is not None:
             pass
