@@ -54,6 +54,12 @@ class Backend(Protocol):
     its build buffer): it is valid only during the call, so a backend that
     keeps the bytes copies them. Names are lowercase hex (or ``config``). Every method
     raises ``ObjectNotFound`` / ``TransientError`` / ``PermanentError``.
+
+    Optional: ``checks_whole_loads = True`` on a backend whose ``load`` of a whole
+    object never returns fewer bytes than are stored (it raises instead), so the
+    retry wrapper need not ``stat`` objects it cannot check against their hash
+    names (wrappers.RetryBackend); ``prepare_writes()`` starts, in the background,
+    whatever the first ``save`` must find out first (S3's probes).
     """
 
     location: str  # for messages: never contains a secret

@@ -61,6 +61,8 @@ def rename_noreplace(src: str, dst: str) -> None:
 
 
 class LocalBackend:
+    checks_whole_loads = True  # a whole load reads the file to its end (objects appear whole: renamed into place)
+
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(os.path.expanduser(root))
         self.location = self.root

@@ -132,6 +132,8 @@ def _range_start(header: str | None) -> int | None:
 
 
 class S3Backend:
+    checks_whole_loads = True  # a body shorter than its Content-Length is a TransientError (load)
+
     def __init__(
         self,
         bucket: str,

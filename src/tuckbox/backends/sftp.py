@@ -118,6 +118,8 @@ class _LoopThread:
 
 
 class SFTPBackend:
+    checks_whole_loads = True  # a whole load shorter than the size the open file reports is a TransientError
+
     def __init__(
         self,
         host: str,
@@ -424,7 +426,10 @@ class SFTPBackend:
                     n = length
                 if n <= 0:
                     return b""
-                return await _read_range(f, offset, n)
+                data = await _read_range(f, offset, n)
+                if length is None and len(data) < n:  # (objects never change: the transfer was cut short)
+                    raise TransientError(f"short read of {type.value}/{name} from {self.location} ({len(data)} of {n} bytes)")
+                return data
 
         return self._run(self._what(type, name), op, None)
 

@@ -84,9 +84,12 @@ def _user() -> str:
         return str(os.getuid())
 
 
-def read_locks(backend: Backend, index_key: bytes) -> list[LockInfo]:
+def read_locks(backend: Backend, index_key: bytes, mine: str = "") -> list[LockInfo]:
+    """Every lock in the repository but ``mine`` (the caller's own, not read back)."""
     out: list[LockInfo] = []
     for info in backend.list(ObjectType.LOCK):
+        if info.name == mine:
+            continue
         try:
             raw = backend.load(ObjectType.LOCK, info.name)
             doc = json.loads(open_sealed(index_key, raw, LOCK_AD, "lock"))
@@ -145,8 +148,8 @@ class Lock:
             self._written_at = _elapsed()
             conflicts = [
                 lk
-                for lk in read_locks(self.backend, self.index_key)
-                if lk.name != self.name and (self.exclusive or lk.exclusive) and not lk.is_stale()
+                for lk in read_locks(self.backend, self.index_key, mine=self.name)
+                if (self.exclusive or lk.exclusive) and not lk.is_stale()
             ]
             if not conflicts:
                 break
