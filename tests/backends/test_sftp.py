@@ -11,6 +11,7 @@ import uuid
 import pytest
 
 from tuckbox.backends import open_backend
+from tuckbox.backends import sftp as sftp_module
 from tuckbox.backends.sftp import SFTPBackend
 from tuckbox.errors import ObjectExists, PermanentError, TransientError, UsageError
 from tuckbox.testing.conformance import CONFORMANCE_CHECKS
@@ -195,6 +196,43 @@ def test_reconnects_after_connection_loss(fresh_backend):
             continue
     else:
         raise AssertionError("did not reconnect")
+
+
+def _threads() -> list[str]:
+    import threading
+
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("tuckbox-sftp"))
+
+
+def test_resume_connects_in_the_background_and_suspend_waits_for_it(fresh_backend, monkeypatch):
+    """After a fork the parent's storage connects again in the background (``resume``): the connection
+    is there before the next operation asks. A suspend while that connection is being made (a fork right
+    after) waits for it and closes it: no thread and no connection are left behind."""
+    fresh_backend.save(ObjectType.INDEX, "22" * 32, b"two")
+    fresh_backend.suspend()
+    assert fresh_backend._conn is None and _threads() == []
+    fresh_backend.resume()
+    deadline = time.monotonic() + 20
+    while fresh_backend._conn is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    first = fresh_backend._conn
+    assert first is not None and not first.is_closed()
+    assert fresh_backend.load(ObjectType.INDEX, "22" * 32) == b"two"
+    assert fresh_backend._conn is first  # the operation used the connection made in the background
+    made = []
+    real_connect = sftp_module.asyncssh.connect
+
+    async def connect(*args, **kwargs):
+        made.append(await real_connect(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(sftp_module.asyncssh, "connect", connect)
+    fresh_backend.suspend()
+    fresh_backend.resume()
+    fresh_backend.suspend()  # at once: the handshake is still under way
+    assert fresh_backend._conn is None and _threads() == []
+    assert first.is_closed() and len(made) == 1 and made[0].is_closed()
+    assert fresh_backend.load(ObjectType.INDEX, "22" * 32) == b"two"
 
 
 def test_closed_backend_refuses_quickly(sshd):

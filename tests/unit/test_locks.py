@@ -167,3 +167,27 @@ def test_taking_a_lock_reads_the_others_back_but_not_its_own() -> None:
     second.release()
     first.release()
     assert list(backend.list(ObjectType.LOCK)) == []
+
+
+def test_a_lock_taken_before_a_fork_is_refreshed_from_a_thread_started_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backup takes its lock before forking its pack process (no thread may run at the fork), then
+    starts refreshing it from a thread: the lock object is replaced, and the old one removed, on time."""
+    import threading
+    import time
+
+    monkeypatch.setattr(locks, "REFRESH_EVERY", 0.05)
+    backend = MemoryBackend()
+    lock = Lock(backend, KEY, exclusive=False, background=False).acquire()
+    assert not [t for t in threading.enumerate() if t.name == "tuckbox-lock"]
+    first = lock.name
+    lock.refresh_in_background()
+    lock.refresh_in_background()  # (once is enough: no second thread)
+    assert len([t for t in threading.enumerate() if t.name == "tuckbox-lock"]) == 1
+    deadline = time.monotonic() + 10
+    while lock.name == first and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert lock.name != first
+    lock.ensure_held()
+    lock.release()
+    assert list(backend.list(ObjectType.LOCK)) == []
+    assert not [t for t in threading.enumerate() if t.name == "tuckbox-lock"]

@@ -204,17 +204,23 @@ def run_backup(
         user = str(os.getuid())
     state = repo.cache.state_dir if repo.cache.enabled else None
     journal = PackJournal(state / "journal" if state else None)
-    # first: a pack process is forked only while this process has no other thread (the lock's is next)
-    packer = repo.new_backup_packer(journal)
+    # the lock, and the parent snapshot, on the connection the repository was opened with; then a pack
+    # process, forked only while this process has no other thread (the lock's refresh thread starts after)
     try:
-        lock = Lock(repo.backend, repo.keys.index_key, exclusive=False).acquire(
+        lock = Lock(repo.backend, repo.keys.index_key, exclusive=False, background=False).acquire(
             request.lock_wait, progress.note if progress is not None else None, should_stop
         )
     except BaseException:
-        packer.stop(grace=0)
-        packer.close()
         journal.close(remove=True)
         raise
+    try:
+        parent = _find_parent(repo, host, paths)
+        packer = repo.new_backup_packer(journal)
+    except BaseException:
+        lock.release()
+        journal.close(remove=True)
+        raise
+    lock.refresh_in_background()
     repo.guard = lock.ensure_held
     store = RunStore(repo, packer)
     over = threading.Event()
@@ -224,7 +230,6 @@ def run_backup(
     files_cache: FilesCache | None = None
     try:
         adopted = adopt_journaled_packs(repo, journal)
-        parent = _find_parent(repo, host, paths)
         checkpoints = _Checkpoints(state, paths)
         files_cache = FilesCache(state / "files-cache" if state else None, paths)
         written: list[str] = []

@@ -62,6 +62,14 @@ def prepare_fork(backend: Any, *, any_wrapper: bool = False) -> bool:
     return alone()
 
 
+def after_fork(backend: Any, *, any_wrapper: bool = False) -> None:
+    """In the parent, once the children are forked: let the storage connect again in the background
+    (``resume``, where it has one), so that its next operation does not wait for a whole handshake."""
+    resume = getattr(base(backend, any_wrapper=any_wrapper), "resume", None)
+    if callable(resume):
+        resume()
+
+
 def alone(wait: float | None = None) -> bool:
     """Whether the calling thread is the only one in this process (waiting up to ``wait`` s for others to end).
 

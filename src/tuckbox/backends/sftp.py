@@ -108,6 +108,11 @@ class _LoopThread:
             raise RuntimeError("SFTPBackend called from its own event loop thread")
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()  # type: ignore[arg-type]
 
+    def start(self, coro: Awaitable[Any]) -> None:
+        """Run ``coro`` without waiting for it; its outcome is dropped."""
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # (retrieved: never logged)
+
     def stop(self) -> None:
         if self.loop.is_closed():
             return
@@ -193,6 +198,14 @@ class SFTPBackend:
         self._shutdown()
         self._loop_thread = None
         self._connect_lock = None  # an asyncio.Lock belongs to the loop it was first used on
+
+    def resume(self) -> None:
+        """After ``suspend`` and the fork (in the parent): connect again in the background, so that the next
+        operation finds the connection made, or being made, instead of waiting for a whole SSH handshake.
+        A failure shows at that operation, which tries again."""
+        if self._closed:
+            return
+        self._loop.start(self._client())
 
     # -- connection ---------------------------------------------------------
 
@@ -490,6 +503,9 @@ class SFTPBackend:
 
     def _shutdown(self) -> None:
         async def shutdown() -> None:
+            if self._connect_lock is not None:
+                async with self._connect_lock:
+                    pass  # a connection being made (resume) is made first, then closed with the rest
             conn = self._conn
             self._drop()
             if conn is not None:

@@ -171,9 +171,15 @@ class Lock:
                     raise Interrupted("interrupted while waiting for the repository lock; nothing was changed")
                 time.sleep(min(0.1, max(0.0, until - _elapsed())))
         if self.background:
+            self.refresh_in_background()
+        return self
+
+    def refresh_in_background(self) -> None:
+        """Refresh from a thread from now on (a lock taken with ``background=False`` before a fork)."""
+        if self._thread is None and self.name:
+            self.background = True
             self._thread = threading.Thread(target=self._refresh_loop, name="tuckbox-lock", daemon=True)
             self._thread.start()
-        return self
 
     def _remove(self, name: str) -> None:
         try:

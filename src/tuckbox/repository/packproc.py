@@ -55,7 +55,7 @@ from typing import Any, Callable
 
 import msgpack
 
-from ..backends.fork import F_SETPIPE_SZ, PIPE_SIZE, die_with_parent, forkable, pickle_error, prepare_fork
+from ..backends.fork import F_SETPIPE_SZ, PIPE_SIZE, after_fork, die_with_parent, forkable, pickle_error, prepare_fork
 from ..backends.fork import unpickle_error
 from ..errors import TuckboxError
 from ..types import Backend, BlobType
@@ -83,9 +83,12 @@ def open_packer(
         backend, any_wrapper=True
     ):
         try:
-            return PackProcess(backend, index, recipient, pack_size, write_index, journal, connections=connections)
+            process = PackProcess(backend, index, recipient, pack_size, write_index, journal, connections=connections)
         except OSError:
             pass  # no fork to be had here: the same packer, as threads
+        else:
+            after_fork(backend, any_wrapper=True)  # this process writes the indexes and the snapshot
+            return process
     return Packer(
         backend, index, recipient, pack_size, write_index, connections=connections, on_pack_saved=journal.record
     )

@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..backends.fork import cpus, prepare_fork
+from ..backends.fork import after_fork, cpus, prepare_fork
 from ..backends.local import local_root
 from ..errors import TargetExists, TuckboxError, UsageError
 from ..fsmeta import ACL_DEFAULT, create_special
@@ -299,6 +299,7 @@ class _Run:
             try:
                 self.pool = WorkerProcesses(n, lambda report: self._writer(report, n), self.report, self.target)
                 self.inflight_max = 2 * n  # one being written and one waiting, per worker
+                after_fork(self.repo.backend)  # (the lock is refreshed and released from here)
                 return
             except OSError:
                 pass  # no processes to be had (limits, memory): threads will do
