@@ -86,3 +86,30 @@ def test_storage_operations_of_an_unchanged_backup_and_a_restore(counted, tmp_pa
         ("remove", "locks"),
     ]
     assert (tmp_path / "r" / str(src).lstrip("/") / "d" / "f7").read_bytes() == (src / "d" / "f7").read_bytes()
+
+
+def test_the_keys_of_a_repository_are_read_at_once(counted, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A repository holds a key for each host (write-only keys) and person (passphrases): opening it reads
+    them all at once, not one round trip after another. Each read here waits until all three have started."""
+    import threading
+
+    repo = str(tmp_path / "repo")
+    assert main(["-r", repo, "-q", "init"]) == 0
+    new = tmp_path / "new-passphrase"
+    new.write_text("another person's passphrase\n")
+    assert main(["-r", repo, "-q", "key", "add", "--new-password-file", str(new)]) == 0
+    assert main(["-r", repo, "-q", "key", "add", "--write-only", "--output", str(tmp_path / "host.key")]) == 0
+    barrier = threading.Barrier(3, timeout=10)
+    real_load = _Counting.load
+
+    def load(self, type: ObjectType, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        if type is ObjectType.KEY:
+            barrier.wait()  # (BrokenBarrierError, after 10 s, if the keys were read one after another)
+        return real_load(self, type, name, offset, length)
+
+    monkeypatch.setattr(_Counting, "load", load)
+    counted.clear()
+    assert main(["-r", repo, "--json", "snapshots"]) == 0
+    assert counted.count(("load", "keys")) == 3
+    monkeypatch.setenv("TUCKBOX_PASSWORD", "another person's passphrase")
+    assert main(["-r", repo, "--json", "snapshots"]) == 0  # either passphrase opens it

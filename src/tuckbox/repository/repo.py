@@ -167,16 +167,24 @@ class Repository:
         names = [i.name for i in backend.list(ObjectType.KEY)]
         if not names:
             raise NotARepository(f"{backend.location} has no keys; it is damaged or not a tuckbox repository")
-        keyfiles: list[tuple[str, bytes]] = []
-        for name in names:
+
+        def read(name: str) -> tuple[str, bytes] | None:
             try:
                 raw = backend.load(ObjectType.KEY, name)
                 # only this repository's keys: an 'init' killed after its key but before its config, then
                 # run again, leaves a key of a repository that never existed (same passphrase, other secret)
                 if needs_passphrase(raw) and keyfile_info(raw).repository == repository_id:
-                    keyfiles.append((name, raw))
+                    return name, raw
             except (IntegrityError, ObjectNotFound):
-                continue
+                pass
+            return None
+
+        if len(names) == 1:
+            found = [read(names[0])]
+        else:  # (a key for each host, each a round trip on remote storage: read at once)
+            with ThreadPoolExecutor(min(8, len(names))) as pool:
+                found = list(pool.map(read, names))
+        keyfiles = [k for k in found if k is not None]
         if not keyfiles:
             raise NotARepository(f"{backend.location} has no readable passphrase key; use --key-file or --recover")
         if passphrase is None:
