@@ -220,7 +220,7 @@ def test_truncated_ranged_reads_are_retried():
     assert faulty.injected["truncate"] > 30
 
 
-class _Counting(MemoryBackend):
+class _StatCounting(MemoryBackend):
     """A memory backend that counts its stats (and may say its whole loads are checked)."""
 
     def __init__(self, checks_whole_loads: bool) -> None:
@@ -237,7 +237,7 @@ class _Counting(MemoryBackend):
 def test_whole_loads_of_unnamed_objects_stat_only_where_the_backend_does_not_check(checked):
     """Config and locks have no hash name to check a whole load against: the retry wrapper asks for the
     size (one more round trip) unless the backend itself never returns a short whole load."""
-    inner = _Counting(checked)
+    inner = _StatCounting(checked)
     inner.save(ObjectType.CONFIG, "config", b"c" * 100)
     inner.save(ObjectType.LOCK, _name(1), b"l" * 100)
     b = _fast_retry(inner)
@@ -249,7 +249,7 @@ def test_whole_loads_of_unnamed_objects_stat_only_where_the_backend_does_not_che
 def test_truncated_whole_loads_of_unnamed_objects_are_retried_under_fault_injection():
     """FaultyBackend cuts loads short whatever the backend under it checks: the wrapper above it must
     not trust the inner backend's ``checks_whole_loads`` through it."""
-    inner = _Counting(True)
+    inner = _StatCounting(True)
     data = os.urandom(5000)
     inner.save(ObjectType.CONFIG, "config", data)
     faulty = FaultyBackend(inner, seed=3, truncate_rate=0.3)
