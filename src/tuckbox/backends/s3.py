@@ -20,8 +20,8 @@ these options (``-o``); secrets are never options:
 Never replacing an object: ``save`` sends ``If-None-Match: *`` (a conditional
 PUT, and on CompleteMultipartUpload for big objects), which the server refuses
 with 412 when the name exists, atomically. Some S3-compatible servers ignore the
-header; on the first save the backend probes once (writes a probe object twice
-under ``.tuckbox-probe-*`` and removes it) and, if the second write was not
+header; before the first save the backend probes once (writes a probe object twice
+under ``.tuckbox-probe-*`` and removes it; s3probe.py) and, if the second write was not
 refused, falls back to HEAD-then-PUT. That fallback has a race between two
 writers of the same name: harmless for content-addressed objects (same name,
 same bytes), but two clients creating the same *lock* name could both succeed,
@@ -35,7 +35,9 @@ that verify it. SigV4's signed SHA-256 of the body does not count: SeaweedFS and
 rclone accept a body that does not match it, and rclone accepts a wrong CRC32
 too. So ``auto`` probes once, before the first single-request upload: a PUT
 with the right CRC32 must succeed and one with a wrong CRC32 must be refused,
-else Content-MD5 is used. Multipart parts always carry Content-MD5.
+else Content-MD5 is used. Multipart parts always carry Content-MD5. The two
+probes run at once, started when a repository is opened for writing
+(``prepare_writes``), so its key derivation hides their round trips.
 
 Bodies are sent as ``UNSIGNED-PAYLOAD`` (the signature covers the method, the
 key and every header, the checksum header included, but not a SHA-256 of the
