@@ -272,6 +272,32 @@ def test_probes_start_early_run_at_once_and_end_before_a_fork(fresh_backend):
     assert [i.name for i in fresh_backend.list(ObjectType.LOCK)] == ["cd" * 32]
 
 
+def test_closing_does_not_wait_long_for_a_stalled_probe(fresh_backend, monkeypatch):
+    """Closing (or suspending before a fork) waits for the probes only a few seconds: on a stalled link
+    one still running is left to its timeouts; its answer is taken when a save needs it."""
+    import threading
+
+    from tuckbox.backends import s3 as s3_module
+
+    monkeypatch.setattr(s3_module, "PROBE_WAIT", 0.2)
+    release = threading.Event()
+
+    def stall(request, **_):
+        if ".tuckbox-probe-" in request.url:
+            release.wait(10)
+
+    fresh_backend._s3.meta.events.register("before-send.s3.PutObject", stall)
+    fresh_backend.prepare_writes()
+    t0 = time.monotonic()
+    fresh_backend.suspend()
+    assert time.monotonic() - t0 < 2
+    assert len(fresh_backend._probes) == 2
+    release.set()
+    fresh_backend.save(ObjectType.LOCK, "ab" * 32, b"x")
+    assert fresh_backend._probes == [] and None not in (fresh_backend._conditional, fresh_backend._crc32)
+    assert fresh_backend.load(ObjectType.LOCK, "ab" * 32) == b"x"
+
+
 def test_a_failed_background_probe_fails_the_save_then_is_asked_again(fresh_backend):
     """A probe that meets an error reports it at the first save that needs its answer (here a dropped
     connection, every attempt of it), and the next save probes again."""

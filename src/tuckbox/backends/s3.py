@@ -64,6 +64,7 @@ import hashlib
 import os
 import re
 import threading
+import time
 import zlib
 from typing import Any, Iterator
 
@@ -87,6 +88,7 @@ _RETRY_CODES = {
 }
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
 _MIN_PART = 5 << 20
+PROBE_WAIT = 5.0  # seconds closing the backend waits for a probe under way
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-\d+/(?:\d+|\*)\s*$")
 
 
@@ -324,10 +326,16 @@ class S3Backend:
         if self._crc32 is None and "crc32" not in running:
             self._probes.append(("crc32", Probe(lambda: crc32_checked(*args))))
 
-    def _settle_probes(self, raise_error: bool) -> None:
-        """Wait for the probes under way; a failed one leaves its answer unknown (asked again when needed)."""
+    def _settle_probes(self, raise_error: bool, wait: float | None = None) -> None:
+        """Wait for the probes under way (at most ``wait`` seconds: one still running is left running);
+        a failed one leaves its answer unknown (asked again when needed)."""
         error: BaseException | None = None
+        deadline = None if wait is None else time.monotonic() + wait
+        running: list[tuple[str, Probe]] = []
         for name, probe in self._probes:
+            if not probe.done(None if deadline is None else max(0.0, deadline - time.monotonic())):
+                running.append((name, probe))
+                continue
             try:
                 answer = probe.result()
             except Exception as e:  # noqa: BLE001
@@ -337,7 +345,7 @@ class S3Backend:
                 self._conditional = answer
             else:
                 self._crc32 = answer
-        self._probes = []
+        self._probes = running
         if error is not None and raise_error:
             raise error
 
@@ -527,7 +535,9 @@ class S3Backend:
 
     def close(self) -> None:
         with self._probe_lock:
-            self._settle_probes(raise_error=False)  # no probe thread outlives this (nor runs at a fork)
+            # not forever on a stalled link: a probe still running is left to its timeouts (and the fork
+            # that may follow gives way to threads: backends/fork.py, alone)
+            self._settle_probes(raise_error=False, wait=PROBE_WAIT)
         try:
             self._s3.close()
         except Exception:  # noqa: BLE001 - closing is best effort

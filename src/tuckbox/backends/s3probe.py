@@ -46,6 +46,11 @@ class Probe:
         except BaseException as e:  # noqa: BLE001 - handed to whoever waits for the answer
             self._error = e
 
+    def done(self, wait: float | None) -> bool:
+        """Whether it has finished, waiting up to ``wait`` seconds (None: until it has)."""
+        self._thread.join(wait)
+        return not self._thread.is_alive()
+
     def result(self) -> bool:
         self._thread.join()
         if self._error is not None:
