@@ -298,6 +298,29 @@ def test_closing_does_not_wait_long_for_a_stalled_probe(fresh_backend, monkeypat
     assert fresh_backend.load(ObjectType.LOCK, "ab" * 32) == b"x"
 
 
+def test_probes_under_way_at_exit_still_remove_their_objects(fresh_backend, s3env):
+    """A command that fails right after opening its repository (a wrong passphrase) exits while its probes
+    may still be under way: at exit they are waited for (briefly), so no probe object is left behind."""
+    import subprocess
+    import sys
+
+    script = f"""
+import time
+from tuckbox.backends import open_backend
+b = open_backend({f"s3://{s3env['S3_BUCKET']}/{fresh_backend.prefix}"!r}, {{"s3.endpoint": {s3env["S3_ENDPOINT"]!r}}})
+b._s3.meta.events.register("before-send.s3.DeleteObject", lambda request, **_: time.sleep(1))
+b.prepare_writes()
+time.sleep(0.5)  # the probe objects are written; their removal is slow
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    raw = _raw_client(s3env)
+    try:
+        listed = raw.list_objects_v2(Bucket=s3env["S3_BUCKET"], Prefix=fresh_backend.prefix + "/")
+    finally:
+        raw.close()
+    assert [o["Key"] for o in listed.get("Contents", [])] == []
+
+
 def test_a_failed_background_probe_fails_the_save_then_is_asked_again(fresh_backend):
     """A probe that meets an error reports it at the first save that needs its answer (here a dropped
     connection, every attempt of it), and the next save probes again."""

@@ -75,7 +75,7 @@ from botocore.config import Config
 from ..errors import ObjectExists, ObjectNotFound, PermanentError, TransientError, TuckboxError, UsageError
 from ..types import ObjectInfo, ObjectType
 from .layout import check_name, object_path
-from .s3probe import Probe, b64crc, conditional_put_honoured, crc32_checked
+from .s3probe import Probe, b64crc, conditional_put_honoured, crc32_checked, settle_at_exit
 from .url import option, parse_bool, parse_int, parse_size
 
 _AUTH_CODES = {
@@ -325,6 +325,15 @@ class S3Backend:
             self._probes.append(("conditional", Probe(lambda: conditional_put_honoured(*args))))
         if self._crc32 is None and "crc32" not in running:
             self._probes.append(("crc32", Probe(lambda: crc32_checked(*args))))
+        if self._probes:
+            settle_at_exit(self)
+
+    def finish_probes(self) -> None:
+        """Wait a little (``PROBE_WAIT``) for the probes under way: not forever on a stalled link, where one
+        still running is left to its timeouts (and a fork that may follow gives way to threads:
+        backends/fork.py, alone)."""
+        with self._probe_lock:
+            self._settle_probes(raise_error=False, wait=PROBE_WAIT)
 
     def _settle_probes(self, raise_error: bool, wait: float | None = None) -> None:
         """Wait for the probes under way (at most ``wait`` seconds: one still running is left running);
@@ -534,10 +543,7 @@ class S3Backend:
         self.close()
 
     def close(self) -> None:
-        with self._probe_lock:
-            # not forever on a stalled link: a probe still running is left to its timeouts (and the fork
-            # that may follow gives way to threads: backends/fork.py, alone)
-            self._settle_probes(raise_error=False, wait=PROBE_WAIT)
+        self.finish_probes()
         try:
             self._s3.close()
         except Exception:  # noqa: BLE001 - closing is best effort

@@ -10,9 +10,11 @@ writing starts them before its key derivation, which then hides them.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import secrets
 import threading
+import weakref
 import zlib
 from typing import Any, Callable
 
@@ -21,6 +23,25 @@ import botocore.exceptions as bexc
 from ..errors import ObjectExists
 
 MapError = Callable[[BaseException, str], Exception]
+
+# backends whose probes may still run: at exit (a command that failed before closing its storage, e.g. on
+# a wrong passphrase while its probes were under way) each waits a little for them, so that the probe
+# objects are removed rather than left behind by threads cut off mid-request
+_UNSETTLED: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def settle_at_exit(backend: Any) -> None:
+    """Have ``backend.finish_probes()`` called at interpreter exit (held weakly: a closed backend drops out)."""
+    _UNSETTLED.add(backend)
+
+
+@atexit.register
+def _finish_all() -> None:
+    for backend in list(_UNSETTLED):
+        try:
+            backend.finish_probes()
+        except Exception:  # noqa: BLE001 - exiting anyway
+            pass
 
 
 def b64crc(crc: int) -> str:
