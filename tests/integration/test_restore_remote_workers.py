@@ -66,6 +66,7 @@ def remote_backup(request, tmp_path, monkeypatch):
     monkeypatch.setattr(restorer_module, "PROCESSES", 2)
     monkeypatch.setattr(restorer_module, "WINDOW_FILES", 2)
     monkeypatch.setattr(restorer_module, "WINDOW_BYTES", 8192)
+    monkeypatch.setattr(restorer_module, "REMOTE_WINDOW_SCALE", 1)
     monkeypatch.setattr(restorer_module, "READ_AHEAD", 100 << 10)
     monkeypatch.setattr(fetch_module, "MAX_RANGE", 64 << 10)
     monkeypatch.setattr(restorer_module, "BLOB_CACHE", 64 << 10)  # (keeps no blob of big.bin until its copy)

@@ -434,3 +434,37 @@ def test_a_wrong_place_to_read_back_is_never_written(mode, far_apart_copy, tmp_p
     assert result.errors == [] and result.warnings == []
     assert compare_trees(src, out_of(target, src)) == []
     assert result.bytes_read_back == 0
+
+
+def test_packs_are_read_in_the_order_the_backup_wrote_them(tmp_path, monkeypatch):
+    """A directory's files come before its subdirectories in a backup (and so in its packs), while trees list
+    entries by name: the restore walks in the backup's order, so consecutive windows ask for consecutive
+    ranges of a pack instead of jumping back and forth (each jump one more request to remote storage)."""
+    monkeypatch.setenv("TUCKBOX_CACHE_DIR", str(tmp_path / "cache"))
+    src = tmp_path / "src"
+    (src / "b").mkdir(parents=True)
+    names = ["a", "b/x", "b/y", "c", "d"]  # name order: a, b/..., c, d; backup order: a, c, d, b/...
+    content = {n: os.urandom(3000 + i) for i, n in enumerate(names)}  # one chunk each
+    for n, data in content.items():
+        (src / n).write_bytes(data)
+    config = Config.new("t", ChunkerParams(4096, 8192, 65536), pack_size=1 << 20)
+    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), b"pw", created="t", host="h", user="u", config=config)
+    snap = run_backup(repo, BackupRequest([str(src)])).snapshot
+    monkeypatch.setattr(restorer_module, "PROCESSES", 1)
+    monkeypatch.setattr(restorer_module, "WINDOW_FILES", 1)  # a window (and a request) per file
+    offsets = {repo.index.lookup(repo.blob_id(data)).entry.offset: n for n, data in content.items()}
+    assert [offsets[o] for o in sorted(offsets)] == ["a", "c", "d", "b/x", "b/y"]  # (the backup's order)
+    asked: list[int] = []
+    real_load = repo.backend.load
+
+    def load(type, name, offset=0, length=None):
+        if offset in offsets:
+            asked.append(offset)
+        return real_load(type, name, offset, length)
+
+    monkeypatch.setattr(repo.backend, "load", load)
+    result = Restorer(repo, connections=1).restore(snap, os.fsencode(tmp_path / "out"))
+    assert result.errors == []
+    assert [offsets[o] for o in asked] == ["a", "c", "d", "b/x", "b/y"]
+    for n, data in content.items():
+        assert (out_of(tmp_path / "out", src) / n).read_bytes() == data
