@@ -15,3 +15,32 @@ def test_help_prints_and_exits_zero(command: str | None, capsys: pytest.CaptureF
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert text.startswith("usage: tuckbox") and "options:" in text
+
+
+def test_only_the_named_command_s_module_is_imported() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from tuckbox.cli.main import build_parser; build_parser('snapshots'); "
+        "print(sorted(m for m in sys.modules if m.startswith('tuckbox.cli.cmd_')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['tuckbox.cli.cmd_snapshots']"
+
+
+def test_a_command_word_used_as_an_option_value_still_finds_the_command(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`-r check snapshots`: 'check' is the repository, the command is 'snapshots'."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TUCKBOX_PASSWORD", "pw")
+    monkeypatch.setenv("TUCKBOX_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["-r", "check", "-q", "init"]) == 0
+    capsys.readouterr()
+    assert main(["-r", "check", "--json", "snapshots"]) == 0
+    assert capsys.readouterr().out.strip() == "[]"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-r", "check", "restore"])  # restore's own usage error, not a stand-in's
+    assert exit_info.value.code == 2
+    assert "-t/--target" in capsys.readouterr().err

@@ -24,6 +24,8 @@ COMMANDS = [
     "forget", "prune", "rewrite", "repair", "key", "recovery_kit",
 ]
 
+_NAMES = {name.replace("_", "-") for name in COMMANDS}
+
 DESCRIPTION = """\
 tuckbox makes encrypted, deduplicated, compressed, versioned backups of file
 trees to storage nobody has to trust, and restores them exactly.
@@ -53,7 +55,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"tuckbox: usage error: {message} (see '{self.prog} --help')\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; ``only``: the command to expect, whose module alone is imported.
+
+    Each command's module imports what that command runs (restore's workers,
+    prune, check, ...): tens of milliseconds a command of another kind need not
+    pay. The other commands get stand-in parsers that take anything and mark
+    the result ``stand_in`` (``main`` then parses again with every command).
+    """
     parser = _Parser(
         prog="tuckbox",
         description=DESCRIPTION,
@@ -66,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_global_options(common, suppress=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
+        if only is not None and name.replace("_", "-") != only:
+            stand_in = sub.add_parser(name.replace("_", "-"), add_help=False)
+            stand_in.add_argument("rest", nargs=argparse.REMAINDER)
+            stand_in.set_defaults(stand_in=True)
+            continue
         module = import_module(f".cmd_{name}", __package__)
         p = sub.add_parser(
             name.replace("_", "-"),
@@ -95,8 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.DEBUG)
     else:
         logging.getLogger().addHandler(logging.NullHandler())
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser(next((w for w in words if w in _NAMES), None))
     args = parser.parse_args(argv)
+    if getattr(args, "stand_in", False):  # (the word taken for the command was an option's value)
+        parser = build_parser()
+        args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
