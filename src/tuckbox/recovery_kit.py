@@ -23,6 +23,7 @@ import segno
 
 from .crypto.recovery import share_block, split_secret
 from .errors import UsageError
+from .text import display_path
 
 
 @dataclass(frozen=True)
@@ -189,17 +190,20 @@ def render_html(page: KitPage) -> str:
 
 
 def _write_private(path: Path, text: str) -> None:
+    """Create ``path`` (owner-only, never over an existing file) holding ``text``; nothing is left if that fails."""
+    data = text.encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            fd = -1
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-    finally:
-        if fd >= 0:
-            os.close(fd)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
 
 
 def write_kit(
@@ -214,6 +218,7 @@ def write_kit(
 ) -> list[Path]:
     """Split ``root`` and write one text and one HTML page per share into ``output``."""
     mnemonics = split_secret(root, threshold, shares)
+    location = display_path(location)  # (a path that is not UTF-8: its odd bytes as \xff)
     pages = [KitPage(repository_id, location, i + 1, shares, threshold, m, created) for i, m in enumerate(mnemonics)]
     try:
         output.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import errno
 import os
 import random
 import stat
@@ -216,6 +217,33 @@ def test_write_kit_files_are_private_and_never_overwritten(tmp_path: Path) -> No
                       threshold=1)
     assert [f.name for f in paper] == ["paper-key.txt", "paper-key.html"]
     assert combine([parse_share(paper[0].read_text(), "p")]) == root
+
+
+def test_a_repository_path_that_is_not_utf8_is_shown_escaped(tmp_path: Path) -> None:
+    root = os.urandom(32)
+    out = tmp_path / "kit"
+    files = write_kit(out, root, repository_id=REPO, location="/mnt/b\udcfe", created="now", shares=3, threshold=2)
+    text = (out / "share-1.txt").read_text(encoding="utf-8")
+    assert "/mnt/b\\xfe" in text and "/mnt/b\\xfe" in (out / "share-1.html").read_text(encoding="utf-8")
+    assert combine([parse_share(f.read_text(), f.name) for f in files if f.suffix == ".txt"][:2]) == root
+
+
+def test_a_kit_that_cannot_be_written_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tuckbox.recovery_kit as kit_module
+
+    real, calls = os.fsync, []
+
+    def failing_fsync(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 3:  # the second share's text page
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(kit_module.os, "fsync", failing_fsync)
+    out = tmp_path / "kit"
+    with pytest.raises(UsageError, match="cannot write the recovery kit"):
+        write_kit(out, os.urandom(32), repository_id=REPO, location="/b", created="now", shares=3, threshold=2)
+    assert list(out.iterdir()) == []
 
 
 def test_errors_are_tuckbox_errors_with_one_line() -> None:
