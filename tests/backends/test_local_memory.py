@@ -142,3 +142,15 @@ def test_a_real_exfat_disk(tmp_path):
             subprocess.run(["umount", str(mnt)], capture_output=True)
     finally:
         subprocess.run(["losetup", "-d", dev], capture_output=True)
+
+
+def test_file_urls_name_absolute_paths(tmp_path, monkeypatch):
+    from tuckbox.backends import open_backend
+    from tuckbox.errors import UsageError
+
+    monkeypatch.chdir(tmp_path)
+    for url in (f"file://{tmp_path}/a", f"file://localhost{tmp_path}/a"):
+        assert open_backend(url).location == str(tmp_path / "a")
+    with pytest.raises(UsageError, match="names a host"):
+        open_backend("file://tmp/a")  # not ./tmp/a
+    assert not (tmp_path / "tmp").exists()

@@ -30,7 +30,12 @@ def open_backend(url: str, options: dict[str, str] | None = None) -> Backend:
 
         return MemoryBackend(url)
     if url.startswith("file://"):
-        url = url[len("file://"):]
+        rest = url[len("file://"):]
+        if rest.startswith("localhost/"):
+            rest = rest[len("localhost"):]
+        if not rest.startswith("/"):  # file://tmp/x names the host 'tmp', not the directory ./tmp/x
+            raise UsageError(f"'{url}' names a host; a file URL is file:///absolute/path (three slashes), or give the path")
+        url = rest
     scheme = url.split(":", 1)[0] if ("://" in url or url.startswith("rclone:")) else ""
     if not scheme:
         from .local import LocalBackend
