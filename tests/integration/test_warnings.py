@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -28,24 +29,29 @@ def test_unreadable_entries_give_exit_3_and_a_snapshot_of_the_rest(tb, tmp_path)
     (src / "secret.txt").write_text("unreadable")
     (src / "secret.txt").chmod(0)
     (src / "closed_dir").chmod(0)
+    lone = tmp_path / "lone-secret.txt"  # an unreadable file named on the command line
+    lone.write_text("unreadable too")
+    lone.chmod(0)
     tb("init")
     try:
         if os.geteuid() == 0:
             # root reads everything: run the backup without the capabilities that bypass permissions
             assert shutil.which("setpriv"), "setpriv (util-linux) is needed to test unreadable files as root"
             proc = subprocess.run(
-                [*DROP_READ_CAPS, sys.executable, "-m", "tuckbox.cli.main", "backup", str(src)],
+                [*DROP_READ_CAPS, sys.executable, "-m", "tuckbox.cli.main", "backup", "--json", str(src), str(lone)],
                 env=tb.env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300,
             )
-            code, err = proc.returncode, proc.stderr
+            code, out, err = proc.returncode, proc.stdout, proc.stderr
         else:
-            res = tb("backup", str(src), expect=None)
-            code, err = res.code, res.err
+            res = tb("backup", "--json", str(src), str(lone), expect=None)
+            code, out, err = res.code, res.out, res.err
     finally:
         (src / "closed_dir").chmod(0o755)
     assert code == 3, err
     assert "Traceback" not in err
-    assert "secret.txt" in err and "closed_dir" in err
+    assert "secret.txt" in out + err and "closed_dir" in out + err and "lone-secret.txt" in out + err
+    summary = json.loads([ln for ln in out.splitlines() if '"summary"' in ln][-1])
+    assert (summary["files_new"], summary["files_changed"]) == (1, 0), summary  # open.txt: what was stored
     tb("restore", "latest", "--target", str(tmp_path / "r"))
     out = Path(str(tmp_path / "r") + str(src))
     assert (out / "open.txt").read_text() == "readable"

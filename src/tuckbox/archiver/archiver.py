@@ -425,16 +425,12 @@ class Archiver:
             seen = self._hardlinks.get(link_key)
             if seen is not None and seen[:3] == (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
                 node.content = seen[3]
-                self.summary.files_unmodified += 1
+                self._count(known)
                 self.progress.bytes_done(st.st_size)
                 stored = node.to_map()
                 # known to the files cache too: the next run finds this name unchanged (not new, not read)
                 self.files_cache.remember(path, st, stored, seen[4])
                 return stored
-        if known:
-            self.summary.files_changed += 1
-        else:
-            self.summary.files_new += 1
         for attempt in (0, 1):
             if isinstance(prefetched, Stream):
                 # read, chunked and hashed by a reader thread: the same checks as below
@@ -516,6 +512,7 @@ class Archiver:
             if not stable:
                 node.warning = "changed during backup"
                 self._warn(f"{_display(path)}: changed while being read; the stored copy may mix old and new data")
+        self._count(known)  # (a file that could not be read is not in the snapshot: not counted)
         # metadata from the state the content was read in
         node.size = nbytes
         node.mtime_ns, node.ctime_ns, node.mode = after.st_mtime_ns, after.st_ctime_ns, stat.S_IMODE(after.st_mode)
@@ -527,6 +524,13 @@ class Archiver:
         if after.st_nlink > 1:
             self._hardlinks[link_key] = (after.st_size, after.st_mtime_ns, after.st_ctime_ns, content, read_at)
         return stored
+
+    def _count(self, known: bool) -> None:
+        """One more file stored, read this run: changed if the files cache knew its name, else new."""
+        if known:
+            self.summary.files_changed += 1
+        else:
+            self.summary.files_new += 1
 
     def _restat(self, path: bytes, at: bytes | None) -> os.stat_result | None:
         """The state of a file that changed while it was read, to read it again; None (warned) if it is
