@@ -51,15 +51,13 @@ def _levels(top: bytes) -> list[bytes]:
 
 
 def _files(deepest: bytes) -> list[str]:
-    """The regular files (hardlinks once) of the sample tree below ``deepest``."""
+    """The names of regular files (each name of a hardlinked file) of the sample tree below ``deepest``."""
     fd, sample = _sample_at(deepest)
     try:
-        seen, out = set(), []
+        out = []
         for top, _, names in os.walk(sample):
             for name in names:
-                st = os.lstat(os.path.join(top, name))
-                if os.path.stat.S_ISREG(st.st_mode) and st.st_ino not in seen:
-                    seen.add(st.st_ino)
+                if os.path.stat.S_ISREG(os.lstat(os.path.join(top, name)).st_mode):
                     out.append(name)
         return out
     finally:
