@@ -30,6 +30,7 @@ from tuckbox.repository.config import Config
 from tuckbox.repository.repo import Repository
 from tuckbox.restorer import restorer as restorer_module
 from tuckbox.restorer import fetch as fetch_module
+from tuckbox.restorer import marker as markers
 from tuckbox.restorer import writer as writer_module
 from tuckbox.restorer.restorer import MARKER, Restorer
 from tuckbox.backends import fork as fork_module
@@ -200,6 +201,73 @@ def test_resume_keeps_what_is_right_and_fixes_the_rest(mode, backed_up, tmp_path
     assert result.files_skipped > 20
     assert compare_trees(src, out_of(target, src)) == []
     assert not (target / MARKER.decode()).exists()
+
+
+def _peek(path: Path) -> bytes:
+    """A file's bytes, its atime left alone (the trees are compared afterwards)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOATIME)
+    try:
+        return os.read(fd, 1 << 20)
+    finally:
+        os.close(fd)
+
+
+def test_a_resume_with_only_some_paths_keeps_the_marker_for_the_rest(mode, backed_up, tmp_path):
+    """An interrupted restore resumed for part of the tree (--include/--exclude, or patterns that match
+    nothing) still resumes afterwards: the marker stays until a restore covering all of it completes."""
+    repo, snap, src = backed_up
+    target = tmp_path / "out"
+    Restorer(repo, connections=2).restore(snap, os.fsencode(target))
+    out = out_of(target, src) / "many"
+    (target / MARKER.decode()).write_bytes(snap.id.encode() + b"\n")  # as if it had been interrupted
+    (out / "d4" / "f1").unlink()
+    with open(out / "d2" / "f4", "r+b") as f:
+        f.truncate(10)
+    result = Restorer(repo, connections=2).restore(snap, os.fsencode(target), includes=[str(src / "many" / "d2")])
+    assert result.errors == [] and result.files_skipped > 0
+    assert _peek(out / "d2" / "f4") == _peek(src / "many" / "d2" / "f4")
+    assert (target / MARKER.decode()).exists()  # d4/f1 is still owed
+    result = Restorer(repo, connections=2).restore(snap, os.fsencode(target), excludes=["f0"])
+    assert result.errors == [] and (target / MARKER.decode()).exists()
+    with pytest.raises(UsageError):
+        Restorer(repo).restore(snap, os.fsencode(target), includes=["no-such-name-anywhere"])
+    assert (target / MARKER.decode()).exists()
+    result = Restorer(repo, connections=2).restore(snap, os.fsencode(target))  # the whole restore again
+    assert result.errors == [] and result.warnings == []
+    assert compare_trees(src, out_of(target, src)) == []
+    assert not (target / MARKER.decode()).exists()
+
+
+def test_a_selective_restore_is_finished_by_the_same_selection(mode, backed_up, tmp_path):
+    """The marker records what an interrupted selective restore was asked for: running that again completes it
+    (and removes the marker); another selection in between does not."""
+    repo, snap, src = backed_up
+    target = tmp_path / "out"
+    d2, d4 = str(src / "many" / "d2"), str(src / "many" / "d4")
+    Restorer(repo, connections=2).restore(snap, os.fsencode(target), includes=[d2], excludes=["*.skip"])
+    out = out_of(target, src) / "many"
+    # as if it had been interrupted
+    (target / MARKER.decode()).write_bytes(markers.encode(snap.id, markers.Selection.of([d2], ["*.skip"])))
+    (out / "d2" / "f3").unlink()
+    result = Restorer(repo, connections=2).restore(snap, os.fsencode(target), includes=[d4])
+    assert result.errors == [] and (out / "d4" / "f1").exists() and not (out / "d2" / "f3").exists()
+    assert (target / MARKER.decode()).exists()  # d2 is still owed
+    result = Restorer(repo, connections=2).restore(snap, os.fsencode(target), includes=[d2], excludes=["*.skip"])
+    assert result.errors == [] and result.files_skipped > 0
+    assert _peek(out / "d2" / "f3") == _peek(src / "many" / "d2" / "f3")
+    assert not (target / MARKER.decode()).exists()
+
+
+def test_the_marker_owes_the_whole_snapshot_unless_it_says_exactly_what_else():
+    sel = markers.Selection.of(["/a/b", "x", "x"], ["*.tmp"])
+    assert markers.decode(markers.encode("ab12", sel), "ab12") == sel
+    assert markers.decode(markers.encode("ab12", sel), "ab13") is None  # another snapshot's: no resume
+    assert markers.decode(b"ab12\n", "ab12") == markers.WHOLE  # (as older versions wrote it)
+    assert markers.decode(b"ab12\n{not json\n", "ab12") == markers.WHOLE
+    assert markers.decode(b'ab12\n{"include": 3}\n', "ab12") == markers.WHOLE
+    assert markers.WHOLE.covers(sel) and sel.covers(markers.Selection.of(["x", "/a/b"], ["*.tmp"]))
+    assert not sel.covers(markers.WHOLE) and not sel.covers(markers.Selection.of(["x"], []))
+    assert sel.merge(markers.Selection.of(["y"], [])) == markers.WHOLE and sel.merge(sel) == sel
 
 
 def test_a_damaged_blob_costs_only_its_file(mode, backed_up, tmp_path):

@@ -3,8 +3,9 @@
 Entries are written below TARGET under their original absolute paths. The
 target must not exist or be empty; a restore interrupted into a target is
 finished by running the same command again (files already restored correctly
-are kept). A file whose stored data is damaged is not written: it is reported
-and the exit code is 1.
+are kept), also after restoring only some of its paths into it meanwhile. A
+file whose stored data is damaged is not written: it is reported and the exit
+code is 1.
 """
 
 from __future__ import annotations

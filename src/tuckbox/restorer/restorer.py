@@ -19,7 +19,9 @@ first and directory mtimes survive.
 
 A restore into a directory holding ``.tuckbox-restore`` for the same snapshot
 is a resumed restore: files whose size and every chunk hash already match are
-not written again. The marker is removed when the restore completes.
+not written again. The marker is removed when a restore completes that covers
+what the restores before it into that target were asked for (``marker``: an
+interrupted restore resumed with only some of its paths keeps it).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from ..snapshot.model import Snapshot
 from ..snapshot.tree import DIR, FILE, SYMLINK, Node
 from ..snapshot.walk import decode_maps
 from ..types import BlobType
+from . import marker as markers
 from .fetch import COPY_MIN, GAP, GAP_REMOTE, BlobCache, DoneMark, Fetcher, Sources
 from .meta import Meta, file_mode
 from .workers import WorkerProcesses
@@ -51,7 +54,7 @@ from .workers import usable as workers_usable
 from .writer import DONE, FAILED, PENDING, Dir, LinkGroup, Report, Window, WindowWriter, display, make_room, reach
 from .writer import target_wide
 
-MARKER = b".tuckbox-restore"
+MARKER = markers.NAME
 WINDOW_FILES = 512  # files with data per window
 WINDOW_BYTES = 16 << 20  # bytes of file content per window
 # from remote storage a window's every pack costs at least one request, and a request costs the server more
@@ -126,19 +129,27 @@ class Restorer:
         self, snap: Snapshot, target: bytes, includes: list[str] | None, excludes: list[str] | None, numeric_owner: bool
     ) -> RestoreResult:
         made_target = not os.path.lexists(target)
-        resume, fresh = _prepare_target(target, snap)
+        asked = markers.Selection.of(includes, excludes)
+        owed, fresh = _prepare_target(target, snap, asked)
+        resume = owed is not None
         nodes = decode_maps(self.repo.load_blob(BlobType.TREE, snap.tree))  # the root's listing: no restore without it
         meta = Meta(numeric_owner, fresh and not resume)
         run = _Run(self, target, resume, meta, Patterns(includes), Patterns(excludes))
         run.walk(nodes)
         marker = os.path.join(target, MARKER)
         if (includes or excludes) and not run.chosen:
-            _remove_quietly(marker)
-            if made_target:
-                _remove_quietly(target, os.rmdir)
+            if owed is not None:  # nothing was written: the marker owes what it did before
+                markers.put_back(marker, snap.id, owed)
+            else:
+                _remove_quietly(marker)
+                if made_target:
+                    _remove_quietly(target, os.rmdir)
             raise UsageError("no entries in the snapshot match the --include/--exclude patterns")
         if not self.result.errors:
-            _remove_quietly(marker)
+            if owed is None or asked.covers(owed):
+                _remove_quietly(marker)
+            else:  # this selection is complete; what the interrupted restore was asked for still is not
+                markers.put_back(marker, snap.id, owed)
         return self.result
 
 
@@ -175,34 +186,38 @@ def _remove_quietly(path: bytes, remove: Callable[[bytes], None] = os.unlink) ->
         pass
 
 
-def _prepare_target(target: bytes, snap: Snapshot) -> tuple[bool, bool]:
-    """Check the target and write the marker; return (resuming, new entries start bare).
+def _prepare_target(
+    target: bytes, snap: Snapshot, asked: markers.Selection
+) -> tuple[markers.Selection | None, bool]:
+    """Check the target and write the marker; return (what the marker owed: None if not resuming, new entries
+    start bare).
 
     "Bare": an entry this process creates there is owned by its euid:egid, has
     the requested mode less the umask and carries no xattrs (no setgid directory,
     no default ACL, no squashed owner); the marker file is the probe.
     """
     marker = os.path.join(target, MARKER)
-    resume = False
+    owed: markers.Selection | None = None
     if os.path.lexists(target):
         if not os.path.isdir(target) or os.path.islink(target):
             raise TargetExists(f"restore target {display(target)} exists and is not a directory; choose a new one")
         if os.listdir(target):
             try:
                 with open(marker, "rb") as f:
-                    resume = f.read().strip() == snap.id.encode()
+                    owed = markers.decode(f.read(), snap.id)
             except OSError:
-                resume = False
-            if not resume:
+                owed = None
+            if owed is None:
                 raise TargetExists(
                     f"restore target {display(target)} exists and is not empty; choose a new directory "
                     "(a restore interrupted into it resumes only for the same snapshot)"
                 )
+    resume = owed is not None
     try:
         os.makedirs(target, exist_ok=True)
-        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        # while this restore runs, the marker owes what it is asked for and what was owed before
+        fd = markers.write(marker, snap.id, asked if owed is None else owed.merge(asked))
         try:
-            os.write(fd, snap.id.encode() + b"\n")
             st = os.fstat(fd)
             xattrs = _xattr_names(fd)
         finally:
@@ -220,7 +235,7 @@ def _prepare_target(target: bytes, snap: Snapshot) -> tuple[bool, bool]:
         and not any(n.startswith(("user.", "trusted.", "system.")) for n in xattrs)
         and not _has_xattr(target, ACL_DEFAULT)
     )
-    return resume, bare
+    return owed, bare
 
 
 def _xattr_names(fd: int) -> list[str]:
