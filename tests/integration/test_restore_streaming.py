@@ -292,6 +292,40 @@ def test_a_damaged_blob_costs_only_its_file(mode, backed_up, tmp_path):
     assert compare_trees(src, out_of(target, src)) == []
 
 
+def _damage(repo, snap, path: Path, which: int = 0) -> None:
+    """Flip a byte in the ``which``-th data blob of the file at ``path`` in the snapshot."""
+    node = find(lambda t: repo.load_blob(BlobType.TREE, t), snap.tree, os.fsencode(path))
+    assert node is not None
+    loc = repo.index.lookup([c for c in node.content if isinstance(c, bytes)][which])
+    pack = Path(repo.backend.root) / "data" / loc.pack.name[:2] / loc.pack.name
+    data = bytearray(pack.read_bytes())
+    data[loc.entry.offset + loc.entry.length // 2] ^= 0x40
+    pack.write_bytes(bytes(data))
+
+
+def test_damaged_data_is_not_counted_and_its_hardlinks_are_reported(mode, backed_up, tmp_path):
+    """The summary counts the files (and bytes) that were restored, not those that failed; a hardlink to a file
+    that failed is reported too."""
+    repo, snap, src = backed_up
+    clean = Restorer(repo, connections=2).restore(snap, os.fsencode(tmp_path / "clean"))
+    assert clean.errors == []
+    big, f1 = src / "many" / "d3" / "big.bin", src / "many" / "d2" / "f1"
+    lost = big.stat().st_size + f1.stat().st_size  # (neither has holes)
+    _damage(repo, snap, big, 2)
+    _damage(repo, snap, f1)
+    target = tmp_path / "out"
+    result = Restorer(repo, connections=2).restore(snap, os.fsencode(target))
+    assert sorted(e.split(": not restored: ")[0] for e in result.errors) == sorted(
+        [str(big), str(f1), str(src / "many" / "d4" / "big-link")]
+    ), result.errors
+    assert f"a hardlink to {big}, which was not restored" in " ".join(result.errors)
+    out = out_of(target, src) / "many"
+    assert not (out / "d3" / "big.bin").exists() and not (out / "d4" / "big-link").exists()
+    on_disk = sum(1 for p in out_of(target, src).rglob("*") if p.is_file() and not p.is_symlink())
+    assert result.files == on_disk == clean.files - 3
+    assert result.bytes_written == clean.bytes_written - lost
+
+
 def test_include_and_exclude(mode, backed_up, tmp_path):
     repo, snap, src = backed_up
     target = tmp_path / "out"

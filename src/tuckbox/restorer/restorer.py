@@ -87,10 +87,10 @@ class RestoreProgress:
 
 @dataclass
 class RestoreResult:
-    files: int = 0
+    files: int = 0  # restored (hardlinks included; files that failed are not)
     dirs: int = 0
     others: int = 0
-    bytes_written: int = 0
+    bytes_written: int = 0  # into files that were restored (not what went into a file that then failed)
     files_skipped: int = 0  # already correct (resumed restore)
     bytes_read_back: int = 0  # blobs read back from files this restore wrote earlier, not fetched again
     warnings: list[str] = field(default_factory=list)
@@ -269,6 +269,7 @@ class _Run:
         self.inc = inc
         self.exc = exc
         self.chosen = False  # anything selected at all
+        self.under_way = 0  # files restored or given to a window so far (for progress)
         self.connections = max(1, owner.connections)
         self.inflight_max = self.connections
         self.open_dirs: set[Dir] = set()  # created, metadata not yet set: each holds a descriptor
@@ -438,10 +439,12 @@ class _Run:
                 if m.get("l", 0) > 1 and m.get("i") and self._hardlink(d, m, data):
                     return
                 if data:
-                    self._add(d, m)
+                    self._add(d, m)  # counted once its window is done (and if it did not fail)
+                    self.under_way += 1
                 elif node := self._node(d, m):
                     self._create_empty(d, node)
-                self.result.files += 1
+                    self.result.files += 1
+                    self.under_way += 1
             elif node := self._node(d, m):
                 self._create_other(d, node)
                 self.result.others += 1
@@ -506,13 +509,17 @@ class _Run:
         return True
 
     def _link(self, group: LinkGroup, d: Dir, name: bytes) -> None:
-        if group.state == FAILED:
-            return  # the data holder was not restored (and is reported)
+        if group.state == FAILED:  # the data holder was not restored (and is reported): neither is this
+            holder = group.path[len(self.target):]
+            self.report.error(f"{display(d.child(name))}: not restored: a hardlink to {display(holder)}, "
+                              "which was not restored")
+            return
         try:
             if self.resume:
                 make_room(reach(self.target, d, name))
             link_deep(group.path, name, d.fd)
             self.result.files += 1
+            self.under_way += 1
         except OSError as e:
             target_wide(e, self.target + d.child(name))
             self.report.warn(f"{display(d.child(name))}: cannot create hardlink: {e.strerror}")
@@ -534,7 +541,7 @@ class _Run:
             return
         self.window = Window(w.id + 1)
         self.keepalive()
-        self.report.progress.files_done(self.result.files)
+        self.report.progress.files_done(self.under_way)
         while self.inflight and (len(self.inflight) >= self.inflight_max or self.inflight[0].future.done()):
             self._complete_oldest()
         if self.writer is None:
@@ -548,6 +555,7 @@ class _Run:
         w = self.inflight.popleft()
         w.future.result()  # a restore-wide failure (full disk, storage gone) stops here
         self.done_upto = w.id
+        self.result.files += len(w.files) - len(w.failed)
         for slot, group in w.firsts:
             group.state = FAILED if slot in w.failed else DONE
         if self.pending_links:  # hardlinks whose data is in (before the metadata of the directories they are in)

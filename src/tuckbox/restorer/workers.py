@@ -71,6 +71,9 @@ class _ChildReport:
     def written(self, n: int) -> None:
         self._send("b", n)
 
+    def kept(self, n: int) -> None:
+        self._send("k", n)
+
     def skipped(self) -> None:
         self._send("s")
 
@@ -171,6 +174,8 @@ class WorkerProcesses:
                 kind = msg[0]
                 if kind == "b":
                     report.written(msg[1])
+                elif kind == "k":
+                    report.kept(msg[1])
                 elif kind == "w":
                     report.warn(msg[1])
                 elif kind == "e":

@@ -113,9 +113,13 @@ class Report:
         self.progress.error(msg)
 
     def written(self, n: int) -> None:
+        """Bytes written, as they go (progress; some may be in a file that then fails)."""
+        self.progress.bytes_done(n)
+
+    def kept(self, n: int) -> None:
+        """Bytes written into files that were restored (the summary's)."""
         with self.lock:
             self.result.bytes_written += n
-        self.progress.bytes_done(n)
 
     def skipped(self) -> None:
         with self.lock:
@@ -129,12 +133,14 @@ class Report:
 class _Job:
     """The state of one window while it is written (one thread)."""
 
-    __slots__ = ("w", "files", "left", "fds", "opened", "done", "wants", "cached", "fetch")
+    __slots__ = ("w", "files", "left", "wrote", "kept", "fds", "opened", "done", "wants", "cached", "fetch")
 
     def __init__(self, w: Window) -> None:
         self.w = w
         self.files = w.files
         self.left = [0] * len(w.files)  # blob writes still due per file
+        self.wrote = [0] * len(w.files)  # bytes written per file
+        self.kept = 0  # bytes of the files restored
         self.fds: dict[int, int] = {}
         self.opened: set[int] = set()
         self.done = 0  # bytes written since the last progress report
@@ -252,6 +258,8 @@ class WindowWriter:
                 job.fetch.cancel()
             for slot in list(job.fds):  # only left open when the restore stops part-way
                 self._fail(job, slot, "", quiet=True)
+            if job.kept:
+                self.report.kept(job.kept)
 
     def _write(self, job: _Job) -> None:
         cached, job.cached = job.cached, []
@@ -311,6 +319,7 @@ class WindowWriter:
                     if n != len(data):
                         _write_rest(fd, data, off, n)
                 job.done += len(data)
+                job.wrote[slot] += len(data)
                 left[slot] -= 1
                 if not left[slot]:
                     self._finish(job, slot)
@@ -368,6 +377,8 @@ class WindowWriter:
             os.close(fd)
         if malformed:
             self._fail(job, slot, "its tree entry is malformed")
+        else:
+            job.kept += job.wrote[slot]
         for w in warnings:
             self.report.warn(w)
 
