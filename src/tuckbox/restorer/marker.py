@@ -1,4 +1,5 @@
-"""The ``.tuckbox-restore`` marker: which snapshot a restore is writing into its target, and what of it is owed.
+"""The restore target: its checks, and the ``.tuckbox-restore`` marker (which snapshot a restore is writing
+into it, and what of it is owed).
 
 The marker's first line is the snapshot's id. A second line, when there is
 one, is the selection (``--include``/``--exclude`` patterns, as JSON) that
@@ -17,10 +18,16 @@ said exactly, the whole snapshot).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from dataclasses import dataclass
 from typing import Sequence
+
+from ..errors import TargetExists, TuckboxError
+from ..fsmeta import ACL_DEFAULT
+from ..text import display_path as display
 
 NAME = b".tuckbox-restore"
 _OPEN = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -105,3 +112,68 @@ def put_back(path: bytes, snapshot_id: str, owed: Selection) -> None:
         os.close(write(path, snapshot_id, owed))
     except OSError:
         pass
+
+
+def prepare_target(target: bytes, snapshot_id: str, asked: Selection) -> tuple[Selection | None, bool]:
+    """Check the target and write the marker; return (what the marker owed: None if not resuming, new entries
+    start bare).
+
+    "Bare": an entry this process creates there is owned by its euid:egid, has
+    the requested mode less the umask and carries no xattrs (no setgid directory,
+    no default ACL, no squashed owner); the marker file is the probe.
+    """
+    marker = os.path.join(target, NAME)
+    owed: Selection | None = None
+    if os.path.lexists(target):
+        if not os.path.isdir(target) or os.path.islink(target):
+            raise TargetExists(f"restore target {display(target)} exists and is not a directory; choose a new one")
+        if os.listdir(target):
+            try:
+                with open(marker, "rb") as f:
+                    owed = decode(f.read(), snapshot_id)
+            except OSError:
+                owed = None
+            if owed is None:
+                raise TargetExists(
+                    f"restore target {display(target)} exists and is not empty; choose a new directory "
+                    "(a restore interrupted into it resumes only for the same snapshot)"
+                )
+    resume = owed is not None
+    try:
+        os.makedirs(target, exist_ok=True)
+        # while this restore runs, the marker owes what it is asked for and what was owed before
+        fd = write(marker, snapshot_id, asked if owed is None else owed.merge(asked))
+        try:
+            st = os.fstat(fd)
+            xattrs = _xattr_names(fd)
+        finally:
+            os.close(fd)
+        target_st = os.stat(target)
+    except OSError as e:
+        raise TuckboxError(f"cannot write to restore target {display(target)}: {e.strerror}") from None
+    umask = os.umask(0o022)
+    os.umask(umask)
+    bare = (
+        not resume
+        and not target_st.st_mode & stat.S_ISGID
+        and (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid())
+        and stat.S_IMODE(st.st_mode) == 0o600 & ~umask
+        and not any(n.startswith(("user.", "trusted.", "system.")) for n in xattrs)
+        and not _has_xattr(target, ACL_DEFAULT)
+    )
+    return owed, bare
+
+
+def _xattr_names(fd: int) -> list[str]:
+    try:
+        return os.listxattr(fd)
+    except OSError as e:
+        return [] if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP) else ["system.unknown"]
+
+
+def _has_xattr(path: bytes, name: bytes) -> bool:
+    try:
+        os.getxattr(path, name)
+        return True
+    except OSError as e:
+        return e.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP)

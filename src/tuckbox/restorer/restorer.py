@@ -26,7 +26,6 @@ interrupted restore resumed with only some of its paths keeps it).
 
 from __future__ import annotations
 
-import errno
 import gc
 import os
 import resource
@@ -38,8 +37,8 @@ from typing import Any, Callable
 
 from ..backends.fork import after_fork, cpus, prepare_fork
 from ..backends.local import local_root
-from ..errors import TargetExists, TuckboxError, UsageError
-from ..fsmeta import ACL_DEFAULT, create_special
+from ..errors import TuckboxError, UsageError
+from ..fsmeta import create_special
 from ..longpath import link_deep
 from ..patterns import Patterns
 from ..snapshot.model import Snapshot
@@ -130,7 +129,7 @@ class Restorer:
     ) -> RestoreResult:
         made_target = not os.path.lexists(target)
         asked = markers.Selection.of(includes, excludes)
-        owed, fresh = _prepare_target(target, snap, asked)
+        owed, fresh = markers.prepare_target(target, snap.id, asked)
         resume = owed is not None
         nodes = decode_maps(self.repo.load_blob(BlobType.TREE, snap.tree))  # the root's listing: no restore without it
         meta = Meta(numeric_owner, fresh and not resume)
@@ -184,73 +183,6 @@ def _remove_quietly(path: bytes, remove: Callable[[bytes], None] = os.unlink) ->
         remove(path)
     except OSError:
         pass
-
-
-def _prepare_target(
-    target: bytes, snap: Snapshot, asked: markers.Selection
-) -> tuple[markers.Selection | None, bool]:
-    """Check the target and write the marker; return (what the marker owed: None if not resuming, new entries
-    start bare).
-
-    "Bare": an entry this process creates there is owned by its euid:egid, has
-    the requested mode less the umask and carries no xattrs (no setgid directory,
-    no default ACL, no squashed owner); the marker file is the probe.
-    """
-    marker = os.path.join(target, MARKER)
-    owed: markers.Selection | None = None
-    if os.path.lexists(target):
-        if not os.path.isdir(target) or os.path.islink(target):
-            raise TargetExists(f"restore target {display(target)} exists and is not a directory; choose a new one")
-        if os.listdir(target):
-            try:
-                with open(marker, "rb") as f:
-                    owed = markers.decode(f.read(), snap.id)
-            except OSError:
-                owed = None
-            if owed is None:
-                raise TargetExists(
-                    f"restore target {display(target)} exists and is not empty; choose a new directory "
-                    "(a restore interrupted into it resumes only for the same snapshot)"
-                )
-    resume = owed is not None
-    try:
-        os.makedirs(target, exist_ok=True)
-        # while this restore runs, the marker owes what it is asked for and what was owed before
-        fd = markers.write(marker, snap.id, asked if owed is None else owed.merge(asked))
-        try:
-            st = os.fstat(fd)
-            xattrs = _xattr_names(fd)
-        finally:
-            os.close(fd)
-        target_st = os.stat(target)
-    except OSError as e:
-        raise TuckboxError(f"cannot write to restore target {display(target)}: {e.strerror}") from None
-    umask = os.umask(0o022)
-    os.umask(umask)
-    bare = (
-        not resume
-        and not target_st.st_mode & stat.S_ISGID
-        and (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid())
-        and stat.S_IMODE(st.st_mode) == 0o600 & ~umask
-        and not any(n.startswith(("user.", "trusted.", "system.")) for n in xattrs)
-        and not _has_xattr(target, ACL_DEFAULT)
-    )
-    return owed, bare
-
-
-def _xattr_names(fd: int) -> list[str]:
-    try:
-        return os.listxattr(fd)
-    except OSError as e:
-        return [] if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP) else ["system.unknown"]
-
-
-def _has_xattr(path: bytes, name: bytes) -> bool:
-    try:
-        os.getxattr(path, name)
-        return True
-    except OSError as e:
-        return e.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP)
 
 
 class _Run:
