@@ -8,7 +8,7 @@ against an entry's absolute path and against its name:
 * ``.cache/thumbnails``, ``src/build`` (a ``/`` inside): the end of the path,
   at a component boundary (``/x/src/build`` but not ``/x/mysrc/build``);
 * a trailing ``/`` is ignored (``.cache/`` is ``.cache``): what a pattern
-  matches includes, or leaves out, everything inside it.
+  matches includes, or leaves out, everything inside it (``/`` everything).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class Patterns:
         self._paths: list[bytes] = []  # matched against the whole path
         self._names: list[bytes] = []  # matched against the name as well
         for p in patterns or ():
-            raw = os.fsencode(p).rstrip(b"/") or b"/"
+            raw = os.fsencode(p).rstrip(b"/") or b"/*"  # "/": the root, so everything inside it
             if b"/" not in raw:
                 self._names.append(raw)
                 self._paths.append(raw)

@@ -30,3 +30,9 @@ def test_a_trailing_slash_is_the_same_pattern():
 def test_no_patterns_match_nothing():
     assert not Patterns([]) and not Patterns(None).match(b"/x")
     assert Patterns(["/"]).match(b"/")
+
+
+def test_the_root_matches_everything() -> None:
+    for pattern in ("/", "//"):
+        p = Patterns([pattern])
+        assert p.match(b"/tmp") and p.match(b"/home/ann/.cache/x"), pattern
