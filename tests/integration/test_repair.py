@@ -130,6 +130,8 @@ def test_repair_snapshots_leaves_out_exactly_the_files_whose_data_is_lost(tb: Tu
         Path(name).rename(Path(str(tmp_path / "aside") + name.replace("/", "_")))
         os.utime(Path(name).parent, ns=(parent.st_atime_ns, parent.st_mtime_ns))  # (moving it out changed them)
     assert compare_trees(src, Path(str(target) + str(src)), check_atime=False) == []
+    latest = tb("snapshots", "--json").json()[-1]["summary"]  # its size is that of what it still holds
+    assert latest["bytes_total"] == sum(f.stat().st_size for f in src.rglob("*") if f.is_file())
     assert "every piece of their data" in tb("repair", "snapshots").out
 
 

@@ -71,3 +71,41 @@ def test_rewrite_refuses_what_it_should(tb: Tuckbox, tmp_path: Path) -> None:
     res = tb("rewrite", "--exclude", "cache/", "--json").json()
     assert [r["removed"] for r in res["snapshots"]] == [[str(src / "cache")]]
     assert str(src / "a") in tb("ls", "latest").out and str(src / "cache") not in tb("ls", "latest").out
+
+
+def test_rewrite_refuses_a_pattern_that_takes_a_backed_up_path(tb: Tuckbox, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("hello\n")
+    tb("init")
+    tb("backup", str(src))
+    before = tb("snapshots", "--json").json()
+    short = before[0]["short_id"]
+    # the backed-up path itself, a directory above it, by name or by path: all of the snapshot would go
+    for pattern in (str(src), str(src) + "/", "src", str(tmp_path), tmp_path.name, "/" + str(src).split("/")[1]):
+        for extra in ((), ("--dry-run",)):
+            err = tb("rewrite", "--exclude", "sub", "--exclude", pattern, *extra, expect=2).err
+            assert f"'{pattern}'" in err and short in err and "tuckbox forget" in err
+            assert len(err.strip().splitlines()) == 1
+    assert tb("snapshots", "--json").json() == before  # nothing changed
+
+
+def test_a_rewritten_snapshot_has_the_sizes_and_counts_of_what_it_holds(tb: Tuckbox, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("hello\n")
+    (src / "sub" / "b.txt").write_text("world\n")
+    (src / "big1").write_bytes(os.urandom(3_000_000))
+    (src / "sub" / "big2").write_bytes(os.urandom(2_000_000))
+    (src / "drop").mkdir()
+    (src / "drop" / "c").write_bytes(os.urandom(1000))
+    (src / "link").symlink_to("a.txt")
+    tb("init")
+    tb("backup", str(src))
+    old = tb("snapshots", "--json").json()[0]["summary"]
+    assert (old["bytes_total"], old["dirs"], old["others"]) == (5_001_012, 3, 1)
+    tb("rewrite", "--exclude", "big*", "--exclude", "drop")
+    new = tb("snapshots", "--json").json()[0]["summary"]
+    assert (new["bytes_total"], new["files"], new["dirs"], new["others"]) == (12, 2, 2, 1)
+    assert new["rewritten_removed"] == 3 and new["bytes_read"] == old["bytes_read"]
+    assert "12 B in the latest" in tb("stats").out

@@ -4,7 +4,9 @@ by one without it (for a secret or a huge file that should never have been backe
 Patterns are those of 'backup --exclude' (a name at any depth, a path from
 the root, or the end of a path; a directory takes everything inside it). The
 new snapshot keeps the time, host, paths and parent of the old one, is tagged
-'rewritten', and is saved before the old one is removed. The data stays in
+'rewritten', and is saved before the old one is removed; its size is that of
+what it still holds. A pattern that takes a backed-up path whole (or a
+directory above it) is refused: use 'tuckbox forget'. The data stays in
 the repository until 'tuckbox prune' (or --prune here) deletes what no
 snapshot needs any more. With no SNAPSHOT, every snapshot (--host, --tag,
 --path narrow it down). --dry-run lists what would be left out.
@@ -20,7 +22,7 @@ import argparse
 import sys
 
 from ..errors import UsageError
-from ..maintenance.rewrite import Memo, Verdict, rewrite_tree, save_rewritten
+from ..maintenance.rewrite import Memo, Verdict, pattern_taking_a_path, rewrite_tree, save_rewritten
 from ..patterns import Patterns
 from ..repository.locks import Lock
 from .cmd_prune import add_prune_options, prune, say
@@ -47,7 +49,8 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    patterns = Patterns(list(args.exclude) + [p for f in args.exclude_file for p in patterns_from_file(f)])
+    given = list(args.exclude) + [p for f in args.exclude_file for p in patterns_from_file(f)]
+    patterns = Patterns(given)
     if not patterns:
         raise UsageError("say what to remove with --exclude PATTERN (or --exclude-file FILE)")
     if patterns.match(b"/", b""):
@@ -64,6 +67,13 @@ def run(args: argparse.Namespace) -> int:
             wanted = {repo.find_snapshot(ref, snaps).id for ref in args.snapshots}
             snaps = [s for s in snaps if s.id in wanted]
         snaps = select_snapshots(args, snaps)
+        taking = pattern_taking_a_path(given, snaps)
+        if taking is not None:
+            pattern, snap, path = taking
+            raise UsageError(
+                f"the pattern {pattern!r} takes all of {display(path)}, which snapshot {snap.short_id} backs up: "
+                "narrow the pattern (to remove snapshots use 'tuckbox forget')"
+            )
 
         def judge(path: bytes, _m: dict) -> Verdict:
             return "drop" if patterns.match(path) else "keep"
@@ -78,15 +88,15 @@ def run(args: argparse.Namespace) -> int:
             for snap in snaps:
                 if progress:
                     progress(f"reading snapshot {snap.short_id}")
-                new_root, removed = rewrite_tree(repo, snap.tree, judge, memo, packer)
+                new_root, removed, counts = rewrite_tree(repo, snap.tree, judge, memo, packer)
                 if new_root is None:
                     raise UsageError(f"snapshot {snap.short_id} cannot be read; run 'tuckbox check'")
                 if new_root != snap.tree:
-                    changed.append((snap, new_root, removed))
+                    changed.append((snap, new_root, removed, counts))
             if packer is not None:
                 packer.flush()  # the new trees and their index, before any snapshot names them
-            for snap, new_root, removed in changed:
-                new = "" if args.dry_run else save_rewritten(repo, snap, new_root, TAG, len(removed))
+            for snap, new_root, removed, counts in changed:
+                new = "" if args.dry_run else save_rewritten(repo, snap, new_root, TAG, len(removed), counts)
                 done.append({"old": snap.id, "new": new, "removed": [json_path(p) for p in removed]})
                 if not opt(args, "json"):
                     verb = "would lose" if args.dry_run else f"replaced by {new[:8]}, without"

@@ -32,7 +32,7 @@ from ..pack.format import PREFIX_LEN, TRAILER_LEN, PackKey, parse_prefix
 from ..repository.index import PackRecord, RawPack, decode_index_raw
 from ..repository.repo import Repository, object_name
 from ..snapshot.model import Snapshot
-from .rewrite import Memo, Verdict, rewrite_tree, save_rewritten
+from .rewrite import Counts, Memo, Verdict, rewrite_tree, save_rewritten
 from ..pack.format import BlobEntry
 from ..types import BlobType, ObjectType
 
@@ -234,21 +234,21 @@ def repair_snapshots(
 
     packer = None if dry_run else repo.new_packer()
     memo: Memo = {}
-    out: list[tuple[Snapshot, bytes | None, RepairedSnapshot]] = []
+    out: list[tuple[Snapshot, bytes | None, Counts, RepairedSnapshot]] = []
     try:
         for snap in snaps:
             progress(f"checking snapshot {snap.short_id}")
-            new_root, removed = rewrite_tree(repo, snap.tree, judge, memo, packer, available)
+            new_root, removed, counts = rewrite_tree(repo, snap.tree, judge, memo, packer, available)
             if new_root != snap.tree:
-                out.append((snap, new_root, RepairedSnapshot(snap.id, "", [b"/"] if new_root is None else removed,
+                out.append((snap, new_root, counts, RepairedSnapshot(snap.id, "", [b"/"] if new_root is None else removed,
                                                              lost=new_root is None)))
         if packer is not None:
             packer.flush()  # the new trees, and the index naming them, before any snapshot needs them
         if not dry_run:
-            for snap, new_root, item in out:
+            for snap, new_root, counts, item in out:
                 if new_root is not None:  # (a lost root listing: nothing to keep; reported, forget it)
-                    item.new = save_rewritten(repo, snap, new_root, REPAIRED_TAG, len(item.removed))
+                    item.new = save_rewritten(repo, snap, new_root, REPAIRED_TAG, len(item.removed), counts)
     finally:
         if packer is not None:
             packer.close()
-    return [item for _, _, item in out]
+    return [item for _, _, _, item in out]
