@@ -106,6 +106,36 @@ def test_forget_by_id_and_usage_errors(tb: Tuckbox, tmp_path: Path) -> None:
     assert len(_snapshot_ids(tb)) == 1
 
 
+def test_a_damaged_snapshot_is_named_by_check_and_prune_and_forget_removes_it(tb: Tuckbox, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _write(src / "a", 1, 1000)
+    tb("init")
+    tb("backup", str(src))
+    _write(src / "b", 2, 1000)
+    tb("backup", str(src))
+    ids = _snapshot_ids(tb)
+    victim = Path(tb.repo) / "snapshots" / ids[0]
+    victim.chmod(0o600)
+    victim.write_bytes(b"")
+    shutil.rmtree(tmp_path / "cache")  # (the cache's good copy would hide the damage)
+    hint = f"'tuckbox forget {ids[0][:8]}'"
+    assert hint in tb("check", expect=1).err
+    refused = tb("prune", expect=1).err
+    assert hint in refused and "deleted nothing" in refused
+    assert hint in tb("repair", "snapshots", ids[0][:8], expect=2).err
+    # a policy never touches it (nothing is known of it); naming it removes it, saying so
+    tb("forget", "--keep-last", "1")
+    assert victim.exists()
+    dry = tb("forget", ids[0][:6], "--dry-run", "--prune")
+    assert "damaged" in dry.out and "would remove 1" in dry.out and victim.exists()
+    done = tb("forget", ids[0], "--json").json()
+    assert done["removed"] == 1 and done["groups"][0]["remove"][0]["damaged"] is True
+    assert not victim.exists()
+    assert _snapshot_ids(tb) == ids[1:]
+    tb("prune")
+    assert "no errors found" in tb("check", "--read-data").out
+
+
 def test_prune_refuses_while_a_backup_holds_a_lock(tb: Tuckbox, tmp_path: Path) -> None:
     src = tmp_path / "src"
     _write(src / "a", 1, 3 * MiB)

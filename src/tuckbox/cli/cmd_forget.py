@@ -9,6 +9,9 @@ with a tag (--keep-tag). Times are this machine's local time. A checkpoint
 (of an unfinished backup) is kept while it is newer than the group's last
 complete backup. --host/--tag/--path limit which snapshots are considered.
 
+A snapshot that cannot be read (damaged: 'tuckbox check' names it) is never
+chosen by a policy; name its id to remove it.
+
 Forgetting removes only the snapshot objects; the data stays until
 'tuckbox prune' (or --prune here) deletes what no snapshot uses. At least one
 --keep-* rule or snapshot id is required: nothing is removed by default.
@@ -102,9 +105,17 @@ def run(args: argparse.Namespace) -> int:
     try:
         repo.keys.require_full("forget (it must read the snapshots)")
         snaps = repo.snapshots()
+        damaged: list[str] = []  # named snapshot objects that cannot be read: removed by name
         if args.snapshots:
-            doomed = {repo.find_snapshot(ref, snaps).id: "named" for ref in args.snapshots}
-            groups = [{"key": {}, "keep": [], "remove": [_brief(s, ()) for s in snaps if s.id in doomed]}]
+            doomed = set()
+            for ref in args.snapshots:
+                name = repo.find_damaged_snapshot(ref)
+                if name is None:
+                    doomed.add(repo.find_snapshot(ref, snaps).id)
+                elif name not in damaged:
+                    damaged.append(name)
+            groups = [{"key": {}, "keep": [], "remove": [_brief(s, ()) for s in snaps if s.id in doomed]
+                       + [_damaged(name) for name in damaged]}]
             remove = [s for s in snaps if s.id in doomed]
         else:
             decided = retention.apply(select_snapshots(args, snaps), policy, args.group_by)
@@ -120,20 +131,23 @@ def run(args: argparse.Namespace) -> int:
         if not opt(args, "json"):
             _print_groups(args, groups)
         removed = 0
-        if remove and not args.dry_run:
+        if (remove or damaged) and not args.dry_run:
             # snapshots are only removed, never rewritten: a shared lock, so backups elsewhere go on meanwhile
             lock = Lock(repo.backend, repo.keys.index_key, exclusive=False).acquire(lock_wait(args), say_waiting)
             try:
-                removed = _remove(repo, [s.id for s in remove])
+                removed = _remove(repo, [s.id for s in remove] + damaged)
             finally:
                 lock.release()
+            for name in damaged:
+                repo.forget_damaged(name)
         verb = "would remove" if args.dry_run else "removed"
-        say(args, f"{verb} {len(remove) if args.dry_run else removed} snapshot(s), kept "
+        say(args, f"{verb} {len(remove) + len(damaged) if args.dry_run else removed} snapshot(s)"
+                  f"{f' ({len(damaged)} that could not be read)' if damaged else ''}, kept "
                   f"{sum(len(g['keep']) for g in groups)}")
         doc: dict[str, object] = {"dry_run": args.dry_run, "groups": groups,
                                   "removed": 0 if args.dry_run else removed}
         if args.prune:
-            doc["prune"] = prune(args, repo, args.dry_run, frozenset(s.id for s in remove))
+            doc["prune"] = prune(args, repo, args.dry_run, frozenset([s.id for s in remove] + damaged))
     finally:
         repo.close()
     if opt(args, "json"):
@@ -143,7 +157,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _brief(s: Snapshot, reasons: tuple[str, ...]) -> dict[str, object]:
     return {"id": s.id, "short_id": s.short_id, "time": s.time, "host": s.host, "tags": s.tags,
-            "partial": s.partial, "reasons": list(reasons)}
+            "partial": s.partial, "reasons": list(reasons), "damaged": False}
+
+
+def _damaged(name: str) -> dict[str, object]:
+    """A named snapshot object that cannot be read: nothing is known of it but its name."""
+    return {"id": name, "short_id": name[:8], "time": "", "host": "", "tags": [], "partial": False,
+            "reasons": [], "damaged": True}
 
 
 def _print_groups(args: argparse.Namespace, groups: list[dict]) -> None:
@@ -157,6 +177,9 @@ def _print_groups(args: argparse.Namespace, groups: list[dict]) -> None:
         rows += [("remove", b, "") for b in g["remove"]]
         rows.sort(key=lambda r: r[1]["time"], reverse=True)
         for what, b, why in rows:
+            if b["damaged"]:
+                say(args, f"  {what:<6}  {b['short_id']}  (damaged: it cannot be read)")
+                continue
             mark = " (checkpoint)" if b["partial"] else ""
             say(args, f"  {what:<6}  {b['short_id']}{mark}  {local_time(b['time'])}  {why}".rstrip())
 

@@ -19,7 +19,7 @@ from typing import Callable
 from ..errors import IntegrityError, ObjectNotFound, TuckboxError
 from ..pack.format import PackKey
 from ..repository.index import PackRecord, decode_index_raw
-from ..repository.repo import Repository, object_name
+from ..repository.repo import Repository, forget_hint, object_name
 from ..snapshot.model import Snapshot
 from ..snapshot.tree import DIR, FILE, Node, decode_tree
 from ..text import display_path as _display
@@ -127,6 +127,8 @@ class Checker:
                     snaps.append(self.repo.load_snapshot(name, from_storage=True))  # not the cache's copy
                 except ObjectNotFound:
                     continue  # removed since it was listed (a checkpoint superseded by a complete backup)
+                except IntegrityError as e:  # damaged: it can only be removed
+                    self._error(f"snapshot {name}: {e}; {forget_hint(name)}")
                 except TuckboxError as e:
                     self._error(f"snapshot {name}: {e}")
             self.on_progress("checking trees")

@@ -159,6 +159,8 @@ def plan_prune(
     backend = repo.backend
     # snapshots are listed before the index is loaded (as check does): nothing writes meanwhile anyway
     snaps = [s for s in repo.snapshots() if s.id not in without]
+    for name in without & set(repo.damaged_snapshots):  # a damaged one being forgotten: no longer in the way
+        repo.forget_damaged(name)
     if not repo.index.index_names:
         repo.load_index()
     if repo.problems:

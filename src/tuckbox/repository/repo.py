@@ -69,6 +69,7 @@ class Repository:
         self._lock = threading.Lock()
         self.connections = 4
         self.problems: list[str] = []  # damaged objects skipped while reading (reported as warnings)
+        self.damaged_snapshots: dict[str, str] = {}  # name -> why: stored, but cannot be read (forget removes them)
         # called before every index and snapshot this process writes (the held lock's ensure_held): a run
         # whose lock lapsed must not record anything that may name data a prune removed meanwhile
         self.guard: Callable[[], None] | None = None
@@ -431,7 +432,7 @@ class Repository:
             if data[:4] != snapmodel.MAGIC or len(data) < 5:
                 raise IntegrityError(f"snapshot {name[:8]} is not a tuckbox snapshot")
             if data[4] != snapmodel.VERSION:
-                raise IntegrityError(f"snapshot {name[:8]} has unknown version {data[4]}")
+                raise UnsupportedFormat(f"snapshot {name[:8]} has unknown version {data[4]}; upgrade tuckbox")
             assert self.keys.meta_private is not None
             plain = aead.open_sealed_to(self.keys.meta_private, data[5:], snapmodel.PURPOSE, what=f"snapshot {name[:8]}")
             snap = Snapshot.decode(plain, name)
@@ -455,8 +456,12 @@ class Repository:
                 return self.load_snapshot(name)
             except ObjectNotFound:
                 return None  # removed since it was listed (a superseded checkpoint): not damage
-            except (IntegrityError, UnsupportedFormat) as e:
+            except UnsupportedFormat as e:
                 self.problems.append(f"snapshot {name[:8]} skipped: {e}")
+                return None
+            except IntegrityError as e:
+                self.damaged_snapshots[name] = str(e)
+                self.problems.append(f"snapshot {name[:8]} skipped: {e}; {forget_hint(name)}")
                 return None
 
         known = [n for n in names if self._snapcache.get(n) is not None]  # decrypted before: no pool needed
@@ -481,16 +486,39 @@ class Repository:
         if len(ref) < 4 or any(c not in "0123456789abcdef" for c in ref):
             raise SnapshotNotFound(f"'{ref}' is not a snapshot id; use 'latest' or at least 4 hex digits of an id from 'tuckbox snapshots'")
         matches = [s for s in snaps if s.id.startswith(ref)]
+        damaged = [n for n in self.damaged_snapshots if n.startswith(ref)]
+        if len(matches) + len(damaged) > 1:
+            raise UsageError(f"snapshot id {ref} is ambiguous ({len(matches) + len(damaged)} match); give more digits")
+        if damaged:
+            raise SnapshotNotFound(f"snapshot {damaged[0][:8]} cannot be read ({self.damaged_snapshots[damaged[0]]}); "
+                                   f"{forget_hint(damaged[0])}")
         if not matches:
             raise SnapshotNotFound(f"no snapshot {ref} in {self.backend.location}; see 'tuckbox snapshots'")
-        if len(matches) > 1:
-            raise UsageError(f"snapshot id {ref} is ambiguous ({len(matches)} match); give more digits")
         return matches[0]
 
+    def find_damaged_snapshot(self, ref: str) -> str | None:
+        """The name of the one stored snapshot that ``ref`` (a unique prefix) names and that ``snapshots()``
+        found damaged (it cannot be read), or None."""
+        ref = ref.lower()
+        if len(ref) < 4:
+            return None
+        damaged = [n for n in self.damaged_snapshots if n.startswith(ref)]
+        return damaged[0] if len(damaged) == 1 else None
+
     # ---------------------------------------------------------------- misc
+
+    def forget_damaged(self, name: str) -> None:
+        """After ``name``, a damaged snapshot, was removed: no longer reported."""
+        self.damaged_snapshots.pop(name, None)
+        self.problems = [p for p in self.problems if not p.startswith(f"snapshot {name[:8]} skipped: ")]
 
     def is_full(self) -> bool:
         return self.keys.kind is KeyKind.FULL
 
     def close(self) -> None:
         self.backend.close()
+
+
+def forget_hint(name: str) -> str:
+    """What to do with a snapshot object that is stored but cannot be read."""
+    return f"'tuckbox forget {name[:8]}' removes it"
