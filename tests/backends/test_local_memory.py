@@ -52,6 +52,36 @@ def _no_hard_links(monkeypatch):
     monkeypatch.setattr(os, "link", refuse)
 
 
+def test_local_a_missing_object_directory_is_made_again_only_where_the_config_is(tmp_path):
+    """index/, data/, locks/ or snapshots/ deleted from a repository that is otherwise there: the next save
+    makes it again. With the config gone too (an unmounted disk's empty mount point, a moved directory)
+    nothing is written: the repository has disappeared."""
+    import shutil
+
+    from tuckbox.errors import ObjectNotFound, PermanentError
+
+    root = tmp_path / "repo"
+    b = LocalBackend(str(root))
+    b.create()
+    b.save(ObjectType.CONFIG, "config", b"{}")
+    for type in (ObjectType.INDEX, ObjectType.PACK, ObjectType.LOCK, ObjectType.SNAPSHOT):
+        shutil.rmtree(root / type.value)
+        name = "ab" * 32
+        with pytest.raises(ObjectNotFound):
+            b.load(type, name)
+        assert list(b.list(type)) == []
+        b.save(type, name, b"x")
+        assert b.load(type, name) == b"x"
+    (root / "config").unlink()
+    for type in (ObjectType.INDEX, ObjectType.PACK):
+        shutil.rmtree(root / type.value)
+        with pytest.raises(PermanentError, match="has disappeared"):
+            b.save(type, "cd" * 32, b"x")
+        with pytest.raises(PermanentError, match="has disappeared"):
+            b.load(type, "cd" * 32)
+        assert not (root / type.value).exists()
+
+
 @pytest.mark.parametrize("check", CONFORMANCE_CHECKS, ids=lambda c: c.__name__)
 def test_conformance_without_hard_links(check, tmp_path, monkeypatch):
     """Where link() is refused, objects are renamed into place with RENAME_NOREPLACE: still never replacing,

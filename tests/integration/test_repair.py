@@ -5,6 +5,7 @@ the source, and the next backup stores lost chunks again."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from tuckbox.testing.trees import compare_trees
@@ -69,6 +70,27 @@ def test_a_lost_index_object_is_rebuilt(tb: Tuckbox, tmp_path: Path) -> None:
     tb("repair", "index")
     assert "no errors found" in tb("check", "--read-data").out
     _restore_equal(tb, src, tmp_path / "r")
+
+
+def test_a_lost_index_directory_is_rebuilt_and_check_says_how(tb: Tuckbox, tmp_path: Path) -> None:
+    src = _setup(tb, tmp_path)
+    shutil.rmtree(Path(tb.repo) / "index")  # the directory itself, not only its objects
+    (tmp_path / "cache").rename(tmp_path / "old-cache")
+    check = tb("check", expect=1)
+    assert "run 'tuckbox repair index'" in check.out and "harmless" not in check.out
+    tb("repair", "index")
+    assert "no errors found" in tb("check", "--read-data").out
+    _restore_equal(tb, src, tmp_path / "r")
+    for name in ("locks", "snapshots"):  # a backup makes a lost directory again too
+        shutil.rmtree(Path(tb.repo) / name)
+        (src / "docs" / "n0.txt").write_text(f"changed for {name}\n")
+        tb("backup", str(src))
+    shutil.rmtree(Path(tb.repo) / "data")  # every pack lost (and the snapshots that needed them)
+    shutil.rmtree(Path(tb.repo) / "snapshots")
+    tb("repair", "index")  # drops the lost packs from the index
+    tb("backup", str(src))  # stores everything again, in a new data/
+    assert "no errors found" in tb("check", "--read-data").out
+    _restore_equal(tb, src, tmp_path / "r2")
 
 
 def test_a_lost_pack_is_dropped_from_the_index_and_the_next_backup_stores_it_again(tb: Tuckbox, tmp_path: Path) -> None:

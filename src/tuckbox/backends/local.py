@@ -60,6 +60,20 @@ def rename_noreplace(src: str, dst: str) -> None:
         raise OSError(err, os.strerror(err), dst)
 
 
+def _fsync_dir(path: str) -> None:
+    """Make a directory's new entry durable (best effort: some file systems refuse fsync on directories)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class LocalBackend:
     checks_whole_loads = True  # a whole load reads the file to its end (objects appear whole: renamed into place)
 
@@ -109,9 +123,35 @@ class LocalBackend:
             "was the disk unmounted or the directory moved?"
         )
 
+    def _has_config(self) -> bool:
+        """Whether the repository is there: its ``config`` is (an unmounted disk's mount point has none)."""
+        return os.path.isfile(os.path.join(self.root, "config"))
+
+    def _make_dirs(self, type: ObjectType, dirname: str) -> None:
+        """Create the missing directory ``dirname`` of an object of ``type`` about to be saved. A pack's shard
+        (``data/xx``) is made whenever ``data/`` exists; a missing object directory (``index/``, ``data/``,
+        ...) is made again only where the repository's config is: otherwise the repository itself is gone
+        (an unmounted disk, a moved directory), and recreating it would write objects nobody can read."""
+        top = os.path.join(self.root, type.value)
+        if not os.path.isdir(top):
+            if not self._has_config():
+                raise self._vanished()
+            try:
+                os.mkdir(top)
+            except FileExistsError:
+                pass
+            _fsync_dir(self.root)
+        if dirname != top:
+            try:
+                os.mkdir(dirname)  # not makedirs: only one level (a pack's shard)
+            except FileExistsError:
+                pass
+            _fsync_dir(top)
+
     def _fail(self, e: OSError, what: str, type: ObjectType | None = None) -> Exception:
         if e.errno == errno.ENOENT:
-            if type not in (None, ObjectType.CONFIG, ObjectType.KEY) and not os.path.isdir(os.path.join(self.root, type.value)):
+            if (type not in (None, ObjectType.CONFIG, ObjectType.KEY) and not self._has_config()
+                    and not os.path.isdir(os.path.join(self.root, type.value))):
                 return self._vanished()  # not one missing object: the repository's directories are gone
             return ObjectNotFound(f"{what} not found in repository {self.location}")
         if e.errno == errno.ENOSPC:
@@ -139,14 +179,12 @@ class LocalBackend:
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except FileNotFoundError:
-                # only a pack's shard directory (data/xx) may be missing; anything more means the
-                # repository itself is gone, and recreating it would write objects nobody can read
+                # a pack's shard directory (data/xx) is made when first needed; an object directory only
+                # while the repository's config is there (see _make_dirs)
+                if type in (ObjectType.CONFIG, ObjectType.KEY):
+                    raise
                 try:
-                    if type is not ObjectType.PACK:
-                        raise
-                    os.mkdir(dirname)  # not makedirs: data/ itself must exist
-                except FileExistsError:
-                    pass
+                    self._make_dirs(type, dirname)
                 except FileNotFoundError:
                     raise self._vanished() from None
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -68,6 +68,7 @@ class Checker:
         self.on_progress = on_progress or (lambda _msg: None)
         self._bad_blobs: dict[bytes, str] = {}  # blob id -> why
         self._bad_trees: dict[bytes, str] = {}
+        self._not_indexed: set[bytes] = set()  # blobs (trees, chunks) the snapshots need that no index names
 
     def _error(self, msg: str) -> None:
         self.report.errors.append(msg)
@@ -109,12 +110,6 @@ class Checker:
                 "and drops missing packs from the index so that the next backup stores their data again"
             )
         unindexed = set(stored) - set(self.repo.index.packs)
-        if unindexed:
-            self.report.notes.append(
-                f"{len(unindexed)} pack(s) are not in any index (written by a backup still running, or by an "
-                "interrupted one: the next backup from that machine indexes them; or left by an interrupted "
-                "prune: the next prune removes them; harmless)"
-            )
         if read_data:
             readable = [p for n, p in sorted(self.repo.index.packs.items()) if n in stored]
             chosen = [p for p in readable if subset is None or subset(p.name)]
@@ -135,6 +130,17 @@ class Checker:
             self._check_trees(snaps)
         else:
             self.report.notes.append("write-only key: snapshots and trees were not checked (they need a full key)")
+        if unindexed and self._not_indexed:
+            self.report.notes.append(
+                f"{len(unindexed)} pack(s) are not in any index, and snapshots need {len(self._not_indexed)} blob(s) "
+                "that no index names: run 'tuckbox repair index' to index those packs again from their own headers"
+            )
+        elif unindexed:
+            self.report.notes.append(
+                f"{len(unindexed)} pack(s) are not in any index (written by a backup still running, or by an "
+                "interrupted one: the next backup from that machine indexes them; or left by an interrupted "
+                "prune: the next prune removes them; harmless)"
+            )
         renew = getattr(backend, "renew_leases", None)
         if callable(renew):
             try:
@@ -224,6 +230,9 @@ class Checker:
             try:
                 if tree_id in self._bad_blobs:
                     raise IntegrityError(f"tree {tree_id.hex()[:8]} {self._bad_blobs[tree_id]}")
+                if not self.repo.index.has(tree_id):
+                    self._not_indexed.add(tree_id)
+                    raise IntegrityError(f"tree {tree_id.hex()[:8]} is missing from the index")
                 nodes = decode_tree(self.repo.load_blob(BlobType.TREE, tree_id))
             except TuckboxError as e:
                 self._bad_trees[tree_id] = str(e)
@@ -257,6 +266,7 @@ class Checker:
                         why = self._bad_blobs.get(item)
                         if why is None and not self.repo.index.has(item):
                             why = "a chunk is missing from the index"
+                            self._not_indexed.add(item)
                             self._error(f"chunk {item.hex()[:16]} of {_display(path)} is missing from the index")
                             self._bad_blobs[item] = why
                         if why is not None:
@@ -265,6 +275,7 @@ class Checker:
 
         for snap in snaps:
             if not self.repo.index.has(snap.tree):
+                self._not_indexed.add(snap.tree)
                 self._error(f"snapshot {snap.id}: its root tree is missing from the index")
                 continue
             visit(snap.tree, snap)
