@@ -141,6 +141,16 @@ def test_errors_are_one_line_with_exit_codes(tb, tmp_path):
     other = tmp_path / "notrepo"
     other.mkdir()
     _one_line_error(tb("-r", str(other), "snapshots", expect=1), "not a tuckbox repository")
+    # a file (or a device) where the repository should be: said at once, no retries, nothing asked
+    afile = tmp_path / "afile"
+    afile.write_text("x\n")
+    for path in (str(afile), "/dev/null"):
+        for args in (("init",), ("snapshots",), ("backup", str(src))):
+            started = time.monotonic()
+            res = tb("-r", path, *args, env={"TUCKBOX_PASSWORD_FILE": ""}, expect=1)
+            _one_line_error(res, path, "exists and is not a directory", "not (and cannot become) a tuckbox repository")
+            assert time.monotonic() - started < 10
+    assert afile.read_text() == "x\n"
     # unknown snapshot id, malformed id
     _one_line_error(tb("restore", "deadbeef", "--target", str(tmp_path / "x"), expect=2), "no snapshot deadbeef")
     _one_line_error(tb("ls", "zz", expect=2), "not a snapshot id")

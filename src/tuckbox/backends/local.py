@@ -24,7 +24,7 @@ import secrets
 from typing import Iterator
 
 from .. import directio
-from ..errors import ObjectExists, ObjectNotFound, PermanentError, TransientError
+from ..errors import NotARepository, ObjectExists, ObjectNotFound, PermanentError, TransientError
 from ..types import ObjectInfo, ObjectType
 from .layout import directories, is_object_name, object_path
 
@@ -148,7 +148,21 @@ class LocalBackend:
                 pass
             _fsync_dir(top)
 
+    def _not_a_directory(self) -> NotARepository | None:
+        """The error to give when the repository's path is taken by something that is not a directory (a
+        file, a device): no retry can help, and no repository can be made there. None if it is not so."""
+        if os.path.lexists(self.root) and not os.path.isdir(self.root):
+            return NotARepository(
+                f"{self.location} exists and is not a directory, so it is not (and cannot become) a tuckbox "
+                "repository; check the path"
+            )
+        return None
+
     def _fail(self, e: OSError, what: str, type: ObjectType | None = None) -> Exception:
+        if e.errno in (errno.ENOTDIR, errno.EEXIST):
+            taken = self._not_a_directory()
+            if taken is not None:
+                return taken
         if e.errno == errno.ENOENT:
             if (type not in (None, ObjectType.CONFIG, ObjectType.KEY) and not self._has_config()
                     and not os.path.isdir(os.path.join(self.root, type.value))):
@@ -161,9 +175,15 @@ class LocalBackend:
         return TransientError(f"I/O error on {what} in {self.location}: {e.strerror}")
 
     def exists(self) -> bool:
+        taken = self._not_a_directory()
+        if taken is not None:
+            raise taken
         return os.path.isdir(self.root)
 
     def create(self) -> None:
+        taken = self._not_a_directory()
+        if taken is not None:
+            raise taken
         try:
             os.makedirs(self.root, exist_ok=True)
             for d in directories():
