@@ -136,6 +136,33 @@ def test_a_damaged_snapshot_is_named_by_check_and_prune_and_forget_removes_it(tb
     assert "no errors found" in tb("check", "--read-data").out
 
 
+def test_forget_shows_no_plan_it_cannot_carry_out(tb: Tuckbox, tmp_path: Path) -> None:
+    """Where no lock can be written (here an immutable locks/ directory, which even root cannot write
+    into), forget fails before it prints a keep/remove plan; a dry run still shows it."""
+    import subprocess
+
+    src = tmp_path / "src"
+    _write(src / "a", 1, 1000)
+    tb("init")
+    tb("backup", str(src))
+    tb("backup", str(src))
+    ids = _snapshot_ids(tb)
+    locks = Path(tb.repo) / "locks"
+    try:
+        subprocess.run(["chattr", "+i", str(locks)], check=True, capture_output=True)
+    except (subprocess.CalledProcessError, FileNotFoundError) as e:
+        pytest.skip(f"cannot make a directory immutable here: {e}")
+    try:
+        res = tb("forget", "--keep-last", "1", expect=1)
+        assert "remove" not in res.out and "keep" not in res.out, res.out
+        assert "locks" in res.err and len(res.err.strip().splitlines()) == 1
+        assert "remove" in tb("forget", "--keep-last", "1", "--dry-run").out
+        assert "removed 0" in tb("forget", "--keep-last", "5").out  # nothing to remove: no lock needed
+    finally:
+        subprocess.run(["chattr", "-i", str(locks)], capture_output=True)
+    assert _snapshot_ids(tb) == ids
+
+
 def test_prune_refuses_while_a_backup_holds_a_lock(tb: Tuckbox, tmp_path: Path) -> None:
     src = tmp_path / "src"
     _write(src / "a", 1, 3 * MiB)

@@ -128,16 +128,22 @@ def run(args: argparse.Namespace) -> int:
                     "remove": [_brief(d.snapshot, ()) for d in g.decisions if not d.keep],
                 })
                 remove += [d.snapshot for d in g.decisions if not d.keep]
-        if not opt(args, "json"):
-            _print_groups(args, groups)
-        removed = 0
+        lock = None
         if (remove or damaged) and not args.dry_run:
-            # snapshots are only removed, never rewritten: a shared lock, so backups elsewhere go on meanwhile
+            # taken before the plan is shown: a plan that cannot be carried out (a read-only repository, a
+            # prune holding the lock) is not printed as if it were. Snapshots are only removed, never
+            # rewritten: a shared lock, so backups elsewhere go on meanwhile
             lock = Lock(repo.backend, repo.keys.index_key, exclusive=False).acquire(lock_wait(args), say_waiting)
-            try:
+        removed = 0
+        try:
+            if not opt(args, "json"):
+                _print_groups(args, groups)
+            if lock is not None:
                 removed = _remove(repo, [s.id for s in remove] + damaged)
-            finally:
+        finally:
+            if lock is not None:
                 lock.release()
+        if lock is not None:
             for name in damaged:
                 repo.forget_damaged(name)
         verb = "would remove" if args.dry_run else "removed"
