@@ -115,8 +115,8 @@ def run(args: argparse.Namespace) -> int:
             say(args, f"nothing matches in {len(snaps)} snapshot(s)")
         elif not args.dry_run:
             say(args, "give your backups the same --exclude, or the next one stores these files again")
-        elif not args.prune and not args.dry_run:
-            say(args, "the data stays in the repository until 'tuckbox prune' deletes what no snapshot needs")
+            if not args.prune:
+                say(args, "the data stays in the repository until 'tuckbox prune' deletes what no snapshot needs")
         doc: dict[str, object] = {"dry_run": args.dry_run, "snapshots": done}
         if args.prune and changed and args.dry_run:
             say(args, "(prune runs once the snapshots are rewritten: what it frees shows then)")
