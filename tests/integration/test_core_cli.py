@@ -137,6 +137,10 @@ def test_errors_are_one_line_with_exit_codes(tb, tmp_path):
     bad = tmp_path / "bad"
     bad.write_text("wrong\n")
     _one_line_error(tb("snapshots", env={"TUCKBOX_PASSWORD_FILE": str(bad)}, expect=1), "wrong passphrase")
+    # init makes a new key: it does not take an existing one (it used to ignore them and ask for a passphrase)
+    for flag in ("--key-file", "--recover"):
+        _one_line_error(tb("-r", str(tmp_path / "new"), "init", flag, str(bad), expect=2), f"{flag} opens an existing")
+    assert not (tmp_path / "new").exists()
     # a directory that is not a repository
     other = tmp_path / "notrepo"
     other.mkdir()

@@ -28,6 +28,10 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    for flag in ("key_file", "recover"):
+        if opt(args, flag):
+            name = "--" + flag.replace("_", "-")
+            raise UsageError(f"init makes a new repository with a new passphrase; {name} opens an existing one")
     d = ChunkerParams()
     params = ChunkerParams(
         parse_size(args.chunk_min) if args.chunk_min else d.min_size,
