@@ -196,6 +196,17 @@ def test_password_command_and_env(tb, tmp_path):
     tb("snapshots", "--password-file", str(tb.passfile), env={"TUCKBOX_PASSWORD_FILE": ""})
 
 
+def test_passphrase_that_is_not_utf8_is_its_raw_bytes_from_every_source(tb, tmp_path):
+    """A passphrase is bytes: one that is not UTF-8 opens the repository from $TUCKBOX_PASSWORD as from a
+    password file or command (the variable used to fail with an internal error)."""
+    tb.passfile.write_bytes(b"abc\xff\n")
+    tb("init")
+    tb("snapshots", env={"TUCKBOX_PASSWORD_FILE": "", "TUCKBOX_PASSWORD": os.fsdecode(b"abc\xff")})
+    tb("snapshots", env={"TUCKBOX_PASSWORD_FILE": "", "TUCKBOX_PASSWORD_COMMAND": f"cat {tb.passfile}"})
+    wrong = tb("snapshots", env={"TUCKBOX_PASSWORD_FILE": "", "TUCKBOX_PASSWORD": os.fsdecode(b"abd\xff")}, expect=1)
+    assert "wrong passphrase" in wrong.err and "abd" not in wrong.err
+
+
 def test_write_order_leaves_only_complete_objects(tb, tmp_path):
     """After a backup, every snapshot's trees and chunks are indexed and every index's packs exist."""
     src = tmp_path / "s"

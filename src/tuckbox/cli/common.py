@@ -183,7 +183,7 @@ def passphrase_from_sources(args: argparse.Namespace) -> bytes | None:
         return _strip(out.stdout)
     env = os.environ.get("TUCKBOX_PASSWORD")
     if env is not None:
-        return env.encode()
+        return os.fsencode(env)  # the variable's raw bytes, UTF-8 or not (as from a file or command)
     return None
 
 
