@@ -296,6 +296,40 @@ def test_output_that_cannot_be_written_is_a_one_line_error(tb, tmp_path):
     assert tb("dump", "latest", str(src / "f.bin")).raw == data
 
 
+def test_closed_standard_output(tb, tmp_path):
+    """Started with standard output closed (``>&-``): a backup or restore runs and exits 0 (what it prints only
+    reports on what it did); a command whose output is its purpose stops with one line (both used to end in
+    an internal error, the backup after saving its snapshot)."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "s"
+    src.mkdir()
+    (src / "a.txt").write_text("hello\n")
+    tb("init")
+
+    def closed(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tuckbox.cli.main", *args], env=tb.env, stdin=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, preexec_fn=lambda: os.close(1), timeout=600)
+
+    p = closed("backup", str(src))
+    assert p.returncode == 0 and p.stderr == b"", p.stderr
+    assert len(tb("snapshots", "--json").json()) == 1
+    p = closed("restore", "latest", "--target", str(tmp_path / "r"))
+    assert p.returncode == 0 and p.stderr == b"", p.stderr
+    assert restored(tmp_path / "r", src / "a.txt").read_text() == "hello\n"
+    for args in (("dump", "latest", str(src / "a.txt")), ("ls", "latest"), ("snapshots",),
+                 ("forget", "--keep-last", "1", "--dry-run")):
+        p = closed(*args)
+        lines = p.stderr.decode().splitlines()
+        assert p.returncode == 1 and len(lines) == 1, (args, p.returncode, lines)
+        assert lines[0].startswith("tuckbox: error: cannot write to standard output: it is closed"), lines[0]
+    # standard error closed: an error message is not written to standard output instead
+    p = subprocess.run([sys.executable, "-m", "tuckbox.cli.main", "ls", "latest", "/nope"], env=tb.env,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, preexec_fn=lambda: os.close(2), timeout=600)
+    assert p.returncode == 2 and p.stdout == b"", p.stdout
+
+
 def test_repository_and_cache_inside_the_source_are_left_out(tmp_path):
     """Backing up a tree that holds the (local) repository and tuckbox's cache: the repository's object
     directories and the cache do not go into the snapshot, so no run stores the previous run's packs again;

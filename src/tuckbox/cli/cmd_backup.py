@@ -53,6 +53,11 @@ def register(p: argparse.ArgumentParser) -> None:
                         "0 disables (default 15m)")
 
 
+def output_optional(args: argparse.Namespace) -> bool:
+    """With standard output closed, still run: what is printed only reports on what was done."""
+    return True
+
+
 class _StopOnSignal:
     """First Ctrl-C (or SIGTERM): stop within a couple of seconds, saving what is stored as a checkpoint
     (unfinished uploads are given up, not waited for). Second: quit at once."""

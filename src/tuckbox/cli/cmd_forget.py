@@ -86,6 +86,12 @@ def register(p: argparse.ArgumentParser) -> None:
     add_prune_options(p)
 
 
+def output_optional(args: argparse.Namespace) -> bool:
+    """With standard output closed, still run (what is printed only reports on what was done), except with
+    --dry-run, whose output is its purpose."""
+    return not args.dry_run
+
+
 def _policy(args: argparse.Namespace) -> retention.Policy:
     return retention.Policy(
         **{name: getattr(args, f"keep_{name}") for name in _COUNTS},

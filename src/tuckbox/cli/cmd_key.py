@@ -68,6 +68,11 @@ def register(p: argparse.ArgumentParser) -> None:
     rm.add_argument("id", metavar="ID", help="key id (at least 4 hex digits, from 'tuckbox key list')")
 
 
+def output_optional(args: argparse.Namespace) -> bool:
+    """With standard output closed, still change keys ('key list' needs it: its output is its purpose)."""
+    return args.key_action != "list"
+
+
 def _origin(host: str = "") -> Origin:
     try:
         user = getpass.getuser()

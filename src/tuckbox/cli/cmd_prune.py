@@ -34,6 +34,12 @@ def register(p: argparse.ArgumentParser) -> None:
     add_prune_options(p)
 
 
+def output_optional(args: argparse.Namespace) -> bool:
+    """With standard output closed, still run (what is printed only reports on what was done), except with
+    --dry-run, whose output is its purpose."""
+    return not args.dry_run
+
+
 def say(args: argparse.Namespace, text: str) -> None:
     """A line of the human-readable report (none with --json: one JSON document is the output)."""
     if not opt(args, "json"):

@@ -37,6 +37,12 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", "-n", action="store_true", help="say what would be done; change nothing")
 
 
+def output_optional(args: argparse.Namespace) -> bool:
+    """With standard output closed, still run (what is printed only reports on what was done), except with
+    --dry-run, whose output is its purpose."""
+    return not args.dry_run
+
+
 def run(args: argparse.Namespace) -> int:
     if args.what == "snapshots":
         return _snapshots(args)

@@ -48,6 +48,12 @@ def register(p: argparse.ArgumentParser) -> None:
     add_prune_options(p)
 
 
+def output_optional(args: argparse.Namespace) -> bool:
+    """With standard output closed, still run (what is printed only reports on what was done), except with
+    --dry-run, whose output is its purpose."""
+    return not args.dry_run
+
+
 def run(args: argparse.Namespace) -> int:
     given = list(args.exclude) + [p for f in args.exclude_file for p in patterns_from_file(f)]
     patterns = Patterns(given)

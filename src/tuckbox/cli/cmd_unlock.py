@@ -15,6 +15,11 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all", action="store_true", help="also remove locks that look alive (only when you know they are not)")
 
 
+def output_optional(args: argparse.Namespace) -> bool:
+    """With standard output closed, still run: what is printed only reports on what was done."""
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     repo = open_repository(args, load_index=False)
     removed = []

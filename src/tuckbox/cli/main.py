@@ -17,7 +17,7 @@ from .. import __version__
 from ..errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, TuckboxError
 from .common import add_global_options, report_problems
 from .memory import tune_allocator
-from .output import Guarded, OutputError, discard_pending
+from .output import Guarded, OutputError, discard_pending, standard_streams
 
 COMMANDS = [
     "init", "backup", "snapshots", "ls", "find", "diff", "restore", "dump", "check", "stats", "unlock",
@@ -89,11 +89,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.register(p)
-        p.set_defaults(func=module.run)
+        p.set_defaults(func=module.run, output_optional=getattr(module, "output_optional", None))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    stdout_closed = standard_streams()
     tune_allocator()
     # the walking thread makes many short system calls while workers compress and encrypt: hand the
     # GIL back sooner than the default 5 ms so it does not queue behind them after every call
@@ -119,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     real_stdout = sys.stdout
-    sys.stdout = Guarded(real_stdout)  # type: ignore[assignment]
+    # started with standard output closed: a command that only reports on what it did runs (its report is
+    # dropped); one whose output is its purpose stops at its first write with a one-line error
+    optional = args.output_optional is not None and args.output_optional(args)
+    sys.stdout = Guarded(real_stdout, closed=stdout_closed and not optional)  # type: ignore[assignment]
     try:
         code = _run(args)
     finally:

@@ -6,11 +6,17 @@ print. ``Guarded`` stands in for ``sys.stdout`` (and its ``buffer``) and turns
 such a failure into a ``TuckboxError`` naming standard output. A closed pipe
 (``| head``) is not an error of the command: ``BrokenPipeError`` passes through
 unchanged, and the CLI exits quietly.
+
+Started with standard output closed (``>&-``), a command whose output is its
+purpose (ls, dump, snapshots, ...) stops with the same one-line error at its
+first write; one that only reports on what it did (backup, restore, prune, ...)
+runs and its report is dropped (see ``standard_streams``).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from ..errors import TuckboxError
@@ -27,12 +33,16 @@ def _failed(e: OSError) -> OutputError:
 
 
 class Guarded:
-    """A text or binary output stream whose write and flush errors are ``TuckboxError``s (EPIPE excepted)."""
+    """A text or binary output stream whose write and flush errors are ``TuckboxError``s (EPIPE excepted);
+    ``closed``: standard output was closed when tuckbox started, and every write is such an error."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: Any, closed: bool = False) -> None:
         self._stream = stream
+        self._closed = closed
 
     def write(self, data: Any) -> Any:
+        if self._closed:
+            raise OutputError("cannot write to standard output: it is closed; send it to a file, a pipe or /dev/null")
         try:
             return self._stream.write(data)
         except BrokenPipeError:
@@ -50,7 +60,7 @@ class Guarded:
 
     @property
     def buffer(self) -> "Guarded":
-        return Guarded(self._stream.buffer)
+        return Guarded(self._stream.buffer, self._closed)
 
     def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding, ...
         return getattr(self._stream, name)
@@ -67,3 +77,27 @@ def discard_pending(stream: Any) -> None:
             os.close(devnull)
     except (OSError, ValueError, AttributeError):
         pass  # not a real file (a test's capture): nothing is flushed to a descriptor at exit
+
+
+def standard_streams() -> bool:
+    """Open /dev/null on whichever of descriptors 0, 1 and 2 is closed, and give Python streams for them.
+
+    Else the first file tuckbox opens would get the number (a pack, a restored file) and whatever is
+    written to "standard output" or "standard error" (by a password command, a library) would land in
+    it. Returns whether standard output was closed.
+    """
+    closed = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            if devnull != fd:
+                os.dup2(devnull, fd)
+                os.close(devnull)
+            closed.append(fd)
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - lives as long as the process
+    if sys.stderr is None:  # (print(file=None) would write to standard output)
+        sys.stderr = open(2, "w", errors="backslashreplace", closefd=False)  # noqa: SIM115
+    return 1 in closed
