@@ -176,3 +176,29 @@ def test_second_ctrl_c_quits_at_once(tmp_path):
     cli("backup", str(src))
     cli("restore", "latest", "--target", str(tmp_path / "r"))
     assert compare_trees(src, restored(tmp_path / "r", src)) == []
+
+
+@pytest.mark.parametrize("command", ["restore", "check"])
+def test_sigterm_stops_every_command_like_ctrl_c(tmp_path, command):
+    """SIGTERM (systemd, cron, ``kill``) stops a restore or a check as Ctrl-C does: exit 130 and the
+    repository lock released (they used to die with 143 and leave their lock behind)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(4):
+        (src / f"f{i}").write_bytes(os.urandom(3 * MiB))
+    storage = local_storage(tmp_path / "repo")
+    cli = Cli(tmp_path, storage)
+    cli(*INIT)
+    cli("backup", str(src))
+    locks = tmp_path / "repo" / "locks"
+    assert not list(locks.iterdir())
+    args = ("restore", "latest", "--target", str(tmp_path / "r")) if command == "restore" else ("check", "--read-data")
+    running = cli.start("--limit-download", str(2 * MiB), *args)  # 12 MiB at 2 MiB/s: ~6 s
+    wait_for(lambda: any(locks.iterdir()) or running.proc.poll() is not None, 120, "the command's lock")
+    time.sleep(0.5)
+    assert running.proc.poll() is None, "the command ended before it could be stopped"
+    running.proc.send_signal(signal.SIGTERM)  # our own child, by pid
+    res = running.wait(timeout=60)
+    assert res.code == 130, f"exit {res.code}\n{res.err}"
+    assert res.err.splitlines()[-1] == "tuckbox: interrupted", res.err
+    assert not list(locks.iterdir()), "the lock was left behind"

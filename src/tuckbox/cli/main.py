@@ -10,7 +10,9 @@ import argparse
 import gc
 import logging
 import os
+import signal
 import sys
+import threading
 from importlib import import_module
 
 from .. import __version__
@@ -93,7 +95,16 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _sigterm_as_ctrl_c() -> None:
+    """SIGTERM (systemd, cron, kill, a shutdown) stops every command as Ctrl-C does: the command unwinds,
+    releases its locks and exits 130 (backup installs its own handler for both, to save a checkpoint).
+    A SIGTERM the parent chose to ignore stays ignored."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _sigterm_as_ctrl_c()
     stdout_closed = standard_streams()
     tune_allocator()
     # the walking thread makes many short system calls while workers compress and encrypt: hand the
