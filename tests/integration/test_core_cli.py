@@ -173,6 +173,36 @@ def test_errors_are_one_line_with_exit_codes(tb, tmp_path):
     _one_line_error(tb("snapshots", env={"TUCKBOX_PASSWORD_FILE": ""}, expect=2), "passphrase is needed")
 
 
+def test_empty_arguments_are_usage_errors(tb, tmp_path):
+    """An empty path, file or repository argument (an unset "$DIR" in a script) is a usage error naming the
+    argument; it used to mean the current directory (backup, forget --path, recovery-kit --output, which
+    wrote the unprotected shares there), everything (ls), or "not given" (-r fell back to
+    $TUCKBOX_REPOSITORY, --key-file and --password-file to the other passphrase sources)."""
+    src = tmp_path / "s"
+    src.mkdir()
+    (src / "f").write_text("f")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "here").write_text("not to be backed up")
+    tb("init")
+    tb("backup", str(src))
+    for args, name in (
+        (("backup", str(src), ""), "argument PATH"),
+        (("backup", str(src), "--exclude-file", ""), "argument --exclude-file"),
+        (("ls", "latest", ""), "argument path"),
+        (("dump", "latest", ""), "argument path"),
+        (("forget", "--keep-last", "1", "--path", ""), "argument --path"),
+        (("rewrite", "--exclude", "f", "--path", ""), "argument --path"),
+        (("-r", "", "snapshots"), "argument -r/--repo"),
+        (("snapshots", "--key-file", ""), "argument --key-file"),
+        (("--password-file", "", "snapshots"), "argument --password-file"),
+        (("recovery-kit", "--output", ""), "argument --output"),
+    ):
+        _one_line_error(tb(*args, expect=2, cwd=cwd), name, "empty")
+    assert sorted(p.name for p in cwd.iterdir()) == ["here"]
+    assert len(tb("snapshots", "--json").json()) == 1
+
+
 def test_passphrase_never_in_output(tb, tmp_path):
     secret = "s3cret-phrase-4711"
     tb.passfile.write_text(secret + "\n")

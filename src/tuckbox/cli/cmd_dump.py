@@ -11,14 +11,14 @@ from ..restorer.restorer import dump_file
 from ..snapshot.tree import FILE
 from ..snapshot.walk import require
 from ..types import BlobType
-from .common import open_repository
+from .common import nonempty, open_repository
 
 HELP = "print a file from a snapshot"
 
 
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("snapshot", help="snapshot id prefix or 'latest'")
-    p.add_argument("path", help="absolute path of the file in the snapshot")
+    p.add_argument("path", type=nonempty, help="absolute path of the file in the snapshot")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ from ..snapshot import retention
 from ..snapshot.model import Snapshot
 from ..types import ObjectType
 from .cmd_prune import add_prune_options, prune, say
-from .common import display, emit_json, local_time, lock_wait, open_repository, opt, say_waiting, select_snapshots
+from .common import display, emit_json, local_time, lock_wait, nonempty, open_repository, opt, say_waiting, select_snapshots
 
 HELP = "remove snapshots by a retention policy (--keep-daily 7 ...)"
 
@@ -77,7 +77,7 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-tag", action="append", default=[], metavar="TAG", help="keep every snapshot with this tag")
     p.add_argument("--host", action="append", default=[], help="only consider snapshots of this host (repeatable)")
     p.add_argument("--tag", action="append", default=[], help="only consider snapshots with this tag (repeatable)")
-    p.add_argument("--path", action="append", default=[], help="only consider snapshots of this path (repeatable)")
+    p.add_argument("--path", action="append", default=[], type=nonempty, help="only consider snapshots of this path (repeatable)")
     p.add_argument("--group-by", type=_group_by, default=("host", "paths"), metavar="FIELDS",
                    help="decide per group of these fields: host, paths, tags, comma-separated, or '' "
                         "(default host,paths)")

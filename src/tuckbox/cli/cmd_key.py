@@ -34,7 +34,7 @@ from ..repository.keyring import (
 )
 from ..snapshot.model import now_iso
 from . import common
-from .common import add_global_options, ask_passphrase, emit_json, local_time, open_repository, opt, out, print_table
+from .common import add_global_options, ask_passphrase, emit_json, local_time, nonempty, open_repository, opt, out, print_table
 
 HELP = "list, add, change or remove keys (passphrases and write-only keys)"
 
@@ -53,15 +53,15 @@ def register(p: argparse.ArgumentParser) -> None:
     add.add_argument("--comment", default="", help="a note to recognise the key by, e.g. 'laptop'")
     add.add_argument("--write-only", action="store_true",
                      help="make a write-only key file (for an unattended host) instead of a passphrase")
-    add.add_argument("--output", metavar="FILE", help="where to write the write-only key file (must not exist)")
+    add.add_argument("--output", metavar="FILE", type=nonempty, help="where to write the write-only key file (must not exist)")
     add.add_argument("--passphrase", action="store_true",
                      help="protect the write-only key file with a passphrase (asked like a new passphrase)")
     add.add_argument("--host", default="", help="host name to record for a write-only key (default: this one)")
-    add.add_argument("--new-password-file", metavar="FILE", help="read the new passphrase from FILE")
+    add.add_argument("--new-password-file", metavar="FILE", type=nonempty, help="read the new passphrase from FILE")
 
     pw = sub.add_parser("passwd", parents=[shared], help="change the passphrase of the key in use",
                         formatter_class=fmt, description="Store a key with the new passphrase, then remove the old one.")
-    pw.add_argument("--new-password-file", metavar="FILE", help="read the new passphrase from FILE")
+    pw.add_argument("--new-password-file", metavar="FILE", type=nonempty, help="read the new passphrase from FILE")
 
     rm = sub.add_parser("remove", parents=[shared], help="remove a key", formatter_class=fmt,
                         description="Remove a key. The key in use and the last full key are never removed.")

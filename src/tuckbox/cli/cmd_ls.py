@@ -14,7 +14,7 @@ from typing import Iterator
 from ..snapshot.tree import DIR, Node
 from ..snapshot.walk import require, walk
 from ..types import BlobType
-from .common import display, json_path, open_repository, opt
+from .common import display, json_path, nonempty, open_repository, opt
 
 HELP = "list files in a snapshot"
 
@@ -23,7 +23,7 @@ _KIND = {"file": "-", "dir": "d", "symlink": "l", "fifo": "p", "chardev": "c", "
 
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("snapshot", help="snapshot id prefix or 'latest'")
-    p.add_argument("path", nargs="?", default="/", help="list below this absolute path (default: everything)")
+    p.add_argument("path", nargs="?", default="/", type=nonempty, help="list below this absolute path (default: everything)")
     p.add_argument("-l", "--long", action="store_true", help="show mode, owner, size and time")
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..crypto.recovery import check_kit_shape
 from ..errors import UsageError
-from .common import emit_json, open_repository, opt, out
+from .common import emit_json, nonempty, open_repository, opt, out
 
 HELP = "make a printable recovery kit (k-of-n shares of the master secret)"
 
@@ -29,7 +29,7 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=int, default=None, metavar="K",
                    help="shares needed to restore (default 3)")
     p.add_argument("--paper", action="store_true", help="a single printed key (1 of 1) instead of shares")
-    p.add_argument("--output", required=True, metavar="DIR", help="directory to write the pages into (new or empty)")
+    p.add_argument("--output", required=True, metavar="DIR", type=nonempty, help="directory to write the pages into (new or empty)")
 
 
 def output_optional(args: argparse.Namespace) -> bool:

@@ -27,7 +27,7 @@ from ..patterns import Patterns
 from ..repository.locks import Lock
 from .cmd_prune import add_prune_options, prune, say
 from .common import (
-    display, emit_json, json_path, lock_wait, open_repository, opt, patterns_from_file, say_waiting, select_snapshots,
+    display, emit_json, json_path, lock_wait, nonempty, open_repository, opt, patterns_from_file, say_waiting, select_snapshots,
 )
 
 HELP = "remove files matching --exclude from existing snapshots"
@@ -38,11 +38,11 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("snapshots", nargs="*", metavar="SNAPSHOT", help="snapshots to rewrite (default: all)")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                    help="leave out paths or names matching PATTERN (as for backup --exclude); repeatable")
-    p.add_argument("--exclude-file", action="append", default=[], metavar="FILE",
+    p.add_argument("--exclude-file", action="append", default=[], metavar="FILE", type=nonempty,
                    help="read --exclude patterns from FILE, one per line (# comments)")
     p.add_argument("--host", action="append", default=[], help="only snapshots of this host (repeatable)")
     p.add_argument("--tag", action="append", default=[], help="only snapshots with this tag (repeatable)")
-    p.add_argument("--path", action="append", default=[], help="only snapshots of this path (repeatable)")
+    p.add_argument("--path", action="append", default=[], type=nonempty, help="only snapshots of this path (repeatable)")
     p.add_argument("--dry-run", "-n", action="store_true", help="list what would be left out; change nothing")
     p.add_argument("--prune", action="store_true", help="then delete the data no snapshot needs (see 'tuckbox prune')")
     add_prune_options(p)

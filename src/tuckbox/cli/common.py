@@ -59,20 +59,28 @@ def print_table(rows: list[tuple[str, ...]]) -> None:
             print("-" * (sum(widths) + 2 * (len(widths) - 1)))
 
 
+def nonempty(text: str) -> str:
+    """argparse ``type`` of a path, file or command argument: an empty one (an unset variable in a script) is
+    a usage error, not the current directory or "not given"."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty value is not allowed (an unset or empty variable in a script?)")
+    return text
+
+
 def add_global_options(p: argparse.ArgumentParser, suppress: bool = False) -> None:
     """Options every command accepts, before or after the command name."""
     default = argparse.SUPPRESS if suppress else None
-    p.add_argument("-r", "--repo", metavar="URL", default=default,
+    p.add_argument("-r", "--repo", metavar="URL", type=nonempty, default=default,
                    help="repository location: a path, sftp://, s3://, tahoe://, webdav+https:// or rclone: "
                         "(default: $TUCKBOX_REPOSITORY)")
-    p.add_argument("--password-file", metavar="FILE", default=default,
+    p.add_argument("--password-file", metavar="FILE", type=nonempty, default=default,
                    help="read the passphrase from FILE (default: $TUCKBOX_PASSWORD_FILE)")
-    p.add_argument("--password-command", metavar="CMD", default=default,
+    p.add_argument("--password-command", metavar="CMD", type=nonempty, default=default,
                    help="run CMD and read the passphrase from its output (default: $TUCKBOX_PASSWORD_COMMAND)")
-    p.add_argument("--key-file", metavar="FILE", default=default,
+    p.add_argument("--key-file", metavar="FILE", type=nonempty, default=default,
                    help="use this key file (e.g. a write-only key) instead of the repository's passphrase keys")
     # after the command name --recover takes several files; before it, one per --recover (else it eats the command)
-    p.add_argument("--recover", metavar="FILE", nargs="+" if suppress else None, action="extend" if suppress else "append",
+    p.add_argument("--recover", metavar="FILE", type=nonempty, nargs="+" if suppress else None, action="extend" if suppress else "append",
                    default=default, help="open with recovery-kit share files instead of a passphrase (enough shares of "
                                          "one kit; before the command name, repeat --recover for each file)")
     p.add_argument("-o", "--option", metavar="KEY=VALUE", action="append", default=default,
