@@ -59,6 +59,33 @@ def test_unreadable_entries_give_exit_3_and_a_snapshot_of_the_rest(tb, tmp_path)
     tb("check", "--read-data")
 
 
+def test_backup_path_below_a_directory_that_cannot_be_searched(tb, tmp_path):
+    """A path given to backup whose parent cannot be searched is reported as such (it used to be reported
+    as not existing)."""
+    src = tmp_path / "s"
+    (src / "noread").mkdir(parents=True)
+    (src / "noread" / "f").write_text("f")
+    (src / "noread").chmod(0)
+    tb("init")
+    try:
+        if os.geteuid() == 0:
+            assert shutil.which("setpriv"), "setpriv (util-linux) is needed to test unreadable files as root"
+            proc = subprocess.run(
+                [*DROP_READ_CAPS, sys.executable, "-m", "tuckbox.cli.main", "backup", str(src / "noread" / "f")],
+                env=tb.env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300,
+            )
+            code, err = proc.returncode, proc.stderr
+        else:
+            res = tb("backup", str(src / "noread" / "f"), expect=None)
+            code, err = res.code, res.err
+    finally:
+        (src / "noread").chmod(0o755)
+    lines = err.splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert f"cannot back up {src / 'noread' / 'f'}: permission denied" in lines[0], lines[0]
+    assert "does not exist" not in lines[0]
+
+
 class _Saboteur(Progress):
     """Deletes one file when another starts, and appends to a file while it is being read."""
 

@@ -64,8 +64,15 @@ def normalize_paths(paths: list[str | bytes]) -> list[bytes]:
     for p in paths:
         raw = os.fsencode(p)
         absolute = os.path.normpath(os.path.abspath(raw))
-        if not os.path.lexists(absolute):
-            raise UsageError(f"cannot back up {_display(raw)}: it does not exist")
+        try:
+            os.lstat(absolute)
+        except (FileNotFoundError, NotADirectoryError):
+            raise UsageError(f"cannot back up {_display(raw)}: it does not exist") from None
+        except PermissionError:  # (a directory above it cannot be searched)
+            raise UsageError(f"cannot back up {_display(raw)}: permission denied on a directory leading to it; "
+                             "run the backup as a user who can read it") from None
+        except OSError as e:
+            raise UsageError(f"cannot back up {_display(raw)}: {e.strerror or e}") from None
         out.append(absolute)
     out = sorted(set(out))
     # drop paths inside other paths
