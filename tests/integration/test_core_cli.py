@@ -171,6 +171,9 @@ def test_errors_are_one_line_with_exit_codes(tb, tmp_path):
     _one_line_error(tb("backup", expect=2), "usage error")
     # no passphrase source and no terminal
     _one_line_error(tb("snapshots", env={"TUCKBOX_PASSWORD_FILE": ""}, expect=2), "passphrase is needed")
+    # a malformed --lock-wait fails every command, also those that take no lock
+    for args in (("snapshots", "--lock-wait", "abc"), ("--lock-wait", "abc", "prune", "--dry-run")):
+        _one_line_error(tb(*args, expect=2), "argument --lock-wait: 'abc' is not a duration")
 
 
 def test_empty_arguments_are_usage_errors(tb, tmp_path):

@@ -88,7 +88,7 @@ def add_global_options(p: argparse.ArgumentParser, suppress: bool = False) -> No
     p.add_argument("--limit-upload", metavar="RATE", default=default, help="limit uploads to RATE per second, e.g. 2MiB (0: no limit)")
     p.add_argument("--limit-download", metavar="RATE", default=default, help="limit downloads to RATE per second (0: no limit)")
     p.add_argument("--connections", metavar="N", type=int, default=default, help="parallel storage transfers (default 4; 2 for local and SFTP repositories)")
-    p.add_argument("--lock-wait", metavar="DURATION", default=default,
+    p.add_argument("--lock-wait", metavar="DURATION", type=_duration_text, default=default,
                    help="when another process holds a conflicting repository lock (a backup and a prune), wait up "
                         "to DURATION for it, e.g. 30m (default: stop at once)")
     p.add_argument("--json", action="store_true", default=default, help="machine-readable output (JSON)")
@@ -101,6 +101,16 @@ def parse_duration(text: str) -> float:
     if not m:
         raise UsageError(f"'{text}' is not a duration; write it like 90s, 15m or 1h")
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def _duration_text(text: str) -> str:
+    """argparse ``type`` of a duration option: checked when the command line is read (so that a typo fails
+    every command, not only one that happens to need the value), kept as written."""
+    try:
+        parse_duration(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(e.message) from None
+    return text
 
 
 def lock_wait(args: argparse.Namespace) -> float:
