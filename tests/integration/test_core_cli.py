@@ -9,6 +9,8 @@ from pathlib import Path
 
 from tuckbox.testing.trees import compare_trees, sample_tree
 
+from .conftest import Tuckbox
+
 
 def restored(target: Path, src: Path) -> Path:
     return Path(str(target) + str(src))
@@ -227,6 +229,25 @@ def test_password_command_and_env(tb, tmp_path):
     env = {"TUCKBOX_PASSWORD_FILE": "", "TUCKBOX_PASSWORD": tb.passfile.read_text().strip()}
     tb("snapshots", env=env)
     tb("snapshots", "--password-file", str(tb.passfile), env={"TUCKBOX_PASSWORD_FILE": ""})
+
+
+def test_password_file_with_windows_line_ending(tb, tmp_path):
+    """One "\r\n" at the end of a password file is a line ending, like "\n" (it used to be read as part of
+    the passphrase: 'wrong passphrase'); a repository made when it was still read so opens as before."""
+    tb("init")
+    crlf = tmp_path / "crlf"
+    crlf.write_bytes(tb.passfile.read_text().rstrip("\n").encode() + b"\r\n")
+    tb("snapshots", env={"TUCKBOX_PASSWORD_FILE": str(crlf)})
+    tb("snapshots", env={"TUCKBOX_PASSWORD_FILE": "", "TUCKBOX_PASSWORD_COMMAND": f"cat {crlf}"})
+    # a repository whose passphrase ends in "\r" (made from a "\r\n" file by an older tuckbox)
+    (tmp_path / "old").mkdir()
+    old = Tuckbox(tmp_path / "old")
+    old.passfile.write_bytes(b"pw-from-windows\r\r\n")  # (read now as "pw-from-windows\r")
+    old("init")
+    old.passfile.write_bytes(b"pw-from-windows\r\n")
+    old("snapshots")
+    old.passfile.write_bytes(b"pw-from-windows\n")
+    assert "wrong passphrase" in old("snapshots", expect=1).err
 
 
 def test_passphrase_that_is_not_utf8_is_its_raw_bytes_from_every_source(tb, tmp_path):

@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from ..backends import open_backend
-from ..errors import UsageError
+from ..errors import UsageError, WrongPassphrase
 from ..repository.repo import Repository
 from ..snapshot.model import Snapshot
 from ..text import display_path as display
@@ -74,7 +74,8 @@ def add_global_options(p: argparse.ArgumentParser, suppress: bool = False) -> No
                    help="repository location: a path, sftp://, s3://, tahoe://, webdav+https:// or rclone: "
                         "(default: $TUCKBOX_REPOSITORY)")
     p.add_argument("--password-file", metavar="FILE", type=nonempty, default=default,
-                   help="read the passphrase from FILE (default: $TUCKBOX_PASSWORD_FILE)")
+                   help="read the passphrase from FILE, all of it but one line ending (\\n or \\r\\n) "
+                        "(default: $TUCKBOX_PASSWORD_FILE)")
     p.add_argument("--password-command", metavar="CMD", type=nonempty, default=default,
                    help="run CMD and read the passphrase from its output (default: $TUCKBOX_PASSWORD_COMMAND)")
     p.add_argument("--key-file", metavar="FILE", type=nonempty, default=default,
@@ -179,7 +180,17 @@ def _note(text: str) -> None:
     print(f"tuckbox: note: {text}", file=sys.stderr, flush=True)
 
 
+# passphrases read from a "\r\n"-ended file or command -> as read before that ending was stripped whole (with
+# its "\r"): a repository made with such a file then still opens with it (see ``open_repository``)
+_WITH_CR: dict[bytes, bytes] = {}
+
+
 def _strip(secret: bytes) -> bytes:
+    """A password file's or command's passphrase without its one line ending ("\n", or "\r\n" as a
+    Windows editor writes it); everything else, other whitespace included, is part of the passphrase."""
+    if secret.endswith(b"\r\n"):
+        _WITH_CR[secret[:-2]] = secret[:-1]
+        return secret[:-2]
     return secret[:-1] if secret.endswith(b"\n") else secret
 
 
@@ -270,7 +281,13 @@ def open_repository(args: argparse.Namespace, *, load_index: bool = True, writes
 
         repo = open_with_shares(backend, recover, load_index=load_index, writes=writes)
     else:
-        repo = Repository.open(backend, passphrase, key_file=raw_key, load_index=load_index, writes=writes)
+        try:
+            repo = Repository.open(backend, passphrase, key_file=raw_key, load_index=load_index, writes=writes)
+        except WrongPassphrase:
+            with_cr = _WITH_CR.get(cache.get("pw", b""))
+            if with_cr is None:
+                raise
+            repo = Repository.open(backend, lambda: with_cr, key_file=raw_key, load_index=load_index, writes=writes)
     OPENED.append(repo)
     connections = opt(args, "connections")
     if connections:
