@@ -160,6 +160,8 @@ def test_errors_are_one_line_with_exit_codes(tb, tmp_path):
     # unknown snapshot id, malformed id
     _one_line_error(tb("restore", "deadbeef", "--target", str(tmp_path / "x"), expect=2), "no snapshot deadbeef")
     _one_line_error(tb("ls", "zz", expect=2), "not a snapshot id")
+    # the message quotes what was typed: 'LATEST' is not 'latest'
+    _one_line_error(tb("ls", "LATEST", expect=2), "'LATEST' is not a snapshot id; use 'latest' or")
     # target that exists and is not empty
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "something").write_text("keep me")

@@ -35,6 +35,7 @@ from ..errors import (
 from ..pack.format import PackKey
 from ..snapshot import model as snapmodel
 from ..snapshot.model import Snapshot
+from ..text import display_path
 from ..types import Backend, BlobType, ObjectType
 from .cache import Cache
 from .config import Config
@@ -482,18 +483,20 @@ class Repository:
             if not pool:
                 raise SnapshotNotFound(f"repository {self.backend.location} has no snapshots yet")
             return pool[-1]
-        ref = ref.lower()
-        if len(ref) < 4 or any(c not in "0123456789abcdef" for c in ref):
-            raise SnapshotNotFound(f"'{ref}' is not a snapshot id; use 'latest' or at least 4 hex digits of an id from 'tuckbox snapshots'")
-        matches = [s for s in snaps if s.id.startswith(ref)]
-        damaged = [n for n in self.damaged_snapshots if n.startswith(ref)]
+        given = display_path(ref)  # (messages quote what was typed, not the lowercased prefix)
+        prefix = ref.lower()
+        if len(prefix) < 4 or any(c not in "0123456789abcdef" for c in prefix):
+            raise SnapshotNotFound(f"'{given}' is not a snapshot id; use 'latest' or at least 4 hex digits of an id "
+                                   "from 'tuckbox snapshots'")
+        matches = [s for s in snaps if s.id.startswith(prefix)]
+        damaged = [n for n in self.damaged_snapshots if n.startswith(prefix)]
         if len(matches) + len(damaged) > 1:
-            raise UsageError(f"snapshot id {ref} is ambiguous ({len(matches) + len(damaged)} match); give more digits")
+            raise UsageError(f"snapshot id {given} is ambiguous ({len(matches) + len(damaged)} match); give more digits")
         if damaged:
             raise SnapshotNotFound(f"snapshot {damaged[0][:8]} cannot be read ({self.damaged_snapshots[damaged[0]]}); "
                                    f"{forget_hint(damaged[0])}")
         if not matches:
-            raise SnapshotNotFound(f"no snapshot {ref} in {self.backend.location}; see 'tuckbox snapshots'")
+            raise SnapshotNotFound(f"no snapshot {given} in {self.backend.location}; see 'tuckbox snapshots'")
         return matches[0]
 
     def find_damaged_snapshot(self, ref: str) -> str | None:
