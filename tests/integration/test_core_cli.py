@@ -516,6 +516,28 @@ def test_names_with_control_characters_are_listed_one_per_line(tb, tmp_path):
     assert sorted(os.listdir(os.fsencode(restored(tmp_path / "r", src)))) == sorted(names)
 
 
+def test_names_that_are_not_utf8_in_json_and_messages(tb, tmp_path):
+    """A byte that is not UTF-8 in a path is written as \\xff in forget's JSON (as in every other command's;
+    it used to be a lone surrogate, which strict JSON parsers reject) and in error messages."""
+    src = Path(os.fsdecode(bytes(tmp_path) + b"/sp ace\xff"))
+    src.mkdir()
+    (src / "f").write_text("f")
+    tb("init")
+    tb("backup", str(src))
+    raw = tb("forget", "--keep-last", "1", "--dry-run", "--json").raw
+    assert b"\\ud" not in raw
+    doc = json.loads(raw.decode("utf-8", "strict"))
+    assert doc["groups"][0]["key"]["paths"] == [str(tmp_path) + "/sp ace\\xff"]
+    assert [s["paths"] for s in tb("snapshots", "--json").json()] == [[str(tmp_path) + "/sp ace\\xff"]]
+    nope = os.fsdecode(b"/nope\xfd")
+    for args, shown in ((("ls", "latest", nope), "/nope\\xfd is not in snapshot"),
+                        (("-r", nope, "snapshots"), "no repository at /nope\\xfd"),
+                        (("--key-file", nope, "snapshots"), "cannot read the key file /nope\\xfd"),
+                        (("dump", "latest", str(src)), "sp ace\\xff is a dir")):
+        res = tb(*args, expect=None)
+        assert res.code in (1, 2) and shown in res.err and "\\udc" not in res.err and "\udcfd" not in res.err, res.err
+
+
 def test_exclude_patterns_with_a_trailing_slash_or_a_relative_path(tb, tmp_path):
     """`--exclude '.cache/'` and `--exclude 'a/tmp'` exclude what they name (both silently excluded nothing)."""
     src = tmp_path / "src"

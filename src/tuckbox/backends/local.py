@@ -25,6 +25,7 @@ from typing import Iterator
 
 from .. import directio
 from ..errors import NotARepository, ObjectExists, ObjectNotFound, PermanentError, TransientError
+from ..text import display_path
 from ..types import ObjectInfo, ObjectType
 from .layout import directories, is_object_name, object_path
 
@@ -79,7 +80,7 @@ class LocalBackend:
 
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(os.path.expanduser(root))
-        self.location = self.root
+        self.location = display_path(self.root)  # (for messages: a name that is not UTF-8 shown as \xff)
         self._direct: bool | None = None  # O_DIRECT writes: decided on the first large object
         self._publish_by = "link"  # how a written object gets its name (see _publish)
 

@@ -11,7 +11,7 @@ from ..restorer.restorer import dump_file
 from ..snapshot.tree import FILE
 from ..snapshot.walk import require
 from ..types import BlobType
-from .common import nonempty, open_repository
+from .common import display, nonempty, open_repository
 
 HELP = "print a file from a snapshot"
 
@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     path = os.path.normpath(os.path.abspath(os.fsencode(os.path.expanduser(args.path))))
     node = require(lambda t: repo.load_blob(BlobType.TREE, t), snap.tree, path, snap.id)
     if node.type != FILE:
-        raise UsageError(f"{args.path} is a {node.type}, not a file; use 'tuckbox restore --include' for directories")
+        raise UsageError(f"{display(args.path)} is a {node.type}, not a file; use 'tuckbox restore --include' for directories")
     out = sys.stdout.buffer
     dump_file(repo, node, out.write)
     out.flush()

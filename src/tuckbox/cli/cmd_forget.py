@@ -34,7 +34,7 @@ from ..snapshot import retention
 from ..snapshot.model import Snapshot
 from ..types import ObjectType
 from .cmd_prune import add_prune_options, prune, say
-from .common import display, emit_json, local_time, lock_wait, nonempty, open_repository, opt, say_waiting, select_snapshots
+from .common import display, emit_json, json_path, local_time, lock_wait, nonempty, open_repository, opt, say_waiting, select_snapshots
 
 HELP = "remove snapshots by a retention policy (--keep-daily 7 ...)"
 
@@ -156,7 +156,10 @@ def run(args: argparse.Namespace) -> int:
         say(args, f"{verb} {len(remove) + len(damaged) if args.dry_run else removed} snapshot(s)"
                   f"{f' ({len(damaged)} that could not be read)' if damaged else ''}, kept "
                   f"{sum(len(g['keep']) for g in groups)}")
-        doc: dict[str, object] = {"dry_run": args.dry_run, "groups": groups,
+        # (a group's paths are os.fsdecode'd: in JSON, as everywhere, a byte that is not UTF-8 is "\\xff")
+        json_groups = [{**g, "key": {k: [json_path(x) for x in v] if isinstance(v, list) else v
+                                     for k, v in g["key"].items()}} for g in groups]
+        doc: dict[str, object] = {"dry_run": args.dry_run, "groups": json_groups,
                                   "removed": 0 if args.dry_run else removed}
         if args.prune:
             doc["prune"] = prune(args, repo, args.dry_run, frozenset([s.id for s in remove] + damaged))

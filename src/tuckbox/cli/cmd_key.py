@@ -34,7 +34,10 @@ from ..repository.keyring import (
 )
 from ..snapshot.model import now_iso
 from . import common
-from .common import add_global_options, ask_passphrase, emit_json, local_time, nonempty, open_repository, opt, out, print_table
+from .common import (
+    add_global_options, ask_passphrase, display, emit_json, json_path, local_time, nonempty, open_repository, opt, out,
+    print_table,
+)
 
 HELP = "list, add, change or remove keys (passphrases and write-only keys)"
 
@@ -139,7 +142,7 @@ def _add(args: argparse.Namespace) -> int:
         raise UsageError("--output, --passphrase and --host are for write-only keys; add --write-only")
     output = Path(os.path.expanduser(args.output)) if args.output else None
     if output is not None and (output.exists() or output.is_symlink()):
-        raise UsageError(f"{output} already exists; choose a new file name for the key")
+        raise UsageError(f"{display(str(output))} already exists; choose a new file name for the key")
     repo = open_repository(args, load_index=False, writes=True)
     try:
         repo.keys.require_full("add keys")
@@ -153,12 +156,12 @@ def _add(args: argparse.Namespace) -> int:
     if opt(args, "json"):
         doc = entry.as_dict()
         if output is not None:
-            doc["output"] = str(output)
+            doc["output"] = json_path(str(output))
         emit_json(doc)
     elif output is not None:
-        out(args, f"wrote write-only key {entry.short_id} to {output} (mode 0600"
+        out(args, f"wrote write-only key {entry.short_id} to {display(str(output))} (mode 0600"
                   f"{', protected by a passphrase' if entry.protected else ', no passphrase: guard the file'})")
-        out(args, f"use it with: tuckbox -r {repo.backend.location} --key-file {output} backup PATH...")
+        out(args, f"use it with: tuckbox -r {repo.backend.location} --key-file {display(str(output))} backup PATH...")
     else:
         out(args, f"added key {entry.short_id}; the repository now opens with either passphrase")
     return 0

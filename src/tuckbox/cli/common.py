@@ -203,7 +203,7 @@ def passphrase_from_sources(args: argparse.Namespace) -> bytes | None:
             with open(os.path.expanduser(pfile), "rb") as f:
                 return _strip(f.read())
         except OSError as e:
-            raise UsageError(f"cannot read the password file {pfile}: {e.strerror}") from None
+            raise UsageError(f"cannot read the password file {display(pfile)}: {e.strerror}") from None
     if pcmd:
         try:
             out = subprocess.run(pcmd, shell=True, check=True, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
@@ -265,7 +265,7 @@ def open_repository(args: argparse.Namespace, *, load_index: bool = True, writes
             with open(os.path.expanduser(key_file), "rb") as f:
                 raw_key = f.read()
         except OSError as e:
-            raise UsageError(f"cannot read the key file {key_file}: {e.strerror}") from None
+            raise UsageError(f"cannot read the key file {display(key_file)}: {e.strerror}") from None
     cache: dict[str, bytes] = {}
 
     def passphrase() -> bytes:
@@ -319,7 +319,7 @@ def patterns_from_file(file: str) -> list[str]:
         with open(os.path.expanduser(file), encoding="utf-8", errors="surrogateescape") as f:
             lines = f.read().splitlines()
     except OSError as e:
-        raise UsageError(f"cannot read the exclude file {file}: {e.strerror}") from None
+        raise UsageError(f"cannot read the exclude file {display(file)}: {e.strerror}") from None
     return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 

@@ -31,6 +31,7 @@ from ..crypto.keys import KeyKind, derive_keyset
 from ..crypto.recovery import ParsedShare, check_repository, combine, parse_share
 from ..errors import AccessDenied, IntegrityError, ObjectNotFound, UnsupportedFormat, UsageError
 from ..snapshot.model import Snapshot
+from ..text import display_path
 from ..types import Backend, ObjectType
 from .repo import Repository, object_name
 
@@ -149,9 +150,9 @@ def _write_new_private_file(path: Path, data: bytes) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        raise UsageError(f"{path} already exists; choose a new file name for the key") from None
+        raise UsageError(f"{display_path(str(path))} already exists; choose a new file name for the key") from None
     except OSError as e:
-        raise UsageError(f"cannot create the key file {path}: {e.strerror}") from None
+        raise UsageError(f"cannot create the key file {display_path(str(path))}: {e.strerror}") from None
     try:
         os.fchmod(fd, 0o600)
         view = memoryview(data)
@@ -161,7 +162,7 @@ def _write_new_private_file(path: Path, data: bytes) -> None:
     except OSError as e:
         os.close(fd)
         path.unlink(missing_ok=True)
-        raise UsageError(f"cannot write the key file {path}: {e.strerror}") from None
+        raise UsageError(f"cannot write the key file {display_path(str(path))}: {e.strerror}") from None
     os.close(fd)
 
 
@@ -242,9 +243,9 @@ def read_share_files(files: Sequence[str]) -> list[ParsedShare]:
             with open(path, "rb") as fh:
                 raw = fh.read(MAX_SHARE_FILE + 1)
         except OSError as e:
-            raise UsageError(f"cannot read the share file {f}: {e.strerror}") from None
+            raise UsageError(f"cannot read the share file {display_path(f)}: {e.strerror}") from None
         if len(raw) > MAX_SHARE_FILE:
-            raise UsageError(f"{f} is too large to be a recovery share")
+            raise UsageError(f"{display_path(f)} is too large to be a recovery share")
         parsed.append(parse_share(raw.decode("utf-8", "replace"), f))
     return parsed
 

@@ -6,6 +6,7 @@ import os
 from typing import Any, Callable, Iterator
 
 from ..errors import IntegrityError, UsageError
+from ..text import display_path
 from .tree import DIR, NODE_TYPES, Node, decode_tree, tree_maps
 
 LoadTree = Callable[[bytes], bytes]
@@ -76,8 +77,7 @@ def find(load: LoadTree, root: bytes, path: bytes) -> Node | None:
 def require(load: LoadTree, root: bytes, path: bytes, snapshot: str) -> Node:
     node = find(load, root, path)
     if node is None:
-        shown = os.fsdecode(path)
-        raise UsageError(f"{shown} is not in snapshot {snapshot[:8]}; see 'tuckbox ls {snapshot[:8]}'")
+        raise UsageError(f"{display_path(path)} is not in snapshot {snapshot[:8]}; see 'tuckbox ls {snapshot[:8]}'")
     return node
 
 
