@@ -143,6 +143,8 @@ def test_errors_are_one_line_with_exit_codes(tb, tmp_path):
     for flag in ("--key-file", "--recover"):
         _one_line_error(tb("-r", str(tmp_path / "new"), "init", flag, str(bad), expect=2), f"{flag} opens an existing")
     assert not (tmp_path / "new").exists()
+    # a --key-file that is not a key file: the message names it
+    _one_line_error(tb("--key-file", str(bad), "snapshots", expect=1), f"--key-file {bad}: not a tuckbox key file")
     # a directory that is not a repository
     other = tmp_path / "notrepo"
     other.mkdir()

@@ -13,7 +13,8 @@ import sys
 from typing import Any
 
 from ..backends import open_backend
-from ..errors import UsageError, WrongPassphrase
+from ..crypto.keyfile import keyfile_info
+from ..errors import IntegrityError, UnsupportedFormat, UsageError, WrongPassphrase
 from ..repository.repo import Repository
 from ..snapshot.model import Snapshot
 from ..text import display_path as display
@@ -255,6 +256,17 @@ def report_problems() -> None:
                 warn(p)
 
 
+def _check_key_file(name: str, raw: bytes) -> None:
+    """That the --key-file is one, with its name in the error (Repository.open only sees its bytes)."""
+    try:
+        keyfile_info(raw)
+    except UnsupportedFormat as e:
+        raise UnsupportedFormat(f"--key-file {display(name)}: {e.message}") from None
+    except IntegrityError as e:
+        raise IntegrityError(f"--key-file {display(name)}: {e.message}; check the path (key files are written by "
+                             "'tuckbox key add --write-only')") from None
+
+
 def open_repository(args: argparse.Namespace, *, load_index: bool = True, writes: bool = False) -> Repository:
     """The repository of ``args``, unlocked; ``writes``: the command will write to it (takes a lock)."""
     backend = open_storage(args)
@@ -281,6 +293,8 @@ def open_repository(args: argparse.Namespace, *, load_index: bool = True, writes
 
         repo = open_with_shares(backend, recover, load_index=load_index, writes=writes)
     else:
+        if raw_key is not None:
+            _check_key_file(key_file, raw_key)
         try:
             repo = Repository.open(backend, passphrase, key_file=raw_key, load_index=load_index, writes=writes)
         except WrongPassphrase:
