@@ -96,6 +96,9 @@ def test_forget_by_id_and_usage_errors(tb: Tuckbox, tmp_path: Path) -> None:
     assert "-1 means all" in tb("forget", "--keep-daily", "-2", expect=2).err
     assert "cannot group by" in tb("forget", "--keep-last", "1", "--group-by", "user", expect=2).err
     assert "no snapshot" in tb("forget", "abcdef12", expect=2).err
+    # a rule that would keep nothing of a group (a misspelt tag) removes nothing
+    r = tb("forget", "--keep-tag", "typo", expect=2)
+    assert "refusing to remove every snapshot of host" in r.err and len(r.err.strip().splitlines()) == 1
     assert _snapshot_ids(tb) == ids
     tb("forget", ids[0][:8])
     assert _snapshot_ids(tb) == ids[1:]

@@ -14,7 +14,8 @@ chosen by a policy; name its id to remove it.
 
 Forgetting removes only the snapshot objects; the data stays until
 'tuckbox prune' (or --prune here) deletes what no snapshot uses. At least one
---keep-* rule or snapshot id is required: nothing is removed by default.
+--keep-* rule or snapshot id is required: nothing is removed by default, and
+rules that would keep none of a group's snapshots are refused.
 
 examples:
   tuckbox forget --keep-daily 7 --keep-weekly 5 --keep-monthly 12 --dry-run
@@ -128,6 +129,12 @@ def run(args: argparse.Namespace) -> int:
             groups = []
             remove = []
             for g in decided:
+                if not any(d.keep for d in g.decisions):
+                    # (a misspelt --keep-tag): a rule that keeps nothing of a group would remove all its history
+                    raise UsageError(
+                        f"refusing to remove every snapshot of {_describe(g.key)}: the --keep-* rules keep none of "
+                        "them (check their spelling); to remove them all, name their ids"
+                    )
                 groups.append({
                     "key": g.key,
                     "keep": [_brief(d.snapshot, d.reasons) for d in g.decisions if d.keep],
@@ -181,13 +188,18 @@ def _damaged(name: str) -> dict[str, object]:
             "reasons": [], "damaged": True}
 
 
+def _describe(key: dict) -> str:
+    """A group's key for people: "host h; paths /a, /b"."""
+    parts = [f"{k} {', '.join(display(os.fsencode(p)) for p in v) if isinstance(v, list) else display(os.fsencode(str(v)))}"
+             for k, v in key.items()]
+    return "; ".join(parts) if parts else "the snapshots"
+
+
 def _print_groups(args: argparse.Namespace, groups: list[dict]) -> None:
     for g in groups:
         key = g["key"]
         if key:
-            parts = [f"{k} {', '.join(display(os.fsencode(p)) for p in v) if isinstance(v, list) else display(os.fsencode(str(v)))}"
-                     for k, v in key.items()]
-            say(args, "group: " + "; ".join(parts))
+            say(args, "group: " + _describe(key))
         rows = [("keep", b, ", ".join(b["reasons"])) for b in g["keep"]]
         rows += [("remove", b, "") for b in g["remove"]]
         rows.sort(key=lambda r: r[1]["time"], reverse=True)
