@@ -206,6 +206,8 @@ def test_empty_arguments_are_usage_errors(tb, tmp_path):
         (("snapshots", "--key-file", ""), "argument --key-file"),
         (("--password-file", "", "snapshots"), "argument --password-file"),
         (("recovery-kit", "--output", ""), "argument --output"),
+        (("backup", str(src), "--tag", ""), "argument --tag"),
+        (("backup", str(src), "--tag", "two\nlines"), "argument --tag"),  # (it broke the snapshots table)
     ):
         _one_line_error(tb(*args, expect=2, cwd=cwd), name, "empty")
     assert sorted(p.name for p in cwd.iterdir()) == ["here"]

@@ -28,7 +28,7 @@ import threading
 
 from ..archiver.backup import DEFAULT_CHECKPOINT_INTERVAL, BackupRequest, run_backup
 from ..errors import EXIT_INTERRUPTED, EXIT_PARTIAL
-from .common import display, emit_json, human, json_path, lock_wait, nonempty, open_repository, opt, out, parse_duration, patterns_from_file, warn
+from .common import display, emit_json, human, json_path, lock_wait, nonempty, open_repository, opt, out, parse_duration, patterns_from_file, tag, warn
 from .progress import CliProgress
 
 HELP = "back up files and directories"
@@ -36,7 +36,7 @@ HELP = "back up files and directories"
 
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", type=nonempty, help="files or directories to back up")
-    p.add_argument("--tag", action="append", default=[], metavar="TAG", help="add a tag to the snapshot (repeatable)")
+    p.add_argument("--tag", action="append", default=[], metavar="TAG", type=tag, help="add a tag to the snapshot (repeatable)")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                    help="skip what matches PATTERN, and all inside it: a name at any depth ('*.tmp', '.cache'), "
                         "a path from the root ('/home/*/.cache') or the end of a path ('.cache/thumbnails'); "

@@ -68,6 +68,13 @@ def nonempty(text: str) -> str:
     return text
 
 
+def tag(text: str) -> str:
+    """argparse ``type`` of a tag: a word to list and select snapshots by, so not empty and one printable line."""
+    if not text.strip() or not text.isprintable():
+        raise argparse.ArgumentTypeError("a tag must be printable text on one line, not empty")
+    return text
+
+
 def add_global_options(p: argparse.ArgumentParser, suppress: bool = False) -> None:
     """Options every command accepts, before or after the command name."""
     default = argparse.SUPPRESS if suppress else None
