@@ -134,6 +134,7 @@ def test_errors_are_one_line_with_exit_codes(tb, tmp_path):
     tb("init")
     # init twice
     _one_line_error(tb("init", expect=1), "already exists")
+    _one_line_error(tb("init", env={"TUCKBOX_PASSWORD_FILE": ""}, expect=1), "already exists")  # before asking
     tb("backup", str(src))
     # wrong passphrase
     bad = tmp_path / "bad"

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     backend = open_storage(args)
-    backend.exists()  # a location that cannot hold a repository (a file) fails here, before a passphrase is asked
+    Repository.check_room(backend)  # a repository already there, or a file: said before a passphrase is asked
     passphrase = ask_passphrase(args, "New passphrase: ", confirm=True)
     try:
         user = getpass.getuser()

@@ -78,6 +78,18 @@ class Repository:
     # ---------------------------------------------------------------- init / open
 
     @classmethod
+    def check_room(cls, backend: Backend) -> None:
+        """Raise RepositoryExists if ``backend`` already holds a repository (or what looks like one's data)."""
+        if backend.exists():
+            try:
+                backend.stat(ObjectType.CONFIG, "config")
+                raise RepositoryExists(f"a repository already exists at {backend.location}")
+            except ObjectNotFound:
+                pass
+            if any(True for _ in backend.list(ObjectType.PACK)):
+                raise RepositoryExists(f"{backend.location} holds packs but no config; refusing to initialise over it")
+
+    @classmethod
     def init(
         cls,
         backend: Backend,
@@ -88,14 +100,7 @@ class Repository:
         user: str,
         config: Config | None = None,
     ) -> "Repository":
-        if backend.exists():
-            try:
-                backend.stat(ObjectType.CONFIG, "config")
-                raise RepositoryExists(f"a repository already exists at {backend.location}")
-            except ObjectNotFound:
-                pass
-            if any(True for _ in backend.list(ObjectType.PACK)):
-                raise RepositoryExists(f"{backend.location} holds packs but no config; refusing to initialise over it")
+        cls.check_room(backend)
         backend.create()
         cfg = config or Config.new(created)
         keys = derive_keyset(os.urandom(ROOT_LEN))
