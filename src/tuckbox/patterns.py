@@ -23,6 +23,8 @@ class Patterns:
         self._paths: list[bytes] = []  # matched against the whole path
         self._names: list[bytes] = []  # matched against the name as well
         for p in patterns or ():
+            if not p:
+                continue  # (an empty pattern matches nothing; the CLI refuses it)
             raw = os.fsencode(p).rstrip(b"/") or b"/*"  # "/": the root, so everything inside it
             if b"/" not in raw:
                 self._names.append(raw)

@@ -207,6 +207,9 @@ def test_empty_arguments_are_usage_errors(tb, tmp_path):
         (("snapshots", "--key-file", ""), "argument --key-file"),
         (("--password-file", "", "snapshots"), "argument --password-file"),
         (("recovery-kit", "--output", ""), "argument --output"),
+        (("backup", str(src), "--exclude", ""), "argument --exclude"),  # (not: exclude everything)
+        (("restore", "latest", "--target", str(tmp_path / "t"), "--include", ""), "argument --include"),
+        (("find", ""), "argument PATTERN"),
         (("backup", str(src), "--tag", ""), "argument --tag"),
         (("backup", str(src), "--tag", "two\nlines"), "argument --tag"),  # (it broke the snapshots table)
     ):

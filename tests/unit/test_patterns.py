@@ -36,3 +36,7 @@ def test_the_root_matches_everything() -> None:
     for pattern in ("/", "//"):
         p = Patterns([pattern])
         assert p.match(b"/tmp") and p.match(b"/home/ann/.cache/x"), pattern
+
+
+def test_an_empty_pattern_matches_nothing() -> None:
+    assert not Patterns([""]) and not Patterns([""]).match(b"/tmp")

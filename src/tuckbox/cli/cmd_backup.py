@@ -37,7 +37,7 @@ HELP = "back up files and directories"
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", type=nonempty, help="files or directories to back up")
     p.add_argument("--tag", action="append", default=[], metavar="TAG", type=tag, help="add a tag to the snapshot (repeatable)")
-    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", type=nonempty,
                    help="skip what matches PATTERN, and all inside it: a name at any depth ('*.tmp', '.cache'), "
                         "a path from the root ('/home/*/.cache') or the end of a path ('.cache/thumbnails'); "
                         "shell wildcards; repeatable")

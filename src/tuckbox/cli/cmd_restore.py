@@ -17,7 +17,7 @@ import os
 from ..errors import PermanentError, UsageError
 from ..repository.locks import Lock
 from ..restorer.restorer import Restorer
-from .common import emit_json, human, lock_wait, open_repository, opt, out, say_waiting
+from .common import emit_json, human, lock_wait, nonempty, open_repository, opt, out, say_waiting
 from .progress import CliProgress
 
 HELP = "restore a snapshot into a directory"
@@ -26,10 +26,10 @@ HELP = "restore a snapshot into a directory"
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("snapshot", help="snapshot id prefix or 'latest'")
     p.add_argument("-t", "--target", required=True, help="directory to restore into (created; must be new or empty)")
-    p.add_argument("--include", action="append", default=[], metavar="PATTERN",
+    p.add_argument("--include", action="append", default=[], metavar="PATTERN", type=nonempty,
                    help="restore only what matches PATTERN (and what is inside it): a name, a path from the root "
                         "or the end of a path, as for backup --exclude; repeatable")
-    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", type=nonempty,
                    help="do not restore paths or names matching PATTERN; repeatable")
     p.add_argument("--numeric-owner", action="store_true", help="restore owners by number, not by name")
 

@@ -36,7 +36,7 @@ TAG = "rewritten"
 
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("snapshots", nargs="*", metavar="SNAPSHOT", help="snapshots to rewrite (default: all)")
-    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", type=nonempty,
                    help="leave out paths or names matching PATTERN (as for backup --exclude); repeatable")
     p.add_argument("--exclude-file", action="append", default=[], metavar="FILE", type=nonempty,
                    help="read --exclude patterns from FILE, one per line (# comments)")
