@@ -27,7 +27,8 @@ import sys
 import threading
 
 from ..archiver.backup import DEFAULT_CHECKPOINT_INTERVAL, BackupRequest, run_backup
-from ..errors import EXIT_INTERRUPTED, EXIT_PARTIAL
+from ..errors import EXIT_INTERRUPTED, EXIT_PARTIAL, UsageError
+from ..patterns import Patterns
 from .common import display, emit_json, human, json_path, lock_wait, nonempty, open_repository, opt, out, parse_duration, patterns_from_file, tag, warn
 from .progress import CliProgress
 
@@ -86,6 +87,9 @@ class _StopOnSignal:
 def run(args: argparse.Namespace) -> int:
     interval = parse_duration(args.checkpoint_interval) if args.checkpoint_interval else DEFAULT_CHECKPOINT_INTERVAL
     excludes = list(args.exclude) + [p for f in args.exclude_file for p in patterns_from_file(f)]
+    everything = next((p for p in excludes if Patterns([p]).match(b"/", b"")), None)
+    if everything is not None:
+        raise UsageError(f"--exclude {display(everything)} matches the root: it would leave out everything")
     for path in args.paths:
         if os.path.islink(path.rstrip("/") or "/"):  # (a trailing slash still names the link here)
             warn(f"{display(path)} is a symbolic link: the link is backed up, not the files it points to; "
