@@ -223,11 +223,11 @@ def write_kit(
     try:
         output.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as err:
-        raise UsageError(f"cannot create the kit directory {output}: {err.strerror}") from None
+        raise UsageError(f"cannot create the kit directory {display_path(str(output))}: {err.strerror}") from None
     names = [f"{p.name}.{ext}" for p in pages for ext in ("txt", "html")]
     clash = [n for n in names if (output / n).exists()]
     if clash:
-        raise UsageError(f"{output / clash[0]} already exists; write the kit to a new or empty directory")
+        raise UsageError(f"{display_path(str(output / clash[0]))} already exists; write the kit to a new or empty directory")
     written: list[Path] = []
     try:
         for p in pages:
@@ -241,5 +241,5 @@ def write_kit(
                 path.unlink()
             except OSError:
                 pass
-        raise UsageError(f"cannot write the recovery kit into {output}: {err.strerror}") from None
+        raise UsageError(f"cannot write the recovery kit into {display_path(str(output))}: {err.strerror}") from None
     return written
