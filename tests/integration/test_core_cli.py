@@ -214,6 +214,8 @@ def test_empty_arguments_are_usage_errors(tb, tmp_path):
         (("backup", str(src), "--tag", "two\nlines"), "argument --tag"),  # (it broke the snapshots table)
     ):
         _one_line_error(tb(*args, expect=2, cwd=cwd), name, "empty")
+    _one_line_error(tb("backup", str(src), "--host", "evil\x1b]0;title\x07", expect=2, cwd=cwd), "argument --host",
+                    "printable text on one line")
     for pattern in ("/", "*", "/*"):
         _one_line_error(tb("backup", str(src), "--exclude", pattern, expect=2, cwd=cwd), "would leave out everything")
     assert sorted(p.name for p in cwd.iterdir()) == ["here"]

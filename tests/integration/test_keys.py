@@ -376,6 +376,8 @@ def test_key_list_add_passwd_remove(env: Env, tmp_path: Path) -> None:
 
     # add: needs a new passphrase from its own source, never the current one
     _one_line_error(env.run("key", "add", code=2), "new passphrase is needed")
+    # nor one that already opens a key (else 'key passwd' would leave the old passphrase working)
+    _one_line_error(env.run("key", "add", new="pw", code=2), f"already opens key {first[:8]}")
     env.run("key", "add", "--comment", "laptop", new="new")
     keys = env.json("key", "list")
     assert [k["comment"] for k in keys] == ["", "laptop"]
@@ -386,6 +388,7 @@ def test_key_list_add_passwd_remove(env: Env, tmp_path: Path) -> None:
     assert "laptop" in p.stdout and first[:8] + " *" in p.stdout
 
     # passwd: the key in use gets a new passphrase; the old one stops working, the other key is untouched
+    _one_line_error(env.run("key", "passwd", new="new", code=2), f"already opens key {laptop[:8]}")
     out = env.json("key", "passwd", new="third")
     assert out["replaced"] == first
     _one_line_error(env.run("snapshots", code=1), "wrong passphrase")
@@ -416,6 +419,28 @@ def test_key_list_add_passwd_remove(env: Env, tmp_path: Path) -> None:
     assert "still works" in p.stdout
     assert [k["kind"] for k in env.json("key", "list", password="third")] == ["full"]
     env.assert_no_secrets_printed()
+
+
+def test_tables_show_what_keys_and_snapshots_record_escaped(env: Env, tmp_path: Path) -> None:
+    """A comment or host name with terminal controls (written, say, with a write-only key on another host)
+    cannot move the cursor, retitle the terminal or add a row to a table."""
+    env.run("key", "add", "--comment", "x\x1b[31mRED\nfake 0000 row", new="new")
+    out = env.run("key", "list").stdout
+    assert "\x1b" not in out and "fake 0000 row" not in out.splitlines()[-1][:14]
+    assert "x\\x1b[31mRED\\x0afake 0000 row" in out
+    src = tmp_path / "src"
+    src.mkdir()
+    from tuckbox.archiver.backup import BackupRequest, run_backup
+    from tuckbox.repository.repo import Repository as Repo
+
+    os.environ["TUCKBOX_CACHE_DIR"] = str(tmp_path / "cache")  # (restored after the test)
+    repo = Repo.open(LocalBackend(str(env.repo)), lambda: PASS.encode())
+    try:  # a host name the CLI refuses, as another program (or an old tuckbox) could record it
+        run_backup(repo, BackupRequest([str(src)], host="evil\x1b]0;pwned\x07\rrow"))
+    finally:
+        repo.close()
+    out = env.run("snapshots").stdout
+    assert "\x1b" not in out and "\r" not in out and "evil\\x1b]0;pwned\\x07\\x0drow" in out
 
 
 def test_write_only_key_sees_only_sealed_records(env: Env, tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ import threading
 from ..archiver.backup import DEFAULT_CHECKPOINT_INTERVAL, BackupRequest, run_backup
 from ..errors import EXIT_INTERRUPTED, EXIT_PARTIAL, UsageError
 from ..patterns import Patterns
-from .common import display, emit_json, human, json_path, lock_wait, nonempty, open_repository, opt, out, parse_duration, patterns_from_file, tag, warn
+from .common import display, emit_json, host_name, human, json_path, lock_wait, nonempty, open_repository, opt, out, parse_duration, patterns_from_file, tag, warn
 from .progress import CliProgress
 
 HELP = "back up files and directories"
@@ -47,7 +47,7 @@ def register(p: argparse.ArgumentParser) -> None:
                         "are ignored); repeatable")
     p.add_argument("--exclude-caches", action="store_true",
                    help="store directories marked with a CACHEDIR.TAG (browser, build and package caches) empty")
-    p.add_argument("--host", default="", help="host name to record (default: this machine's)")
+    p.add_argument("--host", default="", type=host_name, help="host name to record (default: this machine's)")
     p.add_argument("--one-file-system", action="store_true", help="do not cross into other mounted file systems")
     p.add_argument("--checkpoint-interval", metavar="DURATION", default=None,
                    help="save a restorable checkpoint this often during a long backup, e.g. 15m, 1h, 90s; "

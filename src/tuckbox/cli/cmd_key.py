@@ -36,7 +36,7 @@ from ..snapshot.model import now_iso
 from . import common
 from .common import (
     add_global_options, ask_passphrase, display, emit_json, json_path, local_time, nonempty, open_repository, opt, out,
-    print_table,
+    print_table, host_name,
 )
 
 HELP = "list, add, change or remove keys (passphrases and write-only keys)"
@@ -59,7 +59,7 @@ def register(p: argparse.ArgumentParser) -> None:
     add.add_argument("--output", metavar="FILE", type=nonempty, help="where to write the write-only key file (must not exist)")
     add.add_argument("--passphrase", action="store_true",
                      help="protect the write-only key file with a passphrase (asked like a new passphrase)")
-    add.add_argument("--host", default="", help="host name to record for a write-only key (default: this one)")
+    add.add_argument("--host", default="", type=host_name, help="host name to record for a write-only key (default: this one)")
     add.add_argument("--new-password-file", metavar="FILE", type=nonempty, help="read the new passphrase from FILE")
 
     pw = sub.add_parser("passwd", parents=[shared], help="change the passphrase of the key in use",

@@ -52,7 +52,10 @@ def human(n: float) -> str:
 
 
 def print_table(rows: list[tuple[str, ...]]) -> None:
-    """Rows of text in left-aligned columns, the first row a heading underlined with dashes."""
+    """Rows of text in left-aligned columns, the first row a heading underlined with dashes. Every cell is shown
+    as paths are (``display``): what a snapshot or key records (a host name, a tag, a comment, written maybe
+    by an untrusted host with a write-only key) cannot move the cursor, retitle the terminal or add a row."""
+    rows = [tuple(display(c) for c in r) for r in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for k, r in enumerate(rows):
         print("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip())
@@ -72,6 +75,13 @@ def tag(text: str) -> str:
     """argparse ``type`` of a tag: a word to list and select snapshots by, so not empty and one printable line."""
     if not text.strip() or not text.isprintable():
         raise argparse.ArgumentTypeError("a tag must be printable text on one line, not empty")
+    return text
+
+
+def host_name(text: str) -> str:
+    """argparse ``type`` of a host name to record: printable text on one line (empty: this machine's)."""
+    if text and (not text.strip() or not text.isprintable()):
+        raise argparse.ArgumentTypeError("a host name must be printable text on one line")
     return text
 
 
