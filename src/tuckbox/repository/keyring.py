@@ -26,10 +26,10 @@ from typing import Any, Sequence
 import msgpack
 
 from ..crypto import aead
-from ..crypto.keyfile import keyfile_info, make_keyfile, open_keyfile
+from ..crypto.keyfile import keyfile_info, make_keyfile, needs_passphrase, open_keyfile
 from ..crypto.keys import KeyKind, derive_keyset
 from ..crypto.recovery import ParsedShare, check_repository, combine, parse_share
-from ..errors import AccessDenied, IntegrityError, ObjectNotFound, UnsupportedFormat, UsageError
+from ..errors import AccessDenied, IntegrityError, ObjectNotFound, UnsupportedFormat, UsageError, WrongPassphrase
 from ..snapshot.model import Snapshot
 from ..text import display_path
 from ..types import Backend, ObjectType
@@ -139,8 +139,23 @@ class Origin:
     user: str
 
 
+def _refuse_a_passphrase_in_use(repo: Repository, passphrase: bytes) -> None:
+    """A passphrase that already opens one of the repository's keys is refused: two keys with one passphrase
+    would leave the old one working after 'key passwd' changed "the" passphrase (one key derivation per key)."""
+    for info in repo.backend.list(ObjectType.KEY):
+        try:
+            raw = repo.backend.load(ObjectType.KEY, info.name)
+            if not needs_passphrase(raw) or keyfile_info(raw).repository != repo.config.id:
+                continue
+            open_keyfile(raw, passphrase)
+        except (WrongPassphrase, IntegrityError, ObjectNotFound):
+            continue
+        raise UsageError(f"that passphrase already opens key {info.name[:8]}; choose another one")
+
+
 def add_passphrase_key(repo: Repository, passphrase: bytes, origin: Origin, comment: str = "") -> KeyEntry:
     repo.keys.require_full("add a key")
+    _refuse_a_passphrase_in_use(repo, passphrase)
     name, raw = repo.add_key(repo.keys, passphrase, created=origin.created, host=origin.host, user=origin.user,
                              comment=comment)
     return _entry_from_object(repo, name, raw)
@@ -219,6 +234,7 @@ def change_passphrase(repo: Repository, passphrase: bytes, origin: Origin) -> tu
         raise UsageError("the key in use is a key file outside the repository; 'key passwd' changes passphrase keys "
                          "stored in the repository") from None
     old = keyfile_info(old_raw)
+    _refuse_a_passphrase_in_use(repo, passphrase)
     name, raw = repo.add_key(repo.keys, passphrase, created=origin.created, host=origin.host, user=origin.user,
                              comment=old.comment)
     stored = repo.backend.load(ObjectType.KEY, name)
