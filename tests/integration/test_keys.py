@@ -129,6 +129,11 @@ def test_write_only_key_dedups_cannot_decrypt_and_full_key_restores_its_work(env
     data_size = sum(len(v) for v in tree_bytes(nas_data).values())
     assert summary["bytes_total"] == data_size
     assert summary["bytes_added"] < data_size // 10, summary  # deduplicated against the desk's chunks
+    # what only snapshots tell is unknown to it: null, not 0
+    stats = env.json(*wo, "stats", password=None, cache="nas-cache")
+    assert stats["snapshots"] is None and stats["original_bytes"] is None and stats["dedup_ratio"] is None
+    assert stats["stored_bytes"] > 0
+    assert "original size:        unknown" in env.run(*wo, "stats", password=None, cache="nas-cache").stdout
 
     # it cannot decrypt anything: each read path fails with the same clear one-line message and exit code 1
     for args in (["restore", "latest", "--target", str(tmp_path / "nope")], ["ls", "latest"],
