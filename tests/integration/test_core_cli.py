@@ -631,4 +631,6 @@ def test_find_a_file_across_snapshots(tb, tmp_path):
     assert [(m["short_id"], m["path"]) for m in by_path] == [(snaps[1]["short_id"], docx)]
     text = tb("find", "old/report.docx", "--snapshot", snaps[0]["short_id"]).out.splitlines()
     assert len(text) == 2 and docx in text[0] and text[-1] == "1 match(es) in 1 snapshot(s)"
+    twice = ("--snapshot", snaps[0]["short_id"], "--snapshot", snaps[0]["id"][:10])  # the same one, named twice
+    assert tb("find", "old/report.docx", *twice).out.splitlines() == text
     assert tb("find", "nothing*").out.strip() == "0 match(es) in 2 snapshot(s)"

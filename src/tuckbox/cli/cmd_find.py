@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     repo.keys.require_full("search snapshots")
     snaps = repo.snapshots()
     if args.snapshot:
-        snaps = [repo.find_snapshot(s, snaps) for s in args.snapshot]
+        named = {id(snap): snap for snap in (repo.find_snapshot(s, snaps) for s in args.snapshot)}  # once each
+        snaps = [snap for snap in snaps if id(snap) in named]
     snaps = [s for s in snaps if not args.host or s.host in args.host]
     patterns = Patterns(args.patterns)
     load = lambda tid: repo.load_blob(BlobType.TREE, tid)  # noqa: E731
