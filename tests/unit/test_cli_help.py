@@ -44,3 +44,11 @@ def test_a_command_word_used_as_an_option_value_still_finds_the_command(
         main(["-r", "check", "restore"])  # restore's own usage error, not a stand-in's
     assert exit_info.value.code == 2
     assert "-t/--target" in capsys.readouterr().err
+
+
+def test_a_missing_argument_names_only_what_is_required(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["repair"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "required: what" in err and "SNAPSHOT" not in err

@@ -33,7 +33,7 @@ HELP = "rebuild the index from the packs (after 'check' reports a damaged or mis
 
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("what", choices=["index", "snapshots"], help="what to repair: index, or snapshots")
-    p.add_argument("snapshots", nargs="*", metavar="SNAPSHOT", help="with 'snapshots': only these (default: all)")
+    p.add_argument("snapshots", nargs="*", default=[], metavar="SNAPSHOT", help="with 'snapshots': only these (default: all)")
     p.add_argument("--dry-run", "-n", action="store_true", help="say what would be done; change nothing")
 
 
