@@ -52,3 +52,20 @@ def test_a_missing_argument_names_only_what_is_required(capsys: pytest.CaptureFi
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "required: what" in err and "SNAPSHOT" not in err
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("15m", 900), ("1h", 3600), ("1h30m", 5400),
+                                           ("2m 30s", 150), ("45", 45), ("1.5h", 5400)])
+def test_durations_of_checkpoints_and_lock_waits(text: str, seconds: float) -> None:
+    from tuckbox.cli.common import parse_duration
+
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["abc", "1x", "h", "1h30", "", "-1m"])
+def test_what_is_not_a_duration(text: str) -> None:
+    from tuckbox.cli.common import parse_duration
+    from tuckbox.errors import UsageError
+
+    with pytest.raises(UsageError, match="not a duration"):
+        parse_duration(text)

@@ -115,11 +115,13 @@ def add_global_options(p: argparse.ArgumentParser, suppress: bool = False) -> No
 
 
 def parse_duration(text: str) -> float:
-    """Seconds from '90s', '15m', '1h' or a plain number of seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|)\s*", text)
-    if not m:
-        raise UsageError(f"'{text}' is not a duration; write it like 90s, 15m or 1h")
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+    """Seconds from '90s', '15m', '1h', '1h30m' or a plain number of seconds."""
+    if re.fullmatch(r"\s*\d+(?:\.\d+)?\s*", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])\s*", text)
+    if not parts or not re.fullmatch(r"\s*(?:\d+(?:\.\d+)?\s*[hms]\s*)+", text):
+        raise UsageError(f"'{display(text)}' is not a duration; write it like 90s, 15m, 1h or 1h30m")
+    return sum(float(n) * {"s": 1, "m": 60, "h": 3600}[unit] for n, unit in parts)
 
 
 def _duration_text(text: str) -> str:
