@@ -243,6 +243,11 @@ def test_password_command_and_env(tb, tmp_path):
     env = {"TUCKBOX_PASSWORD_FILE": "", "TUCKBOX_PASSWORD": tb.passfile.read_text().strip()}
     tb("snapshots", env=env)
     tb("snapshots", "--password-file", str(tb.passfile), env={"TUCKBOX_PASSWORD_FILE": ""})
+    empty = tmp_path / "empty-pw"
+    empty.write_text("\n")
+    _one_line_error(tb("snapshots", env={"TUCKBOX_PASSWORD_FILE": str(empty)}, expect=2), f"{empty} is empty")
+    _one_line_error(tb("snapshots", env={"TUCKBOX_PASSWORD_FILE": "", "TUCKBOX_PASSWORD_COMMAND": "true"}, expect=2),
+                    "printed no passphrase")
 
 
 def test_password_file_with_windows_line_ending(tb, tmp_path):

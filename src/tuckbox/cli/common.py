@@ -221,7 +221,10 @@ def passphrase_from_sources(args: argparse.Namespace) -> bytes | None:
     if pfile:
         try:
             with open(os.path.expanduser(pfile), "rb") as f:
-                return _strip(f.read())
+                secret = _strip(f.read())
+            if not secret:
+                raise UsageError(f"the password file {display(pfile)} is empty; write the passphrase into it")
+            return secret
         except OSError as e:
             raise UsageError(f"cannot read the password file {display(pfile)}: {e.strerror}") from None
     if pcmd:
@@ -229,7 +232,10 @@ def passphrase_from_sources(args: argparse.Namespace) -> bytes | None:
             out = subprocess.run(pcmd, shell=True, check=True, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
         except subprocess.CalledProcessError as e:
             raise UsageError(f"the password command failed with exit code {e.returncode}") from None
-        return _strip(out.stdout)
+        secret = _strip(out.stdout)
+        if not secret:
+            raise UsageError("the password command printed no passphrase")
+        return secret
     env = os.environ.get("TUCKBOX_PASSWORD")
     if env is not None:
         return os.fsencode(env)  # the variable's raw bytes, UTF-8 or not (as from a file or command)
