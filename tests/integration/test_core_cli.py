@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
@@ -531,6 +532,34 @@ def test_names_with_control_characters_are_listed_one_per_line(tb, tmp_path):
     assert f"{src}/new\nline" in exact and f"{src}/\u202etxt.exe" in exact and f"{src}/bad\\xff" in exact
     tb("restore", "latest", "--target", str(tmp_path / "r"))
     assert sorted(os.listdir(os.fsencode(restored(tmp_path / "r", src)))) == sorted(names)
+
+
+def test_a_byte_and_its_escape_written_out_are_told_apart(tb, tmp_path):
+    """A name holding the byte 0xFF and one holding the four characters \\xff were shown alike by ls, find
+    and diff, in text and in JSON: the backslash is now doubled on screen, and JSON gives a name that is not
+    UTF-8 its exact bytes in path_bytes."""
+    src = tmp_path / "src"
+    src.mkdir()
+    byte, text = b"x\xff", b"x\\xff"
+    for n in (byte, text):
+        with open(os.path.join(os.fsencode(src), n), "wb") as f:
+            f.write(n)
+    tb("init")
+    tb("backup", str(src))
+    assert set(tb("ls", "latest", str(src)).out.splitlines()[1:]) == {f"{src}/x\\xff", f"{src}/x\\\\xff"}
+    entries = tb("ls", "--json", "latest", str(src)).json()["entries"][1:]
+    exact = {base64.b64decode(e["path_bytes"]) if "path_bytes" in e else e["path"].encode() for e in entries}
+    assert exact == {bytes(src) + b"/" + byte, bytes(src) + b"/" + text}
+    found = tb("find", "--json", "x*").json()["matches"]
+    assert sorted("path_bytes" in m for m in found) == [False, True]
+    shown = {ln.rsplit("  ", 1)[1] for ln in tb("find", "x*").out.splitlines()[:-1]}
+    assert shown == {f"{src}/x\\xff", f"{src}/x\\\\xff"}
+    os.remove(os.path.join(os.fsencode(src), byte))
+    tb("backup", str(src))
+    snaps = [s["id"] for s in tb("snapshots", "--json").json()]
+    changes = tb("diff", "--json", *snaps).json()["changes"]
+    assert [(c["change"], base64.b64decode(c["path_bytes"])) for c in changes] == [("removed", bytes(src) + b"/" + byte)]
+    assert tb("diff", *snaps).out.splitlines()[0] == f"-  {src}/x\\xff"
 
 
 def test_names_that_are_not_utf8_in_json_and_messages(tb, tmp_path):

@@ -8,7 +8,7 @@ import sys
 
 from ..snapshot.walk import diff
 from ..types import BlobType
-from .common import display, json_path, open_repository, opt
+from .common import display, json_path_fields, open_repository, opt
 
 HELP = "show differences between two snapshots"
 _WORD = {"+": "added", "-": "removed", "M": "modified"}
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         for kind, path in changes:
             sep = ",\n" if sum(counts.values()) else "\n"
             counts[kind] += 1
-            out.write(sep + json.dumps({"change": _WORD[kind], "path": json_path(path)}, sort_keys=True))
+            out.write(sep + json.dumps({"change": _WORD[kind], **json_path_fields("path", path)}, sort_keys=True))
         tail = {"first": a.id, "second": b.id, "added": counts["+"], "removed": counts["-"], "modified": counts["M"]}
         out.write("\n], " + json.dumps(tail, sort_keys=True)[1:] + "\n")
         out.flush()

@@ -19,7 +19,7 @@ import sys
 from ..patterns import Patterns
 from ..snapshot.walk import find_in_tree
 from ..types import BlobType
-from .common import display, human, json_path, local_time, nonempty, open_repository, opt
+from .common import display, human, json_path_fields, local_time, nonempty, open_repository, opt
 
 HELP = "find files by name or path in every snapshot"
 
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         for path, n in find_in_tree(load, snap.tree, b"/", patterns.match, memo):
             if as_json:
                 doc = {"snapshot": snap.id, "short_id": snap.short_id, "time": snap.time, "host": snap.host,
-                       "path": json_path(path), "type": n.type, "size": n.size, "mtime_ns": n.mtime_ns}
+                       **json_path_fields("path", path), "type": n.type, "size": n.size, "mtime_ns": n.mtime_ns}
                 out.write(("," if count else "") + "\n" + json.dumps(doc, sort_keys=True))
             else:
                 when = dt.datetime.fromtimestamp(n.mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M")

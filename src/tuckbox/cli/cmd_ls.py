@@ -14,7 +14,7 @@ from typing import Iterator
 from ..snapshot.tree import DIR, Node
 from ..snapshot.walk import require, walk
 from ..types import BlobType
-from .common import display, json_path, nonempty, open_repository, opt
+from .common import display, json_path_fields, nonempty, open_repository, opt
 
 HELP = "list files in a snapshot"
 
@@ -29,9 +29,9 @@ def register(p: argparse.ArgumentParser) -> None:
 
 def _entry_json(path: bytes, n: Node) -> dict:
     return {
-        "path": json_path(path), "type": n.type, "mode": n.mode, "uid": n.uid, "gid": n.gid,
+        **json_path_fields("path", path), "type": n.type, "mode": n.mode, "uid": n.uid, "gid": n.gid,
         "user": n.user, "group": n.group, "size": n.size, "mtime_ns": n.mtime_ns,
-        "link_target": json_path(n.link_target) if n.link_target else None,
+        **(json_path_fields("link_target", n.link_target) if n.link_target else {"link_target": None}),
     }
 
 

@@ -18,10 +18,10 @@ from ..errors import IntegrityError, UnsupportedFormat, UsageError, WrongPassphr
 from ..repository.repo import Repository
 from ..snapshot.model import Snapshot
 from ..text import display_path as display
-from ..text import json_path
+from ..text import json_path, json_path_fields
 from ..types import Backend
 
-__all__ = ["display", "json_path"]  # (re-exported for the commands)
+__all__ = ["display", "json_path", "json_path_fields"]  # (re-exported for the commands)
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
 
