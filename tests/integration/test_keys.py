@@ -126,6 +126,9 @@ def test_write_only_key_dedups_cannot_decrypt_and_full_key_restores_its_work(env
     nas_data = nas / "data"
     wo = ["--key-file", str(key)]
     summary = env.json(*wo, "backup", str(nas_data), password=None, cache="nas-cache")
+    shown = env.run(*wo, "key", "list", password=None, cache="nas-cache").stdout
+    wo_id = listed[1]["id"]
+    assert f"the key in use ({wo_id[:8]}) is write-only and kept outside" in shown and wo_id[:8] not in shown.split("\n2 key(s)")[0]
     data_size = sum(len(v) for v in tree_bytes(nas_data).values())
     assert summary["bytes_total"] == data_size
     assert summary["bytes_added"] < data_size // 10, summary  # deduplicated against the desk's chunks

@@ -132,6 +132,10 @@ def _list(args: argparse.Namespace) -> int:
     print_table(rows)
     note = " (* = the key in use)" if any(e.in_use for e in entries) else ""
     print(f"{len(entries)} key(s){note}")
+    if repo.key_name and not any(e.in_use for e in entries):
+        # a write-only key kept outside: its own record is sealed like the others, so it cannot be marked
+        print(f"the key in use ({repo.key_name[:8]}) is write-only and kept outside the repository; "
+              "its record is one of the sealed ones")
     return 0
 
 
