@@ -4,8 +4,10 @@ Entries are written below TARGET under their original absolute paths. The
 target must not exist or be empty; a restore interrupted into a target is
 finished by running the same command again (files already restored correctly
 are kept), also after restoring only some of its paths into it meanwhile. A
-file whose stored data is damaged is not written: it is reported and the exit
-code is 1.
+file whose stored data is damaged, or an entry that cannot be created in the
+target, is not restored: it is reported, the exit code is 1 and the target keeps
+its marker, so the same command run again (once the cause is fixed) finishes it.
+Owner, mode, time, xattr and device-node problems are warnings (exit code 0).
 """
 
 from __future__ import annotations

@@ -354,7 +354,7 @@ class _Run:
             except OSError as e:
                 target_wide(e, self.target + d.path)
                 d.failed = True
-                self.report.warn(f"{display(d.path)}: cannot create: {e.strerror}; what is below it is not restored")
+                self.report.error(f"{display(d.path)}: not restored (nor anything below it): cannot create it: {e.strerror}")
                 continue
             self.open_dirs.add(d)
             self.result.dirs += 1
@@ -382,7 +382,7 @@ class _Run:
                 self.result.others += 1
         except OSError as e:
             target_wide(e, self.target + d.child(m["n"]))
-            self.report.warn(f"{display(d.child(m['n']))}: cannot create: {e.strerror}")
+            self.report.error(f"{display(d.child(m['n']))}: not restored: cannot create it: {e.strerror}")
 
     def _node(self, d: Dir, m: dict[str, Any]) -> Node | None:
         try:
@@ -454,7 +454,7 @@ class _Run:
             self.under_way += 1
         except OSError as e:
             target_wide(e, self.target + d.child(name))
-            self.report.warn(f"{display(d.child(name))}: cannot create hardlink: {e.strerror}")
+            self.report.error(f"{display(d.child(name))}: not restored: cannot create the hardlink: {e.strerror}")
 
     # ---------------------------------------------------------------- windows
 
