@@ -179,6 +179,37 @@ def test_second_ctrl_c_quits_at_once(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["restore", "check"])
+def test_a_stopped_restore_or_check_does_not_wait_for_its_downloads(tmp_path, command):
+    """SIGTERM during a restore or `check --read-data` limited to 256 KiB/s stops it at once (they used to
+    wait for the downloads in flight, and check for every pack still queued: minutes on a slow link); the
+    rerun resumes the restore, and the target equals the source."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(4):
+        (src / f"f{i}").write_bytes(os.urandom(3 * MiB))
+    cli = Cli(tmp_path, local_storage(tmp_path / "repo"))
+    cli(*INIT)
+    cli("backup", str(src))
+    target = tmp_path / "r"
+    args = ("restore", "latest", "--target", str(target)) if command == "restore" else ("check", "--read-data")
+    locks = tmp_path / "repo" / "locks"
+    running = cli.start("--limit-download", str(RATE), *args)  # 12 MiB: ~48 s
+    wait_for(lambda: any(locks.iterdir()) or running.proc.poll() is not None, 120, "the command's lock")
+    time.sleep(1.5)
+    assert running.proc.poll() is None, "the command ended before it could be stopped"
+    running.proc.send_signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    res = running.wait(timeout=120)
+    assert res.code == 130, f"exit {res.code}\n{res.err}"
+    assert time.monotonic() - t0 < SAFETY, "it waited for its downloads in flight"
+    assert res.err.splitlines()[-1] == "tuckbox: interrupted", res.err
+    assert not list(locks.iterdir())
+    cli(*args)
+    if command == "restore":
+        assert compare_trees(src, restored(target, src)) == []
+
+
+@pytest.mark.parametrize("command", ["restore", "check"])
 def test_sigterm_stops_every_command_like_ctrl_c(tmp_path, command):
     """SIGTERM (systemd, cron, ``kill``) stops a restore or a check as Ctrl-C does: exit 130 and the
     repository lock released (they used to die with 143 and leave their lock behind)."""

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..backends.wrappers import cancel_scope
 from ..errors import IntegrityError, ObjectNotFound, TuckboxError
 from ..pack.format import PackKey
 from ..repository.index import PackRecord, decode_index_raw
@@ -172,11 +174,13 @@ class Checker:
     def _read_data(self, packs: list[PackRecord]) -> None:
         full = self.repo.is_full()
         total = len(packs)
+        stop = threading.Event()  # set when the check is stopping: reads waiting for bandwidth give up
 
         def check_pack(pack: PackRecord) -> list[str]:
             problems: list[str] = []
             try:
-                data = self.repo.backend.load(ObjectType.PACK, pack.name)
+                with cancel_scope(stop):
+                    data = self.repo.backend.load(ObjectType.PACK, pack.name)
             except ObjectNotFound:
                 return [f"pack {pack.name}: missing"]
             except TuckboxError as e:
@@ -209,12 +213,18 @@ class Checker:
                     self._bad_blobs.setdefault(entry.id, f"damaged in pack {pack.name[:8]}")
             return problems
 
-        with ThreadPoolExecutor(max(1, min(self.repo.connections, os.cpu_count() or 2))) as pool:
+        pool = ThreadPoolExecutor(max(1, min(self.repo.connections, os.cpu_count() or 2)))
+        try:
             for done, problems in enumerate(pool.map(check_pack, packs), 1):
                 for p in problems:
                     self._error(p)
                 if done % 20 == 0:
                     self.on_progress(f"read {done}/{total} packs")
+        except BaseException:  # Ctrl-C, SIGTERM: not after reading every pack still queued
+            stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown()
 
     def _check_trees(self, snaps: list[Snapshot]) -> None:
         seen: set[bytes] = set()

@@ -21,7 +21,8 @@ from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 
-from ..errors import PermanentError, TuckboxError
+from ..backends.wrappers import cancel_scope
+from ..errors import Cancelled, PermanentError, TuckboxError
 from ..types import ObjectType
 
 GAP = 1 << 20  # fetch across gaps smaller than this rather than issue another request (a local repository)
@@ -173,6 +174,11 @@ class Fetcher:
         self._pool: ThreadPoolExecutor | None = None
         self._free = budget
         self._lock = threading.Lock()
+        self._stop = threading.Event()  # set by ``abort``
+
+    def abort(self) -> None:
+        """The restore is stopping: loads waiting for bandwidth, a connection or a retry give up at once."""
+        self._stop.set()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -188,9 +194,10 @@ class Fetcher:
     def load(self, group: list[Any]) -> bytes | TuckboxError:
         start, length = span(group)
         try:
-            return self.backend.load(ObjectType.PACK, group[0].pack.name, start, length)
-        except PermanentError:
-            raise  # the storage itself is unusable (gone, no access): stop; a rerun resumes
+            with cancel_scope(self._stop):
+                return self.backend.load(ObjectType.PACK, group[0].pack.name, start, length)
+        except (PermanentError, Cancelled):
+            raise  # the storage itself is unusable (gone, no access), or the restore is stopping: a rerun resumes
         except TuckboxError as e:
             return e
 

@@ -240,6 +240,12 @@ class _Run:
                 self._complete_oldest()
             for d in self.late:
                 self._finalize(d, at_end=True)
+        except BaseException:  # Ctrl-C, SIGTERM or an error: stop now, not after the windows in flight
+            if self.fetcher is not None:
+                self.fetcher.abort()  # (a download waiting for bandwidth would take its time)
+            if isinstance(self.pool, WorkerProcesses):
+                self.pool.kill()  # as a crash would: the marker stays, a rerun resumes
+            raise
         finally:
             if self.pool is not None:
                 self.pool.shutdown(wait=True, cancel_futures=True)

@@ -200,6 +200,14 @@ class WorkerProcesses:
         for _, future in lost:
             future.set_exception(_stopped())
 
+    def kill(self) -> None:
+        """Stop every worker now, mid-window (``shutdown`` then only reaps them)."""
+        for w in self.workers:
+            try:
+                os.kill(w.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
         for w in self.workers:
             w.send.close()  # EOF: the worker exits once its current window is done
