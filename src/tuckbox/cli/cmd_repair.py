@@ -1,5 +1,6 @@
 """Repair a damaged repository: 'repair index' rebuilds the index from the packs themselves;
-'repair snapshots' rewrites snapshots without the files whose data is lost.
+'repair packs' replaces damaged packs by their intact blobs; 'repair snapshots' rewrites snapshots
+without the files whose data is lost.
 
 When an index object is damaged or lost, the packs it listed are still whole
 but their blobs cannot be found: restore and check report them missing. Each
@@ -10,7 +11,13 @@ index objects are written before the damaged ones are removed; it takes the
 exclusive lock. Run 'tuckbox check' afterwards: it names any file whose data
 is really lost.
 
-'repair snapshots' (after 'repair index') then replaces each snapshot that
+'repair packs PACK...' (the packs 'check --read-data' reports damaged) stores
+every blob of those packs that is still intact in new packs, removes the
+packs from the index and then from the storage (exclusive lock). Their
+damaged blobs are then indexed nowhere, so the next backup stores those
+files again if they still exist, which also makes the older snapshots whole.
+
+'repair snapshots' (after 'repair index' or 'repair packs') then replaces each snapshot that
 needs data the repository no longer has by one without those files (a
 directory whose listing is lost is kept, empty), tagged 'repaired', so that
 'check' passes again and everything intact stays restorable. The damaged
@@ -24,16 +31,19 @@ import sys
 
 from ..errors import UsageError
 from ..maintenance.repair import repair_index, repair_snapshots
+from ..maintenance.repair_packs import repair_packs
 from ..repository.locks import Lock
 from .cmd_prune import say
 from .common import display, emit_json, lock_wait, open_repository, opt, say_waiting
 
-HELP = "rebuild the index from the packs (after 'check' reports a damaged or missing index)"
+HELP = "rebuild the index, replace damaged packs, or drop lost files from snapshots (after 'check')"
 
 
 def register(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", choices=["index", "snapshots"], help="what to repair: index, or snapshots")
-    p.add_argument("snapshots", nargs="*", default=[], metavar="SNAPSHOT", help="with 'snapshots': only these (default: all)")
+    p.add_argument("what", choices=["index", "packs", "snapshots"], help="what to repair: index, packs or snapshots")
+    p.add_argument("snapshots", nargs="*", default=[], metavar="ID",
+                   help="with 'packs': the damaged packs (names or unique prefixes); "
+                        "with 'snapshots': only these snapshots (default: all)")
     p.add_argument("--dry-run", "-n", action="store_true", help="say what would be done; change nothing")
 
 
@@ -46,6 +56,8 @@ def output_optional(args: argparse.Namespace) -> bool:
 def run(args: argparse.Namespace) -> int:
     if args.what == "snapshots":
         return _snapshots(args)
+    if args.what == "packs":
+        return _packs(args)
     if args.snapshots:
         raise UsageError("'repair index' takes no snapshot ids")
     repo = open_repository(args, load_index=False, writes=not args.dry_run)
@@ -76,6 +88,44 @@ def run(args: argparse.Namespace) -> int:
               f"{len(report.packs_missing)} indexed pack(s) are missing ({report.blobs_lost} blob(s) lost)")
     if report.blobs_lost:
         say(args, "run 'tuckbox check' to see which files lost data; the next backup stores those chunks again")
+    return 0
+
+
+def _packs(args: argparse.Namespace) -> int:
+    if not args.snapshots:
+        raise UsageError("'repair packs' needs the names of the damaged packs ('tuckbox check --read-data' reports them)")
+    repo = open_repository(args, load_index=False, writes=not args.dry_run)
+    quiet = bool(opt(args, "quiet")) or bool(opt(args, "json"))
+    progress = None if quiet else (lambda m: print(m, file=sys.stderr))
+    lock = None
+    try:
+        if not args.dry_run:
+            lock = Lock(repo.backend, repo.keys.index_key, exclusive=True).acquire(lock_wait(args), say_waiting)
+            repo.guard = lock.ensure_held
+        repo.load_index()  # under the lock: nothing changes it meanwhile
+        report = repair_packs(repo, args.snapshots, progress, dry_run=args.dry_run)
+    finally:
+        repo.guard = None
+        if lock is not None:
+            lock.release()
+        repo.close()
+    if opt(args, "json"):
+        emit_json({"dry_run": args.dry_run, **report.as_dict()})
+        return 0
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
+    packs = ", ".join(n[:8] for n in report.packs)
+    if args.dry_run:
+        say(args, f"would replace pack(s) {packs}: {report.blobs_salvaged} intact blob(s) to store again, "
+                  f"{report.blobs_damaged} damaged ({report.blobs_lost} held by no other pack)")
+        return 0
+    say(args, f"replaced pack(s) {packs}: {report.blobs_salvaged} intact blob(s) stored again in "
+              f"{report.packs_written} new pack(s); {report.blobs_damaged} damaged blob(s) dropped from the index "
+              f"({report.blobs_lost} held by no other pack)")
+    if report.blobs_lost:
+        say(args, "the next backup stores the files that lost data again if they still exist (which also makes "
+                  "older snapshots whole); 'tuckbox check' names what is still damaged, 'tuckbox repair snapshots' "
+                  "removes it from the snapshots")
     return 0
 
 

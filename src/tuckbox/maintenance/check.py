@@ -71,6 +71,7 @@ class Checker:
         self._bad_blobs: dict[bytes, str] = {}  # blob id -> why
         self._bad_trees: dict[bytes, str] = {}
         self._not_indexed: set[bytes] = set()  # blobs (trees, chunks) the snapshots need that no index names
+        self._damaged_packs: set[str] = set()  # stored with the indexed size, but their bytes are damaged
 
     def _error(self, msg: str) -> None:
         self.report.errors.append(msg)
@@ -117,6 +118,13 @@ class Checker:
             chosen = [p for p in readable if subset is None or subset(p.name)]
             self._read_data(chosen)
             self.report.counts["packs_read"] = len(chosen)
+            if self._damaged_packs and self.repo.is_full():
+                names = sorted(self._damaged_packs)
+                shown = " ".join(n[:8] for n in names[:10]) + (" ..." if len(names) > 10 else "")
+                self.report.notes.append(
+                    f"'tuckbox repair packs {shown}' stores the intact blobs of the damaged pack(s) again and "
+                    "removes them, so that the next backup stores the damaged data again instead of building on it"
+                )
         snaps: list[Snapshot] = []
         if self.repo.is_full():
             for name in snapshot_names:
@@ -187,6 +195,7 @@ class Checker:
                 return [f"pack {pack.name}: cannot be read: {e}"]
             if object_name(data) != pack.name:
                 problems.append(f"pack {pack.name}: contents do not match its name (modified or damaged)")
+                self._damaged_packs.add(pack.name)
                 if not full:  # without a key every blob of the pack is suspect
                     self._mark_pack(pack, f"its pack {pack.name[:8]} is damaged")
             if not full:
@@ -198,6 +207,7 @@ class Checker:
                 header = {e.id: e for e in key.read_header(data)}
             except TuckboxError as e:
                 problems.append(f"pack {pack.name}: header damaged: {e}")
+                self._damaged_packs.add(pack.name)
                 header = {}
             for entry in self.repo.index.pack_blobs(pack.name):
                 if header and header.get(entry.id) != entry:
@@ -210,6 +220,7 @@ class Checker:
                 except TuckboxError as e:
                     with_id = f"{entry.id.hex()[:8]}"
                     problems.append(f"pack {pack.name}: blob {with_id} damaged: {e}")
+                    self._damaged_packs.add(pack.name)
                     self._bad_blobs.setdefault(entry.id, f"damaged in pack {pack.name[:8]}")
             return problems
 

@@ -92,14 +92,17 @@ def read_pack_record(repo: Repository, name: str, size: int) -> PackRecord:
     raise problem or IntegrityError("pack trailer is unreadable")
 
 
-def repair_index(repo: Repository, progress: Progress | None = None, dry_run: bool = False) -> RepairReport:
-    """Rebuild what the index is missing (see the module docstring); the caller holds the exclusive lock."""
+def repair_index(repo: Repository, progress: Progress | None = None, dry_run: bool = False,
+                 drop: frozenset[str] = frozenset()) -> RepairReport:
+    """Rebuild what the index is missing (see the module docstring); the caller holds the exclusive lock.
+
+    ``drop``: packs to treat as not stored (damaged ones ``repair packs`` is about to remove)."""
     progress = progress or (lambda _m: None)
     repo.keys.require_full("repair the index (it must read pack headers)")
     backend = repo.backend
     report = RepairReport()
     progress("listing packs and index objects")
-    stored = {i.name: i.size for i in backend.list(ObjectType.PACK)}
+    stored = {i.name: i.size for i in backend.list(ObjectType.PACK) if i.name not in drop}
     index_names = sorted(i.name for i in backend.list(ObjectType.INDEX))
 
     def load(name: str) -> tuple[str, list[RawPack] | None]:
