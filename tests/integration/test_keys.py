@@ -395,8 +395,12 @@ def test_key_list_add_passwd_remove(env: Env, tmp_path: Path) -> None:
     p = env.run("key", "list")
     assert "laptop" in p.stdout and first[:8] + " *" in p.stdout
 
-    # passwd: the key in use gets a new passphrase; the old one stops working, the other key is untouched
-    _one_line_error(env.run("key", "passwd", new="new", code=2), f"already opens key {laptop[:8]}")
+    # passwd: the key in use gets a new passphrase; the old one stops working, the other key is untouched.
+    # A passphrase another key already has is refused; the refusal says how to finish a 'key passwd' that was
+    # killed after storing its new key (the state this is: two keys, the old one still there)
+    p = env.run("key", "passwd", new="new", code=2)
+    _one_line_error(p, f"already opens key {laptop[:8]}")
+    assert f"tuckbox key remove {first[:8]}" in p.stderr
     out = env.json("key", "passwd", new="third")
     assert out["replaced"] == first
     _one_line_error(env.run("snapshots", code=1), "wrong passphrase")

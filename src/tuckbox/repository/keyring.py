@@ -139,9 +139,11 @@ class Origin:
     user: str
 
 
-def _refuse_a_passphrase_in_use(repo: Repository, passphrase: bytes) -> None:
+def _refuse_a_passphrase_in_use(repo: Repository, passphrase: bytes, passwd: bool = False) -> None:
     """A passphrase that already opens one of the repository's keys is refused: two keys with one passphrase
-    would leave the old one working after 'key passwd' changed "the" passphrase (one key derivation per key)."""
+    would leave the old one working after 'key passwd' changed "the" passphrase (one key derivation per key).
+    ``passwd``: for 'key passwd', whose interrupted run (new key stored, old one not yet removed) leaves
+    exactly this state: the message says how to finish it."""
     for info in repo.backend.list(ObjectType.KEY):
         try:
             raw = repo.backend.load(ObjectType.KEY, info.name)
@@ -150,7 +152,11 @@ def _refuse_a_passphrase_in_use(repo: Repository, passphrase: bytes) -> None:
             open_keyfile(raw, passphrase)
         except (WrongPassphrase, IntegrityError, ObjectNotFound):
             continue
-        raise UsageError(f"that passphrase already opens key {info.name[:8]}; choose another one")
+        hint = ""
+        if passwd and info.name != repo.key_name:
+            hint = (f" (if a 'key passwd' to it was interrupted, finish it: open the repository with that passphrase "
+                    f"and run 'tuckbox key remove {repo.key_name[:8]}')")
+        raise UsageError(f"that passphrase already opens key {info.name[:8]}; choose another one{hint}")
 
 
 def add_passphrase_key(repo: Repository, passphrase: bytes, origin: Origin, comment: str = "") -> KeyEntry:
@@ -234,7 +240,7 @@ def change_passphrase(repo: Repository, passphrase: bytes, origin: Origin) -> tu
         raise UsageError("the key in use is a key file outside the repository; 'key passwd' changes passphrase keys "
                          "stored in the repository") from None
     old = keyfile_info(old_raw)
-    _refuse_a_passphrase_in_use(repo, passphrase)
+    _refuse_a_passphrase_in_use(repo, passphrase, passwd=True)
     name, raw = repo.add_key(repo.keys, passphrase, created=origin.created, host=origin.host, user=origin.user,
                              comment=old.comment)
     stored = repo.backend.load(ObjectType.KEY, name)
