@@ -356,6 +356,12 @@ class _Run:
                 except FileExistsError:
                     if not self.resume:
                         raise
+                    # resuming: a non-directory in its place (a file, a symlink, maybe pointing out of the
+                    # target) is replaced, as for files (make_room); the directory is never followed
+                    if not stat.S_ISDIR(os.lstat(name, dir_fd=parent.fd).st_mode):
+                        os.unlink(name, dir_fd=parent.fd)
+                        os.mkdir(name, 0o700, dir_fd=parent.fd)
+                        d.created = True
                 d.fd = os.open(name, _DIR_FLAGS, dir_fd=parent.fd)
             except OSError as e:
                 target_wide(e, self.target + d.path)
