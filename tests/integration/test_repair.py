@@ -124,6 +124,10 @@ def test_an_unindexed_pack_with_a_damaged_header_is_left_alone(tb: Tuckbox, tmp_
     assert victim.exists()
     r = tb("repair", "index")  # still reported, still left alone
     assert "header unreadable" in r.err and victim.exists()
+    # check still finds the pack unindexed and blobs missing: it must not only send the user back to
+    # 'repair index', which cannot read that pack; what it held is lost, and 'repair snapshots' is the way on
+    check = tb("check", expect=1)
+    assert "tuckbox repair snapshots" in check.out
     del src
 
 

@@ -143,7 +143,9 @@ class Checker:
         if unindexed and self._not_indexed:
             self.report.notes.append(
                 f"{len(unindexed)} pack(s) are not in any index, and snapshots need {len(self._not_indexed)} blob(s) "
-                "that no index names: run 'tuckbox repair index' to index those packs again from their own headers"
+                "that no index names: run 'tuckbox repair index' to index those packs again from their own headers "
+                "(a pack it reports unreadable is damaged: what only it held is lost, and 'tuckbox repair snapshots' "
+                "leaves it out of the snapshots)"
             )
         elif unindexed:
             self.report.notes.append(
