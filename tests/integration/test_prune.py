@@ -122,7 +122,12 @@ def test_a_damaged_snapshot_is_named_by_check_and_prune_and_forget_removes_it(tb
     victim.write_bytes(b"")
     shutil.rmtree(tmp_path / "cache")  # (the cache's good copy would hide the damage)
     hint = f"'tuckbox forget {ids[0][:8]}'"
-    assert hint in tb("check", expect=1).err
+    checked = tb("check", expect=1).err
+    assert hint in checked
+    named = [ln for ln in checked.splitlines() if ln.startswith("error: ")]
+    assert len(named) == 1 and named[0].count(ids[0][:8]) == 2, named  # the snapshot, then the command
+    shown = tb("ls", ids[0][:8], expect=None)
+    assert shown.code in (1, 2) and shown.err.count(ids[0][:8]) == 4, shown.err  # the warning and the error
     refused = tb("prune", expect=1).err
     assert hint in refused and "deleted nothing" in refused
     assert hint in tb("repair", "snapshots", ids[0][:8], expect=2).err

@@ -21,7 +21,7 @@ from ..backends.wrappers import cancel_scope
 from ..errors import IntegrityError, ObjectNotFound, TuckboxError
 from ..pack.format import PackKey
 from ..repository.index import PackRecord, decode_index_raw
-from ..repository.repo import Repository, forget_hint, object_name
+from ..repository.repo import Repository, forget_hint, object_name, snapshot_problem
 from ..snapshot.model import Snapshot
 from ..snapshot.tree import DIR, FILE, Node, decode_tree
 from ..text import display_path as _display
@@ -133,9 +133,9 @@ class Checker:
                 except ObjectNotFound:
                     continue  # removed since it was listed (a checkpoint superseded by a complete backup)
                 except IntegrityError as e:  # damaged: it can only be removed
-                    self._error(f"snapshot {name}: {e}; {forget_hint(name)}")
+                    self._error(f"{snapshot_problem(name, e)}; {forget_hint(name)}")
                 except TuckboxError as e:
-                    self._error(f"snapshot {name}: {e}")
+                    self._error(snapshot_problem(name, e))
             self.on_progress("checking trees")
             self._check_trees(snaps)
         else:

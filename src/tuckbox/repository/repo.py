@@ -463,11 +463,11 @@ class Repository:
             except ObjectNotFound:
                 return None  # removed since it was listed (a superseded checkpoint): not damage
             except UnsupportedFormat as e:
-                self.problems.append(f"snapshot {name[:8]} skipped: {e}")
+                self.problems.append(snapshot_problem(name, e, " skipped"))
                 return None
             except IntegrityError as e:
                 self.damaged_snapshots[name] = str(e)
-                self.problems.append(f"snapshot {name[:8]} skipped: {e}; {forget_hint(name)}")
+                self.problems.append(f"{snapshot_problem(name, e, ' skipped')}; {forget_hint(name)}")
                 return None
 
         known = [n for n in names if self._snapcache.get(n) is not None]  # decrypted before: no pool needed
@@ -498,7 +498,7 @@ class Repository:
         if len(matches) + len(damaged) > 1:
             raise UsageError(f"snapshot id {given} is ambiguous ({len(matches) + len(damaged)} match); give more digits")
         if damaged:
-            raise SnapshotNotFound(f"snapshot {damaged[0][:8]} cannot be read ({self.damaged_snapshots[damaged[0]]}); "
+            raise SnapshotNotFound(f"{snapshot_problem(damaged[0], self.damaged_snapshots[damaged[0]])}; "
                                    f"{forget_hint(damaged[0])}")
         if not matches:
             raise SnapshotNotFound(f"no snapshot {given} in {self.backend.location}; see 'tuckbox snapshots'")
@@ -530,3 +530,13 @@ class Repository:
 def forget_hint(name: str) -> str:
     """What to do with a snapshot object that is stored but cannot be read."""
     return f"'tuckbox forget {name[:8]}' removes it"
+
+
+def snapshot_problem(name: str, err: Exception | str, what: str = "") -> str:
+    """``snapshot 1a2b3c4d{what}: why`` for an error about that snapshot, naming it once."""
+    why = str(err)
+    for prefix in (f"snapshot {name[:8]}: ", f"snapshot {name[:8]} "):
+        if why.startswith(prefix):
+            why = why[len(prefix):]
+            break
+    return f"snapshot {name[:8]}{what}: {why}"
