@@ -287,3 +287,92 @@ def test_backup_after_prune_stores_again_what_the_prune_removed(tb: Tuckbox, tmp
     assert summary["bytes_new_raw"] >= 3 * MiB  # read and stored again, not deduplicated
     tb("check", "--read-data")
     _restore_equal(tb, "latest", src, tmp_path)
+
+
+def _hold_a_prune(tb: Tuckbox):
+    """The repository opened in this process, with the exclusive lock a running prune holds."""
+    from tuckbox.backends.local import LocalBackend
+    from tuckbox.repository.locks import Lock
+    from tuckbox.repository.repo import Repository
+
+    os.environ["TUCKBOX_CACHE_DIR"] = str(tb.tmp / "prune-cache")
+    repo = Repository.open(LocalBackend(tb.repo), lambda: tb.passfile.read_bytes().strip(), load_index=False)
+    lock = Lock(repo.backend, repo.keys.index_key, exclusive=True).acquire()
+    repo.guard = lock.ensure_held
+    return repo, lock
+
+
+def _started_waiting(tb: Tuckbox, *args: str):
+    """Start ``tuckbox ARGS`` and return it once it says it waits for the lock (with --json, on stdout)."""
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "tuckbox.cli.main", *args], env=tb.env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stream = proc.stdout if "--json" in args else proc.stderr
+    line = b""
+    deadline = time.monotonic() + 60
+    while b"waiting up to" not in line and time.monotonic() < deadline:
+        line = stream.readline()
+        assert line or proc.poll() is None, f"exited {proc.wait()} without waiting for the lock"
+    assert b"waiting up to" in line
+    return proc
+
+
+@pytest.mark.parametrize("files_cache", [True, False])
+def test_a_backup_waiting_for_a_prune_does_not_deduplicate_against_what_the_prune_removed(
+    tb: Tuckbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files_cache: bool
+) -> None:
+    """backup --lock-wait opens the repository while a prune holds the lock and goes on once it is done:
+    the data the prune removed meanwhile must be stored again, not deduplicated against."""
+    from tuckbox.maintenance.prune import execute_prune, plan_prune
+
+    monkeypatch.setenv("TUCKBOX_CACHE_DIR", os.environ.get("TUCKBOX_CACHE_DIR", ""))
+    src = tmp_path / "src"
+    for i in range(3):
+        _write(src / f"f{i}", i, MiB)
+    tb("init")
+    tb("backup", str(src))
+    tb("forget", "latest")  # its data is unused now: the prune removes it
+    if not files_cache:
+        tb.env["TUCKBOX_CACHE_DIR"] = str(tmp_path / "other-cache")
+    repo, lock = _hold_a_prune(tb)
+    try:
+        backup = _started_waiting(tb, "--lock-wait", "2m", "--json", "backup", str(src))
+        result = execute_prune(repo, plan_prune(repo, 0.1))
+        assert result.packs_removed > 0
+    finally:
+        lock.release()
+        repo.close()
+    out, err = backup.communicate(timeout=120)
+    assert backup.returncode == 0, err
+    summary = __import__("json").loads(out.splitlines()[-1])
+    assert summary["bytes_new_raw"] >= 3 * MiB  # stored again
+    tb("check", "--read-data")
+    _restore_equal(tb, "latest", src, tmp_path)
+
+
+def test_a_restore_waiting_for_a_prune_reads_the_snapshot_once_the_prune_is_done(tb: Tuckbox, tmp_path: Path) -> None:
+    """restore --lock-wait of a snapshot that 'forget --prune' removed while it waited: a clean
+    'no such snapshot', not a restore that fails on every file and points to 'repair index'."""
+    src = tmp_path / "src"
+    _write(src / "a", 1, MiB)
+    tb("init")
+    tb("backup", str(src))
+    gone = _snapshot_ids(tb)[0]
+    from tuckbox.maintenance.prune import execute_prune, plan_prune
+    from tuckbox.types import ObjectType
+
+    repo, lock = _hold_a_prune(tb)  # ('forget --prune': the snapshot goes, then its data)
+    try:
+        restore = _started_waiting(tb, "--lock-wait", "2m", "restore", gone[:8], "--target", str(tmp_path / "r"))
+        repo.backend.remove(ObjectType.SNAPSHOT, gone)
+        assert execute_prune(repo, plan_prune(repo, 0.1)).packs_removed > 0
+    finally:
+        lock.release()
+        repo.close()
+    _out, err = restore.communicate(timeout=120)
+    assert restore.returncode != 0
+    assert "Traceback" not in err.decode() and "repair index" not in err.decode(), err
+    assert gone[:8] in err.decode() and "no snapshot" in err.decode().lower(), err

@@ -214,6 +214,8 @@ def run_backup(
         journal.close(remove=True)
         raise
     try:
+        # what the index says must be what is stored while the lock is held: not what was loaded before
+        repo.refresh_index()
         parent = _find_parent(repo, host, paths)
         packer = repo.new_backup_packer(journal)
     except BaseException:

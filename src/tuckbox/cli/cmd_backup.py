@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         if os.path.islink(path.rstrip("/") or "/"):  # (a trailing slash still names the link here)
             warn(f"{display(path)} is a symbolic link: the link is backed up, not the files it points to; "
                  f"to back them up, give the target path ({display(os.path.realpath(path))})")
-    repo = open_repository(args, writes=True)
+    repo = open_repository(args, load_index=False, writes=True)  # (the index is loaded under the lock)
     if not repo.cache.enabled:
         warn(f"cannot use the cache directory {display(os.fsencode(repo.cache.dir))} ({repo.cache.problem}): this backup "
              "reads every file again, and if it is interrupted its uploads start over; "

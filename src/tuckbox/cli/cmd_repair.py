@@ -135,14 +135,16 @@ def _snapshots(args: argparse.Namespace) -> int:
     progress = None if quiet else (lambda m: print(m, file=sys.stderr))
     lock = None
     try:
+        if not args.dry_run:
+            # trees and snapshots are added, damaged snapshots removed: a shared lock, like a backup's; the
+            # snapshots and the index are read under it (a prune that --lock-wait waited for changed them)
+            lock = Lock(repo.backend, repo.keys.index_key, exclusive=False).acquire(lock_wait(args), say_waiting)
+            repo.guard = lock.ensure_held
+            repo.refresh_index()
         snaps = repo.snapshots()
         if args.snapshots:
             wanted = {repo.find_snapshot(ref, snaps).id for ref in args.snapshots}
             snaps = [s for s in snaps if s.id in wanted]
-        if not args.dry_run:
-            # trees and snapshots are added, damaged snapshots removed: a shared lock, like a backup's
-            lock = Lock(repo.backend, repo.keys.index_key, exclusive=False).acquire(lock_wait(args), say_waiting)
-            repo.guard = lock.ensure_held
         results = repair_snapshots(repo, snaps, progress, dry_run=args.dry_run)
     finally:
         repo.guard = None

@@ -44,19 +44,27 @@ def output_optional(args: argparse.Namespace) -> bool:
 def run(args: argparse.Namespace) -> int:
     if not args.target:
         raise UsageError("--target needs a directory to restore into (a new or empty one)")
-    repo = open_repository(args, writes=True)
+    repo = open_repository(args, load_index=False, writes=True)
     repo.keys.require_full("restore")
-    snap = repo.find_snapshot(args.snapshot)
     # a shared lock, so a prune cannot delete what is being restored; refreshed from the restoring thread
     # (worker processes are forked only while no other thread runs); storage this key cannot write to
-    # (read-only) is restored from without one
+    # (read-only) is restored from without one. The snapshot and the index are read under it: a prune
+    # that --lock-wait waited for may have removed them
     lock: Lock | None = None
     try:
-        lock = Lock(repo.backend, repo.keys.index_key, exclusive=False, background=False).acquire(
-            lock_wait(args), say_waiting
-        )
-    except PermanentError as e:
-        print(f"note: restoring without a lock: {e}", file=sys.stderr)
+        try:
+            lock = Lock(repo.backend, repo.keys.index_key, exclusive=False, background=False).acquire(
+                lock_wait(args), say_waiting
+            )
+        except PermanentError as e:
+            print(f"note: restoring without a lock: {e}", file=sys.stderr)
+        repo.load_index()
+        snap = repo.find_snapshot(args.snapshot)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        repo.close()
+        raise
     progress = CliProgress(bool(opt(args, "json")), bool(opt(args, "quiet")), "restore")
     try:
         result = Restorer(repo, progress, connections=repo.connections,

@@ -68,6 +68,12 @@ def run(args: argparse.Namespace) -> int:
     done: list[dict[str, object]] = []
     try:
         repo.keys.require_full("rewrite snapshots (it must read them)")
+        if not args.dry_run:
+            # the snapshots and the index are read under the lock: a prune that --lock-wait waited for may
+            # have removed some of them, and a new tree must not be deduplicated against removed data
+            lock = Lock(repo.backend, repo.keys.index_key, exclusive=False).acquire(lock_wait(args), say_waiting)
+            repo.guard = lock.ensure_held
+            repo.refresh_index()
         snaps = repo.snapshots()
         if args.snapshots:
             wanted = {repo.find_snapshot(ref, snaps).id for ref in args.snapshots}
@@ -84,9 +90,6 @@ def run(args: argparse.Namespace) -> int:
         def judge(path: bytes, _m: dict) -> Verdict:
             return "drop" if patterns.match(path) else "keep"
 
-        if not args.dry_run:
-            lock = Lock(repo.backend, repo.keys.index_key, exclusive=False).acquire(lock_wait(args), say_waiting)
-            repo.guard = lock.ensure_held
         packer = None if args.dry_run else repo.new_packer()
         memo: Memo = {}
         changed = []
@@ -117,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
             repo.guard = None
             if lock is not None:
                 lock.release()
+                lock = None
         if not changed:
             say(args, f"nothing matches in {len(snaps)} snapshot(s)")
         elif not args.dry_run:
@@ -129,6 +133,9 @@ def run(args: argparse.Namespace) -> int:
         elif args.prune and changed:
             doc["prune"] = prune(args, repo, False)
     finally:
+        repo.guard = None
+        if lock is not None:
+            lock.release()
         repo.close()
     if opt(args, "json"):
         emit_json(doc)

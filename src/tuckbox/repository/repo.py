@@ -262,6 +262,18 @@ class Repository:
         if added:
             self.save_index_snapshot()
 
+    def refresh_index(self) -> None:
+        """Bring the index up to date once a lock is held: a prune may have run since it was loaded (one
+        that a --lock-wait waited for, or one that began and ended before the lock was taken), removing
+        index objects and the packs they named. Their entries must go (a backup would deduplicate against
+        deleted data, a restore look for it), so the index is loaded afresh when any loaded index object
+        is no longer stored; otherwise only new ones are added."""
+        if self._index_loaded:
+            names = {i.name for i in self.backend.list(ObjectType.INDEX)}
+            if not self.index.index_names <= names:
+                self.index = MasterIndex()
+        self.load_index()
+
     def save_index_snapshot(self) -> None:
         """Replace the cache's snapshot of the master index, unless it holds a pack no stored index
         object lists yet (a backup calls this once everything it stored is indexed)."""
