@@ -136,6 +136,20 @@ def test_a_share_of_another_repository_is_refused_naming_both() -> None:
         combine(mixed)
 
 
+def test_a_typing_mistake_in_the_repository_line_does_not_refuse_the_share() -> None:
+    """The line is typed back from paper too; a digit or two wrong is not 'the kit of another repository'
+    (it is not authenticated anyway: the combined secret is what must unlock the repository)."""
+    root = os.urandom(32)
+    blocks = _kit(root)
+    typo = REPO[:10] + "0" + REPO[11:40] + "ff" + REPO[42:]
+    blocks[1] = blocks[1].replace(REPO, typo)
+    shares = _parse_all(blocks[:3])
+    assert shares[1].repository == typo
+    checked = check_repository(shares, REPO, "/backups")
+    assert {s.repository for s in checked} == {REPO}
+    assert combine(checked) == root
+
+
 def test_shares_of_two_kits_of_the_same_secret_do_not_mix() -> None:
     root = os.urandom(32)
     a, b = _parse_all(_kit(root)), _parse_all(_kit(root))

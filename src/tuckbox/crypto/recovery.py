@@ -229,14 +229,26 @@ def parse_share(text: str, source: str) -> ParsedShare:
 # --------------------------------------------------------------------------- combine
 
 
-def check_repository(shares: Sequence[ParsedShare], repository_id: str, location: str) -> None:
-    """Refuse shares whose block names another repository (before anything is combined)."""
+# a repository line typed back from the page with at most this many wrong hex digits is a typing mistake, not
+# another repository (two random ids agree in about 4 of their 64 digits): the words are what count
+_REPO_TYPOS = 8
+
+
+def check_repository(shares: Sequence[ParsedShare], repository_id: str, location: str) -> list[ParsedShare]:
+    """Refuse shares whose block names another repository (before anything is combined); return the shares,
+    a repository line that differs from ``repository_id`` in a few digits only taken as a typing mistake."""
+    out: list[ParsedShare] = []
     for s in shares:
         if s.repository is not None and s.repository != repository_id:
-            raise AccessDenied(
-                f"share file {s.source} is for repository {s.repository[:8]}, but {location} is repository "
-                f"{repository_id[:8]}; use the recovery kit made for this repository"
-            )
+            wrong = sum(a != b for a, b in zip(s.repository, repository_id))
+            if wrong > _REPO_TYPOS:
+                raise AccessDenied(
+                    f"share file {s.source} is for repository {s.repository[:8]}, but {location} is repository "
+                    f"{repository_id[:8]}; use the recovery kit made for this repository"
+                )
+            s = ParsedShare(s.source, repository_id, s.share)  # (the combined secret is checked all the same)
+        out.append(s)
+    return out
 
 
 def combine(shares: Sequence[ParsedShare]) -> bytes:

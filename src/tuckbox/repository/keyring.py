@@ -283,7 +283,7 @@ def open_with_shares(
         raise UsageError("--recover needs at least one share file")
     shares = read_share_files(files)
     config, doc = Repository.read_config(backend)
-    check_repository(shares, config.id, backend.location)
+    shares = check_repository(shares, config.id, backend.location)
     keys = derive_keyset(combine(shares))
     try:
         config.verify(doc, keys.config_key, backend.location)
