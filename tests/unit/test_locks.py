@@ -191,3 +191,38 @@ def test_a_lock_taken_before_a_fork_is_refreshed_from_a_thread_started_after(mon
     lock.release()
     assert list(backend.list(ObjectType.LOCK)) == []
     assert not [t for t in threading.enumerate() if t.name == "tuckbox-lock"]
+
+
+def _foreign_lock(backend: MemoryBackend, host: str, pid: int, ahead: float) -> None:
+    import json
+    import time
+
+    from tuckbox.crypto.aead import seal
+
+    doc = {"host": host, "pid": pid, "user": "u", "time": time.time() + ahead, "exclusive": True}
+    backend.save(ObjectType.LOCK, "ab" * 16, seal(KEY, json.dumps(doc).encode(), locks.LOCK_AD))
+
+
+def test_a_refusal_says_what_removes_a_lock_that_plain_unlock_would_keep() -> None:
+    """A conflicting lock is never stale (a stale one does not conflict), so 'tuckbox unlock' would keep
+    it: the refusal names 'unlock --all' for another machine's lock, and a lock dated ahead of this
+    machine's clock (which stays alive that much longer) says so."""
+    backend = MemoryBackend()
+    _foreign_lock(backend, "otherbox", 1234, ahead=0)
+    with pytest.raises(locks.RepositoryLocked) as e:
+        Lock(backend, KEY, exclusive=False, background=False).acquire()
+    assert "'tuckbox unlock --all' removes its lock now" in e.value.message and "ahead" not in e.value.message
+    assert "run 'tuckbox unlock' if that process is gone" not in e.value.message
+
+    backend = MemoryBackend()
+    _foreign_lock(backend, "otherbox", 1234, ahead=3 * 86400)
+    with pytest.raises(locks.RepositoryLocked) as e:
+        Lock(backend, KEY, exclusive=False, background=False).acquire()
+    assert "3 days ahead of this machine's clock" in e.value.message and "unlock --all" in e.value.message
+
+    backend = MemoryBackend()
+    _foreign_lock(backend, __import__("socket").gethostname(), os.getpid(), ahead=0)
+    with pytest.raises(locks.RepositoryLocked) as e:
+        Lock(backend, KEY, exclusive=False, background=False).acquire()
+    assert f"pid {os.getpid()} is still running on this machine" in e.value.message
+

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..repository.locks import read_locks
+from ..repository.locks import STALE_AFTER, read_locks
 from ..types import ObjectType
 from .common import emit_json, open_repository, opt, out
 
@@ -22,7 +22,7 @@ def output_optional(args: argparse.Namespace) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     repo = open_repository(args, load_index=False)
-    removed = []
+    removed, kept = [], []
     for lock in read_locks(repo.backend, repo.keys.index_key):
         if args.all or lock.is_stale():
             out(args, f"removing {lock.describe()}")
@@ -33,8 +33,13 @@ def run(args: argparse.Namespace) -> int:
             removed.append(lock.name)
         else:
             out(args, f"keeping active {lock.describe()}")
+            kept.append(lock.name)
     if opt(args, "json"):
         emit_json({"removed": removed})
     else:
         out(args, f"{len(removed)} lock(s) removed")
+        if kept:
+            out(args, f"{len(kept)} lock(s) kept: they look alive (refreshed less than {STALE_AFTER / 60:.0f} min ago, or "
+                      "their process runs on this machine); 'tuckbox unlock --all' removes them too, only if you "
+                      "know their processes are gone")
     return 0

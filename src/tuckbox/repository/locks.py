@@ -38,8 +38,17 @@ RETRY_EVERY = 10.0  # seconds between attempts while waiting for a lock (--lock-
 SAFE_FOR = STALE_AFTER - 300.0  # a holder trusts its lock only while no refresh gap exceeded this
 
 
+AHEAD_NOTED = 300.0  # a lock this much ahead of this machine's clock is said to be (a clock is wrong)
+
+
 def _span(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.0f} days"
 
 
 def _elapsed() -> float:
@@ -59,7 +68,19 @@ class LockInfo:
     def describe(self) -> str:
         when = _dt.datetime.fromtimestamp(self.time).isoformat(timespec="seconds")
         kind = "exclusive" if self.exclusive else "shared"
-        return f"{self.name[:8]} {kind} lock by {self.user}@{self.host} pid {self.pid} since {when}"
+        text = f"{self.name[:8]} {kind} lock by {self.user}@{self.host} pid {self.pid} since {when}"
+        ahead = self.time - time.time()
+        if ahead > AHEAD_NOTED:
+            text += (f" ({_span(ahead)} ahead of this machine's clock: a clock is wrong; it goes stale only "
+                     f"{_span(STALE_AFTER)} after that time)")
+        return text
+
+    def if_gone(self) -> str:
+        """What to do about this live-looking lock if its process is known to be gone."""
+        if self.host == socket.gethostname():
+            return f"pid {self.pid} is still running on this machine"
+        return (f"if that process on {self.host} is gone, 'tuckbox unlock --all' removes its lock now ('tuckbox "
+                f"unlock' only once it is stale, {_span(STALE_AFTER)} after its time)")
 
     def is_stale(self, now: float | None = None) -> bool:
         now = time.time() if now is None else now
@@ -160,7 +181,7 @@ class Lock:
                 waited = f" (waited {_span(wait)})" if wait else ""
                 raise RepositoryLocked(
                     f"repository is locked: {conflicts[0].describe()}{waited}; wait for it to finish "
-                    "(--lock-wait 30m waits for you), or run 'tuckbox unlock' if that process is gone"
+                    f"(--lock-wait 30m waits for you); {conflicts[0].if_gone()}"
                 )
             if on_wait is not None and not told:
                 on_wait(f"waiting up to {_span(left)} for the repository lock: {conflicts[0].describe()}")
