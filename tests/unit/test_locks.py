@@ -226,3 +226,50 @@ def test_a_refusal_says_what_removes_a_lock_that_plain_unlock_would_keep() -> No
         Lock(backend, KEY, exclusive=False, background=False).acquire()
     assert f"pid {os.getpid()} is still running on this machine" in e.value.message
 
+
+def test_two_waiters_whose_attempts_meet_do_not_keep_refusing_each_other(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two prunes (or a prune and a backup) started together with --lock-wait: each writes its lock, sees
+    the other's and steps back. With the same pause before every retry they met again each time until
+    both gave up, the repository free all along; each must get the lock in turn."""
+    import threading
+    import time
+
+    monkeypatch.setattr(locks, "RETRY_EVERY", 0.2)
+
+    class Slow(MemoryBackend):  # remote storage: every request takes a while, so the attempts overlap
+        def save(self, *a, **k):
+            time.sleep(0.03)
+            return super().save(*a, **k)
+
+        def list(self, *a, **k):
+            time.sleep(0.03)
+            return list(super().list(*a, **k))
+
+        def load(self, *a, **k):
+            time.sleep(0.03)
+            return super().load(*a, **k)
+
+        def remove(self, *a, **k):
+            time.sleep(0.03)
+            return super().remove(*a, **k)
+
+    for _ in range(3):
+        backend, start, got = Slow(), threading.Barrier(2), []
+
+        def take(backend=backend, start=start, got=got) -> None:
+            start.wait()
+            try:
+                lock = Lock(backend, KEY, exclusive=True, background=False).acquire(wait=4)
+            except locks.RepositoryLocked:
+                got.append(False)
+                return
+            time.sleep(0.05)
+            lock.release()
+            got.append(True)
+
+        threads = [threading.Thread(target=take) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert got == [True, True]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import random
 import secrets
 import socket
 import threading
@@ -34,7 +35,7 @@ from ..types import Backend, ObjectType
 LOCK_AD = b"tuckbox lock v1"
 REFRESH_EVERY = 300.0
 STALE_AFTER = 1800.0
-RETRY_EVERY = 10.0  # seconds between attempts while waiting for a lock (--lock-wait)
+RETRY_EVERY = 10.0  # seconds between attempts while waiting for a lock (--lock-wait), on average
 SAFE_FOR = STALE_AFTER - 300.0  # a holder trusts its lock only while no refresh gap exceeded this
 
 
@@ -186,7 +187,9 @@ class Lock:
             if on_wait is not None and not told:
                 on_wait(f"waiting up to {_span(left)} for the repository lock: {conflicts[0].describe()}")
                 told = True
-            until = _elapsed() + min(left, RETRY_EVERY)
+            # a random pause: two waiters whose attempts met (each saw the other's lock and stepped back) must
+            # not meet again at every retry until both give up, with the repository free all along
+            until = _elapsed() + min(left, RETRY_EVERY * random.uniform(0.5, 1.5))
             while _elapsed() < until:
                 if should_stop is not None and should_stop():
                     raise Interrupted("interrupted while waiting for the repository lock; nothing was changed")
