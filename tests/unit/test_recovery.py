@@ -266,3 +266,17 @@ def test_errors_are_tuckbox_errors_with_one_line() -> None:
         with pytest.raises(TuckboxError) as e:
             parse_share(bad, "x.txt")
         assert "\n" not in e.value.message
+
+
+def test_the_printable_html_page_is_read_like_the_text_page(tmp_path: Path) -> None:
+    """Someone who kept share-N.html (it holds the same words) and not the .txt is not told that the file
+    'does not hold a recovery share'."""
+    from tuckbox.repository.keyring import read_share_files
+
+    root = os.urandom(32)
+    files = write_kit(tmp_path / "kit", root, repository_id=REPO, location="/b", created="now", shares=3, threshold=2)
+    html = sorted(str(f) for f in files if str(f).endswith(".html"))
+    assert len(html) == 3
+    shares = read_share_files(html[:2])
+    assert [s.number for s in shares] == [1, 2] and {s.repository for s in shares} == {REPO}
+    assert combine(shares) == root

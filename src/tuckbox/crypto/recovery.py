@@ -45,6 +45,10 @@ WORDS_PER_SHARE = 33  # for a 32-byte secret: 7 metadata/checksum words + 26 val
 _REPO_LINE = re.compile(r"^\s*repository(?:\s+id)?\s*[:=]?\s*([0-9a-fA-F]{64})\s*$", re.MULTILINE | re.IGNORECASE)
 _BLOCK = re.compile(re.escape(BEGIN) + r"(.*?)" + re.escape(END), re.DOTALL)
 _METADATA_PREFIXES = ("repository", "share ")
+# the printable page (recovery_kit.render_html): the words are the plain cells of its words table
+_HTML_WORDS = re.compile(r'<table class="words">(.*?)</table>', re.DOTALL)
+_HTML_WORD = re.compile(r"<td>([A-Za-z]+)</td>")
+_HTML_REPO = re.compile(r'<td>Repository</td><td class="v">([0-9a-fA-F]{64})</td>')
 
 # RS1024 generator (SLIP-39): the checksum is an affine function of the word values,
 # which lets a single wrong word be located without ever printing any word.
@@ -184,11 +188,22 @@ def _words_of(text: str) -> tuple[list[str], str | None]:
     return words, (repo.group(1).lower() if repo else None)
 
 
+def _from_html(text: str) -> str:
+    """The share block of a printable page (share-N.html, kept instead of its .txt), or ``text`` itself."""
+    table = _HTML_WORDS.search(text)
+    if table is None:
+        return text
+    repo = _HTML_REPO.search(text)
+    lines = [BEGIN] + ([f"repository {repo.group(1)}"] if repo else [])
+    return "\n".join(lines + [" ".join(_HTML_WORD.findall(table.group(1))), END])
+
+
 def parse_share(text: str, source: str) -> ParsedShare:
-    """Parse a share page, a scanned QR code's text, or a file holding just the words.
+    """Parse a share page (text or printable HTML), a scanned QR code's text, or a file holding just the words.
 
     Errors name the file and the word's number as printed on the page; no word is ever quoted.
     """
+    text = _from_html(text)
     words, repo = _words_of(text)
     if not _BLOCK.search(text) and len(words) != WORDS_PER_SHARE:
         raise UsageError(f"{source} does not hold a recovery share (no '{BEGIN}' block, and not just the "
