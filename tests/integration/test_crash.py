@@ -290,3 +290,52 @@ def test_kill_during_init_then_init_again(point, tmp_path):
         cli("backup", str(src))
         cli("restore", "latest", "--target", str(tmp_path / f"r-{attempt}"))
         assert file_hashes(restored(tmp_path / f"r-{attempt}", src)) == file_hashes(src)
+
+
+def test_prune_keeps_the_packs_a_killed_backup_resumes_from(tmp_path):
+    """A backup killed mid-way (kill -9, power loss) leaves stored packs no index names, which its next run
+    adopts instead of uploading them again. A prune in between (a weekly timer) used to delete them: while
+    the killed backup's lock is left, prune keeps them and says why; the next backup of that host and user
+    adopts them and takes the stale lock away, and later prunes remove whatever is still unindexed."""
+    src = tmp_path / "src"
+    make_tree(src, 21, big=3, big_size=(2 * MiB, 3 * MiB), dirs=3, files_per_dir=20)
+    cli = Cli(tmp_path, local_storage(tmp_path / "repo"))
+    cli(*INIT)
+    repo = open_repo(cli.storage, cli.passphrase, tmp_path / "inspect-cache")
+    insp = PackInspector(repo)
+    try:
+        res = cli("backup", str(src), env={"TUCKBOX_TEST_FAULTS": "crash_after_data=3"}, expect=None)
+        assert res.code == -9, res.err
+        stored = insp.stored()
+        waiting = set(stored) - set(insp.indexed())
+        resumable = waiting & journaled(cli.cache)  # (one stored in the instant before the kill may not be)
+        assert resumable, "the killed run left no stored, unindexed pack"
+        locks = tmp_path / "repo" / "locks"
+        assert len(list(locks.iterdir())) == 1  # the killed backup's
+
+        pruned = cli("--json", "prune").json()
+        assert pruned["plan"]["packs_unindexed_kept"] == len(waiting) and pruned["plan"]["packs_unindexed_removed"] == 0
+        assert any("adopts them when it runs again" in n for n in pruned["notes"]), pruned
+        assert set(insp.stored()) >= waiting, "prune deleted the packs the killed backup resumes from"
+
+        done = cli("--json", "backup", str(src)).summary()
+        assert done["packs_adopted"] == len(resumable), done
+        kept = {n: s for n, s in stored.items() if n not in waiting - resumable}
+        again = _blob_ids(insp, {n: s for n, s in insp.stored().items() if n not in stored}) & _blob_ids(insp, kept)
+        assert not again, f"{len(again)} blob(s) of packs stored before the kill were uploaded again"
+        assert not list(locks.iterdir()), "the killed backup's stale lock was left"
+        cli("restore", "latest", "--target", str(tmp_path / "r"))
+        assert compare_trees(src, restored(tmp_path / "r", src)) == []
+
+        # no killed backup's lock is left: a stored pack no journal named is removed, as before
+        pruned = cli("--json", "prune").json()
+        assert pruned["plan"]["packs_unindexed_kept"] == 0
+        assert pruned["plan"]["packs_unindexed_removed"] == len(waiting - resumable)
+        assert set(insp.stored()) == set(insp.indexed())
+        cli("check", "--read-data")
+    finally:
+        repo.close()
+
+
+def _blob_ids(insp: PackInspector, packs: dict[str, int]) -> set[bytes]:
+    return {e.id for name, size in packs.items() for e in insp.blobs(name, size) if e.type is BlobType.DATA}

@@ -207,7 +207,7 @@ def run_backup(
     # the lock, and the parent snapshot, on the connection the repository was opened with; then a pack
     # process, forked only while this process has no other thread (the lock's refresh thread starts after)
     try:
-        lock = Lock(repo.backend, repo.keys.index_key, exclusive=False, background=False).acquire(
+        lock = Lock(repo.backend, repo.keys.index_key, exclusive=False, background=False, command="backup").acquire(
             request.lock_wait, progress.note if progress is not None else None, should_stop
         )
     except BaseException:
@@ -232,6 +232,7 @@ def run_backup(
     files_cache: FilesCache | None = None
     try:
         adopted = adopt_journaled_packs(repo, journal)
+        lock.take_over_killed_backups()  # (the packs they stored are this run's to index now)
         checkpoints = _Checkpoints(state, paths)
         files_cache = FilesCache(state / "files-cache" if state else None, paths)
         written: list[str] = []

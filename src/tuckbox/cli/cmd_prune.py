@@ -73,14 +73,18 @@ def prune(args: argparse.Namespace, repo: Repository, dry_run: bool, without: fr
     if dry_run:
         plan = plan_prune(repo, max_unused, progress, without)
         say(args, "would delete: " + describe_plan(plan))
-        return {"dry_run": True, "plan": plan.as_dict()}
+        for note in plan.notes:
+            say(args, f"note: {note}")
+        return {"dry_run": True, "plan": plan.as_dict(), "notes": plan.notes}
     lock = Lock(repo.backend, repo.keys.index_key, exclusive=True).acquire(lock_wait(args), say_waiting)
     repo.guard = lock.ensure_held
     try:
         plan = plan_prune(repo, max_unused, progress)
+        for note in plan.notes:
+            say(args, f"note: {note}")
         if plan.nothing_to_do:
             say(args, f"nothing to prune ({plan.snapshots} snapshot(s), {len(plan.keep)} pack(s) all in use)")
-            return {"dry_run": False, "plan": plan.as_dict(), "result": None}
+            return {"dry_run": False, "plan": plan.as_dict(), "result": None, "notes": plan.notes}
         say(args, describe_plan(plan))
         result = execute_prune(repo, plan, progress)
     finally:
@@ -91,7 +95,7 @@ def prune(args: argparse.Namespace, repo: Repository, dry_run: bool, without: fr
     say(args, f"removed {result.packs_removed} pack(s) and {result.indexes_removed} index object(s), wrote "
               f"{result.packs_written} pack(s) ({human(result.bytes_written)}) and {result.indexes_written} index "
               f"object(s): {human(max(0, result.bytes_freed))} freed")
-    return {"dry_run": False, "plan": plan.as_dict(), "result": result.as_dict()}
+    return {"dry_run": False, "plan": plan.as_dict(), "result": result.as_dict(), "notes": plan.notes + result.notes}
 
 
 def run(args: argparse.Namespace) -> int:

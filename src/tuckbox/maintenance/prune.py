@@ -36,6 +36,7 @@ from typing import Callable
 from ..errors import IntegrityError, ObjectNotFound, TuckboxError, UsageError
 from ..pack.format import BlobEntry
 from ..repository.index import MasterIndex, PackRecord
+from ..repository.locks import read_locks
 from ..repository.packer import Packer
 from ..repository.repo import Repository, object_name
 from ..snapshot.model import Snapshot
@@ -62,6 +63,8 @@ class PrunePlan:
     repack: list[tuple[PackRecord, list[BlobEntry]]] = field(default_factory=list)  # with the used entries
     remove: list[PackRecord] = field(default_factory=list)  # indexed, nothing used
     unindexed: dict[str, int] = field(default_factory=dict)  # pack name -> size: no index names it
+    resumable: dict[str, int] = field(default_factory=dict)  # unindexed, kept: a killed backup adopts them
+    notes: list[str] = field(default_factory=list)
     indexes: list[str] = field(default_factory=list)  # every index object the plan replaces
     unused_bytes_kept: int = 0  # stored bytes of unused blobs in kept packs (below the threshold)
 
@@ -87,6 +90,7 @@ class PrunePlan:
             "packs_repacked": len(self.repack),
             "packs_removed": len(self.remove),
             "packs_unindexed_removed": len(self.unindexed),
+            "packs_unindexed_kept": len(self.resumable),
             "bytes_removed": self.bytes_removed,
             "bytes_repacked": self.bytes_repacked,
             "unused_bytes_kept": self.unused_bytes_kept,
@@ -190,6 +194,15 @@ def plan_prune(
             plan.keep.append((pack, entries))
             plan.unused_bytes_kept += sum(e.length for e in entries if e.id not in used)
     plan.unindexed = {n: s for n, s in stored.items() if n not in repo.index.packs}
+    killed = [lk for lk in read_locks(backend, repo.keys.index_key) if lk.command == "backup" and lk.is_stale()]
+    if plan.unindexed and killed:
+        # (which packs are whose is not known: all wait until no killed backup's lock is left)
+        plan.resumable, plan.unindexed = plan.unindexed, {}
+        plan.notes.append(
+            f"kept {len(plan.resumable)} pack(s) no index names: a backup that stopped without finishing "
+            f"({killed[0].describe()}) adopts them when it runs again instead of uploading them again; once it "
+            "has run (or after 'tuckbox unlock', if it never will), prune removes what is left"
+        )
     return plan
 
 

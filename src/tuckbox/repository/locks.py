@@ -65,6 +65,7 @@ class LockInfo:
     user: str
     time: float
     exclusive: bool
+    command: str = ""  # "backup" for a backup's lock (older locks and other commands: "")
 
     def describe(self) -> str:
         when = _dt.datetime.fromtimestamp(self.time).isoformat(timespec="seconds")
@@ -116,7 +117,8 @@ def read_locks(backend: Backend, index_key: bytes, mine: str = "") -> list[LockI
             raw = backend.load(ObjectType.LOCK, info.name)
             doc = json.loads(open_sealed(index_key, raw, LOCK_AD, "lock"))
             out.append(
-                LockInfo(info.name, str(doc["host"]), int(doc["pid"]), str(doc["user"]), float(doc["time"]), bool(doc["exclusive"]))
+                LockInfo(info.name, str(doc["host"]), int(doc["pid"]), str(doc["user"]), float(doc["time"]),
+                         bool(doc["exclusive"]), str(doc.get("command", "")))
             )
         except ObjectNotFound:
             continue
@@ -129,10 +131,14 @@ def read_locks(backend: Backend, index_key: bytes, mine: str = "") -> list[LockI
 class Lock:
     """A held lock, refreshed in the background until released."""
 
-    def __init__(self, backend: Backend, index_key: bytes, exclusive: bool, background: bool = True) -> None:
+    def __init__(self, backend: Backend, index_key: bytes, exclusive: bool, background: bool = True,
+                 command: str = "") -> None:
         """``background``: refresh from a thread; otherwise the holder calls ``tick`` often (a restore that
-        forks worker processes must not have another thread running at the fork)."""
+        forks worker processes must not have another thread running at the fork). ``command``: recorded in
+        the lock ("backup": a prune keeps the unindexed packs while a killed backup's lock is left)."""
         self.background = background
+        self.command = command
+        self.others: list[LockInfo] = []  # the other locks seen when this one was taken
         self.backend = backend
         self.index_key = index_key
         self.exclusive = exclusive
@@ -151,6 +157,8 @@ class Lock:
             "time": time.time(),
             "exclusive": self.exclusive,
         }
+        if self.command:
+            doc["command"] = self.command
         name = secrets.token_hex(16)
         self.backend.save(ObjectType.LOCK, name, seal(self.index_key, json.dumps(doc).encode(), LOCK_AD))
         return name
@@ -168,11 +176,8 @@ class Lock:
         while True:
             self.name = self._write()
             self._written_at = _elapsed()
-            conflicts = [
-                lk
-                for lk in read_locks(self.backend, self.index_key, mine=self.name)
-                if (self.exclusive or lk.exclusive) and not lk.is_stale()
-            ]
+            self.others = read_locks(self.backend, self.index_key, mine=self.name)
+            conflicts = [lk for lk in self.others if (self.exclusive or lk.exclusive) and not lk.is_stale()]
             if not conflicts:
                 break
             self._remove(self.name)
@@ -197,6 +202,17 @@ class Lock:
         if self.background:
             self.refresh_in_background()
         return self
+
+    def take_over_killed_backups(self) -> int:
+        """Remove the stale locks of this host's and user's killed backups (seen when this lock was taken):
+        while they are left, prune keeps the packs no index names, which the next backup adopts. A backup
+        holding this lock adopts them now, and its own lock protects them from here on."""
+        host, user, removed = socket.gethostname(), _user(), 0
+        for lk in self.others:
+            if lk.command == "backup" and lk.host == host and lk.user == user and lk.is_stale():
+                self._remove(lk.name)
+                removed += 1
+        return removed
 
     def refresh_in_background(self) -> None:
         """Refresh from a thread from now on (a lock taken with ``background=False`` before a fork)."""
