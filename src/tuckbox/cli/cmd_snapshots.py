@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..repository.keyring import own_snapshots
-from ..repository.repo import Repository
+from ..repository.repo import Repository, ahead_of_clock
 from .common import display, emit_json, human, json_path, local_time, open_repository, opt, print_table
 
 HELP = "list snapshots"
@@ -47,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
         ))
     print_table(rows)
     print(f"{len(snaps)} snapshot(s)")
+    for s in snaps:
+        if note := ahead_of_clock(s):
+            print(f"note: snapshot {s.short_id} of {s.host} is {note}", file=sys.stderr)
     return 0
 
 

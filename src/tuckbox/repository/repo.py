@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -499,6 +500,9 @@ class Repository:
             pool = complete or snaps
             if not pool:
                 raise SnapshotNotFound(f"repository {self.backend.location} has no snapshots yet")
+            if note := ahead_of_clock(pool[-1]):
+                self.problems.append(f"'latest' is snapshot {pool[-1].short_id} of {pool[-1].host}, {note}; "
+                                     "name a snapshot by its id to choose another")
             return pool[-1]
         given = display_path(ref)  # (messages quote what was typed, not the lowercased prefix)
         prefix = ref.lower()
@@ -542,6 +546,21 @@ class Repository:
 def forget_hint(name: str) -> str:
     """What to do with a snapshot object that is stored but cannot be read."""
     return f"'tuckbox forget {name[:8]}' removes it"
+
+
+AHEAD_NOTED = 300.0  # seconds: a snapshot dated further ahead of this machine's clock is pointed out
+
+
+def ahead_of_clock(snap: Snapshot) -> str:
+    """"dated 3 h ahead of this machine's clock (...)" for a snapshot from the future, else ""."""
+    try:
+        ahead = snap.datetime.timestamp() - time.time()
+    except (ValueError, OverflowError):
+        return ""
+    if ahead <= AHEAD_NOTED:
+        return ""
+    span = f"{ahead / 3600:.0f} h" if ahead >= 5400 else f"{ahead / 60:.0f} min"
+    return f"dated {span} ahead of this machine's clock (one of the clocks is wrong)"
 
 
 def snapshot_problem(name: str, err: Exception | str, what: str = "") -> str:

@@ -1,0 +1,34 @@
+"""A snapshot dated ahead of this machine's clock (a host whose clock is wrong) is pointed out: `snapshots`
+notes it, and a command that takes it as 'latest' says so (it would otherwise be 'latest' for every host,
+silently, until real time caught up)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+from tuckbox.testing.crash import Cli, local_storage, open_repo
+
+
+def test_a_snapshot_from_the_future_is_pointed_out(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("today\n")
+    cli = Cli(tmp_path, local_storage(tmp_path / "repo"))
+    cli("init")
+    cli("backup", str(src))
+    assert "ahead of this machine's clock" not in cli("snapshots").err
+    assert "ahead of this machine's clock" not in cli("ls", "latest").err
+    repo = open_repo(cli.storage, cli.passphrase, tmp_path / "other-cache")
+    try:
+        (now,) = repo.snapshots()
+        when = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=3)).isoformat(timespec="microseconds")
+        ahead = repo.save_snapshot(dataclasses.replace(now, time=when, host="fast-clock", id=""))
+    finally:
+        repo.close()
+    listed = cli("snapshots")
+    assert f"note: snapshot {ahead[:8]} of fast-clock is dated 3 h ahead of this machine's clock" in listed.err
+    assert listed.err.count("ahead of this machine's clock") == 1
+    shown = cli("ls", "latest")
+    assert f"'latest' is snapshot {ahead[:8]} of fast-clock, dated 3 h ahead" in shown.err
+    assert shown.err.startswith("warning: ")
