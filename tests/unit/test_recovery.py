@@ -280,3 +280,22 @@ def test_the_printable_html_page_is_read_like_the_text_page(tmp_path: Path) -> N
     shares = read_share_files(html[:2])
     assert [s.number for s in shares] == [1, 2] and {s.repository for s in shares} == {REPO}
     assert combine(shares) == root
+
+
+def test_a_block_typed_back_with_other_dashes_or_case_is_read() -> None:
+    root = os.urandom(32)
+    blocks = _kit(root)
+    retyped = [b.replace("-----BEGIN", "----BEGIN").replace("SHARE-----", "share ---").replace("-----END", "--- end")
+               for b in blocks[:3]]
+    assert "----BEGIN" in retyped[0] and "--- end" in retyped[0]
+    parsed = _parse_all(retyped)
+    assert all(s.repository == REPO for s in parsed) and combine(parsed) == root
+
+
+def test_many_unknown_words_are_counted_not_only_the_first_five() -> None:
+    words = _words(_kit(os.urandom(32))[0])
+    for i in range(8):
+        words[i] = "qqq" + words[i]
+    with pytest.raises(IntegrityError) as e:
+        parse_share(" ".join(words), "s.txt")
+    assert "word 1, 2, 3, 4, 5 and 3 more are not on" in e.value.message

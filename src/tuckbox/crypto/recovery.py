@@ -43,7 +43,9 @@ END = "-----END TUCKBOX RECOVERY SHARE-----"
 MAX_SHARES = 16  # SLIP-39's limit
 WORDS_PER_SHARE = 33  # for a 32-byte secret: 7 metadata/checksum words + 26 value words
 _REPO_LINE = re.compile(r"^\s*repository(?:\s+id)?\s*[:=]?\s*([0-9a-fA-F]{64})\s*$", re.MULTILINE | re.IGNORECASE)
-_BLOCK = re.compile(re.escape(BEGIN) + r"(.*?)" + re.escape(END), re.DOTALL)
+# (typed back by hand: any number of dashes, any case and spacing)
+_BLOCK = re.compile(r"-+\s*BEGIN\s+TUCKBOX\s+RECOVERY\s+SHARE\s*-*(.*?)-+\s*END\s+TUCKBOX\s+RECOVERY\s+SHARE\s*-*",
+                    re.DOTALL | re.IGNORECASE)
 _METADATA_PREFIXES = ("repository", "share ")
 # the printable page (recovery_kit.render_html): the words are the plain cells of its words table
 _HTML_WORDS = re.compile(r'<table class="words">(.*?)</table>', re.DOTALL)
@@ -182,7 +184,7 @@ def _words_of(text: str) -> tuple[list[str], str | None]:
     words: list[str] = []
     for line in block.splitlines():
         stripped = line.strip()
-        if not stripped or stripped.lower().startswith(_METADATA_PREFIXES) or stripped.startswith("-----"):
+        if not stripped or stripped.lower().startswith(_METADATA_PREFIXES) or stripped.startswith("-"):
             continue
         words.extend(tok.lower() for tok in re.findall(r"[A-Za-z]+", stripped))
     return words, (repo.group(1).lower() if repo else None)
@@ -216,7 +218,7 @@ def parse_share(text: str, source: str) -> ParsedShare:
         )
     unknown = [i + 1 for i, w in enumerate(words) if w not in WORD_INDEX_MAP]
     if unknown:
-        listed = ", ".join(str(i) for i in unknown[:5])
+        listed = ", ".join(str(i) for i in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
         raise IntegrityError(
             f"share file {source}: word {listed} {'is' if len(unknown) == 1 else 'are'} not on the recovery-kit "
             "word list (a typing mistake?); compare with the printed page"
