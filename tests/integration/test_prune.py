@@ -125,7 +125,7 @@ def test_a_damaged_snapshot_is_named_by_check_and_prune_and_forget_removes_it(tb
     checked = tb("check", expect=1).err
     assert hint in checked
     named = [ln for ln in checked.splitlines() if ln.startswith("error: ")]
-    assert len(named) == 1 and named[0].count(ids[0][:8]) == 2, named  # the snapshot, then the command
+    assert len(named) == 1 and named[0].count(ids[0][:8]) == 2 and ids[0] in named[0], named  # the snapshot, then the command
     shown = tb("ls", ids[0][:8], expect=None)
     assert shown.code in (1, 2) and shown.err.count(ids[0][:8]) == 4, shown.err  # the warning and the error
     refused = tb("prune", expect=1).err

@@ -476,11 +476,11 @@ class Repository:
             except ObjectNotFound:
                 return None  # removed since it was listed (a superseded checkpoint): not damage
             except UnsupportedFormat as e:
-                self.problems.append(snapshot_problem(name, e, " skipped"))
+                self.problems.append(snapshot_problem(name[:8], e, " skipped"))
                 return None
             except IntegrityError as e:
                 self.damaged_snapshots[name] = str(e)
-                self.problems.append(f"{snapshot_problem(name, e, ' skipped')}; {forget_hint(name)}")
+                self.problems.append(f"{snapshot_problem(name[:8], e, ' skipped')}; {forget_hint(name)}")
                 return None
 
         known = [n for n in names if self._snapcache.get(n) is not None]  # decrypted before: no pool needed
@@ -514,7 +514,7 @@ class Repository:
         if len(matches) + len(damaged) > 1:
             raise UsageError(f"snapshot id {given} is ambiguous ({len(matches) + len(damaged)} match); give more digits")
         if damaged:
-            raise SnapshotNotFound(f"{snapshot_problem(damaged[0], self.damaged_snapshots[damaged[0]])}; "
+            raise SnapshotNotFound(f"{snapshot_problem(damaged[0][:8], self.damaged_snapshots[damaged[0]])}; "
                                    f"{forget_hint(damaged[0])}")
         if not matches:
             raise SnapshotNotFound(f"no snapshot {given} in {self.backend.location}; see 'tuckbox snapshots'")
@@ -564,10 +564,11 @@ def ahead_of_clock(snap: Snapshot) -> str:
 
 
 def snapshot_problem(name: str, err: Exception | str, what: str = "") -> str:
-    """``snapshot 1a2b3c4d{what}: why`` for an error about that snapshot, naming it once."""
+    """``snapshot NAME{what}: why`` for an error about that snapshot, naming it once (``name`` as given: whole,
+    or its first 8 digits)."""
     why = str(err)
     for prefix in (f"snapshot {name[:8]}: ", f"snapshot {name[:8]} "):
         if why.startswith(prefix):
             why = why[len(prefix):]
             break
-    return f"snapshot {name[:8]}{what}: {why}"
+    return f"snapshot {name}{what}: {why}"
