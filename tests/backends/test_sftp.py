@@ -125,6 +125,20 @@ def test_wrong_key_is_permanent(sshd, tmp_path):
     assert time.monotonic() - t0 < 30
 
 
+@pytest.mark.parametrize("setting", ["sftp.identity", "sftp.known_hosts", "sftp.config"])
+def test_missing_local_ssh_file_is_permanent_and_named(sshd, tmp_path, setting):
+    missing = str(tmp_path / "no-such-file")
+    b = open_backend(_url(sshd, "nothing"), _options(sshd, **{setting: missing}))
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(PermanentError) as info:
+            b.exists()
+    finally:
+        b.close()
+    assert missing in str(info.value) and setting in str(info.value)
+    assert time.monotonic() - t0 < 10  # not retried as if the server were down
+
+
 def test_connection_refused_is_transient(sshd):
     import socket
 

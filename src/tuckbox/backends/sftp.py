@@ -320,6 +320,10 @@ class SFTPBackend:
             return PermanentError(f"permission denied on {what} in {self.location}; check the server's permissions")
         if isinstance(e, asyncssh.ChannelOpenError) or isinstance(e, asyncssh.ServiceNotAvailable):
             return PermanentError(f"the SSH server {server} offers no SFTP service; enable the sftp subsystem")
+        if isinstance(e, OSError) and e.filename is not None:
+            # A local file the SSH settings name (identity, known_hosts, config) is missing or
+            # unreadable: no retry makes it appear, and a bare "No such file or directory" names nothing.
+            return PermanentError(self._local_file_message(e))
         if isinstance(e, socket.gaierror):
             return PermanentError(f"cannot resolve the SFTP host '{self.host}'; check the repository URL")
         if isinstance(e, asyncssh.SFTPError):
@@ -332,6 +336,17 @@ class SFTPBackend:
         if isinstance(e, ValueError):
             return PermanentError(f"bad SSH settings for {self.location}: {e}")
         return TransientError(f"{type(e).__name__} on {what} in {self.location}")
+
+    def _local_file_message(self, e: OSError) -> str:
+        name = os.fsdecode(e.filename)
+        setting = {
+            self._identity: "sftp.identity / TUCKBOX_SFTP_IDENTITY",
+            self._known_hosts: "sftp.known_hosts / TUCKBOX_SFTP_KNOWN_HOSTS",
+            self._config: "sftp.config / TUCKBOX_SFTP_CONFIG",
+        }.get(name)
+        where = f" (from {setting})" if setting else ""
+        reason = (e.strerror or type(e).__name__).lower()
+        return f"cannot read the SSH file {name}{where} for {self.location}: {reason}; check the path"
 
     # -- paths --------------------------------------------------------------
 
