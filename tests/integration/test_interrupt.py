@@ -178,6 +178,32 @@ def test_second_ctrl_c_quits_at_once(tmp_path):
     assert compare_trees(src, restored(tmp_path / "r", src)) == []
 
 
+def test_second_ctrl_c_quits_at_once_when_the_storage_stopped_answering(tmp_path):
+    """A server that accepts connections and then answers nothing (a hung NAS, a stopped process): the first
+    Ctrl-C's checkpoint cannot be saved, and the second quits within seconds anyway (it used to wait for the
+    server for good). Once the server answers again, the next run resumes and check passes."""
+    src = tmp_path / "src"
+    make_tree(src, 5, big=3, big_size=(2 * MiB, 3 * MiB), dirs=2, files_per_dir=10)
+    cli = Cli(tmp_path, local_storage(tmp_path / "repo"))
+    cli(*INIT)
+    running = cli.start("--limit-upload", str(RATE), "backup", str(src), env={"TUCKBOX_TEST_FAULTS": "hang_after=3"})
+    wait_for(lambda: len(journaled(cli.cache)) >= 1, 120, "a stored pack")
+    time.sleep(2)  # (the third save is under way; every call after it hangs)
+    running.proc.send_signal(signal.SIGINT)
+    time.sleep(1)
+    running.proc.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    res = running.wait(timeout=60)
+    assert res.code == 130, res.err
+    assert time.monotonic() - t0 < SAFETY
+    assert "Traceback" not in res.err
+    cli("unlock")
+    cli("check", "--read-data")
+    cli("backup", str(src))
+    cli("restore", "latest", "--target", str(tmp_path / "r"))
+    assert compare_trees(src, restored(tmp_path / "r", src)) == []
+
+
 @pytest.mark.parametrize("command", ["restore", "check"])
 def test_a_stopped_restore_or_check_does_not_wait_for_its_downloads(tmp_path, command):
     """SIGTERM during a restore or `check --read-data` limited to 256 KiB/s stops it at once (they used to

@@ -15,6 +15,7 @@ it). The value is a comma-separated list of ``key=value``:
     crash_after_snapshots=N (or _data, _index, _locks, _keys): SIGKILL right after the N-th save of that kind
     crash_after_removes=N   SIGKILL right after the N-th removal of a pack, index or snapshot (prune, forget)
     quota_after=N   after N pack saves, every save fails with PermanentError (a storage quota)
+    hang_after=N    after N saves, every call blocks for good, as on a server that stopped answering
 
 The crash/quota wrapper sits directly on the real backend, the FaultyBackend
 above it, and the normal retry / rate-limit / connection wrappers above both,
@@ -27,11 +28,13 @@ import json
 import os
 import signal
 import sys
+import time
 import zlib
+from typing import Iterator
 
 from ..backends.wrappers import _Wrapper
 from ..errors import PermanentError, UsageError
-from ..types import Backend, ObjectType
+from ..types import Backend, ObjectInfo, ObjectType
 
 FAULTS_ENV = "TUCKBOX_TEST_FAULTS"
 SAVES_LOG_ENV = "TUCKBOX_TEST_SAVES_LOG"  # with a crash_* or quota_after key: one line "n type name" per save
@@ -52,7 +55,7 @@ def parse_faults(spec: str) -> dict[str, float]:
             raise ValueError(f"{FAULTS_ENV}: '{item}' is not key=value")
         out[key.strip()] = float(value)
     known = {"seed", "rate", "lost_ack", "truncate", "delay", "retry_delay", "crash_after", "crash_before", "quota_after",
-             "crash_after_removes"}
+             "crash_after_removes", "hang_after"}
     known |= {f"crash_after_{t.value}" for t in ObjectType}
     unknown = set(out) - known
     if unknown:
@@ -79,8 +82,10 @@ class CrashBackend(_Wrapper):
         quota_after: int = -1,
         crash_after_kind: dict[ObjectType, int] | None = None,
         crash_after_removes: int = 0,
+        hang_after: int = 0,
     ) -> None:
         super().__init__(inner)
+        self.hang_after = hang_after
         import multiprocessing
 
         self.crash_after_removes = crash_after_removes
@@ -105,6 +110,7 @@ class CrashBackend(_Wrapper):
             if type is ObjectType.PACK and not c[2]:
                 c[1] += 1
             full = bool(c[2])
+        self._maybe_hang(n - 1)
         if full:
             raise PermanentError(f"storage quota of {self.location} exceeded; free some space or raise the quota")
         if self.crash_before and n == self.crash_before:
@@ -117,6 +123,30 @@ class CrashBackend(_Wrapper):
         if (self.crash_after and n == self.crash_after) or self.crash_after_kind.get(type) == k:
             self._crash()
 
+    def _maybe_hang(self, saves: int | None = None) -> None:
+        """Block for good (a server that accepted the connection and then went silent) once ``hang_after``
+        saves have reached the storage."""
+        if not self.hang_after:
+            return
+        if saves is None:
+            with self._counts.get_lock():
+                saves = self._counts[0]
+        if saves >= self.hang_after:
+            while True:
+                time.sleep(3600)
+
+    def load(self, type: ObjectType, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        self._maybe_hang()
+        return self.inner.load(type, name, offset, length)
+
+    def stat(self, type: ObjectType, name: str) -> ObjectInfo:
+        self._maybe_hang()
+        return self.inner.stat(type, name)
+
+    def list(self, type: ObjectType) -> Iterator[ObjectInfo]:
+        self._maybe_hang()
+        return self.inner.list(type)
+
     def _crash(self) -> None:
         if os.getpid() != self._owner:
             os.kill(self._owner, signal.SIGKILL)
@@ -124,6 +154,7 @@ class CrashBackend(_Wrapper):
 
 
     def remove(self, type: ObjectType, name: str) -> None:
+        self._maybe_hang()
         self.inner.remove(type, name)
         if type is ObjectType.LOCK:
             return
@@ -152,7 +183,7 @@ def inject_faults(backend: Backend, spec: str, retries: bool | dict[str, float])
         raise UsageError(str(e)) from None
     b: Backend = backend
     kinds = {t: int(f[f"crash_after_{t.value}"]) for t in ObjectType if f"crash_after_{t.value}" in f}
-    if kinds or any(k in f for k in ("crash_after", "crash_before", "quota_after", "crash_after_removes")):
+    if kinds or any(k in f for k in ("crash_after", "crash_before", "quota_after", "crash_after_removes", "hang_after")):
         b = CrashBackend(
             b,
             crash_after=int(f.get("crash_after", 0)),
@@ -160,6 +191,7 @@ def inject_faults(backend: Backend, spec: str, retries: bool | dict[str, float])
             quota_after=int(f.get("quota_after", -1)),
             crash_after_kind=kinds,
             crash_after_removes=int(f.get("crash_after_removes", 0)),
+            hang_after=int(f.get("hang_after", 0)),
         )
     if any(f.get(k, 0) > 0 for k in ("rate", "lost_ack", "truncate", "delay")):
         faulty = FaultyBackend(
