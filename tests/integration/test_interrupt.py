@@ -236,6 +236,36 @@ def test_a_stopped_restore_or_check_does_not_wait_for_its_downloads(tmp_path, co
 
 
 @pytest.mark.parametrize("command", ["restore", "check"])
+def test_second_signal_quits_every_command_when_the_storage_stopped_answering(tmp_path, command):
+    """Restore and check, with every storage call after their lock hanging: the first SIGINT unwinds into the
+    lock's removal (which hangs too), the second ends the process within seconds with 130 (it used to take
+    a third, and then the interpreter's exit waited for the hung transfers)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(4):
+        (src / f"f{i}").write_bytes(os.urandom(1 * MiB))
+    cli = Cli(tmp_path, local_storage(tmp_path / "repo"))
+    cli(*INIT)
+    cli("backup", str(src))
+    args = ("restore", "latest", "--target", str(tmp_path / "r")) if command == "restore" else ("check", "--read-data")
+    running = cli.start(*args, env={"TUCKBOX_TEST_FAULTS": "hang_data=1"})  # silence from the first data read on
+    locks = tmp_path / "repo" / "locks"
+    wait_for(lambda: any(locks.iterdir()), 120, "the command's lock")
+    time.sleep(1)
+    assert running.proc.poll() is None
+    running.proc.send_signal(signal.SIGINT)
+    time.sleep(1)
+    assert running.proc.poll() is None, "the hung storage call ended by itself"
+    running.proc.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    res = running.wait(timeout=60)
+    assert res.code == 130, res.err
+    assert time.monotonic() - t0 < SAFETY
+    cli("unlock")
+    cli("check", "--read-data")
+
+
+@pytest.mark.parametrize("command", ["restore", "check"])
 def test_sigterm_stops_every_command_like_ctrl_c(tmp_path, command):
     """SIGTERM (systemd, cron, ``kill``) stops a restore or a check as Ctrl-C does: exit 130 and the
     repository lock released (they used to die with 143 and leave their lock behind)."""

@@ -25,11 +25,11 @@ import os
 import signal
 import sys
 import threading
-import time
 
 from ..archiver.backup import DEFAULT_CHECKPOINT_INTERVAL, BackupRequest, run_backup
 from ..errors import EXIT_INTERRUPTED, EXIT_PARTIAL, UsageError
 from ..patterns import Patterns
+from . import interrupt
 from .common import display, emit_json, host_name, human, json_path, lock_wait, nonempty, open_repository, opt, out, parse_duration, patterns_from_file, tag, warn
 from .progress import CliProgress
 
@@ -76,7 +76,7 @@ class _StopOnSignal:
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.event.is_set():
-            _exit_after(QUIT_GRACE)  # what the cleanup waits for (a storage that stopped answering) may never come
+            interrupt.exit_after(interrupt.QUIT_GRACE)  # what the cleanup waits for (a storage that stopped answering) may never come
             raise KeyboardInterrupt
         self.event.set()
         print("\nstopping: saving what is done as a checkpoint (press Ctrl-C again to quit at once)", file=sys.stderr)
@@ -84,29 +84,6 @@ class _StopOnSignal:
     def __exit__(self, *exc: object) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)  # type: ignore[arg-type]
-
-
-QUIT_GRACE = 2.0  # seconds the cleanup gets after a second Ctrl-C
-
-
-def _exit_after(grace: float) -> None:
-    """Exit 130 in ``grace`` seconds unless the process has ended by then.
-
-    The second Ctrl-C means "quit at once", but the cleanup it starts (closing the pack process, removing the
-    repository lock) talks to the storage, and a server that accepts connections and then answers nothing
-    holds it for good. Ending the process is as safe as a crash (the repository stays valid, the journal
-    names the stored packs); the lock it may leave is a dead process's, which ``tuckbox unlock`` removes."""
-
-    def quit() -> None:
-        time.sleep(grace)
-        try:
-            sys.stderr.write("tuckbox: interrupted (the storage did not answer in time: if the repository lock was "
-                             "left behind, 'tuckbox unlock' removes it)\n")
-            sys.stderr.flush()
-        finally:
-            os._exit(EXIT_INTERRUPTED)
-
-    threading.Thread(target=quit, name="tuckbox-quit", daemon=True).start()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,13 +10,12 @@ import argparse
 import gc
 import logging
 import os
-import signal
 import sys
-import threading
 from importlib import import_module
 
 from .. import __version__
 from ..errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, TuckboxError
+from . import interrupt
 from .common import add_global_options, report_problems
 from .memory import tune_allocator
 from .output import Guarded, OutputError, discard_pending, standard_streams
@@ -95,16 +94,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _sigterm_as_ctrl_c() -> None:
-    """SIGTERM (systemd, cron, kill, a shutdown) stops every command as Ctrl-C does: the command unwinds,
-    releases its locks and exits 130 (backup installs its own handler for both, to save a checkpoint).
-    A SIGTERM the parent chose to ignore stays ignored."""
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-
-
 def main(argv: list[str] | None = None) -> int:
-    _sigterm_as_ctrl_c()
+    interrupt.install()  # SIGTERM (systemd, cron, kill) stops every command as Ctrl-C does
     stdout_closed = standard_streams()
     tune_allocator()
     # the walking thread makes many short system calls while workers compress and encrypt: hand the
@@ -139,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         code = _run(args)
     finally:
         sys.stdout = real_stdout
+    if code == EXIT_INTERRUPTED and argv is None:  # (the real command, not a test calling main in-process)
+        interrupt.interrupted_command_returned()
     return code
 
 

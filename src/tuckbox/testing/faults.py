@@ -16,6 +16,7 @@ it). The value is a comma-separated list of ``key=value``:
     crash_after_removes=N   SIGKILL right after the N-th removal of a pack, index or snapshot (prune, forget)
     quota_after=N   after N pack saves, every save fails with PermanentError (a storage quota)
     hang_after=N    after N saves, every call blocks for good, as on a server that stopped answering
+    hang_data=1     from the first load of a pack (a restore's or check's data), every call blocks for good
 
 The crash/quota wrapper sits directly on the real backend, the FaultyBackend
 above it, and the normal retry / rate-limit / connection wrappers above both,
@@ -55,7 +56,7 @@ def parse_faults(spec: str) -> dict[str, float]:
             raise ValueError(f"{FAULTS_ENV}: '{item}' is not key=value")
         out[key.strip()] = float(value)
     known = {"seed", "rate", "lost_ack", "truncate", "delay", "retry_delay", "crash_after", "crash_before", "quota_after",
-             "crash_after_removes", "hang_after"}
+             "crash_after_removes", "hang_after", "hang_data"}
     known |= {f"crash_after_{t.value}" for t in ObjectType}
     unknown = set(out) - known
     if unknown:
@@ -83,9 +84,11 @@ class CrashBackend(_Wrapper):
         crash_after_kind: dict[ObjectType, int] | None = None,
         crash_after_removes: int = 0,
         hang_after: int = 0,
+        hang_data: bool = False,
     ) -> None:
         super().__init__(inner)
         self.hang_after = hang_after
+        self.hang_data = hang_data
         import multiprocessing
 
         self.crash_after_removes = crash_after_removes
@@ -94,7 +97,8 @@ class CrashBackend(_Wrapper):
         self.crash_before = crash_before
         self.quota_after = quota_after
         # saves, packs counted against the quota, full (0/1), removes, then one count per object type
-        self._counts = multiprocessing.get_context("fork").Array("q", 4 + len(self._KINDS))
+        # (and last: 1 once hang_data started hanging)
+        self._counts = multiprocessing.get_context("fork").Array("q", 4 + len(self._KINDS) + 1)
         self._owner = os.getpid()
 
     def save(self, type: ObjectType, name: str, data: bytes | memoryview) -> None:
@@ -125,17 +129,21 @@ class CrashBackend(_Wrapper):
 
     def _maybe_hang(self, saves: int | None = None) -> None:
         """Block for good (a server that accepted the connection and then went silent) once ``hang_after``
-        saves have reached the storage."""
-        if not self.hang_after:
+        saves have reached the storage, or once ``hang_data`` saw a pack loaded."""
+        if not self.hang_after and not self.hang_data:
             return
-        if saves is None:
-            with self._counts.get_lock():
+        with self._counts.get_lock():
+            hanging = bool(self._counts[-1])
+            if saves is None:
                 saves = self._counts[0]
-        if saves >= self.hang_after:
+        if hanging or (self.hang_after and saves >= self.hang_after):
             while True:
                 time.sleep(3600)
 
     def load(self, type: ObjectType, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        if self.hang_data and type is ObjectType.PACK:
+            with self._counts.get_lock():
+                self._counts[-1] = 1
         self._maybe_hang()
         return self.inner.load(type, name, offset, length)
 
@@ -183,7 +191,9 @@ def inject_faults(backend: Backend, spec: str, retries: bool | dict[str, float])
         raise UsageError(str(e)) from None
     b: Backend = backend
     kinds = {t: int(f[f"crash_after_{t.value}"]) for t in ObjectType if f"crash_after_{t.value}" in f}
-    if kinds or any(k in f for k in ("crash_after", "crash_before", "quota_after", "crash_after_removes", "hang_after")):
+    if kinds or any(
+        k in f for k in ("crash_after", "crash_before", "quota_after", "crash_after_removes", "hang_after", "hang_data")
+    ):
         b = CrashBackend(
             b,
             crash_after=int(f.get("crash_after", 0)),
@@ -192,6 +202,7 @@ def inject_faults(backend: Backend, spec: str, retries: bool | dict[str, float])
             crash_after_kind=kinds,
             crash_after_removes=int(f.get("crash_after_removes", 0)),
             hang_after=int(f.get("hang_after", 0)),
+            hang_data=bool(f.get("hang_data", 0)),
         )
     if any(f.get(k, 0) > 0 for k in ("rate", "lost_ack", "truncate", "delay")):
         faulty = FaultyBackend(
