@@ -95,6 +95,44 @@ def test_dropped_backend_stops_its_server(rc):
     assert proc.poll() is not None
 
 
+def test_killed_process_leaves_no_server_behind(rc, tmp_path):
+    """A tuckbox killed with SIGKILL (or crashing) runs no finalizer: its rclone serve, with the credentials
+    in its environment, used to keep running for good, one more for every such run."""
+    import signal
+    import subprocess
+    import sys
+
+    url = f"rclone:{rc['RCLONE_REMOTE']}:{_fresh_path()}"
+    script = (
+        "import sys, time\n"
+        "from tuckbox.backends import open_backend\n"
+        f"b = open_backend({url!r}, {_options(rc)!r})\n"
+        "print(b._server.proc.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    import tuckbox
+
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(tuckbox.__file__))}  # this tuckbox
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        rclone_pid = int(child.stdout.readline())
+    finally:
+        child.send_signal(signal.SIGKILL)  # our own child, by pid
+        child.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{rclone_pid}").exists() and time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{rclone_pid}/stat").read_text().split()[2] == "Z":
+                break  # ended; a zombie until init reaps it
+        except OSError:
+            break
+        time.sleep(0.05)
+    alive = Path(f"/proc/{rclone_pid}/stat").exists() and Path(f"/proc/{rclone_pid}/stat").read_text().split()[2] != "Z"
+    if alive:
+        os.kill(rclone_pid, signal.SIGTERM)  # the server this test started, by pid
+    assert not alive, "rclone serve outlived the killed process"
+
+
 def test_unknown_remote_is_a_clear_error(rc):
     with pytest.raises(PermanentError) as e:
         open_backend("rclone:nosuchremote:x/y", _options(rc))

@@ -23,21 +23,26 @@ SFTP and most object stores the rename is server-side.
 from __future__ import annotations
 
 import collections
+import ctypes
 import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
 import threading
 import weakref
 from pathlib import Path
+from typing import Callable
 from urllib.parse import quote
 
 from ..errors import PermanentError, UsageError
 from .url import parse_float
 from .webdav import WebDAVBackend
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 _STARTED = re.compile(r"(?:WebDav Server started on|Serving on) \[?(http://127\.0\.0\.1:\d+)/?\]?")
 _LOG_PREFIX = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d ")
@@ -110,6 +115,28 @@ def _check_spec(spec: str) -> None:
             )
 
 
+def _ends_with_us() -> Callable[[], None] | None:
+    """For the rclone child (run between fork and exec): be sent SIGTERM when this process ends, even by
+    SIGKILL or a crash, so no ``rclone serve`` (with its credentials in its environment) is left running.
+
+    Linux only, and only from the main thread: the signal comes when the thread that started the child
+    ends, which for another thread can be long before the process does."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def in_child() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # this process ended before the prctl: nobody would stop the server
+            os._exit(1)
+
+    return in_child
+
+
 class _RcloneServer:
     """A private ``rclone serve webdav`` process; stop() is idempotent."""
 
@@ -137,6 +164,7 @@ class _RcloneServer:
                 text=True,
                 errors="replace",
                 start_new_session=True,
+                preexec_fn=_ends_with_us(),
             )
         except OSError as e:
             raise PermanentError(f"cannot run rclone ({binary}): {e.strerror}") from None
