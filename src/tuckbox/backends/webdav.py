@@ -105,7 +105,7 @@ class WebDAVBackend:
         if parts.password is not None:
             raise UsageError(
                 "do not put the WebDAV password in the repository address; "
-                "set TUCKBOX_WEBDAV_PASSWORD or the option webdav.password"
+                "set TUCKBOX_WEBDAV_PASSWORD"
             )
         if parts.query or parts.fragment:
             raise UsageError(f"a WebDAV repository address takes no '?' or '#' part: {parts.geturl()}")

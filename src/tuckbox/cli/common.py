@@ -166,7 +166,24 @@ def backend_options(args: argparse.Namespace) -> dict[str, str]:
     return out
 
 
+# secrets a backend takes from -o, and the environment variable that keeps them out of the process list
+_SECRET_OPTIONS = {"webdav.password": "TUCKBOX_WEBDAV_PASSWORD", "tahoe.cap": "TUCKBOX_TAHOE_CAP"}
+_TAHOE_CAP_IN_URL = re.compile(r"^tahoe://[^/]*/+URI:", re.IGNORECASE)
+
+
+def _warn_secrets_in_arguments(args: argparse.Namespace) -> None:
+    """A secret given on the command line is readable by every user of the machine (``ps``, /proc) for as
+    long as the command runs: say so, and where it belongs instead."""
+    given = [(f"-o {k}=...", env) for k, env in _SECRET_OPTIONS.items() if backend_options(args).get(k)]
+    if _TAHOE_CAP_IN_URL.match(opt(args, "repo") or ""):
+        given.insert(0, ("the Tahoe-LAFS capability in -r/--repo", "TUCKBOX_TAHOE_CAP (or TUCKBOX_REPOSITORY)"))
+    for what, env in given:
+        warn(f"{what} is a secret that other users of this machine can read in the process list while tuckbox "
+             f"runs; set {env} instead")
+
+
 def open_storage(args: argparse.Namespace) -> Backend:
+    _warn_secrets_in_arguments(args)
     backend = open_backend(repo_url(args), backend_options(args))
     limit_up, limit_down = opt(args, "limit_upload"), opt(args, "limit_download")
     connections = opt(args, "connections")
