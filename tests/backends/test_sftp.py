@@ -139,6 +139,31 @@ def test_missing_local_ssh_file_is_permanent_and_named(sshd, tmp_path, setting):
     assert time.monotonic() - t0 < 10  # not retried as if the server were down
 
 
+def test_full_disk_is_permanent_and_says_so(fresh_backend, monkeypatch):
+    """OpenSSH's sftp-server reports ENOSPC as a bare "Failure": it was retried for a minute and a half and
+    then shown as "SFTP error ... Failure". The server's free space (statvfs@openssh.com) tells them apart."""
+    import asyncssh
+
+    async def no_room(self, data, offset=None):
+        raise asyncssh.SFTPFailure("Failure")
+
+    real_statvfs = asyncssh.SFTPClient.statvfs
+
+    async def nearly_full(self, path):
+        vfs = await real_statvfs(self, path)
+        vfs.bavail, vfs.frsize = 3, 4096  # 12 KiB free
+        return vfs
+
+    monkeypatch.setattr(asyncssh.SFTPClientFile, "write", no_room)
+    monkeypatch.setattr(asyncssh.SFTPClient, "statvfs", nearly_full)
+    with pytest.raises(PermanentError, match="no space left") as info:
+        fresh_backend.save(ObjectType.PACK, "ab" + "0" * 62, b"x" * (64 << 10))
+    assert "free some space" in str(info.value)
+    monkeypatch.setattr(asyncssh.SFTPClient, "statvfs", real_statvfs)  # room enough: a failure stays transient
+    with pytest.raises(TransientError):
+        fresh_backend.save(ObjectType.PACK, "ab" + "1" * 62, b"x" * (64 << 10))
+
+
 def test_connection_refused_is_transient(sshd):
     import socket
 

@@ -56,6 +56,7 @@ _BLOCK = -1  # bytes per SFTP read/write request: asyncssh's default, capped by 
 _MAX_REQUESTS = 16  # parallel requests per transfer: 16 x the server's block (OpenSSH: 255 KiB) = 4 MiB in flight
 _LIST_PARALLEL = 32  # concurrent directory reads when listing data/
 _SMALL_OP_TIMEOUT = 120.0
+_FULL_MARGIN = 1 << 20  # a write that failed with less than this beyond its size free: the disk is full
 _DEFAULT_CIPHERS = [
     b"chacha20-poly1305@openssh.com", b"aes256-gcm@openssh.com", b"aes128-gcm@openssh.com",
     b"aes256-ctr", b"aes192-ctr", b"aes128-ctr",
@@ -434,11 +435,28 @@ class SFTPBackend:
                     if await self._is_present(sftp, path):
                         raise ObjectExists(f"{what} already exists in {self.location}") from None
                     raise
-            except BaseException:
+            except BaseException as e:
                 await _quietly(sftp.remove(tmp))
+                if e.__class__ is asyncssh.SFTPFailure:  # (``type`` is the object type here)
+                    await self._refuse_if_full(sftp, posixpath.dirname(path), len(data), what)
                 raise
 
         self._run(what, op, None)
+
+    async def _refuse_if_full(self, sftp: asyncssh.SFTPClient, directory: str, size: int, what: str) -> None:
+        """OpenSSH reports a full disk (ENOSPC, EDQUOT) as a bare "Failure", which would be retried for a
+        minute and then shown as just that: ask the server's file system (statvfs@openssh.com) whether the
+        object fits, and if it does not, stop with a message that says so."""
+        try:
+            vfs = await sftp.statvfs(directory)
+        except BaseException:  # noqa: BLE001 - no statvfs extension, or the connection went: keep the error
+            return
+        free = (vfs.bavail or 0) * (vfs.frsize or vfs.bsize or 0)
+        if vfs.blocks and free < size + _FULL_MARGIN:
+            raise PermanentError(
+                f"no space left on {self.location} writing {what} ({_mib(free)} free, {_mib(size)} needed); "
+                "free some space and run again"
+            )
 
     def load(self, type: ObjectType, name: str, offset: int = 0, length: int | None = None) -> bytes:
         rel = object_path(type, name)
@@ -553,6 +571,10 @@ def _is_object(type: ObjectType, entry: asyncssh.SFTPName) -> bool:
     except UsageError:
         return False
     return True
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
 
 
 async def _quietly(aw: Awaitable[Any]) -> None:
