@@ -4,6 +4,7 @@ import pytest
 
 from tuckbox.backends.local import LocalBackend
 from tuckbox.backends.memory import MemoryBackend
+from tuckbox.errors import UsageError
 from tuckbox.testing.conformance import CONFORMANCE_CHECKS
 from tuckbox.types import ObjectType
 
@@ -184,3 +185,20 @@ def test_file_urls_name_absolute_paths(tmp_path, monkeypatch):
     with pytest.raises(UsageError, match="names a host"):
         open_backend("file://tmp/a")  # not ./tmp/a
     assert not (tmp_path / "tmp").exists()
+
+
+@pytest.mark.parametrize("url", ["sftp:me@host:/srv/repo", "s3:bucket/x", "tahoe:URI:DIR2:aa:bb/x", "me@host:/srv/repo",
+                                 "host:repo", "me:hunter2@host:/srv/repo"])
+def test_remote_lookalikes_are_not_taken_for_local_paths(tmp_path, monkeypatch, url):
+    """restic's sftp:user@host:/path, s3:bucket, scp's user@host:path: taken as local paths they made a
+    repository in the current directory, and the backups went there instead of to the server."""
+    from tuckbox.backends import open_backend
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match="sftp://|s3://|tahoe://") as info:
+        open_backend(url)
+    assert "hunter2" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "x:y").mkdir()  # an existing directory, or one named with ./, is local
+    assert open_backend("x:y").location.endswith("x:y")
+    assert open_backend("./host:repo").location.endswith("host:repo")

@@ -7,6 +7,8 @@ classmethod; this module only dispatches on the scheme.
 from __future__ import annotations
 
 import importlib
+import os
+import re
 
 from ..errors import UsageError
 from ..types import Backend
@@ -38,6 +40,7 @@ def open_backend(url: str, options: dict[str, str] | None = None) -> Backend:
         url = rest
     scheme = url.split(":", 1)[0] if ("://" in url or url.startswith("rclone:")) else ""
     if not scheme:
+        _refuse_remote_lookalike(url)
         from .local import LocalBackend
 
         return LocalBackend(url)
@@ -49,3 +52,27 @@ def open_backend(url: str, options: dict[str, str] | None = None) -> Backend:
     module_name, class_name = _SCHEMES[scheme]
     module = importlib.import_module(f".{module_name}", __name__)
     return getattr(module, class_name).from_url(url, options)
+
+
+_SCHEME_WORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+
+
+def _refuse_remote_lookalike(path: str) -> None:
+    """``sftp:user@host:/srv/repo`` (restic's form), ``s3:bucket/x`` or scp's ``user@host:/srv/repo`` name no
+    remote here: taken as local paths they made a repository in the current directory and the backups
+    went there. A path that exists, or one whose first component has no colon (``./host:x``), is local."""
+    first = path.split("/", 1)[0]
+    if ":" not in first or os.path.lexists(path):
+        return
+    m = _SCHEME_WORD.match(path)
+    scheme = m.group(1).lower() if m else ""
+    if scheme in _SCHEMES or scheme == "file":
+        raise UsageError(
+            f"'{scheme}:' without '//' is not a repository URL; write {scheme}://... "
+            f"(or ./{scheme}:... for a local directory of that name)"
+        )
+    shown = path if "@" not in first else "...@" + path.split("@", 1)[1]  # (never a password before the @)
+    raise UsageError(
+        f"'{shown}' looks like an scp-style host:path, which tuckbox does not take: write "
+        "sftp://[user@]host[:port]/path (or ./ before it for a local directory of that name)"
+    )
