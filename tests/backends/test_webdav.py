@@ -131,6 +131,19 @@ def test_unreachable_server_is_transient(dav):
         b.close()
 
 
+def test_https_to_a_plain_http_server_is_permanent_and_says_why(dav):
+    """webdav+https:// to a server that speaks plain HTTP: every attempt fails the same handshake; it was
+    retried for a minute and reported as "network error ... (ConnectError)"."""
+    host = dav["WEBDAV_URL"].split("://", 1)[1].rstrip("/")
+    b = open_backend(f"webdav+https://{host}/nothing", {"webdav.user": dav["WEBDAV_USER"], "webdav.password": "x"})
+    try:
+        with pytest.raises(PermanentError, match="webdav[+]http://") as info:
+            b.exists()
+    finally:
+        b.close()
+    assert "TLS" in str(info.value)
+
+
 def test_upload_throughput(fresh_backend, record_property):
     """64 MiB as four 16 MiB objects; the rate is printed for the report."""
     import time

@@ -22,6 +22,7 @@ import os
 import posixpath
 import re
 import secrets
+import ssl
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -140,6 +141,9 @@ class WebDAVBackend:
         except httpx.TimeoutException:
             raise TransientError(f"timed out talking to the WebDAV server for {what} in {self.location}") from None
         except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as e:
+            tls = _tls_failure(e)
+            if tls is not None:  # a handshake that failed once fails every time: no retries for a minute
+                raise PermanentError(f"the TLS handshake with the WebDAV server for {self.location} failed: {tls}") from None
             raise TransientError(
                 f"network error talking to the WebDAV server for {what} in {self.location} ({type(e).__name__})"
             ) from None
@@ -419,3 +423,19 @@ class WebDAVBackend:
             self._closed = True
             self._client.close()
 
+
+def _tls_failure(e: BaseException) -> str | None:
+    """What went wrong in a failed TLS handshake behind ``e``, with what to do; None if it was not one."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, ssl.SSLCertVerificationError):
+            return f"its certificate is not trusted ({cur.verify_message}); check the host name, or the certificate"
+        if isinstance(cur, ssl.SSLError):
+            reason = cur.reason or type(cur).__name__
+            if reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST"):
+                return f"{reason}: the server does not speak TLS there (plain http? then use webdav+http://)"
+            return f"{reason}"
+        cur = cur.__cause__ or cur.__context__
+    return None
