@@ -296,3 +296,10 @@ def test_url_forms():
         b.close()
     with pytest.raises(UsageError):
         SFTPBackend.from_url("sftp:///no-host", {})
+    b = SFTPBackend.from_url("sftp://bob@[::1]:2222/srv/repo", {})
+    try:
+        assert (b.host, b.port) == ("::1", 2222)
+        assert b._server() == "[::1]:2222"  # (messages named it "::1:2222")
+        assert "[::1]:2222" in str(b._map(ConnectionRefusedError(111, "Connection refused"), "config"))
+    finally:
+        b.close()

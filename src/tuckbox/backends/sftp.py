@@ -211,7 +211,8 @@ class SFTPBackend:
     # -- connection ---------------------------------------------------------
 
     def _server(self) -> str:
-        return f"{self.host}:{self.port}" if self.port else self.host
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 literal: [::1]:2222, not ::1:2222
+        return f"{host}:{self.port}" if self.port else host
 
     async def _client(self) -> asyncssh.SFTPClient:
         if self._sftp is not None and self._conn is not None and not self._conn.is_closed():
