@@ -440,6 +440,11 @@ def test_url_parsing():
     with pytest.raises(UsageError) as info:
         open_backend("s3://key:secretvalue@bucket/x", {})
     assert "secretvalue" not in str(info.value)
+    # named at once, not sent to the server to come back as "bad S3 request ... ParamValidationError" (exit 1)
+    with pytest.raises(UsageError, match="'Bad_Bucket!' is not an S3 bucket name"):
+        open_backend("s3://Bad_Bucket!/x", {})
+    with pytest.raises(UsageError, match="'[?]' or '#'"):
+        open_backend("s3://bucket/a?b", {})
     b = open_backend("s3://bucket/some/prefix/", {"s3.endpoint": "http://127.0.0.1:1", "s3.region": "eu-west-1"})
     assert b.location == "s3://bucket/some/prefix"
     assert b._key(ObjectType.PACK, "ab" * 32) == "some/prefix/data/ab/" + "ab" * 32

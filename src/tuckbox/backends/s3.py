@@ -78,6 +78,7 @@ from .layout import check_name, object_path
 from .s3probe import Probe, b64crc, conditional_put_honoured, crc32_checked, settle_at_exit
 from .url import option, parse_bool, parse_int, parse_size
 
+_BUCKET_NAME = re.compile(r"^[A-Za-z0-9.\-_]{1,255}$")  # what botocore sends at all
 _AUTH_CODES = {
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
     "TokenRefreshRequired", "AllAccessDisabled", "AccountProblem", "InvalidSecurity", "Forbidden", "403", "401",
@@ -206,10 +207,15 @@ class S3Backend:
             raise UsageError(f"expected an s3://bucket/prefix URL, got '{url}'")
         rest = url[len("s3://"):]
         bucket, _, prefix = rest.partition("/")
-        if not bucket or "@" in bucket or ":" in bucket or "?" in rest or "#" in rest:
+        usage = ("use s3://bucket/prefix for S3 repositories (endpoint via -o s3.endpoint=URL or AWS_ENDPOINT_URL, "
+                 "credentials via AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile)")
+        if not bucket or "@" in bucket or ":" in bucket:  # (no host, port or credentials here: never echoed)
+            raise UsageError(usage)
+        if "?" in rest or "#" in rest:
+            raise UsageError(f"the S3 URL has a '?' or '#' part; {usage}")
+        if not _BUCKET_NAME.match(bucket):
             raise UsageError(
-                "use s3://bucket/prefix for S3 repositories (endpoint via -o s3.endpoint=URL or AWS_ENDPOINT_URL, "
-                "credentials via AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile)"
+                f"'{bucket}' is not an S3 bucket name (letters, digits, '.', '-' and '_'); {usage}"
             )
         cw = option(options, "s3.conditional-write", None, "auto")
         ps = option(options, "s3.path-style")
