@@ -178,6 +178,36 @@ def test_retries_are_told_once_per_interval_never_for_permanent_errors():
     assert len(notes) == 3  # a permanent error is not retried, so nothing to tell
 
 
+def test_forked_processes_share_the_note_interval(tmp_path):
+    """A restore's forked workers (and a backup's pack process) retry through copies of one wrapper: each
+    printed its own note, three at once when the server went away, where one a minute is promised."""
+    import os
+
+    notes = tmp_path / "notes"
+
+    def note(text: str) -> None:
+        with open(notes, "a") as f:
+            f.write(text.replace("\n", " ") + "\n")
+
+    b = RetryBackend(_Counting(TransientError("reset")), attempts=2, seed=3, sleep=lambda _s: None, notify=note,
+                     notify_every=3600)
+    for _ in range(3):
+        pid = os.fork()
+        if pid == 0:  # the child: retry once (one note at most), then leave without running pytest's exit
+            code = 0
+            try:
+                b.stat(ObjectType.PACK, _name(1))
+            except TransientError:
+                pass
+            except BaseException:  # noqa: BLE001
+                code = 1
+            os._exit(code)
+        os.waitpid(pid, 0)  # our own child
+    with pytest.raises(TransientError):
+        b.stat(ObjectType.PACK, _name(2))
+    assert len(notes.read_text().splitlines()) == 1
+
+
 def test_transient_errors_bounded_by_time():
     inner = _Counting(TransientError("reset"))
     b = RetryBackend(inner, attempts=1000, base_delay=0.02, max_delay=0.05, max_elapsed=0.3, seed=3)

@@ -20,7 +20,9 @@ a cancelled save leaves no object (at most a hidden temporary one).
 from __future__ import annotations
 
 import logging
+import mmap
 import random
+import struct
 import threading
 import time
 from contextlib import contextmanager
@@ -33,6 +35,7 @@ from ..types import Backend, ObjectInfo, ObjectType
 
 T = TypeVar("T")
 log = logging.getLogger("tuckbox.backends")
+_NEVER = b"\xff" * 8  # (a NaN: no note printed yet)
 _NOT_HASH_NAMED = (ObjectType.CONFIG, ObjectType.LOCK)  # every other object is named by the BLAKE3 of its bytes
 
 
@@ -148,7 +151,11 @@ class RetryBackend(_Wrapper):
         # pauses add up to about a minute, which without a word looks like a hang
         self._notify = notify
         self._notify_every = notify_every
-        self._noted_at: float | None = None
+        # when the last note was printed (time.monotonic, system-wide on Linux), in memory that processes
+        # forked from this one (a restore's workers, a backup's pack process) share: one note a minute in all,
+        # not one from each of them at once
+        self._noted_at = mmap.mmap(-1, 8)
+        self._noted_at[:] = _NEVER
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.max_elapsed = max_elapsed
@@ -191,9 +198,9 @@ class RetryBackend(_Wrapper):
             return
         now = time.monotonic()
         with self._rng_lock:
-            if self._noted_at is not None and now - self._noted_at < self._notify_every:
+            if self._noted_at[:] != _NEVER and now - struct.unpack("d", self._noted_at[:])[0] < self._notify_every:
                 return
-            self._noted_at = now
+            self._noted_at[:] = struct.pack("d", now)
         text = str(err)
         if self.location not in text:
             text = f"{what} in {self.location}: {text}"
