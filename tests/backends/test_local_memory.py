@@ -202,3 +202,18 @@ def test_remote_lookalikes_are_not_taken_for_local_paths(tmp_path, monkeypatch, 
     (tmp_path / "x:y").mkdir()  # an existing directory, or one named with ./, is local
     assert open_backend("x:y").location.endswith("x:y")
     assert open_backend("./host:repo").location.endswith("host:repo")
+
+
+def test_url_schemes_are_case_insensitive(tmp_path, monkeypatch):
+    """RFC 3986: 'SFTP://' is 'sftp://' (it was 'unknown repository scheme'); a local path stays as typed."""
+    from tuckbox.backends import open_backend
+    from tuckbox.backends.sftp import SFTPBackend
+
+    monkeypatch.chdir(tmp_path)
+    assert open_backend(f"FILE://{tmp_path}/a").location == str(tmp_path / "a")
+    backend = open_backend("SFTP://me@127.0.0.1:9/srv/repo")
+    assert isinstance(backend, SFTPBackend) and backend.location.startswith("sftp://")
+    with pytest.raises(UsageError, match="unknown repository scheme 'Gopher:'"):
+        open_backend("Gopher://host/x")
+    (tmp_path / "Sftp:x").mkdir()
+    assert open_backend("Sftp:x").location.endswith("Sftp:x")

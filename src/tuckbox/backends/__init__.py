@@ -27,6 +27,7 @@ _SCHEMES = {
 def open_backend(url: str, options: dict[str, str] | None = None) -> Backend:
     """Open a repository location: a path, or scheme://... for remote backends."""
     options = options or {}
+    url = _lower_scheme(url)
     if url.startswith("memory:"):
         from .memory import MemoryBackend
 
@@ -55,6 +56,18 @@ def open_backend(url: str, options: dict[str, str] | None = None) -> Backend:
 
 
 _SCHEME_WORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+
+
+def _lower_scheme(url: str) -> str:
+    """A URL scheme is case-insensitive (RFC 3986): ``SFTP://`` and ``File:///`` are ``sftp://`` and
+    ``file:///``. Only a known scheme followed by ``//`` is rewritten; anything else stays as typed."""
+    m = _SCHEME_WORD.match(url)
+    if m is None or not url.startswith("//", m.end()):  # (a local path such as 'Sftp:x' stays as typed)
+        return url
+    word = m.group(1).lower()
+    if word in _SCHEMES or word == "file":
+        return word + url[len(word):]
+    return url
 
 
 def _refuse_remote_lookalike(path: str) -> None:
