@@ -28,7 +28,7 @@ from ..patterns import Patterns
 from ..snapshot.tree import DIR, FILE, Node, RawNode, encode_tree
 from ..text import display_path as _display
 from ..types import BlobStore, BlobType
-from .entries import add_hole, is_cache_dir, same, whole
+from .entries import add_hole, is_cache_dir, on_the_way, same, whole
 from .files_cache import FilesCache, order_prefix
 from .prefetch import Prefetched as _Prefetched
 from .prefetch import Prefetcher as _Prefetcher
@@ -138,7 +138,7 @@ class Archiver:
         for name in sorted(spec):
             path = os.path.join(prefix, name)
             try:
-                found.append((path, name, os.lstat(path), spec[name]))
+                found.append((path, name, os.lstat(path) if spec[name] is _LEAF else on_the_way(path), spec[name]))
             except OSError as e:
                 self._warn(f"{_display(path)}: cannot read: {e.strerror}")
         # the walk order (and so the files cache's order): entries that are not directories first
@@ -154,7 +154,7 @@ class Archiver:
                     self.progress.files_unchanged(path, 1, st.st_size)
                 node = hit if hit is not None else self._save_entry(path, name, st, None, self.files_cache.last_known)
             else:
-                node, warnings = node_from_stat(name, path, st, self.owners)
+                node, warnings = node_from_stat(name, path, st, self.owners, at=path + b"/")
                 for w in warnings:
                     self._warn(w)
                 node.subtree = self._save_virtual(path, sub, node)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import stat
 from typing import Any
 
-__all__ = ["CACHEDIR_SIGNATURE", "add_hole", "is_cache_dir", "same", "whole"]
+__all__ = ["CACHEDIR_SIGNATURE", "add_hole", "is_cache_dir", "on_the_way", "same", "whole"]
 
 
 CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
@@ -36,3 +37,15 @@ def whole(nbytes: int, after: os.stat_result) -> bool:
 
 def same(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_size, a.st_mtime_ns, a.st_ctime_ns, a.st_ino) == (b.st_size, b.st_mtime_ns, b.st_ctime_ns, b.st_ino)
+
+
+def on_the_way(path: bytes) -> os.stat_result:
+    """The state of a directory on the way to a path to back up (``/home`` for ``/home/ann``).
+
+    A symbolic link there (``/home`` -> ``/data/home``) is described as the
+    directory it leads to: the path as typed is what the snapshot holds, and a
+    link node cannot hold the entries below it. Read its xattrs at ``path + b"/"``
+    (the slash makes the system follow the link).
+    """
+    st = os.lstat(path)
+    return os.stat(path) if stat.S_ISLNK(st.st_mode) else st

@@ -1,0 +1,49 @@
+"""The paths given to ``backup``: what reaches them through symbolic links is what is stored."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from .conftest import Tuckbox
+
+
+def restored(target: Path, src: Path) -> Path:
+    return Path(str(target) + str(src))
+
+
+def test_a_symlinked_directory_on_the_way_to_a_path_is_stored_as_a_directory(tb: Tuckbox, tmp_path: Path) -> None:
+    """``backup /home/ann/docs`` where /home is a symbolic link to /data/home stored /home as the link, and
+    the files read below it nowhere: the snapshot said saved and restored nothing. A directory on the way to
+    a path is now stored as the directory the link leads to, so the path typed holds the files."""
+    real = tmp_path / "data" / "home"
+    (real / "docs" / "sub").mkdir(parents=True)
+    (real / "docs" / "a.txt").write_bytes(b"alpha\n")
+    (real / "docs" / "sub" / "b.txt").write_bytes(b"beta\n")
+    past = 1_600_000_000_000_000_000  # (the files cache trusts no file modified within a second of the read)
+    for f in (real / "docs" / "a.txt", real / "docs" / "sub" / "b.txt"):
+        os.utime(f, ns=(past, past))
+    time.sleep(1.05)
+    os.setxattr(real, b"user.note", b"on the directory")
+    os.utime(real, ns=(1_500_000_000_123_456_789, 1_600_000_000_987_654_321))
+    link = tmp_path / "home"
+    link.symlink_to(real)
+    typed = link / "docs"
+    tb("init")
+    tb("backup", str(typed))
+    entries = {e["path"]: e["type"] for e in tb("ls", "--json", "latest").json()["entries"]}
+    assert entries[str(link)] == "dir", entries
+    assert entries[str(typed / "a.txt")] == "file" and entries[str(typed / "sub" / "b.txt")] == "file", entries
+    assert tb("dump", "latest", str(typed / "sub" / "b.txt")).raw == b"beta\n"
+    tb("restore", "latest", "--target", str(tmp_path / "r"))
+    out = restored(tmp_path / "r", link)
+    assert not out.is_symlink() and (out / "docs" / "a.txt").read_bytes() == b"alpha\n"
+    assert (out / "docs" / "sub" / "b.txt").read_bytes() == b"beta\n"
+    # the directory's own metadata, not the link's
+    assert os.getxattr(out, b"user.note") == b"on the directory"
+    assert os.stat(out).st_mtime_ns == 1_600_000_000_987_654_321
+    # an unchanged second run reads nothing again
+    second = tb("backup", str(typed), "--json").out.splitlines()[-1]
+    assert '"files_unmodified": 2' in second and '"bytes_read": 0' in second, second
+
