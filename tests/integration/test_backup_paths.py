@@ -47,3 +47,36 @@ def test_a_symlinked_directory_on_the_way_to_a_path_is_stored_as_a_directory(tb:
     second = tb("backup", str(typed), "--json").out.splitlines()[-1]
     assert '"files_unmodified": 2' in second and '"bytes_read": 0' in second, second
 
+
+def test_a_symlink_and_a_path_through_it_are_refused_together(tb: Tuckbox, tmp_path: Path) -> None:
+    """``backup link link/sub``: the link is stored as a link, which cannot also hold sub; the second path
+    was dropped as 'inside the first' and its files were in no snapshot."""
+    real = tmp_path / "real"
+    (real / "sub").mkdir(parents=True)
+    (real / "sub" / "f").write_bytes(b"data\n")
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    tb("init")
+    res = tb("backup", str(link), str(link / "sub"), expect=2)
+    errors = [ln for ln in res.err.splitlines() if ln.startswith("tuckbox: error:")]
+    assert len(errors) == 1 and f"{link}/sub" in errors[0] and "symbolic link" in errors[0], res.err
+    assert tb("snapshots", "--json").json() == []
+
+
+def test_dot_dot_after_a_symlink_is_not_taken_as_text(tb: Tuckbox, tmp_path: Path) -> None:
+    """``backup deep/../g`` where deep is a symlink to a/b means a/g to the system; tuckbox dropped
+    'deep/..' as text and said g 'does not exist' (or, had there been one, backed up another g)."""
+    base = tmp_path / "base"
+    (base / "a" / "b").mkdir(parents=True)
+    (base / "a" / "g").write_bytes(b"the real g\n")
+    (base / "deep").symlink_to("a/b")
+    tb("init")
+    res = tb("backup", "deep/../g", cwd=base, expect=2)
+    assert len(res.err.strip().splitlines()) == 1 and "deep/../g" in res.err and "does not exist" not in res.err, res.err
+    (base / "g").write_bytes(b"another g\n")  # now the text names a file that exists: still refused
+    res = tb("backup", "deep/../g", cwd=base, expect=2)
+    assert "deep/../g" in res.err and str(base / "a" / "g") in res.err, res.err
+    assert tb("snapshots", "--json").json() == []
+    # '..' that goes where the text says is fine
+    tb("backup", "a/b/../g", cwd=base)
+    assert tb("dump", "latest", str(base / "a" / "g")).raw == b"the real g\n"

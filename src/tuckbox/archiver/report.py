@@ -67,20 +67,46 @@ def normalize_paths(paths: list[str | bytes]) -> list[bytes]:
         try:
             os.lstat(absolute)
         except (FileNotFoundError, NotADirectoryError):
+            if b".." in raw.split(b"/") and os.path.lexists(raw):
+                _same_as_typed(raw, absolute)
             raise UsageError(f"cannot back up {_display(raw)}: it does not exist") from None
         except PermissionError:  # (a directory above it cannot be searched)
             raise UsageError(f"cannot back up {_display(raw)}: permission denied on a directory leading to it; "
                              "run the backup as a user who can read it") from None
         except OSError as e:
             raise UsageError(f"cannot back up {_display(raw)}: {e.strerror or e}") from None
+        if b".." in raw.split(b"/"):
+            _same_as_typed(raw, absolute)
         out.append(absolute)
     out = sorted(set(out))
     # drop paths inside other paths
     kept: list[bytes] = []
     for p in out:
-        if not any(p == k or p.startswith(k.rstrip(b"/") + b"/") for k in kept):
+        inside = next((k for k in kept if p == k or p.startswith(k.rstrip(b"/") + b"/")), None)
+        if inside is None:
             kept.append(p)
+        elif p != inside and os.path.islink(inside):
+            raise UsageError(f"cannot back up {_display(p)} together with {_display(inside)}: that is a symbolic "
+                             "link, backed up as the link alone; back up the directory it points to instead")
     return kept
+
+
+def _same_as_typed(raw: bytes, absolute: bytes) -> None:
+    """A path with '..' is taken as text (``a/b/../c`` is ``a/c``, as restic and borg take it); refuse one
+    where the system goes elsewhere (``link/../c``, the '..' of the directory the link leads to)."""
+    try:
+        there = os.lstat(raw)
+    except OSError:
+        there = None
+    try:
+        meant = os.lstat(absolute)
+    except OSError:
+        meant = None
+    if there is None or meant is None or (there.st_dev, there.st_ino) != (meant.st_dev, meant.st_ino):
+        head, last = os.path.split(raw)
+        real = os.path.realpath(raw) if last in (b"", b".", b"..") else os.path.join(os.path.realpath(head), last)
+        raise UsageError(f"cannot back up {_display(raw)}: with the symbolic link before its '..' that is "
+                         f"{_display(real)}, not {_display(absolute)}; give the path without '..'")
 
 
 def path_spec(paths: list[bytes]) -> dict[bytes, Any]:
