@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
+
+import pytest
 
 from .conftest import Tuckbox
 
@@ -80,3 +83,31 @@ def test_dot_dot_after_a_symlink_is_not_taken_as_text(tb: Tuckbox, tmp_path: Pat
     # '..' that goes where the text says is fine
     tb("backup", "a/b/../g", cwd=base)
     assert tb("dump", "latest", str(base / "a" / "g")).raw == b"the real g\n"
+
+
+def test_one_file_system_keeps_every_file_system_given(tb: Tuckbox, tmp_path: Path) -> None:
+    """``backup --one-file-system / /home`` with /home a file system of its own: /home was dropped as inside
+    /, and the walk of / then stored it empty as another file system. Each path given brings its own."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "a").write_bytes(b"on the first\n")
+    mounted = src / "m"
+    other = src / "other"
+    for where in (mounted, other):
+        where.mkdir()
+        try:
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], check=True, capture_output=True)
+        except (subprocess.CalledProcessError, FileNotFoundError) as e:
+            pytest.skip(f"cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN): {e}")
+    try:
+        (mounted / "b").write_bytes(b"on the second\n")
+        (other / "c").write_bytes(b"not asked for\n")
+        tb("init")
+        tb("backup", "--one-file-system", str(src), str(mounted))
+        entries = {e["path"] for e in tb("ls", "--json", "latest").json()["entries"]}
+        assert str(src / "d" / "a") in entries and str(mounted / "b") in entries, entries
+        assert str(other) in entries and str(other / "c") not in entries, entries  # (not given: stays empty)
+        assert tb("dump", "latest", str(mounted / "b")).raw == b"on the second\n"
+    finally:
+        for where in (mounted, other):
+            subprocess.run(["umount", "-l", str(where)], capture_output=True)

@@ -57,6 +57,7 @@ class Archiver:
         excludes: list[str] | None = None,
         progress: Progress | None = None,
         one_file_system: bool = False,
+        file_systems: set[int] | None = None,
         exclude_caches: bool = False,
         should_stop: Callable[[], bool] | None = None,
         after_entry: Callable[[], None] | None = None,
@@ -75,7 +76,7 @@ class Archiver:
         self.summary = Summary()
         # (st_dev, st_ino) of a file with several links -> (size, mtime, ctime, content, when it was read)
         self._hardlinks: dict[tuple[int, int], tuple[int, int, int, list[Any], int]] = {}
-        self._root_devs: set[int] = set()
+        self._root_devs: set[int] = set(file_systems or ())  # (those of the paths given: one_file_system)
         self.after_entry = after_entry or (lambda: None)
         self._report_files = type(self.progress).files_unchanged is not Progress.files_unchanged
         self._has_blobs = store.has_blobs

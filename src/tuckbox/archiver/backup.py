@@ -47,7 +47,7 @@ from ..repository.repo import Repository
 from ..snapshot.model import Snapshot, now_iso
 from ..types import ObjectType
 from .archiver import Archiver
-from .report import Progress, normalize_paths
+from .report import Progress, devices_of, normalize_paths
 from .files_cache import FilesCache
 from .store import RunStore
 
@@ -309,6 +309,7 @@ def run_backup(
             excludes=request.excludes,
             progress=progress,
             one_file_system=request.one_file_system,
+            file_systems=devices_of(request.paths) if request.one_file_system else None,
             exclude_caches=request.exclude_caches,
             should_stop=should_stop,
             after_entry=after_entry,

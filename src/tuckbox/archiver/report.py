@@ -9,7 +9,7 @@ from typing import Any
 from ..errors import UsageError
 from ..text import display_path as _display
 
-__all__ = ["LEAF", "Progress", "Summary", "normalize_paths", "path_spec"]
+__all__ = ["LEAF", "Progress", "Summary", "devices_of", "normalize_paths", "path_spec"]
 
 LEAF = object()  # in a ``path_spec``: a path backed up whole
 
@@ -89,6 +89,18 @@ def normalize_paths(paths: list[str | bytes]) -> list[bytes]:
             raise UsageError(f"cannot back up {_display(p)} together with {_display(inside)}: that is a symbolic "
                              "link, backed up as the link alone; back up the directory it points to instead")
     return kept
+
+
+def devices_of(paths: list[str | bytes]) -> set[int]:
+    """The file systems of every path given, also those ``normalize_paths`` drops as inside another (for
+    ``--one-file-system``: ``backup / /home`` with /home mounted on its own includes /home)."""
+    devices: set[int] = set()
+    for p in paths:
+        try:
+            devices.add(os.lstat(os.path.normpath(os.path.abspath(os.fsencode(p)))).st_dev)
+        except OSError:
+            pass  # (gone since normalize_paths checked it: the walk warns)
+    return devices
 
 
 def _same_as_typed(raw: bytes, absolute: bytes) -> None:

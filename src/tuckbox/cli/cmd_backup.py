@@ -49,7 +49,8 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude-caches", action="store_true",
                    help="store directories marked with a CACHEDIR.TAG (browser, build and package caches) empty")
     p.add_argument("--host", default="", type=host_name, help="host name to record (default: this machine's)")
-    p.add_argument("--one-file-system", action="store_true", help="do not cross into other mounted file systems")
+    p.add_argument("--one-file-system", action="store_true", help="stay on the file systems of the paths given: another one mounted below them is stored as an "
+                        "empty directory unless its mount point is given as a path too")
     p.add_argument("--checkpoint-interval", metavar="DURATION", default=None,
                    help="save a restorable checkpoint this often during a long backup, e.g. 15m, 1h, 90s; "
                         "0 disables (default 15m)")
