@@ -25,10 +25,10 @@ from ..chunker import Chunker
 from ..fsmeta import Owners, SkipEntry, node_from_stat, open_for_backup
 from ..longpath import DIR_PATH, held, room_for_children
 from ..patterns import Patterns
-from ..snapshot.tree import DIR, FILE, Node, RawNode, encode_tree
+from ..snapshot.tree import DIR, FILE, Node, RawNode
 from ..text import display_path as _display
 from ..types import BlobStore, BlobType
-from .entries import add_hole, is_cache_dir, on_the_way, same, whole
+from .entries import add_hole, encode_fitting, is_cache_dir, on_the_way, same, whole
 from .files_cache import FilesCache, order_prefix
 from .prefetch import Prefetched as _Prefetched
 from .prefetch import Prefetcher as _Prefetcher
@@ -126,8 +126,8 @@ class Archiver:
 
     # ------------------------------------------------------------ trees
 
-    def _save_tree(self, nodes: list[Node | dict[str, Any] | RawNode]) -> bytes:
-        data = encode_tree(nodes)
+    def _save_tree(self, nodes: list[Node | dict[str, Any] | RawNode], path: bytes = b"") -> bytes:
+        data, nodes = encode_fitting(nodes, path, self._warn)
         tree_id = self.store.blob_id(data)
         self.store.add_tree(tree_id, data, nodes)
         return tree_id
@@ -162,7 +162,7 @@ class Archiver:
             if node is not None:
                 nodes.append(node)
         self._stack.pop()
-        return self._save_tree(nodes)
+        return self._save_tree(nodes, prefix)
 
     def _save_dir(self, path: bytes, dev: int, this: Node | None, at: bytes | None = None) -> bytes:
         """One directory (reached at ``at`` when not at ``path``): its other entries first (read a window
@@ -263,7 +263,7 @@ class Archiver:
                 nodes.append(node)
                 self.after_entry()
         self._stack.pop()
-        return self._save_tree(nodes)
+        return self._save_tree(nodes, path)
 
     def _save_entry(
         self, path: bytes, name: bytes, st: os.stat_result, prefetched: "_Prefetched | Stream | None" = None,

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
-from typing import Any
+from typing import Any, Callable
 
-__all__ = ["CACHEDIR_SIGNATURE", "add_hole", "is_cache_dir", "on_the_way", "same", "whole"]
+from ..snapshot.tree import Node, RawNode, encode_tree
+from ..text import display_path
+
+__all__ = ["CACHEDIR_SIGNATURE", "add_hole", "encode_fitting", "fit_times", "is_cache_dir", "on_the_way", "same", "whole"]
 
 
 CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
@@ -49,3 +53,47 @@ def on_the_way(path: bytes) -> os.stat_result:
     """
     st = os.lstat(path)
     return os.stat(path) if stat.S_ISLNK(st.st_mode) else st
+
+
+TIME_MIN, TIME_MAX = -(1 << 63), (1 << 64) - 1  # nanoseconds msgpack holds: the years 1677 to 2554
+_TIMES = (("mt", "mtime_ns"), ("at", "atime_ns"), ("ct", "ctime_ns"))
+
+
+def _fit(t: int) -> int:
+    return min(max(t, TIME_MIN), TIME_MAX)
+
+
+def fit_times(nodes: list[Any]) -> tuple[list[Any], list[bytes]]:
+    """``nodes`` (Nodes, maps, RawNodes) with every time outside what a tree can encode set to the nearest
+    one it can (a file dated in the year 31690, which tmpfs and btrfs keep), and the names of those changed.
+    Only called once encoding failed, so a normal backup pays nothing for it."""
+    out: list[Any] = []
+    changed: list[bytes] = []
+    for n in nodes:
+        if type(n) is RawNode:
+            out.append(n)
+            continue
+        if isinstance(n, Node):
+            fixed = {attr: _fit(getattr(n, attr)) for _, attr in _TIMES}
+            if any(fixed[attr] != getattr(n, attr) for _, attr in _TIMES):
+                n = dataclasses.replace(n, **fixed)
+                changed.append(n.name)
+        else:
+            if any(key in n and _fit(n[key]) != n[key] for key, _ in _TIMES):
+                n = {k: (_fit(v) if k in ("mt", "at", "ct") else v) for k, v in n.items()}
+                changed.append(n["n"])
+        out.append(n)
+    return out, changed
+
+
+def encode_fitting(nodes: list[Any], path: bytes, warn: Callable[[str], None]) -> tuple[bytes, list[Any]]:
+    """``encode_tree(nodes)``, and the nodes encoded: any time out of range set to the nearest (``fit_times``),
+    each such entry of the directory ``path`` named in a warning."""
+    try:
+        return encode_tree(nodes), nodes
+    except OverflowError:  # a time out of range: the only integers in a tree that have no bound
+        nodes, names = fit_times(nodes)
+        for name in names:
+            warn(f"{display_path(os.path.join(path, name))}: a time outside the years 1677-2554 cannot be stored; "
+                 "the nearest one was")
+        return encode_tree(nodes), nodes

@@ -276,6 +276,8 @@ class FilesCache:
             self._out.write(self._pack(rec))
             self._last_written = rec[0]
             self.entries_written += 1
+        except OverflowError:
+            pass  # a time msgpack cannot hold (a file dated 31690): the file is simply read again next time
         except OSError:
             self._out = None
             self.path = None
@@ -313,9 +315,12 @@ class FilesCache:
             self._write([key, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, UNTRUSTED_CTIME, 0, [], _EMPTY])
             return
         chunks = [c for c in node_map.get("c", ()) if type(c) is bytes]
+        try:
+            raw = self._pack(node_map)
+        except OverflowError:
+            return  # a time msgpack cannot hold (a file dated 1500 or 31690): not remembered, read again next time
         self._write([
-            key, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, node_map.get("at", 0), chunks,
-            self._pack(node_map),
+            key, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, node_map.get("at", 0), chunks, raw,
         ])
 
     def flush(self) -> None:
