@@ -8,7 +8,7 @@ import sys
 
 from ..errors import UsageError
 from ..restorer.restorer import dump_file
-from ..snapshot.tree import FILE
+from ..snapshot.tree import FILE, SYMLINK
 from ..snapshot.walk import require
 from ..types import BlobType
 from .common import display, nonempty, open_repository
@@ -27,6 +27,10 @@ def run(args: argparse.Namespace) -> int:
     snap = repo.find_snapshot(args.snapshot)
     path = os.path.normpath(os.path.abspath(os.fsencode(os.path.expanduser(args.path))))
     node = require(lambda t: repo.load_blob(BlobType.TREE, t), snap.tree, path, snap.id)
+    if node.type == SYMLINK:
+        there = os.path.normpath(os.path.join(os.path.dirname(path), node.link_target))
+        raise UsageError(f"{display(args.path)} is a symlink to {display(node.link_target)}, not a file; "
+                         f"dump {display(there)} instead")
     if node.type != FILE:
         raise UsageError(f"{display(args.path)} is a {node.type}, not a file; use 'tuckbox restore --include' for directories")
     out = sys.stdout.buffer
