@@ -8,6 +8,7 @@ import dataclasses
 import datetime as dt
 
 from tuckbox.testing.crash import Cli, local_storage, open_repo
+from tuckbox.types import ObjectType
 
 
 def test_a_snapshot_from_the_future_is_pointed_out(tmp_path):
@@ -32,3 +33,31 @@ def test_a_snapshot_from_the_future_is_pointed_out(tmp_path):
     shown = cli("ls", "latest")
     assert f"'latest' is snapshot {ahead[:8]} of fast-clock, dated 3 h ahead" in shown.err
     assert shown.err.startswith("warning: ")
+
+
+def test_forget_latest_from_the_future_then_prune(tmp_path):
+    """'forget latest --prune' of a snapshot dated ahead of the clock: the note about 'latest' is no damage, so
+    the prune runs (it refused, exit 1, 'prune deleted nothing (run tuckbox check)', after the forget)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("kept\n")
+    cli = Cli(tmp_path, local_storage(tmp_path / "repo"))
+    cli("init")
+    cli("backup", str(src))
+    (src / "g").write_bytes(b"only in the snapshot from the future\n" * 1000)
+    cli("backup", str(src))
+    repo = open_repo(cli.storage, cli.passphrase, tmp_path / "other-cache")
+    try:
+        first, second = repo.snapshots()
+        when = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=3)).isoformat(timespec="microseconds")
+        ahead = repo.save_snapshot(dataclasses.replace(second, time=when, id=""))
+        repo.backend.remove(ObjectType.SNAPSHOT, second.id)
+    finally:
+        repo.close()
+    res = cli("forget", "latest", "--prune")
+    assert f"'latest' is snapshot {ahead[:8]}" in res.err
+    assert res.err.count("ahead of this machine's clock") == 1
+    assert "freed" in res.out
+    assert [s["id"] for s in cli("snapshots", "--json").json()] == [first.id]
+    cli("check", "--read-data")
+    assert "nothing to prune" in cli("prune").out

@@ -289,10 +289,10 @@ OPENED: list[Repository] = []
 
 
 def report_problems() -> None:
-    """Print, once, every damaged object the opened repositories skipped while reading."""
+    """Print, once, every damaged object the opened repositories skipped while reading, and their notes."""
     seen: set[str] = set()
     for repo in OPENED:
-        for p in repo.problems:
+        for p in [*repo.problems, *repo.notes]:
             if p not in seen:
                 seen.add(p)
                 warn(p)

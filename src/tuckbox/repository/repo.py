@@ -71,6 +71,7 @@ class Repository:
         self._lock = threading.Lock()
         self.connections = 4
         self.problems: list[str] = []  # damaged objects skipped while reading (reported as warnings)
+        self.notes: list[str] = []  # what the user should know that is no damage (also reported as warnings)
         self.damaged_snapshots: dict[str, str] = {}  # name -> why: stored, but cannot be read (forget removes them)
         # called before every index and snapshot this process writes (the held lock's ensure_held): a run
         # whose lock lapsed must not record anything that may name data a prune removed meanwhile
@@ -501,7 +502,7 @@ class Repository:
             if not pool:
                 raise SnapshotNotFound(f"repository {self.backend.location} has no snapshots yet")
             if note := ahead_of_clock(pool[-1]):
-                self.problems.append(f"'latest' is snapshot {pool[-1].short_id} of {pool[-1].host}, {note}; "
+                self.notes.append(f"'latest' is snapshot {pool[-1].short_id} of {pool[-1].host}, {note}; "
                                      "name a snapshot by its id to choose another")
             return pool[-1]
         given = display_path(ref)  # (messages quote what was typed, not the lowercased prefix)
