@@ -8,7 +8,7 @@ import sys
 
 from ..snapshot.walk import diff
 from ..types import BlobType
-from .common import display, json_path_fields, open_repository, opt
+from .common import display, json_path_fields, named_snapshot, open_repository, opt
 
 HELP = "show differences between two snapshots"
 _WORD = {"+": "added", "-": "removed", "M": "modified"}
@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     repo = open_repository(args)
     repo.keys.require_full("compare snapshots")
     snaps = repo.snapshots()
-    a, b = repo.find_snapshot(args.first, snaps), repo.find_snapshot(args.second, snaps)
+    a, b = named_snapshot(repo, args.first, snaps), named_snapshot(repo, args.second, snaps)
     changes = diff(lambda tid: repo.load_blob(BlobType.TREE, tid), a.tree, b.tree)
     counts = {"+": 0, "-": 0, "M": 0}
     # streamed as the trees are compared: constant memory however many paths changed

@@ -11,7 +11,7 @@ from ..restorer.restorer import dump_file
 from ..snapshot.tree import FILE, SYMLINK
 from ..snapshot.walk import require
 from ..types import BlobType
-from .common import display, nonempty, open_repository
+from .common import display, named_snapshot, nonempty, open_repository
 
 HELP = "print a file from a snapshot"
 
@@ -24,7 +24,7 @@ def register(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     repo = open_repository(args)
     repo.keys.require_full("dump files")
-    snap = repo.find_snapshot(args.snapshot)
+    snap = named_snapshot(repo, args.snapshot)
     path = os.path.normpath(os.path.abspath(os.fsencode(os.path.expanduser(args.path))))
     node = require(lambda t: repo.load_blob(BlobType.TREE, t), snap.tree, path, snap.id)
     if node.type == SYMLINK:

@@ -14,7 +14,7 @@ from typing import Iterator
 from ..snapshot.tree import DIR, Node
 from ..snapshot.walk import require, walk
 from ..types import BlobType
-from .common import display, json_path_fields, nonempty, open_repository, opt
+from .common import display, json_path_fields, named_snapshot, nonempty, open_repository, opt
 
 HELP = "list files in a snapshot"
 
@@ -38,7 +38,7 @@ def _entry_json(path: bytes, n: Node) -> dict:
 def run(args: argparse.Namespace) -> int:
     repo = open_repository(args)
     repo.keys.require_full("list files")
-    snap = repo.find_snapshot(args.snapshot)
+    snap = named_snapshot(repo, args.snapshot)
     load = lambda tid: repo.load_blob(BlobType.TREE, tid)  # noqa: E731
     base = os.path.normpath(os.path.abspath(os.fsencode(os.path.expanduser(args.path))))
     node = require(load, snap.tree, base, snap.id)

@@ -19,7 +19,7 @@ import os
 from ..errors import PermanentError, UsageError
 from ..repository.locks import Lock
 from ..restorer.restorer import Restorer
-from .common import emit_json, human, lock_wait, nonempty, open_repository, opt, out, say_waiting
+from .common import emit_json, human, lock_wait, named_snapshot, nonempty, open_repository, opt, out, say_waiting
 from .progress import CliProgress
 
 HELP = "restore a snapshot into a directory"
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         except PermanentError as e:
             print(f"note: restoring without a lock: {e}", file=sys.stderr)
         repo.load_index()
-        snap = repo.find_snapshot(args.snapshot)
+        snap = named_snapshot(repo, args.snapshot)
     except BaseException:
         if lock is not None:
             lock.release()
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         repo.close()
     if opt(args, "json"):
         emit_json({
-            "type": "summary", "snapshot": snap.id, "files": result.files, "dirs": result.dirs,
+            "type": "summary", "snapshot": snap.id, "partial": snap.partial, "files": result.files, "dirs": result.dirs,
             "others": result.others, "bytes_written": result.bytes_written, "files_skipped": result.files_skipped,
             "bytes_read_back": result.bytes_read_back, "warnings": result.warnings, "errors": result.errors,
         })

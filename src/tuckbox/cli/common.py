@@ -379,6 +379,20 @@ def patterns_from_file(file: str) -> list[str]:
     return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 
+def named_snapshot(repo: Repository, ref: str, snaps: list[Snapshot] | None = None) -> Snapshot:
+    """The snapshot ``ref`` names ('latest' or an id prefix) for a command that reads it. A checkpoint (of a backup
+    that did not finish) is pointed out: the files that backup had not stored yet are not in it."""
+    snap = repo.find_snapshot(ref, snaps)
+    if snap.partial:
+        saved = f"a checkpoint, saved at {local_time(snap.time)} by a backup that had not finished"
+        if ref == "latest":  # (only when no backup has finished: 'latest' is the newest complete snapshot if any)
+            note = f"'latest' is snapshot {snap.short_id}, {saved} (no backup has finished yet)"
+        else:
+            note = f"snapshot {snap.short_id} is {saved}"
+        repo.notes.append(f"{note}: it holds only what that backup had stored by then")
+    return snap
+
+
 def select_snapshots(args: argparse.Namespace, snaps: list[Snapshot]) -> list[Snapshot]:
     """The snapshots matching --host, --tag and --path (each repeatable; none given: all)."""
     paths = {os.fsencode(os.path.abspath(p)).rstrip(b"/") or b"/" for p in args.path}

@@ -1,0 +1,46 @@
+"""Naming snapshots on the command line: what a command that reads one says about the one it took."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tuckbox.testing.crash import Cli, local_storage, open_repo
+from tuckbox.types import ObjectType
+
+
+def test_a_checkpoint_read_by_ls_dump_diff_or_restore_is_pointed_out(tmp_path):
+    """A checkpoint holds only what its backup had stored when it stopped; restoring one used to look like
+    restoring a complete backup ('restored snapshot X: 0 files ...', exit 0, nothing said)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("stored\n")
+    cli = Cli(tmp_path, local_storage(tmp_path / "repo"))
+    cli("init")
+    cli("backup", str(src))
+    repo = open_repo(cli.storage, cli.passphrase, tmp_path / "other-cache")
+    try:
+        (complete,) = repo.snapshots()
+        checkpoint = repo.save_snapshot(dataclasses.replace(complete, partial=True, id=""))
+        repo.backend.remove(ObjectType.SNAPSHOT, complete.id)  # no backup has finished: 'latest' is the checkpoint
+    finally:
+        repo.close()
+    note = f"'latest' is snapshot {checkpoint[:8]}, a checkpoint, saved at "
+    for args in (("ls", "latest"), ("dump", "latest", str(src / "f")), ("diff", "latest", "latest"),
+                 ("restore", "latest", "--target", str(tmp_path / "t1"))):
+        res = cli(*args)
+        assert res.err.count(note) == 1, (args, res.err)
+        assert "by a backup that had not finished (no backup has finished yet): it holds only what that backup " \
+               "had stored by then" in res.err
+        assert res.err.startswith("warning: ")
+    assert (tmp_path / "t1" / src.relative_to("/") / "f").read_text() == "stored\n"
+    summary = cli("restore", checkpoint[:8], "--target", str(tmp_path / "t2"), "--json").lines()[-1]
+    assert summary["type"] == "summary" and summary["partial"] is True
+    # with a complete backup, 'latest' is that one (nothing said); the checkpoint named by its id is pointed out
+    cli("backup", str(src))
+    assert "checkpoint" not in cli("ls", "latest").err
+    assert cli("restore", "latest", "--target", str(tmp_path / "t3"), "--json").lines()[-1]["partial"] is False
+    res = cli("ls", checkpoint[:8])
+    assert f"warning: snapshot {checkpoint[:8]} is a checkpoint, saved at " in res.err
+    assert "by a backup that had not finished: it holds only" in res.err
+    # forgetting a checkpoint by its id is not reading it: nothing to point out
+    assert "checkpoint, saved" not in cli("forget", checkpoint[:8]).err
