@@ -44,3 +44,24 @@ def test_a_checkpoint_read_by_ls_dump_diff_or_restore_is_pointed_out(tmp_path):
     assert "by a backup that had not finished: it holds only" in res.err
     # forgetting a checkpoint by its id is not reading it: nothing to point out
     assert "checkpoint, saved" not in cli("forget", checkpoint[:8]).err
+
+
+def test_dump_of_what_is_not_a_file_names_the_restore_that_makes_it(tmp_path):
+    """dump of a symlink said "use 'tuckbox restore --include' for directories"."""
+    src = tmp_path / "my src"
+    (src / "dir").mkdir(parents=True)
+    (src / "link").symlink_to("dir")
+    cli = Cli(tmp_path, local_storage(tmp_path / "repo"))
+    cli("init")
+    cli("backup", str(src))
+    short = cli("snapshots", "--json").json()[0]["short_id"]
+    for name, what in (("link", "symbolic link"), ("dir", "directory")):
+        res = cli("dump", "latest", str(src / name), expect=2)
+        assert res.out == ""
+        assert res.err == (f"tuckbox: error: {src / name} is a {what}, not a file; 'tuckbox restore {short} --target DIR "
+                           f"--include '{src / name}'' restores it\n")
+        # the command it names does that
+        cli("restore", short, "--target", str(tmp_path / name), "--include", str(src / name))
+        restored = tmp_path / name / src.relative_to("/") / name
+        assert restored.is_symlink() if name == "link" else restored.is_dir()
+        assert not (tmp_path / name / src.relative_to("/") / ("dir" if name == "link" else "link")).exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 
 from ..errors import UsageError
@@ -14,6 +15,9 @@ from ..types import BlobType
 from .common import display, named_snapshot, nonempty, open_repository
 
 HELP = "print a file from a snapshot"
+
+_KIND = {"dir": "directory", "symlink": "symbolic link", "fifo": "FIFO", "chardev": "character device",
+         "blockdev": "block device"}
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -32,7 +36,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{display(args.path)} is a symlink to {display(node.link_target)}, not a file; "
                          f"dump {display(there)} instead")
     if node.type != FILE:
-        raise UsageError(f"{display(args.path)} is a {node.type}, not a file; use 'tuckbox restore --include' for directories")
+        # (a symlink, a FIFO or a device has no contents to print: restore makes it, as it does a directory)
+        what = _KIND.get(node.type, node.type)
+        raise UsageError(f"{display(args.path)} is a {what}, not a file; 'tuckbox restore {snap.short_id} --target DIR "
+                         f"--include {shlex.quote(display(path))}' restores it")
     out = sys.stdout.buffer
     dump_file(repo, node, out.write)
     out.flush()
