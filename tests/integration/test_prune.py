@@ -109,6 +109,28 @@ def test_forget_by_id_and_usage_errors(tb: Tuckbox, tmp_path: Path) -> None:
     assert len(_snapshot_ids(tb)) == 1
 
 
+def test_forget_says_when_host_tag_or_path_match_no_snapshot(tb: Tuckbox, tmp_path: Path) -> None:
+    """A misspelt --host (in a weekly job) thinned out nothing, for good, with not a word; grouping by tags named
+    a group of untagged snapshots "tags " (nothing after it)."""
+    src = tmp_path / "src"
+    _write(src / "a", 1, 1000)
+    tb("init")
+    tb("backup", str(src))
+    tb("backup", str(src))
+    ids = _snapshot_ids(tb)
+    r = tb("forget", "--keep-last", "1", "--host", "laptpo", "--host", "nas", "--tag", "daily")
+    assert r.err == ("warning: no snapshot matches --host laptpo or nas, --tag daily; nothing is removed "
+                     "(see 'tuckbox snapshots')\n")
+    assert "removed 0 snapshot(s), kept 0" in r.out
+    assert "warning: no snapshot matches --path /elsewhere;" in tb("forget", "-n", "--keep-last", "1",
+                                                                   "--path", "/elsewhere").err
+    assert _snapshot_ids(tb) == ids
+    r = tb("forget", "--keep-last", "1", "--group-by", "host,tags", "--path", str(src))
+    assert r.err == ""
+    assert r.out.splitlines()[0].endswith("; tags (none)")
+    assert _snapshot_ids(tb) == ids[1:]
+
+
 def test_a_damaged_snapshot_is_named_by_check_and_prune_and_forget_removes_it(tb: Tuckbox, tmp_path: Path) -> None:
     src = tmp_path / "src"
     _write(src / "a", 1, 1000)

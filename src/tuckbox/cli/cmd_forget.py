@@ -35,7 +35,8 @@ from ..snapshot import retention
 from ..snapshot.model import Snapshot
 from ..types import ObjectType
 from .cmd_prune import add_prune_options, prune, say
-from .common import display, emit_json, json_path, local_time, lock_wait, nonempty, open_repository, opt, say_waiting, select_snapshots
+from .common import (display, emit_json, json_path, local_time, lock_wait, nonempty, open_repository, opt, say_waiting,
+                     select_snapshots, warn)
 
 HELP = "remove snapshots by a retention policy (--keep-daily 7 ...)"
 
@@ -125,7 +126,10 @@ def run(args: argparse.Namespace) -> int:
                        + [_damaged(name) for name in damaged]}]
             remove = [s for s in snaps if s.id in doomed]
         else:
-            decided = retention.apply(select_snapshots(args, snaps), policy, args.group_by)
+            selected = select_snapshots(args, snaps)
+            if snaps and not selected:  # (a misspelt --host in a weekly job would thin out nothing, for good)
+                warn(f"no snapshot matches {_filters(args)}; nothing is removed (see 'tuckbox snapshots')")
+            decided = retention.apply(selected, policy, args.group_by)
             groups = []
             remove = []
             for g in decided:
@@ -188,9 +192,15 @@ def _damaged(name: str) -> dict[str, object]:
             "reasons": [], "damaged": True}
 
 
+def _filters(args: argparse.Namespace) -> str:
+    """The --host, --tag and --path given, as typed: "--host a or b, --tag x"."""
+    given = [(f"--{name}", [display(v) for v in getattr(args, name)]) for name in ("host", "tag", "path")]
+    return ", ".join(f"{flag} {' or '.join(values)}" for flag, values in given if values)
+
+
 def _describe(key: dict) -> str:
-    """A group's key for people: "host h; paths /a, /b"."""
-    parts = [f"{k} {', '.join(display(os.fsencode(p)) for p in v) if isinstance(v, list) else display(os.fsencode(str(v)))}"
+    """A group's key for people: "host h; paths /a, /b"; "tags (none)"."""
+    parts = [f"{k} {', '.join(display(os.fsencode(p)) for p in v) or '(none)' if isinstance(v, list) else display(os.fsencode(str(v)))}"
              for k, v in key.items()]
     return "; ".join(parts) if parts else "the snapshots"
 
