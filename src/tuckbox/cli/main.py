@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     # started with standard output closed: a command that only reports on what it did runs (its report is
     # dropped); one whose output is its purpose stops at its first write with a one-line error
     optional = args.output_optional is not None and args.output_optional(args)
-    sys.stdout = Guarded(real_stdout, closed=stdout_closed and not optional)  # type: ignore[assignment]
+    sys.stdout = Guarded(real_stdout, closed=stdout_closed and not optional, optional=optional)  # type: ignore[assignment]
     try:
         code = _run(args)
     finally:

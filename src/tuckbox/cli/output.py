@@ -5,7 +5,10 @@ write fails with ENOSPC (or EIO, EDQUOT, ...) wherever the command happens to
 print. ``Guarded`` stands in for ``sys.stdout`` (and its ``buffer``) and turns
 such a failure into a ``TuckboxError`` naming standard output. A closed pipe
 (``| head``) is not an error of the command: ``BrokenPipeError`` passes through
-unchanged, and the CLI exits quietly.
+unchanged, and the CLI exits quietly — except under a command that only reports
+on what it did (backup, restore, prune, ...): its reader going away
+(``backup --json | head -1``, a log pipe that died) does not stop it half-way;
+the rest of its report is dropped.
 
 Started with standard output closed (``>&-``), a command whose output is its
 purpose (ls, dump, snapshots, ...) stops with the same one-line error at its
@@ -34,11 +37,14 @@ def _failed(e: OSError) -> OutputError:
 
 class Guarded:
     """A text or binary output stream whose write and flush errors are ``TuckboxError``s (EPIPE excepted);
-    ``closed``: standard output was closed when tuckbox started, and every write is such an error."""
+    ``closed``: standard output was closed when tuckbox started, and every write is such an error;
+    ``optional``: the output only reports on what the command does, and a closed pipe drops the rest of it
+    (descriptor 1 goes to /dev/null) instead of raising ``BrokenPipeError`` into the command."""
 
-    def __init__(self, stream: Any, closed: bool = False) -> None:
+    def __init__(self, stream: Any, closed: bool = False, optional: bool = False) -> None:
         self._stream = stream
         self._closed = closed
+        self._optional = optional
 
     def write(self, data: Any) -> Any:
         if self._closed:
@@ -46,7 +52,10 @@ class Guarded:
         try:
             return self._stream.write(data)
         except BrokenPipeError:
-            raise
+            if not self._optional:
+                raise
+            discard_pending(self._stream)
+            return len(data)
         except OSError as e:
             raise _failed(e) from None
 
@@ -54,13 +63,16 @@ class Guarded:
         try:
             self._stream.flush()
         except BrokenPipeError:
-            raise
+            if not self._optional:
+                raise
+            discard_pending(self._stream)
+            self._stream.flush()  # (what was buffered goes to /dev/null now)
         except OSError as e:
             raise _failed(e) from None
 
     @property
     def buffer(self) -> "Guarded":
-        return Guarded(self._stream.buffer, self._closed)
+        return Guarded(self._stream.buffer, self._closed, self._optional)
 
     def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding, ...
         return getattr(self._stream, name)
