@@ -40,3 +40,20 @@ def test_backup_and_restore_finish_when_their_reader_goes_away(tb: Tuckbox, tmp_
                                               "--limit-download", "1MiB")
     assert (code, err) == (0, b""), err
     assert compare_trees(src, target / src.relative_to("/"), check_atime=False) == []
+
+
+def test_a_warning_to_a_standard_error_whose_reader_is_gone_does_not_stop_a_backup(tb: Tuckbox, tmp_path) -> None:
+    """backup ... 2>&1 | a-reader-that-died: the warning it printed first (here: the path given is a symlink)
+    raised BrokenPipeError into the backup, which stopped before its snapshot, exit 1, nothing said."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("data\n")
+    (tmp_path / "link").symlink_to(src)
+    tb("init")
+    p = subprocess.Popen([sys.executable, "-m", "tuckbox.cli.main", "backup", str(tmp_path / "link")], env=tb.env,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert p.stdout is not None
+    p.stdout.close()
+    assert p.wait(timeout=600) == 0
+    (snap,) = tb("snapshots", "--json").json()
+    assert snap["paths"] == [str(tmp_path / "link")] and snap["partial"] is False

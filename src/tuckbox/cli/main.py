@@ -18,7 +18,7 @@ from ..errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, TuckboxError
 from . import interrupt
 from .common import add_global_options, report_problems
 from .memory import tune_allocator
-from .output import Guarded, OutputError, discard_pending, standard_streams
+from .output import Diagnostics, Guarded, OutputError, discard_pending, standard_streams
 
 COMMANDS = [
     "init", "backup", "snapshots", "ls", "find", "diff", "restore", "dump", "check", "stats", "unlock",
@@ -121,15 +121,16 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
-    real_stdout = sys.stdout
+    real_stdout, real_stderr = sys.stdout, sys.stderr
     # started with standard output closed: a command that only reports on what it did runs (its report is
     # dropped); one whose output is its purpose stops at its first write with a one-line error
     optional = args.output_optional is not None and args.output_optional(args)
     sys.stdout = Guarded(real_stdout, closed=stdout_closed and not optional, optional=optional)  # type: ignore[assignment]
+    sys.stderr = Diagnostics(real_stderr)  # type: ignore[assignment]
     try:
         code = _run(args)
     finally:
-        sys.stdout = real_stdout
+        sys.stdout, sys.stderr = real_stdout, real_stderr
     if code == EXIT_INTERRUPTED and argv is None:  # (the real command, not a test calling main in-process)
         interrupt.interrupted_command_returned()
     return code

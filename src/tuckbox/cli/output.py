@@ -78,6 +78,31 @@ class Guarded:
         return getattr(self._stream, name)
 
 
+class Diagnostics:
+    """Standard error: when its reader goes away (``2>&1 | head``, a log pipe that died) the rest of the messages
+    are dropped (descriptor 2 goes to /dev/null); a warning printed then must not stop a backup half-way."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, data: Any) -> Any:
+        try:
+            return self._stream.write(data)
+        except BrokenPipeError:
+            discard_pending(self._stream)
+            return len(data)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            discard_pending(self._stream)
+            self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding, ...
+        return getattr(self._stream, name)
+
+
 def discard_pending(stream: Any) -> None:
     """After a failed write: send file descriptor 1 to /dev/null, so that what is still buffered does not
     fail again (and print a Python message) when the interpreter flushes standard output on exit."""
