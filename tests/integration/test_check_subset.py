@@ -44,3 +44,15 @@ def test_parts_cover_every_pack_once_and_find_the_damage(tb: Tuckbox, tmp_path: 
     for spec in ("0/3", "4/3", "1/0", "x", "0%", "101%", "1/3/4"):
         r = tb("check", "--read-data-subset", spec, expect=2)
         assert "--read-data-subset" in r.err and len(r.err.strip().splitlines()) == 1
+    both = tb("check", "--read-data", "--read-data-subset", "1/3", expect=2)  # (it read only the subset)
+    assert "give one of them" in both.err and len(both.err.strip().splitlines()) == 1
+
+
+def test_a_rate_below_one_byte_is_refused_not_taken_as_no_limit(tb: Tuckbox) -> None:
+    tb("init")
+    for rate in ("0.1", "0.5B"):
+        r = tb("--limit-upload", rate, "snapshots", expect=2)
+        assert "less than one byte per second" in r.err and "--limit-upload" in r.err
+        assert len(r.err.strip().splitlines()) == 1
+    assert tb("--limit-download", "0", "snapshots").code == 0  # 0: no limit
+    assert tb("--limit-download", "0.5KiB", "snapshots").code == 0  # 512 B/s

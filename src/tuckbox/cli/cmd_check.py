@@ -38,6 +38,8 @@ def output_optional(args: argparse.Namespace) -> bool:
 def run(args: argparse.Namespace) -> int:
     subset = None
     if args.read_data_subset is not None:
+        if args.read_data:
+            raise UsageError("--read-data reads every pack and --read-data-subset only a part; give one of them")
         try:
             subset = pack_subset(args.read_data_subset)
         except ValueError as e:

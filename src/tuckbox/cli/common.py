@@ -35,6 +35,17 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * mult)
 
 
+def parse_rate(text: str, option: str) -> int | None:
+    """A bandwidth limit in bytes per second; None for no limit ('0'). A value that rounds to no whole byte
+    (0.1, 0.5B) is refused: taken as 0 it silently meant no limit at all."""
+    n = parse_size(text)
+    if n:
+        return n
+    if float(_SIZE.match(text).group(1)):  # type: ignore[union-attr]
+        raise UsageError(f"{option} {text} is less than one byte per second; write it like 512KiB (0 means no limit)")
+    return None
+
+
 def local_time(iso: str) -> str:
     """A recorded time (ISO 8601 with its host's offset) in this machine's time zone."""
     try:
@@ -205,8 +216,8 @@ def open_storage(args: argparse.Namespace) -> Backend:
     return wrap_backend(
         backend,
         retries=retries,
-        limit_upload=parse_size(limit_up) if limit_up else None,
-        limit_download=parse_size(limit_down) if limit_down else None,
+        limit_upload=parse_rate(limit_up, "--limit-upload") if limit_up else None,
+        limit_download=parse_rate(limit_down, "--limit-download") if limit_down else None,
         connections=connections,
         notify=None if opt(args, "quiet", False) else _note,
     )
