@@ -16,26 +16,46 @@ cache is never the only copy of anything and can be deleted at any time.
 from __future__ import annotations
 
 import os
+import pwd
 import secrets
 from pathlib import Path
 
 import blake3
 
 
+class NoHomeError(OSError):
+    """No cache directory can be named: no TUCKBOX_CACHE_DIR, no XDG_CACHE_HOME, and no home directory."""
+
+
 def cache_root() -> Path:
     explicit = os.environ.get("TUCKBOX_CACHE_DIR")
     if explicit:
         return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "tuckbox"
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    if os.path.isabs(xdg):  # (the XDG spec: a relative path is invalid and ignored)
+        return Path(xdg) / "tuckbox"
+    home = os.environ.get("HOME", "")
+    if not os.path.isabs(home):  # unset, empty or relative (HOME= in a unit file): never the working directory
+        try:
+            home = pwd.getpwuid(os.getuid()).pw_dir
+        except KeyError:  # a uid without a passwd entry (a container, systemd's DynamicUser=)
+            home = ""
+    if not os.path.isabs(home):
+        raise NoHomeError(f"no home directory: HOME is not set and user {os.getuid()} has none")
+    return Path(home) / ".cache" / "tuckbox"
 
 
 class Cache:
     def __init__(self, repo_id: str, root: Path | None = None) -> None:
-        self.dir = (root or cache_root()) / repo_id
         self.enabled = True
         self.problem = ""  # why the cache cannot be used, when it cannot
+        try:
+            self.dir = (root or cache_root()) / repo_id
+        except NoHomeError as e:
+            self.dir = Path("~/.cache/tuckbox") / repo_id  # (only named in the message; never used)
+            self.enabled = False
+            self.problem = str(e)
+            return
         try:
             for sub in ("index", "trees", "snapshots", "state"):
                 (self.dir / sub).mkdir(parents=True, exist_ok=True, mode=0o700)

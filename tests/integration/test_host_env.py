@@ -1,0 +1,67 @@
+"""The machine around tuckbox: where its cache goes, and what happens when that place is unusable."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from .conftest import Tuckbox
+
+IS_ROOT = os.geteuid() == 0
+NO_SUCH_UID = 54321  # a uid without a passwd entry (a container's, or systemd's DynamicUser=)
+
+
+@pytest.fixture
+def shared_tmp():
+    """A directory another uid can use (pytest's tmp_path is private to its user)."""
+    path = Path(tempfile.mkdtemp(prefix="tuckbox-env-"))
+    path.chmod(0o777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def run_as(uid: int, env: dict, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run tuckbox as ``uid`` (with setpriv, which resolves the interpreter's path before it drops its rights:
+    the test's Python may live under root's private home)."""
+    cmd = ["setpriv", "--reuid", str(uid), "--regid", str(uid), "--clear-groups",
+           sys.executable, "-m", "tuckbox.cli.main", *args]
+    pythonpath = os.pathsep.join(os.path.abspath(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)
+    env = {**env, "PYTHONPATH": pythonpath}  # (made absolute: the command runs in another directory)
+    res = subprocess.run(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    assert "Traceback" not in res.stderr and "internal error" not in res.stderr, res.stderr
+    return res
+
+
+@pytest.mark.skipif(not IS_ROOT or not shutil.which("setpriv"), reason="runs a command as a uid without a passwd entry")
+def test_no_home_directory_is_a_cache_notice_not_an_internal_error(shared_tmp):
+    """With no TUCKBOX_CACHE_DIR, no XDG_CACHE_HOME, no HOME and a uid without a passwd entry, commands
+    said 'internal error: RuntimeError'. Now the cache is unused and a backup says why; nothing is written
+    into the working directory."""
+    for name in ("src", "work"):
+        (shared_tmp / name).mkdir(mode=0o777)
+    (shared_tmp / "src" / "f").write_bytes(b"data\n")
+    tb = Tuckbox(shared_tmp)
+    tb.passfile.chmod(0o644)
+    tb("init")
+    for path in shared_tmp.rglob("*"):
+        os.chown(path, NO_SUCH_UID, NO_SUCH_UID, follow_symlinks=False)
+    env = {k: v for k, v in tb.env.items() if k not in ("HOME", "XDG_CACHE_HOME", "TUCKBOX_CACHE_DIR")}
+    work = shared_tmp / "work"
+    res = run_as(NO_SUCH_UID, env, work, "backup", str(shared_tmp / "src"))
+    assert res.returncode == 0, res.stderr
+    notices = [ln for ln in res.stderr.splitlines() if "cache directory" in ln]
+    assert len(notices) == 1, res.stderr
+    assert f"no home directory: HOME is not set and user {NO_SUCH_UID} has none" in notices[0], res.stderr
+    assert "TUCKBOX_CACHE_DIR" in notices[0]
+    res = run_as(NO_SUCH_UID, env, work, "ls", "latest", str(shared_tmp / "src"))
+    assert res.returncode == 0 and f"{shared_tmp}/src/f" in res.stdout, res.stderr
+    # an empty HOME= (a unit file's) is no home either: the cache never goes into the working directory
+    res = run_as(NO_SUCH_UID, {**env, "HOME": "", "XDG_CACHE_HOME": "rel"}, work, "backup", str(shared_tmp / "src"))
+    assert res.returncode == 0 and "no home directory" in res.stderr, res.stderr
+    assert list(work.iterdir()) == []
