@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
+
+from tuckbox.testing.trees import compare_trees
 
 from .conftest import Tuckbox
 
@@ -65,3 +69,55 @@ def test_no_home_directory_is_a_cache_notice_not_an_internal_error(shared_tmp):
     res = run_as(NO_SUCH_UID, {**env, "HOME": "", "XDG_CACHE_HOME": "rel"}, work, "backup", str(shared_tmp / "src"))
     assert res.returncode == 0 and "no home directory" in res.stderr, res.stderr
     assert list(work.iterdir()) == []
+
+
+def _damage_files_cache_record(cache_dir: Path, name: bytes, where: str, strip_trailer: bool = False) -> None:
+    """Flip one byte of the stored node of file ``name`` in the files cache stream (and, with
+    ``strip_trailer``, cut the trailer off, as a killed run's stream has none)."""
+    import msgpack
+
+    (stream,) = [p for p in cache_dir.glob("*/state/files-cache/*")]
+    data = bytearray(stream.read_bytes())
+    unpacker = msgpack.Unpacker(use_list=True)
+    unpacker.feed(bytes(data))
+    unpacker.unpack()
+    pos = unpacker.tell()
+    while True:
+        start, rec = pos, unpacker.unpack()
+        pos = unpacker.tell()
+        if isinstance(rec, list) and rec[0].endswith(b"\x01" + name):
+            break
+    raw = rec[8]
+    at = bytes(data).index(raw, start, pos)
+    at += 0 if where == "map header" else raw.index(rec[7][0]) + 5  # (else: inside the first chunk id)
+    data[at] ^= 0x10
+    if strip_trailer:
+        assert bytes(data[-39:-35]) == b"\x81\xa3en"
+        del data[-39:]
+    stream.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("where", ["map header", "chunk id"])
+@pytest.mark.parametrize("trailer", [True, False], ids=["closed stream", "killed run's stream"])
+def test_a_damaged_files_cache_never_goes_into_a_snapshot(tb, tmp_path, where, trailer):
+    """An unchanged file's node goes from the files cache into the new tree as it is: one flipped byte of
+    the local disk there made every later backup store a file whose chunk does not exist, or a directory
+    listing that does not decode (the whole directory lost), with exit 0 each time. Now a damaged stream is
+    not used (a closed one has a hash of its bytes) or its damaged record is not (a killed run's stream)."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    for i in range(5):
+        (src / "d" / f"f{i}").write_bytes(os.urandom(3000))
+        os.utime(src / "d" / f"f{i}", ns=(1_500_000_000_000_000_000,) * 2)
+    time.sleep(1.1)  # (a file changed within a second of being read is never trusted)
+    tb("init")
+    tb("backup", str(src))
+    _damage_files_cache_record(tmp_path / "cache", b"f4", where, strip_trailer=not trailer)
+    res = tb("backup", str(src), "--json")
+    summary = json.loads(res.out.splitlines()[-1])
+    assert summary["files_unmodified"] == (0 if trailer else 4), summary  # (only the damaged record is re-read)
+    tb("check", "--read-data")
+    tb("restore", "latest", "--target", str(tmp_path / "r"))
+    assert compare_trees(src, tmp_path / "r" / src.relative_to("/")) == []
+    res = tb("backup", str(src), "--json")  # and the cache works again
+    assert json.loads(res.out.splitlines()[-1])["files_unmodified"] == 5

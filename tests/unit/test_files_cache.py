@@ -114,7 +114,7 @@ def test_killed_run_stream_is_adopted(tmp_path):
     for p in walk_order(paths)[:2]:
         st = os.lstat(p)
         assert cache.lookup(p, st) is None
-        cache.remember(p, st, {"n": os.path.basename(p), "t": "file"}, time.time_ns() + 10**10)
+        cache.remember(p, st, {"n": os.path.basename(p), "t": "file", "s": st.st_size}, time.time_ns() + 10**10)
     cache.flush()
     # simulate kill -9: the ".new-<pid>" file stays; give it a dead pid
     new = next(f for f in state.iterdir() if ".new-" in f.name)
@@ -172,6 +172,8 @@ def test_a_version_4_cache_is_read_and_rewritten_as_version_5(tmp_path):
     with open(cache_file, "rb") as f:
         unpacker = msgpack.Unpacker(f)
         assert next(unpacker) == {"v": 5}
-        assert [r[8] for r in unpacker] == [msgpack.packb(nodes[p]) for p in paths]
+        *records, trailer = unpacker
+        assert [r[8] for r in records] == [msgpack.packb(nodes[p]) for p in paths]
+        assert list(trailer) == ["end"]
     hits, misses = run(state, root, paths)
     assert len(hits) == 3 and misses == []

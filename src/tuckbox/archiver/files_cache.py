@@ -19,6 +19,13 @@ the next run (it is flushed every second, so it survives ``kill -9``), so a
 resumed backup re-reads only files that were not yet saved. Files modified
 within ``RACY_NS`` of being read are never trusted: their record only says the
 path was there (so the next run reports them as changed rather than new).
+
+A stream closed by its run ends in a trailer, ``{"end": BLAKE3 of every byte before it}``, checked when
+the stream is opened: an unchanged file's stored node goes into the new snapshot as it is, so one
+damaged byte of the local disk would otherwise make every later snapshot lose that file, or its whole
+directory, while each backup reports success. A damaged stream is not used at all. A stream without a
+trailer (a killed run's, or one an older tuckbox wrote, which ignores the trailer) is used record by
+record, each checked against its own node before it is trusted.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import os
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import blake3
 import msgpack
 
 RACY_NS = 1_000_000_000
@@ -35,6 +43,52 @@ _EMPTY = msgpack.packb({})
 UNTRUSTED_CTIME = -1  # the ctime of a record that must never match (a racy file's)
 VERSION = 5  # records: [walk-order key, dev, ino, size, mtime_ns, ctime_ns, atime_ns, chunk ids, packed node map]
 _FIELDS = 9
+_TRAILER_LEN = len(msgpack.packb({"end": bytes(32)}))  # the trailer: {"end": BLAKE3 of the bytes before it}
+
+
+def _trailer(digest: bytes) -> bytes:
+    return msgpack.packb({"end": digest})
+
+
+def _verify(f: BinaryIO, size: int) -> bool | None:
+    """Whether the stream's trailer matches its bytes; None when it has no trailer (it was never closed)."""
+    if size < _TRAILER_LEN:
+        return None
+    tail = os.pread(f.fileno(), _TRAILER_LEN, size - _TRAILER_LEN)
+    try:
+        doc = msgpack.unpackb(tail)
+    except Exception:  # noqa: BLE001 - not a trailer
+        return None
+    if not (isinstance(doc, dict) and list(doc) == ["end"] and type(doc["end"]) is bytes and len(doc["end"]) == 32):
+        return None
+    hasher = blake3.blake3()
+    pos, end = 0, size - _TRAILER_LEN
+    while pos < end:
+        block = os.pread(f.fileno(), min(1 << 20, end - pos), pos)
+        if not block:
+            return False
+        hasher.update(block)
+        pos += len(block)
+    return hasher.digest() == doc["end"]
+
+
+def _digest(path: Path) -> bytes:
+    hasher = blake3.blake3()
+    hasher.update_mmap(path)
+    return hasher.digest()
+
+
+def _consistent(rec: list[Any]) -> bool:
+    """Whether a record of an unverified stream agrees with itself: its node decodes, names the file of its
+    key, and holds its size and chunk ids (a damaged byte there would go into the snapshot as it is)."""
+    try:
+        node = msgpack.unpackb(rec[8])
+    except Exception:  # noqa: BLE001 - damaged
+        return False
+    return (
+        isinstance(node, dict) and node.get("n") == rec[0].rpartition(b"\x00\x01")[2] and node.get("s", 0) == rec[3]
+        and [c for c in node.get("c", ()) if type(c) is bytes] == rec[7]
+    )
 
 
 def _order(path: bytes) -> bytes:
@@ -67,13 +121,20 @@ class _Cursor:
         self.size = 0
         self.version: Any = None
         self._key = b""
+        self.verified = False  # the stream's trailer matched: its records need no check of their own
         if path is None:
             return
         try:
             self._f = open(path, "rb")
             self.size = os.fstat(self._f.fileno()).st_size
+            verified = _verify(self._f, self.size)
         except OSError:
             return
+        if verified is False:
+            return  # damaged: behave as empty
+        if verified:
+            self.verified = True
+            self.size -= _TRAILER_LEN  # (where the records end)
         self._unpacker = msgpack.Unpacker(self._f, use_list=True, max_buffer_size=64 << 20)
         try:
             header = self._unpacker.unpack()
@@ -215,7 +276,7 @@ class FilesCache:
                 self.last_known = True
                 if (rec[1], rec[2], rec[3], rec[4], rec[5]) == (
                     st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
-                ):
+                ) and (cursor.verified or _consistent(rec)):
                     self._last = rec
                     self._last_cursor = cursor
                     self.last_atime = rec[6]
@@ -344,7 +405,7 @@ class FilesCache:
     def _finish(self, complete: bool) -> None:
         if self.path is None:
             return
-        if complete and self._identical and self._copy[1] == self._old.size:
+        if complete and self._identical and self._old.verified and self._copy[1] == self._old.size:
             # every old record was kept, in order, and nothing else happened: the cache is already right
             self._partial_path.unlink(missing_ok=True)
             return
@@ -361,9 +422,11 @@ class FilesCache:
                 # keep what the earlier partial stream knew beyond the point this run reached
                 for cursor in (self._partial,):
                     while cursor.current is not None:
-                        if cursor.current[0] > self._last_written:
+                        if cursor.current[0] > self._last_written and (cursor.verified or _consistent(cursor.current)):
                             self._out.write(msgpack.packb(cursor.current))
                         cursor._advance()
+            self._out.flush()
+            self._out.write(_trailer(_digest(self._new_path)))
             self._out.close()
             self._out = None
             if complete:
