@@ -221,7 +221,10 @@ class Archiver:
                     size += st.st_size
                     last = child
                 else:
+                    if not todo:
+                        cache.hold_back(True)  # the records of the files after it wait for its record
                     todo.append((child, name, st, cache.last_known))
+            cache.hold_back(False)
             if count and self._report_files:
                 self.progress.files_unchanged(last, count, size)
         self.after_entry()
@@ -251,6 +254,7 @@ class Archiver:
                     nodes.append(node)
                     self.after_entry()
         finally:
+            self.files_cache.drain()  # (before the subdirectories' records)
             window.cancel()
             if at is not None:
                 window.settle()

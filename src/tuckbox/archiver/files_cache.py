@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import deque
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -214,6 +215,8 @@ class FilesCache:
         self._identical = True  # the new stream so far equals a prefix of the old one
         self._cursors: list[_Cursor] = []
         self.entries_written = 0
+        self._holding = False
+        self._pending: deque[tuple[list[Any], _Cursor | None, tuple[int, int]]] = deque()  # held back (hold_back)
         if directory is None:
             self._old = self._partial = _Cursor(None)
             return
@@ -328,6 +331,8 @@ class FilesCache:
     def _write(self, rec: list[Any]) -> None:
         if self.path is None:
             return
+        if self._pending:
+            self._release(rec[0])
         self._identical = False
         self._flush_copy()
         if not self._open_out():
@@ -343,17 +348,45 @@ class FilesCache:
             self._out = None
             self.path = None
 
+    def hold_back(self, on: bool) -> None:
+        """While on, what ``keep`` and ``remember`` are given waits (in order) until a later ``remember``
+        passes it or ``drain`` is called: a directory's files that must be read are remembered after its
+        unchanged files were looked up, and a record written out of walk order is never found again (the
+        merge join passes it), so the file would be read again by every later run."""
+        self._holding = on
+
+    def drain(self) -> None:
+        """Write every record held back."""
+        self._release(None)
+
+    def _release(self, before: bytes | None) -> None:
+        pending = self._pending
+        while pending and (before is None or pending[0][0][0] < before):
+            rec, cursor, span = pending.popleft()
+            if cursor is None:
+                self._write(rec)
+            else:
+                self._keep(rec, cursor, span)
+
     def keep(self, path: bytes) -> None:
         """The file just looked up is unchanged: carry its record over."""
         rec = self._last
         if rec is None or self.path is None:
             return
+        cursor = self._last_cursor
+        assert cursor is not None
+        if self._holding:
+            self._pending.append((rec, cursor, cursor.span))
+            return
+        self._keep(rec, cursor, cursor.span)
+
+    def _keep(self, rec: list[Any], cursor: _Cursor, span: tuple[int, int]) -> None:
         self._last_written = rec[0]
         self.entries_written += 1
-        if self._last_cursor is not self._old or self._old.version != VERSION:
+        if cursor is not self._old or self._old.version != VERSION:
             self._write(rec)  # (an older version's bytes cannot be copied into this stream)
             return
-        start, end = self._old.span
+        start, end = span
         if self._copy[1] and self._copy[1] == start:
             self._copy = (self._copy[0], end)  # extends the pending range
             return
@@ -373,16 +406,23 @@ class FilesCache:
         if max(st.st_mtime_ns, st.st_ctime_ns) >= read_at_ns - RACY_NS:
             # may change again within the same clock tick: recorded as known (the next run counts it as
             # changed, not new) but never trusted (no real file has a ctime before 1970)
-            self._write([key, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, UNTRUSTED_CTIME, 0, [], _EMPTY])
+            self._record([key, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, UNTRUSTED_CTIME, 0, [], _EMPTY])
             return
         chunks = [c for c in node_map.get("c", ()) if type(c) is bytes]
         try:
             raw = self._pack(node_map)
         except OverflowError:
             return  # a time msgpack cannot hold (a file dated 1500 or 31690): not remembered, read again next time
-        self._write([
+        self._record([
             key, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, node_map.get("at", 0), chunks, raw,
         ])
+
+    def _record(self, rec: list[Any]) -> None:
+        if self._holding:
+            if self.path is not None:
+                self._pending.append((rec, None, (0, 0)))
+            return
+        self._write(rec)
 
     def flush(self) -> None:
         """Push buffered records to the OS (they then survive the process being killed)."""
@@ -403,6 +443,8 @@ class FilesCache:
             self._partial.close()
 
     def _finish(self, complete: bool) -> None:
+        self._holding = False
+        self.drain()
         if self.path is None:
             return
         if complete and self._identical and self._old.verified and self._copy[1] == self._old.size:
