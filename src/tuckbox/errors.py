@@ -126,6 +126,10 @@ class PermanentError(BackendError):
     """A failure retrying cannot fix (credentials, quota, full disk, permissions)."""
 
 
+class NoSpace(PermanentError):
+    """The storage is full (a local disk, an SFTP server's file system or quota)."""
+
+
 class Interrupted(TuckboxError):
     exit_code = EXIT_INTERRUPTED
 

@@ -398,3 +398,33 @@ def test_a_restore_waiting_for_a_prune_reads_the_snapshot_once_the_prune_is_done
     assert restore.returncode != 0
     assert "Traceback" not in err.decode() and "repair index" not in err.decode(), err
     assert gone[:8] in err.decode() and "no snapshot" in err.decode().lower(), err
+
+
+def test_prune_on_full_storage_names_the_prune_that_needs_no_room(tb: Tuckbox, tmp_path: Path) -> None:
+    """A full disk is when prune is wanted most, and repacking needs room for the copies first: the error
+    said only 'free some space'. It now names `prune --max-unused 100%`, which copies nothing, and that
+    frees the wholly unused packs on the same full storage; the repository stays valid throughout."""
+    src = tmp_path / "src"
+    tb("init", "--pack-size", "1MiB", "--chunk-min", "16KiB", "--chunk-avg", "32KiB", "--chunk-max", "64KiB")
+    for i in range(4):
+        _write(src / f"f{i}", i, 400_000)
+    tb("backup", str(src))
+    (src / "f1").unlink()
+    (src / "f2").unlink()
+    _write(src / "f5", 5, 400_000)
+    tb("backup", str(src))
+    tb("forget", "--keep-last", "1")
+    before = _pack_bytes(tb)
+    full = {"TUCKBOX_TEST_FAULTS": "quota_after=0"}  # every pack save fails: the storage is full
+    res = tb("prune", env=full, expect=1)
+    error = [ln for ln in res.err.splitlines() if ln.startswith("tuckbox: error:")]
+    assert len(error) == 1 and "quota" in error[0], res.err
+    assert "or first run 'tuckbox prune --max-unused 100%': it copies nothing and only removes the " in error[0]
+    assert " unused pack(s) (" in error[0], error[0]
+    tb("check", "--read-data")
+    res = tb("prune", "--max-unused", "100%", env=full)
+    assert "wrote 0 pack(s)" in res.out and _pack_bytes(tb) < before
+    tb("check", "--read-data")
+    tb("prune")  # with room again, the partly unused packs are repacked
+    tb("check", "--read-data")
+    _restore_equal(tb, "latest", src, tmp_path)

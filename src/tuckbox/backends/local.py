@@ -24,7 +24,7 @@ import secrets
 from typing import Iterator
 
 from .. import directio
-from ..errors import NotARepository, ObjectExists, ObjectNotFound, PermanentError, TransientError
+from ..errors import NoSpace, NotARepository, ObjectExists, ObjectNotFound, PermanentError, TransientError
 from ..text import display_path
 from ..types import ObjectInfo, ObjectType
 from .layout import directories, is_object_name, object_path
@@ -170,7 +170,7 @@ class LocalBackend:
                 return self._vanished()  # not one missing object: the repository's directories are gone
             return ObjectNotFound(f"{what} not found in repository {self.location}")
         if e.errno == errno.ENOSPC:
-            return PermanentError(f"no space left on the device holding {self.location}; free some space and run again")
+            return NoSpace(f"no space left on the device holding {self.location}; free some space and run again")
         if e.errno in _PERMANENT:
             return PermanentError(f"cannot access {what} in {self.location}: {e.strerror}")
         return TransientError(f"I/O error on {what} in {self.location}: {e.strerror}")

@@ -45,7 +45,7 @@ from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
 import asyncssh
 
-from ..errors import ObjectExists, ObjectNotFound, PermanentError, TransientError, TuckboxError, UsageError
+from ..errors import NoSpace, ObjectExists, ObjectNotFound, PermanentError, TransientError, TuckboxError, UsageError
 from ..types import ObjectInfo, ObjectType
 from .layout import check_name, directories, object_path
 from .url import RemoteURL, option, parse_float, parse_remote_url
@@ -317,7 +317,7 @@ class SFTPBackend:
         if isinstance(e, (asyncssh.SFTPNoSuchFile, asyncssh.SFTPNoSuchPath)):
             return ObjectNotFound(f"{what} not found in repository {self.location}")
         if isinstance(e, (asyncssh.SFTPNoSpaceOnFilesystem, asyncssh.SFTPQuotaExceeded)):
-            return PermanentError(f"no space left on {self.location} writing {what}; free some space and run again")
+            return NoSpace(f"no space left on {self.location} writing {what}; free some space and run again")
         if isinstance(e, (asyncssh.SFTPPermissionDenied, asyncssh.SFTPWriteProtect)):
             return PermanentError(f"permission denied on {what} in {self.location}; check the server's permissions")
         if isinstance(e, asyncssh.ChannelOpenError) or isinstance(e, asyncssh.ServiceNotAvailable):
@@ -454,7 +454,7 @@ class SFTPBackend:
             return
         free = (vfs.bavail or 0) * (vfs.frsize or vfs.bsize or 0)
         if vfs.blocks and free < size + _FULL_MARGIN:
-            raise PermanentError(
+            raise NoSpace(
                 f"no space left on {self.location} writing {what} ({_mib(free)} free, {_mib(size)} needed); "
                 "free some space and run again"
             )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..errors import NoSpace
 from ..maintenance.prune import DEFAULT_MAX_UNUSED, PrunePlan, execute_prune, plan_prune
 from ..repository.locks import Lock
 from ..repository.repo import Repository
@@ -86,7 +87,15 @@ def prune(args: argparse.Namespace, repo: Repository, dry_run: bool, without: fr
             say(args, f"nothing to prune ({plan.snapshots} snapshot(s), {len(plan.keep)} pack(s) all in use)")
             return {"dry_run": False, "plan": plan.as_dict(), "result": None, "notes": plan.notes}
         say(args, describe_plan(plan))
-        result = execute_prune(repo, plan, progress)
+        try:
+            result = execute_prune(repo, plan, progress)
+        except NoSpace as e:
+            if not plan.repack or not (plan.remove or plan.unindexed):
+                raise
+            # a full disk is when prune is wanted most: removing wholly unused packs needs no room for copies
+            unused = sum(p.size for p in plan.remove) + sum(plan.unindexed.values())
+            raise NoSpace(f"{e}, or first run 'tuckbox prune --max-unused 100%': it copies nothing and only removes "
+                          f"the {len(plan.remove) + len(plan.unindexed)} unused pack(s) ({human(unused)})") from None
     finally:
         repo.guard = None
         lock.release()

@@ -14,7 +14,7 @@ it). The value is a comma-separated list of ``key=value``:
     crash_before=N  SIGKILL this process right before the N-th save reaches the storage
     crash_after_snapshots=N (or _data, _index, _locks, _keys): SIGKILL right after the N-th save of that kind
     crash_after_removes=N   SIGKILL right after the N-th removal of a pack, index or snapshot (prune, forget)
-    quota_after=N   after N pack saves, every save fails with PermanentError (a storage quota)
+    quota_after=N   after N pack saves, every save fails with NoSpace (a storage quota)
     hang_after=N    after N saves, every call blocks for good, as on a server that stopped answering
     hang_data=1     from the first load of a pack (a restore's or check's data), every call blocks for good
 
@@ -34,7 +34,7 @@ import zlib
 from typing import Iterator
 
 from ..backends.wrappers import _Wrapper
-from ..errors import PermanentError, UsageError
+from ..errors import NoSpace, UsageError
 from ..types import Backend, ObjectInfo, ObjectType
 
 FAULTS_ENV = "TUCKBOX_TEST_FAULTS"
@@ -116,7 +116,7 @@ class CrashBackend(_Wrapper):
             full = bool(c[2])
         self._maybe_hang(n - 1)
         if full:
-            raise PermanentError(f"storage quota of {self.location} exceeded; free some space or raise the quota")
+            raise NoSpace(f"storage quota of {self.location} exceeded; free some space or raise the quota")
         if self.crash_before and n == self.crash_before:
             self._crash()
         self.inner.save(type, name, data)
