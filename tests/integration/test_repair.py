@@ -161,6 +161,24 @@ def test_repair_snapshots_leaves_out_exactly_the_files_whose_data_is_lost(tb: Tu
     assert "every piece of their data" in tb("repair", "snapshots").out
 
 
+def test_repair_snapshots_killed_between_saving_and_removing_leaves_no_duplicate(tb: Tuckbox, tmp_path: Path) -> None:
+    """Killed after saving a repaired snapshot and before removing the damaged one, the next run repaired the
+    damaged one again: two identical repaired snapshots. Now it finds the one saved and removes the old."""
+    _setup(tb, tmp_path)
+    data_packs = sorted((f for f in (Path(tb.repo) / "data").rglob("*") if f.is_file()), key=lambda f: -f.stat().st_size)
+    data_packs[0].unlink()
+    tb("repair", "index")
+    before = tb("snapshots", "--json").json()
+    res = tb("repair", "snapshots", env={"TUCKBOX_TEST_FAULTS": "crash_after_snapshots=1"}, expect=None)
+    assert res.code == -9, res.err
+    assert len(tb("snapshots", "--json").json()) == len(before) + 1
+    tb("unlock")
+    tb("repair", "snapshots")
+    snaps = tb("snapshots", "--json").json()
+    assert len(snaps) == len(before) and all("repaired" in s["tags"] for s in snaps), snaps
+    assert "no errors found" in tb("check").out
+
+
 def test_repair_snapshots_reports_a_snapshot_whose_root_is_lost(tb: Tuckbox, tmp_path: Path) -> None:
     _setup(tb, tmp_path)
     from tuckbox.backends.local import LocalBackend

@@ -109,3 +109,28 @@ def test_a_rewritten_snapshot_has_the_sizes_and_counts_of_what_it_holds(tb: Tuck
     assert (new["bytes_total"], new["files"], new["dirs"], new["others"]) == (12, 2, 2, 1)
     assert new["rewritten_removed"] == 3 and new["bytes_read"] == old["bytes_read"]
     assert "12 B in the latest" in tb("stats").out
+
+
+def test_a_rewrite_killed_between_saving_and_removing_leaves_no_duplicate(tb: Tuckbox, tmp_path: Path) -> None:
+    """Rewrite saves the new snapshot before it removes the old one. Killed in between, the next run made
+    the same snapshot again: the history kept two identical snapshots (each taking a place a retention rule
+    keeps). Now the next run finds the one already saved and only removes the old snapshot."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("secret", "a", "b"):
+        (src / name).write_bytes(name.encode() * 100)
+    tb("init")
+    tb("backup", str(src))
+    (src / "c").write_bytes(b"c")
+    tb("backup", str(src))
+    res = tb("rewrite", "--exclude", "secret", env={"TUCKBOX_TEST_FAULTS": "crash_after_snapshots=1"}, expect=None)
+    assert res.code == -9, res.err  # killed right after the first new snapshot was stored
+    assert len(tb("snapshots", "--json").json()) == 3
+    tb("unlock")
+    tb("rewrite", "--exclude", "secret")
+    snaps = tb("snapshots", "--json").json()
+    assert len(snaps) == 2 and all("rewritten" in s["tags"] for s in snaps), snaps
+    assert sorted(s["summary"]["files"] for s in snaps) == [2, 3]
+    for s in snaps:
+        assert f"{src}/secret" not in tb("ls", s["id"], str(src)).out
+    assert "no errors found" in tb("check").out

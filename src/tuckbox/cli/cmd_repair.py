@@ -141,11 +141,11 @@ def _snapshots(args: argparse.Namespace) -> int:
             lock = Lock(repo.backend, repo.keys.index_key, exclusive=False).acquire(lock_wait(args), say_waiting)
             repo.guard = lock.ensure_held
             repo.refresh_index()
-        snaps = repo.snapshots()
+        snaps = every = repo.snapshots()
         if args.snapshots:
             wanted = {repo.find_snapshot(ref, snaps).id for ref in args.snapshots}
             snaps = [s for s in snaps if s.id in wanted]
-        results = repair_snapshots(repo, snaps, progress, dry_run=args.dry_run)
+        results = repair_snapshots(repo, snaps, progress, dry_run=args.dry_run, every=every)
     finally:
         repo.guard = None
         if lock is not None:

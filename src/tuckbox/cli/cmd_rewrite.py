@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             lock = Lock(repo.backend, repo.keys.index_key, exclusive=False).acquire(lock_wait(args), say_waiting)
             repo.guard = lock.ensure_held
             repo.refresh_index()
-        snaps = repo.snapshots()
+        snaps = every = repo.snapshots()
         if args.snapshots:
             wanted = {repo.find_snapshot(ref, snaps).id for ref in args.snapshots}
             snaps = [s for s in snaps if s.id in wanted]
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
             if packer is not None:
                 packer.flush()  # the new trees and their index, before any snapshot names them
             for snap, new_root, removed, counts in changed:
-                new = "" if args.dry_run else save_rewritten(repo, snap, new_root, TAG, len(removed), counts)
+                new = "" if args.dry_run else save_rewritten(repo, snap, new_root, TAG, len(removed), counts, every)
                 done.append({"old": snap.id, "new": new, "removed": [json_path(p) for p in removed]})
                 if not opt(args, "json"):
                     verb = "would lose" if args.dry_run else f"replaced by {new[:8]}, without"

@@ -212,14 +212,16 @@ REPAIRED_TAG = "repaired"
 
 
 def repair_snapshots(
-    repo: Repository, snaps: list[Snapshot], progress: Progress | None = None, dry_run: bool = False
+    repo: Repository, snaps: list[Snapshot], progress: Progress | None = None, dry_run: bool = False,
+    every: list[Snapshot] | None = None,
 ) -> list[RepairedSnapshot]:
     """Rewrite each snapshot that needs data the repository no longer has, without the damaged entries.
 
     A file with a chunk that is not indexed, or whose pack is not stored, is left out; a directory whose
     listing is lost is kept, empty. The new snapshot (tagged ``repaired``, with the left-out count in its
     summary) is saved before the old one is removed. A snapshot whose root listing is lost is reported and
-    left alone (forget it). The caller holds a lock and set ``repo.guard``.
+    left alone (forget it). The caller holds a lock and set ``repo.guard``. ``every``: all the snapshots
+    listed (default ``snaps``), where a repaired snapshot an interrupted run saved is found again.
     """
     progress = progress or (lambda _m: None)
     repo.keys.require_full("repair snapshots (it must read them)")
@@ -250,7 +252,8 @@ def repair_snapshots(
         if not dry_run:
             for snap, new_root, counts, item in out:
                 if new_root is not None:  # (a lost root listing: nothing to keep; reported, forget it)
-                    item.new = save_rewritten(repo, snap, new_root, REPAIRED_TAG, len(item.removed), counts)
+                    item.new = save_rewritten(repo, snap, new_root, REPAIRED_TAG, len(item.removed), counts,
+                                              snaps if every is None else every)
     finally:
         if packer is not None:
             packer.close()

@@ -168,10 +168,17 @@ def _above(paths: Sequence[bytes]) -> set[bytes]:
     return out
 
 
-def save_rewritten(repo: Repository, snap: Snapshot, new_tree: bytes, tag: str, removed: int, counts: Counts) -> str:
+def save_rewritten(
+    repo: Repository, snap: Snapshot, new_tree: bytes, tag: str, removed: int, counts: Counts,
+    existing: Sequence[Snapshot] = (),
+) -> str:
     """Save ``snap`` with ``new_tree`` (tagged, the count left out in its summary, its sizes and counts
     those of ``counts``, what ``rewrite_tree`` found the new tree holds), then remove the old snapshot
     object; the new one's name. Call only after the packer holding the new trees was flushed.
+
+    A run stopped between the two writes leaves both; the next run makes the same snapshot again, so
+    when ``existing`` (the snapshots listed) holds it already, it is not saved a second time: the old one
+    is only removed (two identical snapshots would each take a place a retention rule keeps).
 
     ``bytes_total``, ``dirs``, ``others`` and ``files`` describe the new tree, counted as a backup counts
     them (the directories above the backed-up paths are not); the other fields (files new, changed,
@@ -185,7 +192,9 @@ def save_rewritten(repo: Repository, snap: Snapshot, new_tree: bytes, tag: str, 
         tags=sorted(set(snap.tags) | {tag}), parent=snap.parent, partial=snap.partial,
         summary=summary, program=snap.program,
     )
-    name = repo.save_snapshot(fixed)
+    doc = fixed.to_doc()
+    same = next((s.id for s in existing if s.id != snap.id and s.to_doc() == doc), None)
+    name = same if same is not None else repo.save_snapshot(fixed)
     if name != snap.id:
         try:
             repo.backend.remove(ObjectType.SNAPSHOT, snap.id)
