@@ -121,3 +121,16 @@ def test_a_damaged_files_cache_never_goes_into_a_snapshot(tb, tmp_path, where, t
     assert compare_trees(src, tmp_path / "r" / src.relative_to("/")) == []
     res = tb("backup", str(src), "--json")  # and the cache works again
     assert json.loads(res.out.splitlines()[-1])["files_unmodified"] == 5
+
+
+@pytest.mark.skipif(not IS_ROOT or not shutil.which("setpriv"), reason="runs a command as another uid")
+def test_a_repository_another_user_cannot_read_is_named_plainly(shared_tmp):
+    """A repository made by root (objects mode 0600) opened by another user: the error named the file
+    'config/config', which is not where it is."""
+    tb = Tuckbox(shared_tmp)
+    tb("init")
+    tb.passfile.chmod(0o644)
+    (shared_tmp / "cache").chmod(0o777)
+    res = run_as(NO_SUCH_UID, tb.env, shared_tmp, "snapshots")
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1] == f"tuckbox: error: cannot access config in {tb.repo}: Permission denied"

@@ -36,6 +36,11 @@ def is_object_name(type: ObjectType, name: str) -> bool:
     return name == "config" if type is ObjectType.CONFIG else bool(_NAME.match(name))
 
 
+def object_label(type: ObjectType, name: str) -> str:
+    """How messages name an object: ``config``, ``keys/<name>``, ``data/<name>``."""
+    return "config" if type is ObjectType.CONFIG else f"{type.value}/{name}"
+
+
 def object_path(type: ObjectType, name: str) -> str:
     check_name(type, name)
     if type is ObjectType.CONFIG:

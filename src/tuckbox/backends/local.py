@@ -27,7 +27,7 @@ from .. import directio
 from ..errors import NoSpace, NotARepository, ObjectExists, ObjectNotFound, PermanentError, TransientError
 from ..text import display_path
 from ..types import ObjectInfo, ObjectType
-from .layout import directories, is_object_name, object_path
+from .layout import directories, is_object_name, object_label, object_path
 
 DIRECT_MIN = 1 << 20  # objects at least this large are written with O_DIRECT where possible
 
@@ -240,7 +240,7 @@ class LocalBackend:
                 os.unlink(tmp)
             except OSError:
                 pass
-            raise self._fail(e, f"{type.value}/{name}", type) from None
+            raise self._fail(e, object_label(type, name), type) from None
 
     def load(self, type: ObjectType, name: str, offset: int = 0, length: int | None = None) -> bytes:
         try:
@@ -249,13 +249,13 @@ class LocalBackend:
                     f.seek(offset)
                 return f.read() if length is None else f.read(length)
         except OSError as e:
-            raise self._fail(e, f"{type.value}/{name}", type) from None
+            raise self._fail(e, object_label(type, name), type) from None
 
     def stat(self, type: ObjectType, name: str) -> ObjectInfo:
         try:
             st = os.stat(self._path(type, name))
         except OSError as e:
-            raise self._fail(e, f"{type.value}/{name}", type) from None
+            raise self._fail(e, object_label(type, name), type) from None
         return ObjectInfo(type, name, st.st_size)
 
     def list(self, type: ObjectType) -> Iterator[ObjectInfo]:
@@ -294,7 +294,7 @@ class LocalBackend:
         try:
             os.unlink(self._path(type, name))
         except OSError as e:
-            raise self._fail(e, f"{type.value}/{name}", type) from None
+            raise self._fail(e, object_label(type, name), type) from None
 
     def close(self) -> None:
         pass

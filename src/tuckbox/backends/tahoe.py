@@ -53,7 +53,7 @@ import httpx
 
 from ..errors import ObjectExists, ObjectNotFound, PermanentError, TransientError, UsageError
 from ..types import ObjectInfo, ObjectType
-from .layout import check_name
+from .layout import check_name, object_label
 from .url import parse_float
 
 _NAME = re.compile(r"^[0-9a-f][0-9a-f-]{1,127}$")
@@ -313,7 +313,7 @@ class TahoeBackend:
             self._dircap(self._rel(top), create=True)
 
     def save(self, type: ObjectType, name: str, data: bytes | memoryview) -> None:
-        what = f"{type.value}/{name}"
+        what = object_label(type, name)
         self._check_writable(what)
         cap = self._dircap(self._rel(self._shard(type, name)), create=True)
         assert cap is not None
@@ -337,7 +337,7 @@ class TahoeBackend:
         return cap, int(info.get("size") or 0)
 
     def _stat_json(self, type: ObjectType, name: str) -> dict[str, Any]:
-        what = f"{type.value}/{name}"
+        what = object_label(type, name)
         cap = self._dircap(self._rel(self._shard(type, name)), create=False)
         if cap is None:
             raise ObjectNotFound(f"{what} not found in repository {self.location}")
@@ -348,7 +348,7 @@ class TahoeBackend:
         return info
 
     def load(self, type: ObjectType, name: str, offset: int = 0, length: int | None = None) -> bytes:
-        what = f"{type.value}/{name}"
+        what = object_label(type, name)
         if offset < 0 or (length is not None and length < 0):
             raise UsageError(f"invalid range {offset}+{length} for {what}")
         filecap, size = self._filecap(type, name)
@@ -416,7 +416,7 @@ class TahoeBackend:
                 yield from self._files_in(type, entries)
 
     def remove(self, type: ObjectType, name: str) -> None:
-        what = f"{type.value}/{name}"
+        what = object_label(type, name)
         self._check_writable(what)
         cap = self._dircap(self._rel(self._shard(type, name)), create=False)
         if cap is None:

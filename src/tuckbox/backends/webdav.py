@@ -36,7 +36,7 @@ import httpx
 from ..errors import ObjectExists, ObjectNotFound, PermanentError, TransientError, UsageError
 from .url import parse_float
 from ..types import ObjectInfo, ObjectType
-from .layout import object_path
+from .layout import object_label, object_path
 
 _NAME = re.compile(r"^[0-9a-f][0-9a-f-]{1,127}$")
 _DAV = "{DAV:}"
@@ -295,7 +295,7 @@ class WebDAVBackend:
 
     def save(self, type: ObjectType, name: str, data: bytes | memoryview) -> None:
         path = object_path(type, name)
-        what = f"{type.value}/{name}"
+        what = object_label(type, name)
         parent = posixpath.dirname(path)
         tmp = posixpath.join(parent, f".tmp-{secrets.token_hex(8)}")
         try:
@@ -340,7 +340,7 @@ class WebDAVBackend:
 
     def load(self, type: ObjectType, name: str, offset: int = 0, length: int | None = None) -> bytes:
         path = object_path(type, name)
-        what = f"{type.value}/{name}"
+        what = object_label(type, name)
         if offset < 0 or (length is not None and length < 0):
             raise UsageError(f"invalid range {offset}+{length} for {what}")
         if length == 0:
@@ -363,7 +363,7 @@ class WebDAVBackend:
 
     def stat(self, type: ObjectType, name: str) -> ObjectInfo:
         path = object_path(type, name)
-        what = f"{type.value}/{name}"
+        what = object_label(type, name)
         for _href, is_dir, size in self._propfind(path, "0", what):
             if is_dir:
                 break
@@ -407,7 +407,7 @@ class WebDAVBackend:
 
     def remove(self, type: ObjectType, name: str) -> None:
         path = object_path(type, name)
-        what = f"{type.value}/{name}"
+        what = object_label(type, name)
         r = self._request("DELETE", path, what)
         if r.status_code not in (200, 202, 204):
             raise self._fail(r, what)
