@@ -134,3 +134,42 @@ def test_a_repository_another_user_cannot_read_is_named_plainly(shared_tmp):
     res = run_as(NO_SUCH_UID, tb.env, shared_tmp, "snapshots")
     assert res.returncode == 1
     assert res.stderr.strip().splitlines()[-1] == f"tuckbox: error: cannot access config in {tb.repo}: Permission denied"
+
+
+def test_a_cache_that_can_be_read_but_not_written(shared_tmp):
+    """A cache directory this user cannot write (another user's, a read-only mount) holding a killed run's
+    files-cache stream: the backup stopped with 'internal error: OSError' (adopting the stream). Now it
+    runs, uses what the cache holds, and says that it cannot write it."""
+    src = shared_tmp / "src"
+    src.mkdir(mode=0o777)
+    for i in range(3):
+        (src / f"f{i}").write_bytes(os.urandom(2000))
+        os.utime(src / f"f{i}", ns=(1_500_000_000_000_000_000,) * 2)
+    time.sleep(1.1)
+    tb = Tuckbox(shared_tmp)
+    tb.passfile.chmod(0o644)
+    tb("init")
+    tb("backup", str(src))
+    (stream,) = list((shared_tmp / "cache").glob("*/state/files-cache/*"))
+    shutil.copy(stream, f"{stream}.new-999999999")  # a run killed outright, whose pid is gone
+    if IS_ROOT:
+        if not shutil.which("setpriv"):
+            pytest.skip("needs setpriv to run as another user")
+        for p in [Path(tb.repo), *Path(tb.repo).rglob("*")]:  # (not the files: that would change their ctime)
+            os.chown(p, NO_SUCH_UID, NO_SUCH_UID)
+        for p in [shared_tmp / "cache", *(shared_tmp / "cache").rglob("*")]:  # root's cache, readable to all
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        res = run_as(NO_SUCH_UID, tb.env, shared_tmp, "backup", str(src), "--json")
+        code, err, out = res.returncode, res.stderr, res.stdout
+    else:
+        for p in (shared_tmp / "cache").rglob("*"):
+            if p.is_dir():
+                p.chmod(0o555)
+        res = tb("backup", str(src), "--json")
+        code, err, out = res.code, res.err, res.out
+    assert code == 0, err
+    notices = [ln for ln in err.splitlines() if "cache directory" in ln]
+    assert len(notices) == 1 and notices[0].startswith("warning: cannot write to the cache directory "), err
+    assert "TUCKBOX_CACHE_DIR" in notices[0]
+    summary = json.loads(out.splitlines()[-1])
+    assert summary["files_unmodified"] == 3 and summary["bytes_read"] == 0, summary

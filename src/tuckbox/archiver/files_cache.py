@@ -229,7 +229,10 @@ class FilesCache:
             self._old = self._partial = _Cursor(None)
             return
         self.path = directory / digest
-        self._adopt_leftovers()
+        try:
+            self._adopt_leftovers()
+        except OSError:
+            pass  # (a read-only cache, or another run adopting them at the same time): used as they are
         self._partial = _Cursor(self._partial_path)
         self._old = _Cursor(self.path)
         self._cursors = [c for c in (self._partial, self._old) if c.current is not None]

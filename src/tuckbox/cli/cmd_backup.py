@@ -102,6 +102,10 @@ def run(args: argparse.Namespace) -> int:
         warn(f"cannot use the cache directory {display(os.fsencode(repo.cache.dir))} ({repo.cache.problem}): this backup "
              "reads every file again, and if it is interrupted its uploads start over; "
              "set TUCKBOX_CACHE_DIR to a writable directory")
+    elif problem := repo.cache.unwritable():
+        warn(f"cannot write to the cache directory {display(os.fsencode(repo.cache.dir))} ({problem}): the next backup "
+             "reads again every file this one reads, and if this one is interrupted its uploads start over; "
+             "set TUCKBOX_CACHE_DIR to a writable directory")
     progress = CliProgress(bool(opt(args, "json")), bool(opt(args, "quiet")), "backup")
     try:
         with _StopOnSignal() as stop:

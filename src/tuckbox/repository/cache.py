@@ -63,6 +63,21 @@ class Cache:
             self.enabled = False  # a read-only home must not stop a restore
             self.problem = e.strerror or type(e).__name__
 
+    def unwritable(self) -> str:
+        """Why the cache can be read but not written ("" when it can), e.g. a read-only file system."""
+        if not self.enabled:
+            return ""
+        probe = self.state_dir / f".probe-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except OSError as e:
+            return e.strerror or type(e).__name__
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+        return ""
+
     @property
     def state_dir(self) -> Path:
         return self.dir / "state"
