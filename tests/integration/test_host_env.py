@@ -173,3 +173,32 @@ def test_a_cache_that_can_be_read_but_not_written(shared_tmp):
     assert "TUCKBOX_CACHE_DIR" in notices[0]
     summary = json.loads(out.splitlines()[-1])
     assert summary["files_unmodified"] == 3 and summary["bytes_read"] == 0, summary
+
+
+@pytest.fixture
+def small_mount(tmp_path):
+    """A 256 KiB file system (tmpfs; needs the right to mount)."""
+    path = tmp_path / "small"
+    path.mkdir()
+    if not IS_ROOT or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(path)],
+                                     capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    yield path
+    subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_a_cache_on_a_full_disk_is_pointed_out(tb, tmp_path, small_mount):
+    """With the cache's file system full, a backup stores everything, but its files cache is cut short:
+    the next run reads most files again (counted as new), every time, and nothing said so."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3000):
+        (src / f"file-with-a-longer-name-{i:05}").write_bytes(b"%d\n" % i)
+    tb.env["TUCKBOX_CACHE_DIR"] = str(small_mount / "cache")
+    tb("init")
+    res = tb("backup", str(src), "--json")
+    notices = [ln for ln in res.err.splitlines() if "cache directory" in ln]
+    assert len(notices) == 1 and "(No space left on device)" in notices[0], res.err
+    assert "make room there or set TUCKBOX_CACHE_DIR" in notices[0]
+    assert json.loads(res.out.splitlines()[-1])["files_new"] == 3000
+    tb("check")

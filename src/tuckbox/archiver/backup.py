@@ -75,6 +75,7 @@ class BackupResult:
     checkpoints: list[str] = field(default_factory=list)
     left_out: int = 0  # files finished by the walk but left out of the checkpoint: their data was not stored
     skipped_own: list[bytes] = field(default_factory=list)  # tuckbox's repository or cache inside the paths
+    cache_problem: str = ""  # why the files cache or the pack journal could not be written (a full disk)
 
 
 def _own_dirs(repo: Repository) -> set[tuple[int, int]]:
@@ -331,7 +332,8 @@ def run_backup(
         files_cache.finish(complete=not partial)
         repo.save_index_snapshot()  # every pack it stored is indexed: the next run loads the index at once
         finished = True
-        return BackupResult(snap, archiver.summary.warnings, partial, adopted, written, left_out, archiver.skipped_own)
+        return BackupResult(snap, archiver.summary.warnings, partial, adopted, written, left_out, archiver.skipped_own,
+                            files_cache.problem or journal.problem)
     except KeyboardInterrupt:
         packer.stop(grace=0)  # quit at once: wait for no upload (the journal covers what was stored)
         raise

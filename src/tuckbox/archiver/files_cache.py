@@ -215,6 +215,7 @@ class FilesCache:
         self._identical = True  # the new stream so far equals a prefix of the old one
         self._cursors: list[_Cursor] = []
         self.entries_written = 0
+        self.problem = ""  # why the new stream could not be written (the next run then reads files again)
         self._holding = False
         self._pending: deque[tuple[list[Any], _Cursor | None, tuple[int, int]]] = deque()  # held back (hold_back)
         if directory is None:
@@ -314,9 +315,8 @@ class FilesCache:
             try:
                 self._out = open(self._new_path, "wb", buffering=256 * 1024)
                 self._out.write(msgpack.packb({"v": VERSION}))
-            except OSError:
-                self._out = None
-                self.path = None  # stop caching; never fail a backup over it
+            except OSError as e:
+                self._give_up(e)  # stop caching; never fail a backup over it
                 return False
         return True
 
@@ -326,10 +326,19 @@ class FilesCache:
             assert self._out is not None
             try:
                 self._out.write(self._old.read_range(start, end))
-            except OSError:
-                self._out = None
-                self.path = None
+            except OSError as e:
+                self._give_up(e)
         self._copy = (0, 0)
+
+    def _give_up(self, e: OSError) -> None:
+        if self._out is not None:
+            try:
+                self._out.close()
+            except OSError:
+                pass  # (what it holds unwritten is given up with it)
+        self._out = None
+        self.path = None
+        self.problem = self.problem or e.strerror or type(e).__name__
 
     def _write(self, rec: list[Any]) -> None:
         if self.path is None:
@@ -347,9 +356,8 @@ class FilesCache:
             self.entries_written += 1
         except OverflowError:
             pass  # a time msgpack cannot hold (a file dated 31690): the file is simply read again next time
-        except OSError:
-            self._out = None
-            self.path = None
+        except OSError as e:
+            self._give_up(e)
 
     def hold_back(self, on: bool) -> None:
         """While on, what ``keep`` and ``remember`` are given waits (in order) until a later ``remember``
@@ -434,8 +442,8 @@ class FilesCache:
         if self._out is not None:
             try:
                 self._out.flush()
-            except OSError:
-                pass
+            except OSError as e:
+                self.problem = self.problem or e.strerror or type(e).__name__
 
     def finish(self, complete: bool) -> None:
         """End of run: a complete run replaces the cache; an interrupted one leaves a partial stream."""
@@ -479,8 +487,8 @@ class FilesCache:
                 self._partial_path.unlink(missing_ok=True)
             else:
                 os.replace(self._new_path, self._partial_path)
-        except OSError:
-            pass
+        except OSError as e:
+            self.problem = self.problem or e.strerror or type(e).__name__
 
     def abandon(self) -> None:
         """The run failed: keep what it wrote as the partial stream (entries are verified on use)."""

@@ -121,6 +121,10 @@ def run(args: argparse.Namespace) -> int:
         progress.close()
         repo.close()
     snap, s = result.snapshot, result.snapshot.summary
+    if result.cache_problem:
+        warn(f"cannot write to the cache directory {display(os.fsencode(repo.cache.dir))} ({result.cache_problem}): "
+             "the next backup reads again every file this one read, and an interrupted one starts its uploads over; "
+             "make room there or set TUCKBOX_CACHE_DIR to another directory")
     if result.interrupted:
         if opt(args, "json"):
             emit_json({"type": "summary", "snapshot": snap.id, "short_id": snap.short_id, "interrupted": True,

@@ -51,6 +51,7 @@ class PackJournal:
         self._fd: int | None = None
         self._lock = threading.Lock()  # upload threads record while the run's thread may close
         self._removed = False
+        self.problem = ""  # why a record could not be written (an interrupted run could not resume from it)
         if directory is not None:
             try:
                 directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -69,8 +70,8 @@ class PackJournal:
                     self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
                 os.write(self._fd, encode_record(pack))
                 os.fsync(self._fd)
-            except OSError:
-                pass  # the journal only saves work on resume; never fail a backup over it
+            except OSError as e:  # the journal only saves work on resume; never fail a backup over it
+                self.problem = self.problem or e.strerror or type(e).__name__
 
     def close(self, *, remove: bool) -> None:
         with self._lock:
