@@ -287,6 +287,8 @@ def test_kill_during_init_then_init_again(point, tmp_path):
         else:
             assert "not a tuckbox repository" in cli("snapshots", expect=1).err
             cli(*INIT)
+            # the dead run's key opens nothing here: 'key list' showed it as a second full key
+            assert [k["in_use"] for k in cli("key", "list", "--json").json()] == [True]
         cli("backup", str(src))
         cli("restore", "latest", "--target", str(tmp_path / f"r-{attempt}"))
         assert file_hashes(restored(tmp_path / f"r-{attempt}", src)) == file_hashes(src)

@@ -202,3 +202,18 @@ def test_a_cache_on_a_full_disk_is_pointed_out(tb, tmp_path, small_mount):
     assert "make room there or set TUCKBOX_CACHE_DIR" in notices[0]
     assert json.loads(res.out.splitlines()[-1])["files_new"] == 3000
     tb("check")
+
+
+def test_init_on_a_full_disk_leaves_nothing_behind(tb, small_mount):
+    """init stores its key, then the config. With no room for the config it stopped with a clear error but
+    left the key of a repository that never existed, which the next init's 'key list' showed as a key."""
+    tb.repo = str(small_mount / "repo")
+    tb.env["TUCKBOX_REPOSITORY"] = tb.repo
+    free = os.statvfs(small_mount).f_bavail * os.statvfs(small_mount).f_frsize
+    (small_mount / "filler").write_bytes(b"\0" * (free - 4096))  # room for the key file, not for the config
+    res = tb("init", expect=1)
+    assert res.err.strip().splitlines()[-1].startswith("tuckbox: error: no space left on the device holding"), res.err
+    assert list((small_mount / "repo" / "keys").iterdir()) == []
+    (small_mount / "filler").unlink()
+    tb("init")
+    assert [k["in_use"] for k in tb("key", "list", "--json").json()] == [True]

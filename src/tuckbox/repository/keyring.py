@@ -86,7 +86,7 @@ def open_record(meta_private: bytes, raw: bytes, name: str) -> dict[str, Any]:
         raise IntegrityError(f"key record {name[:8]} is malformed") from None
 
 
-def _entry_from_object(repo: Repository, name: str, raw: bytes) -> KeyEntry:
+def _entry_from_object(repo: Repository, name: str, raw: bytes) -> KeyEntry | None:
     in_use = bool(repo.key_name) and name == repo.key_name
     if raw[:4] == RECORD_MAGIC:
         if repo.keys.meta_private is None:
@@ -99,6 +99,8 @@ def _entry_from_object(repo: Repository, name: str, raw: bytes) -> KeyEntry:
             stored="outside", in_use=bool(repo.key_name) and key_id == repo.key_name,
         )
     info = keyfile_info(raw)
+    if info.repository != repo.config.id:
+        return None  # left by an 'init' that failed after its key: it opens no repository (see Repository._unlock)
     return KeyEntry(name, name, info.kind, info.host, info.user, info.created, info.comment, info.protected,
                     in_use=in_use)
 
@@ -109,7 +111,9 @@ def list_keys(repo: Repository) -> list[KeyEntry]:
     for info in repo.backend.list(ObjectType.KEY):
         try:
             raw = repo.backend.load(ObjectType.KEY, info.name)
-            entries.append(_entry_from_object(repo, info.name, raw))
+            entry = _entry_from_object(repo, info.name, raw)
+            if entry is not None:
+                entries.append(entry)
         except (IntegrityError, ObjectNotFound, UnsupportedFormat):
             continue  # damaged, vanished, or from a newer tuckbox: not listed
     return sorted(entries, key=lambda e: (e.created, e.id))
@@ -164,7 +168,9 @@ def add_passphrase_key(repo: Repository, passphrase: bytes, origin: Origin, comm
     _refuse_a_passphrase_in_use(repo, passphrase)
     name, raw = repo.add_key(repo.keys, passphrase, created=origin.created, host=origin.host, user=origin.user,
                              comment=comment)
-    return _entry_from_object(repo, name, raw)
+    entry = _entry_from_object(repo, name, raw)
+    assert entry is not None  # (made for this repository)
+    return entry
 
 
 def _write_new_private_file(path: Path, data: bytes) -> None:
@@ -251,7 +257,9 @@ def change_passphrase(repo: Repository, passphrase: bytes, origin: Origin) -> tu
     old_name = repo.key_name
     repo.backend.remove(ObjectType.KEY, old_name)
     repo.key_name = name
-    return _entry_from_object(repo, name, raw), old_name
+    entry = _entry_from_object(repo, name, raw)
+    assert entry is not None  # (made for this repository)
+    return entry, old_name
 
 
 # --------------------------------------------------------------------------- recovery shares

@@ -9,6 +9,7 @@ Objects are never modified; every name is the BLAKE3 hash of the stored bytes
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -29,6 +30,7 @@ from ..errors import (
     RepositoryExists,
     RepositoryNotFound,
     SnapshotNotFound,
+    TuckboxError,
     UnsupportedFormat,
     UsageError,
     WrongPassphrase,
@@ -114,6 +116,10 @@ class Repository:
         except ObjectExists:
             backend.remove(ObjectType.KEY, key_name)
             raise RepositoryExists(f"a repository was created at {backend.location} at the same time") from None
+        except TuckboxError:  # (a full disk): the key of a repository that does not exist goes too
+            with contextlib.suppress(TuckboxError):
+                backend.remove(ObjectType.KEY, key_name)
+            raise
         return cls(backend, cfg, keys, key_name)
 
     @classmethod
