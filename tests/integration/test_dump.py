@@ -19,5 +19,7 @@ def test_dump_of_a_symlink_names_its_target(tb: Tuckbox, tmp_path: Path) -> None
     tb("backup", str(src))
     res = tb("dump", "latest", str(src / "link"), expect=2)
     lines = res.err.strip().splitlines()
-    assert lines == [f"tuckbox: error: {src}/link is a symlink to sub/real, not a file; dump {src}/sub/real instead"], res.err
+    short = tb("snapshots", "--json").json()[0]["short_id"]
+    assert lines == [f"tuckbox: error: {src}/link is a symbolic link to sub/real, not a file: dump {src}/sub/real, "
+                     f"or restore the link with 'tuckbox restore {short} --target DIR --include {src}/link'"], res.err
     assert tb("dump", "latest", str(src / "sub" / "real")).raw == b"the content\n"

@@ -31,15 +31,15 @@ def run(args: argparse.Namespace) -> int:
     snap = named_snapshot(repo, args.snapshot)
     path = os.path.normpath(os.path.abspath(os.fsencode(os.path.expanduser(args.path))))
     node = require(lambda t: repo.load_blob(BlobType.TREE, t), snap.tree, path, snap.id)
-    if node.type == SYMLINK:
+    restore = f"'tuckbox restore {snap.short_id} --target DIR --include {shlex.quote(display(path))}'"
+    if node.type == SYMLINK:  # (the file it points to may be in the snapshot too)
         there = os.path.normpath(os.path.join(os.path.dirname(path), node.link_target))
-        raise UsageError(f"{display(args.path)} is a symlink to {display(node.link_target)}, not a file; "
-                         f"dump {display(there)} instead")
+        raise UsageError(f"{display(args.path)} is a symbolic link to {display(node.link_target)}, not a file: dump "
+                         f"{display(there)}, or restore the link with {restore}")
     if node.type != FILE:
-        # (a symlink, a FIFO or a device has no contents to print: restore makes it, as it does a directory)
+        # (a directory, a FIFO or a device has no contents to print: restore makes it)
         what = _KIND.get(node.type, node.type)
-        raise UsageError(f"{display(args.path)} is a {what}, not a file; 'tuckbox restore {snap.short_id} --target DIR "
-                         f"--include {shlex.quote(display(path))}' restores it")
+        raise UsageError(f"{display(args.path)} is a {what}, not a file; {restore} restores it")
     out = sys.stdout.buffer
     dump_file(repo, node, out.write)
     out.flush()
