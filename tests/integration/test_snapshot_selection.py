@@ -67,3 +67,38 @@ def test_dump_of_what_is_not_a_file_names_the_restore_that_makes_it(tmp_path):
         restored = tmp_path / name / src.relative_to("/") / name
         assert restored.is_symlink() if name == "link" else restored.is_dir()
         assert not (tmp_path / name / src.relative_to("/") / ("dir" if name == "link" else "link")).exists()
+
+
+def test_latest_among_several_hosts_is_pointed_out_and_chosen_by_host_tag_or_path(tmp_path):
+    """Hosts that back up into one repository (write-only keys, deduplication across hosts) see each other's
+    snapshots: 'restore latest' on one host took another host's newest snapshot, without a word, and no option
+    chose whose. Now --host/--tag/--path choose, and an unfiltered 'latest' names the host it took."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, text in ((a, "from host alpha\n"), (b, "from host beta\n")):
+        d.mkdir()
+        (d / "f").write_text(text)
+    cli = Cli(tmp_path, local_storage(tmp_path / "repo"))
+    cli("init")
+    cli("backup", "--host", "alpha", "--tag", "daily", str(a))
+    cli("backup", "--host", "beta", str(b))
+    snaps = cli("snapshots", "--json").json()
+    alpha = next(s["short_id"] for s in snaps if s["host"] == "alpha")
+
+    plain = cli("ls", "latest")
+    assert str(b / "f") in plain.out
+    assert plain.err == ("warning: 'latest' is snapshot " + next(s["short_id"] for s in snaps if s["host"] == "beta")
+                         + " of host beta; the repository also holds snapshots of 1 other host: --host chooses whose\n")
+    for filters in (("--host", "alpha"), ("--tag", "daily"), ("--path", str(a))):
+        target = tmp_path / ("t" + filters[0])
+        res = cli("restore", "latest", "--target", str(target), *filters)
+        assert res.err == ""  # (chosen: nothing to point out)
+        assert (target / a.relative_to("/") / "f").read_text() == "from host alpha\n"
+        assert not (target / b.relative_to("/")).exists()
+        assert cli("dump", "latest", str(a / "f"), *filters).out == "from host alpha\n"
+    assert cli("diff", alpha, "latest", "--host", "alpha").out == "0 added, 0 removed, 0 modified\n"  # alpha: one snapshot
+
+    missing = cli("ls", "latest", "--host", "gamma", expect=2)
+    assert missing.err == f"tuckbox: error: no snapshot matches --host gamma in {tmp_path / 'repo'}; see 'tuckbox snapshots'\n"
+    wrong = cli("ls", alpha, "--host", "beta", expect=2)
+    assert wrong.err.startswith(f"tuckbox: error: snapshot {alpha} (host alpha) does not match --host beta;")
+    assert len(wrong.err.splitlines()) == 1

@@ -8,7 +8,7 @@ import sys
 
 from ..snapshot.walk import diff
 from ..types import BlobType
-from .common import display, json_path_fields, named_snapshot, open_repository, opt
+from .common import add_latest_filters, display, json_path_fields, named_snapshot, open_repository, opt
 
 HELP = "show differences between two snapshots"
 _WORD = {"+": "added", "-": "removed", "M": "modified"}
@@ -17,13 +17,14 @@ _WORD = {"+": "added", "-": "removed", "M": "modified"}
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("first", help="snapshot id prefix or 'latest'")
     p.add_argument("second", help="snapshot id prefix or 'latest'")
+    add_latest_filters(p)
 
 
 def run(args: argparse.Namespace) -> int:
     repo = open_repository(args)
     repo.keys.require_full("compare snapshots")
     snaps = repo.snapshots()
-    a, b = named_snapshot(repo, args.first, snaps), named_snapshot(repo, args.second, snaps)
+    a, b = named_snapshot(repo, args.first, snaps, args), named_snapshot(repo, args.second, snaps, args)
     changes = diff(lambda tid: repo.load_blob(BlobType.TREE, tid), a.tree, b.tree)
     counts = {"+": 0, "-": 0, "M": 0}
     # streamed as the trees are compared: constant memory however many paths changed

@@ -12,7 +12,7 @@ from ..restorer.restorer import dump_file
 from ..snapshot.tree import FILE, SYMLINK
 from ..snapshot.walk import require
 from ..types import BlobType
-from .common import display, named_snapshot, nonempty, open_repository
+from .common import add_latest_filters, display, named_snapshot, nonempty, open_repository
 
 HELP = "print a file from a snapshot"
 
@@ -23,12 +23,13 @@ _KIND = {"dir": "directory", "symlink": "symbolic link", "fifo": "FIFO", "charde
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("snapshot", help="snapshot id prefix or 'latest'")
     p.add_argument("path", type=nonempty, help="absolute path of the file in the snapshot")
+    add_latest_filters(p)
 
 
 def run(args: argparse.Namespace) -> int:
     repo = open_repository(args)
     repo.keys.require_full("dump files")
-    snap = named_snapshot(repo, args.snapshot)
+    snap = named_snapshot(repo, args.snapshot, args=args)
     path = os.path.normpath(os.path.abspath(os.fsencode(os.path.expanduser(args.path))))
     node = require(lambda t: repo.load_blob(BlobType.TREE, t), snap.tree, path, snap.id)
     restore = f"'tuckbox restore {snap.short_id} --target DIR --include {shlex.quote(display(path))}'"

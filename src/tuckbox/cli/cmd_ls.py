@@ -14,7 +14,7 @@ from typing import Iterator
 from ..snapshot.tree import DIR, Node
 from ..snapshot.walk import require, walk
 from ..types import BlobType
-from .common import display, json_path_fields, named_snapshot, nonempty, open_repository, opt
+from .common import add_latest_filters, display, json_path_fields, named_snapshot, nonempty, open_repository, opt
 
 HELP = "list files in a snapshot"
 
@@ -25,6 +25,7 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("snapshot", help="snapshot id prefix or 'latest'")
     p.add_argument("path", nargs="?", default="/", type=nonempty, help="list below this absolute path (default: everything)")
     p.add_argument("-l", "--long", action="store_true", help="show mode, owner, size and time")
+    add_latest_filters(p)
 
 
 def _entry_json(path: bytes, n: Node) -> dict:
@@ -38,7 +39,7 @@ def _entry_json(path: bytes, n: Node) -> dict:
 def run(args: argparse.Namespace) -> int:
     repo = open_repository(args)
     repo.keys.require_full("list files")
-    snap = named_snapshot(repo, args.snapshot)
+    snap = named_snapshot(repo, args.snapshot, args=args)
     load = lambda tid: repo.load_blob(BlobType.TREE, tid)  # noqa: E731
     base = os.path.normpath(os.path.abspath(os.fsencode(os.path.expanduser(args.path))))
     node = require(load, snap.tree, base, snap.id)

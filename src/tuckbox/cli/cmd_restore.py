@@ -19,7 +19,9 @@ import os
 from ..errors import PermanentError, UsageError
 from ..repository.locks import Lock
 from ..restorer.restorer import Restorer
-from .common import emit_json, human, lock_wait, named_snapshot, nonempty, open_repository, opt, out, say_waiting
+from .common import (
+    add_latest_filters, emit_json, human, lock_wait, named_snapshot, nonempty, open_repository, opt, out, say_waiting,
+)
 from .progress import CliProgress
 
 HELP = "restore a snapshot into a directory"
@@ -34,6 +36,7 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", type=nonempty,
                    help="do not restore paths or names matching PATTERN; repeatable")
     p.add_argument("--numeric-owner", action="store_true", help="restore owners by number, not by name")
+    add_latest_filters(p)
 
 
 def output_optional(args: argparse.Namespace) -> bool:
@@ -59,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         except PermanentError as e:
             print(f"note: restoring without a lock: {e}", file=sys.stderr)
         repo.load_index()
-        snap = named_snapshot(repo, args.snapshot)
+        snap = named_snapshot(repo, args.snapshot, args=args)
     except BaseException:
         if lock is not None:
             lock.release()

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..backends import open_backend
 from ..crypto.keyfile import keyfile_info
-from ..errors import IntegrityError, UnsupportedFormat, UsageError, WrongPassphrase
+from ..errors import IntegrityError, SnapshotNotFound, UnsupportedFormat, UsageError, WrongPassphrase
 from ..repository.repo import Repository
 from ..snapshot.model import Snapshot
 from ..text import display_path as display
@@ -390,10 +390,63 @@ def patterns_from_file(file: str) -> list[str]:
     return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 
-def named_snapshot(repo: Repository, ref: str, snaps: list[Snapshot] | None = None) -> Snapshot:
-    """The snapshot ``ref`` names ('latest' or an id prefix) for a command that reads it. A checkpoint (of a backup
-    that did not finish) is pointed out: the files that backup had not stored yet are not in it."""
-    snap = repo.find_snapshot(ref, snaps)
+def add_latest_filters(p: argparse.ArgumentParser) -> None:
+    """--host/--tag/--path: which snapshots 'latest' chooses among (a repository that several hosts back up
+    into holds their snapshots side by side; 'latest' alone is the newest of any host's)."""
+    p.add_argument("--host", action="append", default=[], metavar="HOST",
+                   help="'latest' is the newest snapshot of this host (repeatable)")
+    p.add_argument("--tag", action="append", default=[], metavar="TAG",
+                   help="'latest' is the newest snapshot with this tag (repeatable)")
+    p.add_argument("--path", action="append", default=[], type=nonempty, metavar="PATH", dest="snapshot_path",
+                   help="'latest' is the newest snapshot of this backed-up path (repeatable)")
+
+
+def _filters(args: argparse.Namespace | None) -> tuple[list[str], list[str], list[str]]:
+    if args is None:
+        return [], [], []
+    return list(getattr(args, "host", [])), list(getattr(args, "tag", [])), list(getattr(args, "snapshot_path", []))
+
+
+def _matching(snaps: list[Snapshot], hosts: list[str], tags: list[str], paths: list[str]) -> list[Snapshot]:
+    wanted = {os.fsencode(os.path.abspath(p)).rstrip(b"/") or b"/" for p in paths}
+    return [
+        s for s in snaps
+        if (not hosts or s.host in hosts) and (not tags or set(tags) & set(s.tags))
+        and (not wanted or wanted & set(s.paths))
+    ]
+
+
+def _describe(hosts: list[str], tags: list[str], paths: list[str]) -> str:
+    parts = [f"--host {display(h)}" for h in hosts] + [f"--tag {display(t)}" for t in tags]
+    return " ".join(parts + [f"--path {display(p)}" for p in paths])
+
+
+def named_snapshot(
+    repo: Repository, ref: str, snaps: list[Snapshot] | None = None, args: argparse.Namespace | None = None
+) -> Snapshot:
+    """The snapshot ``ref`` names ('latest' or an id prefix) for a command that reads it; 'latest' among the
+    snapshots ``args``' --host/--tag/--path select (``add_latest_filters``). A checkpoint (of a backup that did
+    not finish) is pointed out: the files that backup had not stored yet are not in it; so is a 'latest' of
+    one host chosen, unfiltered, among several hosts' snapshots."""
+    snaps = repo.snapshots() if snaps is None else snaps
+    hosts, tags, paths = _filters(args)
+    filtered = bool(hosts or tags or paths)
+    if filtered and ref == "latest":
+        chosen = _matching(snaps, hosts, tags, paths)
+        if not chosen:
+            raise SnapshotNotFound(f"no snapshot matches {_describe(hosts, tags, paths)} in {repo.backend.location}; "
+                                   "see 'tuckbox snapshots'")
+        snap = repo.find_snapshot(ref, chosen)
+    else:
+        snap = repo.find_snapshot(ref, snaps)
+        if filtered and not _matching([snap], hosts, tags, paths):
+            raise UsageError(f"snapshot {snap.short_id} (host {display(snap.host)}) does not match "
+                             f"{_describe(hosts, tags, paths)}; those choose what 'latest' means: give no filter "
+                             "with an id")
+        if ref == "latest" and len(others := {s.host for s in snaps if not s.partial} - {snap.host}) > 0:
+            repo.notes.append(f"'latest' is snapshot {snap.short_id} of host {display(snap.host)}; the repository also "
+                              f"holds snapshots of {len(others)} other host{'s' if len(others) > 1 else ''}: "
+                              "--host chooses whose")
     if snap.partial:
         saved = f"a checkpoint, saved at {local_time(snap.time)} by a backup that had not finished"
         if ref == "latest":  # (only when no backup has finished: 'latest' is the newest complete snapshot if any)
@@ -406,10 +459,4 @@ def named_snapshot(repo: Repository, ref: str, snaps: list[Snapshot] | None = No
 
 def select_snapshots(args: argparse.Namespace, snaps: list[Snapshot]) -> list[Snapshot]:
     """The snapshots matching --host, --tag and --path (each repeatable; none given: all)."""
-    paths = {os.fsencode(os.path.abspath(p)).rstrip(b"/") or b"/" for p in args.path}
-    return [
-        s for s in snaps
-        if (not args.host or s.host in args.host)
-        and (not args.tag or set(args.tag) & set(s.tags))
-        and (not paths or paths & set(s.paths))
-    ]
+    return _matching(snaps, args.host, args.tag, args.path)
