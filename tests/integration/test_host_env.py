@@ -217,3 +217,44 @@ def test_init_on_a_full_disk_leaves_nothing_behind(tb, small_mount):
     (small_mount / "filler").unlink()
     tb("init")
     assert [k["in_use"] for k in tb("key", "list", "--json").json()] == [True]
+
+
+def test_a_repository_shared_with_a_group_stays_readable_by_it(shared_tmp):
+    """Objects were always written 0600, whatever the repository's own modes: a repository a group shares
+    (chgrp -R; chmod -R g+rX) became unreadable to the group with its next backup. Now a group-readable
+    config makes new objects 0640 and new directories 0750 (as restic does); a private one keeps 0600."""
+    src = shared_tmp / "src"
+    src.mkdir()
+    files = {f"f{i}": os.urandom(300_000) for i in range(4)}
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    tb = Tuckbox(shared_tmp)
+    tb.passfile.chmod(0o644)
+    tb("init")
+    repo = Path(tb.repo)
+    assert (repo / "config").stat().st_mode & 0o777 == 0o600
+    group = 54322
+    for p in [repo, *repo.rglob("*")]:
+        if IS_ROOT:
+            os.chown(p, -1, group)
+        p.chmod(p.stat().st_mode | (0o2050 if p.is_dir() else 0o040))  # (set-group-ID: new files get the group)
+    for shard in (repo / "data").iterdir():
+        shard.rmdir()  # (made again as packs need them: directories made by the backup)
+    before = {p for p in repo.rglob("*")}
+    tb("backup", str(src))
+    new = [p for p in repo.rglob("*") if p not in before]
+    assert any(p.is_dir() for p in new) and any(p.parent.parent.name == "data" for p in new)  # a shard, a pack
+    for p in new:
+        assert p.stat().st_mode & 0o777 == (0o750 if p.is_dir() else 0o640), p
+        if IS_ROOT:
+            assert p.stat().st_gid == group, p
+    if IS_ROOT and shutil.which("setpriv"):
+        (shared_tmp / "cache-other").mkdir(mode=0o777)
+        env = {**tb.env, "TUCKBOX_CACHE_DIR": str(shared_tmp / "cache-other")}
+        cmd = ["setpriv", "--reuid", str(NO_SUCH_UID), "--regid", str(group), "--clear-groups",
+               sys.executable, "-m", "tuckbox.cli.main", "dump", "latest", str(src / "f2")]
+        pythonpath = os.pathsep.join(os.path.abspath(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)
+        res = subprocess.run(cmd, env={**env, "PYTHONPATH": pythonpath}, cwd=shared_tmp, stdin=subprocess.DEVNULL,
+                             capture_output=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout == files["f2"]  # a member of the group reads what the backup added

@@ -7,6 +7,15 @@ if the name exists), and the directory is fsynced. A crash leaves at worst a
 (FAT and exFAT, as USB disks often are) the temporary file is renamed instead,
 with ``RENAME_NOREPLACE`` where the file system takes it (``_publish``).
 
+Objects are private to their owner (mode 0600) unless the repository's
+``config`` is readable by its group: then, as restic does, every object is
+made group-readable (0640) and every directory tuckbox makes group-listable
+(0750; 0770 when the config is group-writable), whatever the umask, so that a
+repository shared by a group stays readable by the group as it grows
+(``_modes``). New files take their group from a directory with the
+set-group-ID bit: ``chgrp -R backup REPO; chmod -R g+rX REPO; find REPO -type d
+-exec chmod g+s {} +``.
+
 Large objects (packs) are written with ``O_DIRECT`` for their aligned part
 where the file system allows (``tuckbox.directio``): straight from the pack
 buffer to the disk, without a copy into the page cache, which the backup
@@ -83,6 +92,27 @@ class LocalBackend:
         self.location = display_path(self.root)  # (for messages: a name that is not UTF-8 shown as \xff)
         self._direct: bool | None = None  # O_DIRECT writes: decided on the first large object
         self._publish_by = "link"  # how a written object gets its name (see _publish)
+        self._shared: tuple[int, int] | None = None  # (file mode, directory mode) for a group's repository
+
+    def _modes(self) -> tuple[int, int] | None:
+        """The modes for new objects and directories when the config is group-readable, else None (private);
+        looked up once (one stat of the config)."""
+        if self._shared is None:
+            try:
+                mode = os.stat(os.path.join(self.root, "config")).st_mode
+            except OSError:
+                mode = 0
+            if mode & 0o040:
+                self._shared = (0o640, 0o770 if mode & 0o020 else 0o750)
+            else:
+                self._shared = (0o600, 0o700)
+        return self._shared if self._shared[0] != 0o600 else None
+
+    def _mkdir(self, path: str) -> None:
+        os.mkdir(path)
+        modes = self._modes()
+        if modes is not None:  # (not left to the umask; the set-group-ID bit a shared parent passed on stays)
+            os.chmod(path, (os.stat(path).st_mode & 0o7000) | modes[1])
 
     def _publish(self, tmp: str, path: str) -> None:
         """Give the written temporary file its final name, never replacing an existing object
@@ -138,13 +168,13 @@ class LocalBackend:
             if not self._has_config():
                 raise self._vanished()
             try:
-                os.mkdir(top)
+                self._mkdir(top)
             except FileExistsError:
                 pass
             _fsync_dir(self.root)
         if dirname != top:
             try:
-                os.mkdir(dirname)  # not makedirs: only one level (a pack's shard)
+                self._mkdir(dirname)  # not makedirs: only one level (a pack's shard)
             except FileExistsError:
                 pass
             _fsync_dir(top)
@@ -210,6 +240,9 @@ class LocalBackend:
                     raise self._vanished() from None
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
+                modes = self._modes()
+                if modes is not None:
+                    os.fchmod(fd, modes[0])
                 view = memoryview(data).cast("B")
                 done = 0
                 if len(view) >= DIRECT_MIN and self._direct_ok():
