@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import os
 import time
@@ -668,3 +669,19 @@ def test_find_a_file_across_snapshots(tb, tmp_path):
     twice = ("--snapshot", snaps[0]["short_id"], "--snapshot", snaps[0]["id"][:10])  # the same one, named twice
     assert tb("find", "old/report.docx", *twice).out.splitlines() == text
     assert tb("find", "nothing*").out.strip() == "0 match(es) in 2 snapshot(s)"
+
+
+def test_ls_long_and_find_show_a_time_just_before_a_second_as_that_second(tb, tmp_path):
+    """The time was made from a float of seconds: 12:34:39.999999999 showed as 12:34:40 (and 12:59:59.9999999 as
+    the next minute in find)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    f = src / "f"
+    f.write_text("x")
+    whole = int(datetime.datetime(2021, 3, 4, 12, 59, 59).timestamp())
+    os.utime(f, ns=(whole * 10**9 + 999_999_999,) * 2)
+    tb("init")
+    tb("backup", str(src))
+    line = next(ln for ln in tb("ls", "latest", str(src), "--long").out.splitlines() if ln.endswith("/f"))
+    assert "2021-03-04 12:59:59" in line, line
+    assert "2021-03-04 12:59 " in tb("find", "f").out

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
                        **json_path_fields("path", path), "type": n.type, "size": n.size, "mtime_ns": n.mtime_ns}
                 out.write(("," if count else "") + "\n" + json.dumps(doc, sort_keys=True))
             else:
-                when = dt.datetime.fromtimestamp(n.mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M")
+                when = dt.datetime.fromtimestamp(n.mtime_ns // 1_000_000_000).strftime("%Y-%m-%d %H:%M")
                 size = human(n.size) if n.type == "file" else n.type
                 out.write(f"{snap.short_id}  {local_time(snap.time)}  {size:>10}  {when}  {display(path)}\n")
             count += 1

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     for path, n in entries:
         if args.long:
             mode = _KIND.get(n.type, "?") + stat.filemode(n.mode)[1:]
-            when = dt.datetime.fromtimestamp(n.mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
+            when = dt.datetime.fromtimestamp(n.mtime_ns // 1_000_000_000).strftime("%Y-%m-%d %H:%M:%S")
             line = f"{mode} {n.user or n.uid:>8} {n.group or n.gid:>8} {n.size:>12} {when} {display(path)}"
             if n.link_target:
                 line += f" -> {display(n.link_target)}"
