@@ -685,3 +685,22 @@ def test_ls_long_and_find_show_a_time_just_before_a_second_as_that_second(tb, tm
     line = next(ln for ln in tb("ls", "latest", str(src), "--long").out.splitlines() if ln.endswith("/f"))
     assert "2021-03-04 12:59:59" in line, line
     assert "2021-03-04 12:59 " in tb("find", "f").out
+
+
+def test_json_failures_are_a_json_document_too(tb, tmp_path):
+    """Under --json a failure was only a text line on standard error: a script parsing standard output got
+    nothing (or a stream of backup lines that just stopped). It is now also {"type": "error", ...}."""
+    tb("init")
+    for args, code in ((("ls", "deadbeef"), 2), (("backup", str(tmp_path / "missing")), 2),
+                       (("restore", "latest", "--target", str(tmp_path / "t")), 2)):
+        res = tb("--json", *args, expect=code)
+        doc = json.loads(res.out)
+        assert doc == {"type": "error", "exit_code": code, "message": res.err.strip().removeprefix("tuckbox: error: ")}
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    tb("backup", str(src))
+    # a command that succeeds prints its document alone
+    assert json.loads(tb("--json", "snapshots").out)[0]["paths"] == [str(src)]
+    other = tb("--json", "-r", str(tmp_path / "nothing-here"), "snapshots", expect=1)
+    assert json.loads(other.out)["type"] == "error" and "no repository at" in json.loads(other.out)["message"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import logging
 import os
 import sys
@@ -149,10 +150,12 @@ def _run(args: argparse.Namespace) -> int:
             discard_pending(sys.stdout)
         else:
             report_problems()
+            _json_error(args, e.message, code)
     except KeyboardInterrupt:
         print("tuckbox: interrupted", file=sys.stderr)
         code = EXIT_INTERRUPTED
         report_problems()
+        _json_error(args, "interrupted", code)
     except BrokenPipeError:  # the reader of our output went away (| head): nothing to say
         discard_pending(sys.stdout)
         code = EXIT_FATAL
@@ -164,11 +167,31 @@ def _run(args: argparse.Namespace) -> int:
         while tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
         where = f" at {os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}" if tb else ""
-        print(f"tuckbox: internal error: {type(e).__name__}{where} (set TUCKBOX_DEBUG=1 for details; please report it)",
-              file=sys.stderr)
+        message = f"internal error: {type(e).__name__}{where} (set TUCKBOX_DEBUG=1 for details; please report it)"
+        print(f"tuckbox: {message}", file=sys.stderr)
         code = EXIT_FATAL
         report_problems()
+        _json_error(args, message, code)
     return int(code or 0)
+
+
+_JSON_LINES = ("backup", "restore")  # commands whose --json output is a stream of lines, each with a "type"
+
+
+def _json_error(args: argparse.Namespace, message: str, code: int) -> None:
+    """Under --json, a failure is also a JSON document on standard output, ``{"type": "error", "message",
+    "exit_code"}`` (as well as the line on standard error): the last line of backup's and restore's stream,
+    or the whole output of another command that had printed nothing yet (never a second document)."""
+    if not getattr(args, "json", False):
+        return
+    stdout = sys.stdout
+    if args.command not in _JSON_LINES and getattr(stdout, "wrote", True):
+        return
+    try:
+        stdout.write(json.dumps({"type": "error", "message": message, "exit_code": int(code)}, sort_keys=True) + "\n")
+        stdout.flush()
+    except (OSError, TuckboxError):
+        discard_pending(stdout)
 
 
 if __name__ == "__main__":  # pragma: no cover

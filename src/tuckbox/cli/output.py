@@ -41,14 +41,21 @@ class Guarded:
     ``optional``: the output only reports on what the command does, and a closed pipe drops the rest of it
     (descriptor 1 goes to /dev/null) instead of raising ``BrokenPipeError`` into the command."""
 
-    def __init__(self, stream: Any, closed: bool = False, optional: bool = False) -> None:
+    def __init__(self, stream: Any, closed: bool = False, optional: bool = False, wrote: list[bool] | None = None) -> None:
         self._stream = stream
         self._closed = closed
         self._optional = optional
+        self._wrote = [False] if wrote is None else wrote  # (shared with ``buffer``)
+
+    @property
+    def wrote(self) -> bool:
+        """Whether anything was written (through this stream or its ``buffer``)."""
+        return self._wrote[0]
 
     def write(self, data: Any) -> Any:
         if self._closed:
             raise OutputError("cannot write to standard output: it is closed; send it to a file, a pipe or /dev/null")
+        self._wrote[0] = True
         try:
             return self._stream.write(data)
         except BrokenPipeError:
@@ -72,7 +79,7 @@ class Guarded:
 
     @property
     def buffer(self) -> "Guarded":
-        return Guarded(self._stream.buffer, self._closed, self._optional)
+        return Guarded(self._stream.buffer, self._closed, self._optional, self._wrote)
 
     def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding, ...
         return getattr(self._stream, name)
