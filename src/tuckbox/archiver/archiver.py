@@ -203,6 +203,9 @@ class Archiver:
                 self._warn(f"{_display(child)}: cannot stat: {e.strerror}")
                 continue
             (dirs if stat.S_ISDIR(st.st_mode) else files).append((child, entry.name, st))
+        # a directory of a million entries: each entry's listing and stat (~1 KiB of objects) goes as soon
+        # as it is done with, so what stays until the tree is written is its node alone
+        del listing
         nodes: list[Node | dict[str, Any] | RawNode] = []
         self._stack.append((this, nodes))
         # files-cache lookups happen here, in walk order; what must be read is prefetched in parallel
@@ -213,7 +216,8 @@ class Archiver:
             cache = self.files_cache
             count = size = 0
             last = b""
-            for child, name, st in files:
+            for i, (child, name, st) in enumerate(files):
+                files[i] = None  # type: ignore[call-overload]
                 hit = unchanged(child, st, prefix + name, name) if S_ISREG(st.st_mode) else None
                 if hit is not None:
                     nodes.append(hit)
@@ -239,6 +243,7 @@ class Archiver:
                     self.stopped = True
                     break
                 ahead = window.take(k)
+                todo[k] = None  # type: ignore[call-overload]  # (the window never looks back)
                 if type(ahead) is _Prefetched:
                     node = small(child, name, st, ahead, known, prefix + name)
                     if node is not None:
