@@ -39,6 +39,8 @@ from typing import Any, BinaryIO
 import blake3
 import msgpack
 
+from ..repository.cache import make_state_dir
+
 RACY_NS = 1_000_000_000
 _EMPTY = msgpack.packb({})
 UNTRUSTED_CTIME = -1  # the ctime of a record that must never match (a racy file's)
@@ -224,7 +226,7 @@ class FilesCache:
         names = sorted(os.fsdecode(p) for p in (paths or []))
         digest = hashlib.sha256("\0".join(names).encode("utf-8", "surrogateescape")).hexdigest()[:32]
         try:
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_state_dir(directory)
         except OSError:
             self.dir = None
             self._old = self._partial = _Cursor(None)

@@ -45,6 +45,21 @@ def cache_root() -> Path:
     return Path(home) / ".cache" / "tuckbox"
 
 
+def make_state_dir(path: Path) -> None:
+    """Make a directory of the cache's local state (and its parents) unless it exists; OSError if it cannot.
+
+    A file in its place is removed first: tuckbox of before the files cache became a directory of
+    streams kept it as one file, ``state/files-cache``, which would otherwise keep every later backup
+    from writing one (each reading every file again, in silence). Nothing in the cache is the only copy
+    of anything.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except FileExistsError:  # (with exist_ok: something that is not a directory is in the way)
+        path.unlink()
+        path.mkdir(mode=0o700, exist_ok=True)
+
+
 class Cache:
     def __init__(self, repo_id: str, root: Path | None = None) -> None:
         self.enabled = True

@@ -24,6 +24,7 @@ import msgpack
 
 from ..pack.format import BlobEntry
 from ..types import BlobType
+from .cache import make_state_dir
 from .index import PackRecord
 
 
@@ -54,7 +55,7 @@ class PackJournal:
         self.problem = ""  # why a record could not be written (an interrupted run could not resume from it)
         if directory is not None:
             try:
-                directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+                make_state_dir(directory)
                 self.path = directory / f"{secrets.token_hex(8)}-{os.getpid()}"
             except OSError:
                 self.dir = None
