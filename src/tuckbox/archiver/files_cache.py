@@ -64,20 +64,21 @@ def _verify(f: BinaryIO, size: int) -> bool | None:
         return None
     if not (isinstance(doc, dict) and list(doc) == ["end"] and type(doc["end"]) is bytes and len(doc["end"]) == 32):
         return None
+    digest = _digest(f.fileno(), size - _TRAILER_LEN)
+    return digest is not None and digest == doc["end"]
+
+
+def _digest(fd: int, end: int) -> bytes | None:
+    """BLAKE3 of the first ``end`` bytes of ``fd``, read a block at a time (not mapped: a mapping of a large
+    cache would count in the backup's peak memory); None if the file is shorter."""
     hasher = blake3.blake3()
-    pos, end = 0, size - _TRAILER_LEN
+    pos = 0
     while pos < end:
-        block = os.pread(f.fileno(), min(1 << 20, end - pos), pos)
+        block = os.pread(fd, min(1 << 20, end - pos), pos)
         if not block:
-            return False
+            return None
         hasher.update(block)
         pos += len(block)
-    return hasher.digest() == doc["end"]
-
-
-def _digest(path: Path) -> bytes:
-    hasher = blake3.blake3()
-    hasher.update_mmap(path)
     return hasher.digest()
 
 
@@ -481,7 +482,10 @@ class FilesCache:
                             self._out.write(msgpack.packb(cursor.current))
                         cursor._advance()
             self._out.flush()
-            self._out.write(_trailer(_digest(self._new_path)))
+            with open(self._new_path, "rb") as written:  # (the stream is open for writing only)
+                digest = _digest(written.fileno(), os.fstat(self._out.fileno()).st_size)
+            assert digest is not None  # (flushed: every byte is in the file)
+            self._out.write(_trailer(digest))
             self._out.close()
             self._out = None
             if complete:
