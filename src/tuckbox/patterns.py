@@ -43,3 +43,15 @@ class Patterns:
             name = path.rpartition(b"/")[2]
         match = fnmatch.fnmatchcase
         return any(match(name, p) for p in self._names) or any(match(path, p) for p in self._paths)
+
+
+def covering(patterns: Sequence[str], path: bytes) -> str | None:
+    """The first of ``patterns`` that matches ``path`` (absolute, normalized) or a directory above it,
+    and so leaves out all of it; None if none does."""
+    parts = path.rstrip(b"/").split(b"/")
+    prefixes = [b"/".join(parts[:i]) for i in range(2, len(parts) + 1)] or [b"/"]
+    for p in patterns:
+        one = Patterns([p])
+        if any(one.match(prefix) for prefix in prefixes):
+            return p
+    return None

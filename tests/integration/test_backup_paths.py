@@ -111,3 +111,26 @@ def test_one_file_system_keeps_every_file_system_given(tb: Tuckbox, tmp_path: Pa
     finally:
         for where in (mounted, other):
             subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def test_an_exclude_that_covers_a_backup_path_is_refused(tb: Tuckbox, tmp_path: Path) -> None:
+    """``backup /tmp/x --exclude /tmp``: README says a pattern leaves out everything inside what it
+    matches, yet the walk applied patterns below the paths given only, so all of /tmp/x was stored. The
+    two ask for opposite things; a scheduled backup should not settle it in silence either way."""
+    src = tmp_path / "src"
+    (src / "proj" / "sub").mkdir(parents=True)
+    (src / "proj" / "sub" / "f.txt").write_bytes(b"data\n")
+    (src / "other").mkdir()
+    (src / "other" / "g.txt").write_bytes(b"more\n")
+    tb("init")
+    for pattern, path in ((str(src / "proj"), src / "proj" / "sub"), ("proj", src / "proj" / "sub"), ("sub", src / "proj" / "sub"),
+                          ("proj/sub", src / "proj" / "sub"), ("*.txt", src / "proj" / "sub" / "f.txt")):
+        res = tb("backup", str(src / "other"), str(path), "--exclude", pattern, expect=2)
+        errors = [ln for ln in res.err.splitlines() if ln.strip()]
+        assert len(errors) == 1 and pattern in errors[0] and str(path) in errors[0], (pattern, res.err)
+    assert tb("snapshots", "--json").json() == []
+    # a pattern that matches below the path (or elsewhere) is what excludes are for
+    tb("backup", str(src), "--exclude", "sub", "--exclude", str(tmp_path / "elsewhere"))
+    paths = {e["path"] for e in tb("ls", "--json", "latest").json()["entries"]}
+    assert str(src / "other" / "g.txt") in paths and str(src / "proj") in paths, paths
+    assert not any(p.startswith(str(src / "proj" / "sub")) for p in paths), paths

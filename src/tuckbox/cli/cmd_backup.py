@@ -28,7 +28,7 @@ import threading
 
 from ..archiver.backup import DEFAULT_CHECKPOINT_INTERVAL, BackupRequest, run_backup
 from ..errors import EXIT_INTERRUPTED, EXIT_PARTIAL, UsageError
-from ..patterns import Patterns
+from ..patterns import Patterns, covering
 from . import interrupt
 from .common import display, emit_json, host_name, human, json_path, lock_wait, nonempty, open_repository, opt, out, parse_duration, patterns_from_file, tag, warn
 from .progress import CliProgress
@@ -93,6 +93,11 @@ def run(args: argparse.Namespace) -> int:
     everything = next((p for p in excludes if Patterns([p]).match(b"/", b"")), None)
     if everything is not None:
         raise UsageError(f"--exclude {display(everything)} matches the root: it would leave out everything")
+    for path in args.paths:  # (a pattern leaves out everything inside what it matches: README)
+        absolute = os.path.normpath(os.path.abspath(os.fsencode(path)))
+        if (pattern := covering(excludes, absolute)) is not None:
+            raise UsageError(f"--exclude {display(pattern)} leaves out all of {display(path)}, which is a path to back up; "
+                             "drop the pattern, make it narrower, or back up another path")
     for path in args.paths:
         if os.path.islink(path.rstrip("/") or "/"):  # (a trailing slash still names the link here)
             warn(f"{display(path)} is a symbolic link: the link is backed up, not the files it points to; "
