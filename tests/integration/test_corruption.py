@@ -281,3 +281,29 @@ def test_garbage_in_local_cache_is_replaced(tmp_path):
         assert not p.exists() or blake3.blake3(p.read_bytes()).hexdigest() == p.name
     cli("restore", "latest", "--target", str(tmp_path / "r2"))
     assert file_hashes(restored(tmp_path / "r2", src)) == file_hashes(src)
+
+
+def test_check_reads_trees_from_storage_not_from_a_warm_cache(tmp_path):
+    """``check`` (without --read-data) reads every snapshot's trees; on the machine that made the backups it
+    took them from the local cache's copies of the tree packs, so a tree damaged in the repository passed
+    there, and was found only by another machine, or by the restore that needed it."""
+    src = tmp_path / "src"
+    make_tree(src, 33, big=1, big_size=(1 * MiB, 1 * MiB), dirs=3, files_per_dir=8)
+    repo_dir = tmp_path / "repo"
+    cli = Cli(tmp_path, local_storage(repo_dir))
+    cli(*INIT)
+    cli("backup", str(src))
+    cli("restore", "latest", "--target", str(tmp_path / "r0"))  # the cache now holds the tree packs
+    (cache,) = [p for p in cli.cache.iterdir() if p.is_dir()]
+    assert list((cache / "trees").iterdir())
+    repo = open_repo(local_storage(repo_dir), cli.passphrase, tmp_path / "inspect-cache")
+    repo.load_index()
+    tree_packs = sorted(n for n, p in repo.index.packs.items() if p.kind is BlobType.TREE)
+    assert tree_packs
+    name = tree_packs[0]
+    entry = repo.index.pack_blobs(name)[0]
+    flip(pack_path(repo_dir, name), entry.offset + entry.length // 2)
+    check = cli("check", "--json", expect=1)
+    report = check.json()
+    assert report["ok"] is False and any(name in e or entry.id.hex()[:16] in e for e in report["errors"]), report
+    assert (cache / "trees").exists()  # the cache is still there: the check did not just go without it

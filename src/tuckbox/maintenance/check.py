@@ -79,6 +79,7 @@ class Checker:
     def run(self, read_data: bool = False, subset: Callable[[str], bool] | None = None) -> CheckReport:
         """``subset``: with ``read_data``, read only the packs it selects (by name)."""
         backend = self.repo.backend
+        self.repo.trees_from_storage = True  # (the cache's copies would hide damage in the repository)
         # snapshots are listed before indexes: a backup running meanwhile stores its index before its
         # snapshot, so every snapshot listed here has its index in the listing below
         snapshot_names = sorted(i.name for i in backend.list(ObjectType.SNAPSHOT))

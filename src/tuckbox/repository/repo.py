@@ -68,6 +68,8 @@ class Repository:
         self._pack_keys: dict[str, PackKey] = {}
         self._tree_packs: dict[str, bytes] = {}
         self._damaged_packs: set[str] = set()  # tree packs that failed their hash: read blob by blob
+        # check: tree packs come from storage, never from the local cache, whose copy would hide damage there
+        self.trees_from_storage = False
         self._index_loaded = False
         self._snapcache = SnapshotCache(self.cache, aead.hkdf(keys.index_key, b"tuckbox local snapshot cache"))
         self._lock = threading.Lock()
@@ -368,7 +370,7 @@ class Repository:
             data = self._tree_packs.get(pack.name)
         if data is not None:
             return data
-        data = self.cache.get("trees", pack.name)
+        data = None if self.trees_from_storage else self.cache.get("trees", pack.name)
         if data is None:
             data = self.backend.load(ObjectType.PACK, pack.name)
             if object_name(data) != pack.name:
