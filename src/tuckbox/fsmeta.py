@@ -358,6 +358,33 @@ class Created:
     mode: int
 
 
+_SET_ID = stat.S_ISUID | stat.S_ISGID
+
+
+def _safe_set_id(
+    target: bytes | int, nofollow: dict[str, bool], node: Node, owner: tuple[int, int], shown: str
+) -> tuple[int, str | None]:
+    """``node``'s mode less a setuid (setgid) bit that would make the file run as a user (group) other than
+    the one it has in the snapshot: when its owner (group) could not be set here (not root, or a chown was
+    refused). Returns the mode to set and a warning when a bit is left off."""
+    try:
+        st = os.stat(target, **nofollow)
+    except OSError as e:
+        return node.mode & ~_SET_ID, f"{shown}: setuid and setgid bits not restored: cannot check its owner: {e.strerror}"
+    mode = node.mode
+    if mode & stat.S_ISUID and st.st_uid != owner[0]:
+        mode &= ~stat.S_ISUID
+    if mode & stat.S_ISGID and st.st_gid != owner[1]:
+        mode &= ~stat.S_ISGID
+    if mode == node.mode:
+        return mode, None
+    bits, who = {stat.S_ISUID: ("setuid bit", "user"), stat.S_ISGID: ("setgid bit", "group")}.get(
+        node.mode & ~mode, ("setuid and setgid bits", "user and group")
+    )
+    return mode, (f"{shown}: {bits} not restored: it is owned by {st.st_uid}:{st.st_gid} here, not "
+                  f"{owner[0]}:{owner[1]}, and would run as the wrong {who}")
+
+
 def set_metadata(
     target: bytes | int,
     node: Node,
@@ -371,7 +398,8 @@ def set_metadata(
     """Give ``target`` (a path, never followed, or an open descriptor) the owner, xattrs, mode and times of ``node``.
 
     ``owner`` is the (uid, gid) wanted (see ``wanted_owner``); not as ``root``, only
-    the group is set, and only when it is one of ``groups``. ``path`` names the
+    the group is set, and only when it is one of ``groups``. A setuid (setgid) bit is set only where the owner
+    (group) is the one wanted: never on a file that would then run as someone else. ``path`` names the
     entry in warnings (default: ``target``). With ``created``, calls that would
     not change anything are skipped (a new file of the right owner and mode and
     no xattrs costs one call: its times).
@@ -396,10 +424,15 @@ def set_metadata(
         warnings += _apply_xattrs(target, display_path(name), node, root, list_present=created is None)
     # Linux has no lchmod; symlink modes are always 0777. An ACL rewrites the group bits: set the mode after it
     if node.type != SYMLINK and (xattrs or created is None or created.mode != node.mode):
+        mode = node.mode
+        if mode & _SET_ID and node.type != DIR:
+            mode, warning = _safe_set_id(target, nofollow, node, owner, display_path(name))
+            if warning:
+                warnings.append(warning)
         try:
-            os.chmod(target, node.mode)
+            os.chmod(target, mode)
         except OSError as e:
-            warnings.append(f"{display_path(name)}: cannot set mode {node.mode:04o}: {e.strerror}")
+            warnings.append(f"{display_path(name)}: cannot set mode {mode:04o}: {e.strerror}")
     try:
         os.utime(target, ns=(node.atime_ns, node.mtime_ns), **nofollow)
     except OSError as e:

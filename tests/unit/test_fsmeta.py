@@ -512,6 +512,54 @@ def test_not_root_keeps_group_only_when_member(shared_dir: Path) -> None:
 # ------------------------------------------------------------------ open_for_backup
 
 
+@needs_root
+def test_not_root_never_leaves_setuid_or_setgid_on_a_file_owned_by_someone_else(shared_dir: Path) -> None:
+    """A setuid root program restored by an ordinary user would run as that user: the bit is left off, said."""
+    path = b(shared_dir / "f")
+
+    def child() -> tuple[list[str], int, list[str], int]:
+        with open(path, "wb"):
+            pass
+        foreign = Node(name=b"f", type=FILE, mode=0o6755, uid=0, gid=0, user="root", group="root")
+        w1 = apply_metadata(path, foreign, root=False, owners=Owners())
+        mode1 = stat.S_IMODE(os.lstat(path).st_mode)
+        own = Node(name=b"f", type=FILE, mode=0o6750, uid=NOBODY, gid=NOBODY)  # its own: kept
+        w2 = apply_metadata(path, own, root=False, owners=Owners())
+        return w1, mode1, w2, stat.S_IMODE(os.lstat(path).st_mode)
+
+    w1, mode1, w2, mode2 = run_as(NOBODY, NOBODY, [NOBODY], child)
+    assert mode1 == 0o755
+    assert w1 == [f"{shared_dir}/f: setuid and setgid bits not restored: it is owned by {NOBODY}:{NOBODY} here, "
+                  "not 0:0, and would run as the wrong user and group"]
+    assert (w2, mode2) == ([], 0o6750)
+
+
+@needs_root
+def test_root_whose_chown_is_refused_leaves_off_the_set_id_bits_of_that_owner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(A file system that refuses owners, or a root without CAP_CHOWN.) A setgid file of group 42 must not
+    become setgid root; a setuid bit whose owner is right stays."""
+    f = tmp_path / "f"
+    f.write_bytes(b"")
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "chown", refuse)
+    node = Node(name=b"f", type=FILE, mode=0o6755, uid=0, gid=42)
+    warnings = apply_metadata(b(f), node, numeric_owner=True)
+    assert stat.S_IMODE(os.lstat(f).st_mode) == 0o4755
+    assert warnings == [f"{f}: cannot set owner 0:42: Operation not permitted",
+                        f"{f}: setgid bit not restored: it is owned by 0:0 here, not 0:42, and would run as the "
+                        "wrong group"]
+    d = tmp_path / "d"  # a directory's setgid bit only says which group new entries get: kept
+    d.mkdir()
+    assert apply_metadata(b(d), Node(name=b"d", type=DIR, mode=0o2755, uid=0, gid=42), numeric_owner=True) == [
+        f"{d}: cannot set owner 0:42: Operation not permitted"]
+    assert stat.S_IMODE(os.lstat(d).st_mode) == 0o2755
+
+
 def test_open_for_backup_keeps_atime_and_refuses_symlinks(tmp_path: Path) -> None:
     f = tmp_path / "f"
     f.write_bytes(b"content")
