@@ -271,8 +271,10 @@ def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
     return extents
 
 
-def create_special(path: bytes, node: Node) -> list[str]:
-    """Create a FIFO or device node at ``path`` (mode/owner/times come from ``apply_metadata``)."""
+def create_special(path: bytes, node: Node, shown: bytes | None = None) -> list[str]:
+    """Create a FIFO or device node at ``path`` (mode/owner/times come from ``apply_metadata``); warnings name
+    ``shown`` (default: ``path``)."""
+    name = display_path(shown if shown is not None else path)
     try:
         if node.type == FIFO:
             os.mkfifo(path, 0o600)
@@ -283,12 +285,12 @@ def create_special(path: bytes, node: Node) -> list[str]:
             raise ValueError(f"create_special cannot create a {node.type}")
     except PermissionError:
         if node.type == FIFO:
-            return [f"{display_path(path)}: cannot create FIFO: permission denied"]
+            return [f"{name}: cannot create FIFO: permission denied"]
         dev = f"{os.major(node.rdev)}:{os.minor(node.rdev)}"
         kind = "character" if node.type == CHARDEV else "block"
-        return [f"{display_path(path)}: cannot create {kind} device {dev}: not permitted (restore as root)"]
+        return [f"{name}: cannot create {kind} device {dev}: not permitted (restore as root)"]
     except OSError as e:
-        return [f"{display_path(path)}: cannot create {node.type}: {e.strerror}"]
+        return [f"{name}: cannot create {node.type}: {e.strerror}"]
     return []
 
 

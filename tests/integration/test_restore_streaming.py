@@ -570,3 +570,40 @@ def test_packs_are_read_in_the_order_the_backup_wrote_them(tmp_path, monkeypatch
     assert [offsets[o] for o in asked] == ["a", "c", "d", "b/x", "b/y"]
     for n, data in content.items():
         assert (out_of(tmp_path / "out", src) / n).read_bytes() == data
+
+
+def test_a_directory_swapped_for_a_symlink_mid_restore_is_never_written_through(mode, backed_up, tmp_path,
+                                                                               monkeypatch):
+    """Someone who can write in the target (an empty world-writable directory, or a directory of theirs left by
+    an interrupted restore) replaces a directory the restore made, before the files below it are written, with
+    a symlink out of the target: nothing is written there (worker processes opened a window's directories by
+    their paths and followed a symlink on the way, writing, say, root's restore into /etc)."""
+    repo, snap, src = backed_up
+    target = tmp_path / "out"
+    outside = tmp_path / "outside"
+    (outside / "d1").mkdir(parents=True)  # what the path of the restore's directory now leads to
+    (outside / "d0").mkdir()
+    (outside / "d0" / "f3").write_bytes(b"planted")  # where a hardlink's data was restored, by its path
+    many = out_of(target, src) / "many"
+    real_submit = restorer_module._Run._submit
+    swapped: list[bool] = []
+
+    def submit(self):  # type: ignore[no-untyped-def]
+        if not swapped and any(d.path.endswith(b"/many/d1") for d, _ in self.window.files):
+            os.rename(many, many.with_name("many-moved"))
+            many.symlink_to(outside)
+            swapped.append(True)
+        real_submit(self)
+
+    monkeypatch.setattr(restorer_module._Run, "_submit", submit)
+    result = Restorer(repo, connections=2).restore(snap, os.fsencode(target))
+    assert swapped
+    assert list((outside / "d1").iterdir()) == []
+    assert os.stat(outside / "d0" / "f3").st_nlink == 1  # never linked into the restore
+    # what could not be written where the restore made it is named (threads write files through the directories
+    # the restore holds open, into the moved one; a hardlink to a file of a directory already complete is made
+    # by its path, and checked)
+    assert all("/many/d" in e for e in result.errors), result.errors
+    assert any("/many/d" in e and "directory was replaced during the restore" in e for e in result.errors)
+    moved = many.with_name("many-moved")
+    assert not (moved / "d5" / "link-to-d0-f3").exists()  # the hardlink to d0/f3, whose path leads elsewhere

@@ -228,6 +228,8 @@ class _Run:
         root = Dir(b"", None, None)
         try:
             root.fd = os.open(self.target, _DIR_FLAGS)
+            st = os.fstat(root.fd)
+            root.ident = (st.st_dev, st.st_ino)
         except OSError as e:
             raise TuckboxError(f"cannot open restore target {display(self.target)}: {e.strerror}") from None
         self.fetcher: Fetcher | None = None
@@ -362,7 +364,7 @@ class _Run:
                         os.unlink(name, dir_fd=parent.fd)
                         os.mkdir(name, 0o700, dir_fd=parent.fd)
                         d.created = True
-                d.fd = os.open(name, _DIR_FLAGS, dir_fd=parent.fd)
+                d.open_at(parent.fd, name)
             except OSError as e:
                 target_wide(e, self.target + d.path)
                 d.failed = True
@@ -389,6 +391,9 @@ class _Run:
                     self._create_empty(d, node)
                     self.result.files += 1
                     self.under_way += 1
+                    group = self.links.get((m.get("d", 0), m.get("i")))
+                    if group is not None and group.dir is d and group.name == node.name:
+                        group.note()
             elif node := self._node(d, m):
                 self._create_other(d, node)
                 self.result.others += 1
@@ -427,7 +432,7 @@ class _Run:
             os.symlink(node.link_target, node.name, dir_fd=d.fd)
             created = self.meta.created(0o777)
         else:
-            for w in create_special(where, node):
+            for w in create_special(where, node, path):
                 self.report.warn(w)
             if not os.path.lexists(where):
                 return
@@ -440,7 +445,7 @@ class _Run:
         key = (m.get("d", 0), m["i"])
         group = self.links.get(key)
         if group is None:
-            self.links[key] = group = LinkGroup(self.target + d.child(m["n"]))
+            self.links[key] = group = LinkGroup(self.target + d.child(m["n"]), d, m["n"])
             if data:
                 self.window.firsts.append((len(self.window.files), group))
             else:
@@ -461,7 +466,17 @@ class _Run:
         try:
             if self.resume:
                 make_room(reach(self.target, d, name))
-            link_deep(group.path, name, d.fd)
+            if group.dir.fd >= 0:
+                os.link(group.name, name, src_dir_fd=group.dir.fd, dst_dir_fd=d.fd, follow_symlinks=False)
+            else:  # its directory is complete (and closed): by its path, which must still lead to it
+                link_deep(group.path, name, d.fd)
+                st = os.stat(name, dir_fd=d.fd, follow_symlinks=False)
+                if group.ident != (st.st_dev, st.st_ino):
+                    os.unlink(name, dir_fd=d.fd)
+                    holder = group.path[len(self.target):]
+                    self.report.error(f"{display(d.child(name))}: not restored: a hardlink to {display(holder)}, "
+                                      "whose directory was replaced during the restore")
+                    return
             self.result.files += 1
             self.under_way += 1
         except OSError as e:
@@ -502,6 +517,8 @@ class _Run:
         self.result.files += len(w.files) - len(w.failed)
         for slot, group in w.firsts:
             group.state = FAILED if slot in w.failed else DONE
+            if group.state == DONE:
+                group.note()  # (its directory is still open: its metadata waits for this window)
         if self.pending_links:  # hardlinks whose data is in (before the metadata of the directories they are in)
             ready = [p for p in self.pending_links if p[0].state != PENDING]
             if ready:

@@ -153,7 +153,7 @@ class WorkerProcesses:
             k = dirs.get(id(d))
             if k is None:
                 k = dirs[id(d)] = len(paths)
-                paths.append(d.path)
+                paths.append((d.path, *d.ident))
             files.append((k, m))
         copies = [[blob_id, *source] for blob_id, source in w.copies.items()]
         msg = msgpack.packb((w.id, paths, files, copies))
@@ -234,19 +234,24 @@ def _serve(recv: Connection, send: Connection, writer: WindowWriter, target: byt
         dirs: list[Dir] = []
         try:
             unusable: dict[int, str] = {}
-            for k, path in enumerate(paths):
+            for k, (path, dev, ino) in enumerate(paths):
                 d = Dir(path, None, None)
                 try:
                     d.fd = open_deep(target + path, _DIR_FLAGS)
+                    st = os.fstat(d.fd)
+                    if (st.st_dev, st.st_ino) != (dev, ino):  # not the one the restore made: a symlink on the way?
+                        os.close(d.fd)
+                        d.fd = -1
+                        unusable[k] = "its directory was replaced during the restore"
                 except OSError as e:
-                    unusable[k] = e.strerror or str(e)
+                    unusable[k] = f"cannot open its directory: {e.strerror or e}"
                 dirs.append(d)
             w.files = [(dirs[k], m) for k, m in files]
             for slot, (k, m) in enumerate(files):
                 if k in unusable:  # (the restoring process made it: something removed it meanwhile)
                     w.failed.add(slot)
                     shown = display(dirs[k].child(m["n"]))
-                    writer.report.error(f"{shown}: not restored: cannot open its directory: {unusable[k]}")
+                    writer.report.error(f"{shown}: not restored: {unusable[k]}")
             writer.run(w)
             reply = msgpack.packb(("done", sorted(w.failed)))
         except Exception as e:  # noqa: BLE001 - the restoring process re-raises it

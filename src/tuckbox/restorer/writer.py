@@ -40,6 +40,7 @@ _TARGET_WIDE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # write errors that ar
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 _REOPEN = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_BACK = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NOATIME", 0)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 DIRECT_MIN = 512 << 10  # blobs this large are written with O_DIRECT (their aligned part) where possible
 _MALFORMED = (TuckboxError, TypeError, ValueError, KeyError, AttributeError, OverflowError)
 
@@ -67,6 +68,13 @@ class Dir:
     failed: bool = False  # could not be created: what is below it is skipped
     created: bool = False  # made by this run (not found from an interrupted one)
     late: bool = False  # its metadata waits for the end of the restore
+    ident: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the directory opened as ``fd``
+
+    def open_at(self, parent_fd: int, name: bytes) -> None:
+        """Open the directory ``name`` in ``parent_fd`` as ``fd`` (never following a symlink); note what it is."""
+        self.fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        st = os.fstat(self.fd)
+        self.ident = (st.st_dev, st.st_ino)
 
     def child(self, name: bytes) -> bytes:
         return self.path + b"/" + name
@@ -87,8 +95,22 @@ class Window:
 
 @dataclass(slots=True, eq=False)
 class LinkGroup:
+    """A hardlink group: the entry that holds the data (``name`` in ``dir``) and what became of it."""
+
     path: bytes  # full target path of the entry that holds the data
+    dir: Dir
+    name: bytes
     state: int = 0  # PENDING, DONE or FAILED
+    ident: tuple[int, int] | None = None  # (st_dev, st_ino) of the restored entry, once DONE
+
+    def note(self) -> None:
+        """Record what the restored entry is (while its directory is open): a link made later by its path
+        must lead to it (a directory on the way may have been replaced by a symlink meanwhile)."""
+        try:
+            st = os.stat(self.name, dir_fd=self.dir.fd, follow_symlinks=False)
+            self.ident = (st.st_dev, st.st_ino)
+        except OSError:
+            self.ident = None
 
 
 PENDING, DONE, FAILED = 0, 1, 2
@@ -444,7 +466,7 @@ def _write_rest(fd: int, data: bytes, off: int, n: int) -> None:
 def already_restored(repo: Any, path: bytes, node: Node) -> bool:
     """Whether the regular file at ``path`` holds exactly ``node``'s content (every chunk hash checked)."""
     try:
-        with open(path, "rb") as f:
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
             pos = 0
             for item in node.content:
                 if type(item) is int:
@@ -465,11 +487,15 @@ def already_restored(repo: Any, path: bytes, node: Node) -> bool:
         return False
 
 
+_PROC_FD = os.path.isdir(b"/proc/self/fd")
+
+
 def reach(target: bytes, d: Dir, name: bytes) -> bytes:
-    """The path to ``name`` in ``d`` for a system call: its own, or through ``d``'s descriptor when that
-    is too long for one call (a deep tree: longpath.py)."""
+    """The path to ``name`` in ``d`` for a system call that takes no directory descriptor: through ``d``'s
+    descriptor (``/proc/self/fd/N/name``: a directory on the way that was replaced by a symlink since ``d``
+    was opened is not followed), or, without /proc, its own path."""
     path = target + d.child(name)
-    return path if fits(path) else through(d.fd, name)
+    return through(d.fd, name) if _PROC_FD or not fits(path) else path
 
 
 def make_room(path: bytes) -> None:
