@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import stat
 import subprocess
 from pathlib import Path
 
@@ -89,6 +90,36 @@ def test_restore_into_a_non_empty_target_is_refused(backed_up, tmp_path):
     res = cli("restore", "latest", "--target", str(target), expect=2)
     assert "not empty" in res.err and len(res.err.strip().splitlines()) == 1
     assert (target / "precious.txt").read_text() == "do not touch"
+
+
+def test_a_fresh_file_systems_lost_and_found_does_not_make_a_target_full(backed_up, tmp_path):
+    """A new ext4 file system holds an empty lost+found: restoring onto one (say a new disk for a lost one)
+    works, the snapshot's own /lost+found goes into it; anything else, or something in lost+found, is refused.
+    A symlink as the target is refused naming what it is."""
+    cli, src, _ = backed_up
+    target = tmp_path / "new-disk"
+    (target / "lost+found").mkdir(parents=True, mode=0o700)
+    paths = [str(src)] + (["/lost+found"] if os.geteuid() == 0 and os.path.isdir("/lost+found") else [])
+    if len(paths) > 1:
+        cli("backup", *paths)
+    summary = cli("--json", "restore", "latest", "--target", str(target)).summary()
+    assert summary["errors"] == []
+    assert compare_trees(src, restored(target, src)) == []
+    assert not (target / ".tuckbox-restore").exists()
+    if len(paths) > 1:
+        assert stat.S_IMODE(os.stat(target / "lost+found").st_mode) == stat.S_IMODE(os.stat("/lost+found").st_mode)
+
+    for name in ("lost+found/not-empty", "other"):
+        occupied = tmp_path / name.replace("/", "-")
+        (occupied / "lost+found").mkdir(parents=True)
+        (occupied / name).write_text("do not touch")
+        res = cli("restore", "latest", "--target", str(occupied), expect=2)
+        assert "not empty" in res.err and len(res.err.strip().splitlines()) == 1
+        assert (occupied / name).read_text() == "do not touch"
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    res = cli("restore", "latest", "--target", str(link), expect=2)
+    assert f"{link} is a symbolic link" in res.err and str(target) in res.err
 
 
 def test_stale_lock_is_shown_removed_and_never_blocks(tmp_path):

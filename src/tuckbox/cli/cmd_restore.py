@@ -1,7 +1,8 @@
 """Restore a snapshot (or part of it) into a new directory.
 
 Entries are written below TARGET under their original absolute paths. The
-target must not exist or be empty; a restore interrupted into a target is
+target must not exist or be empty (the empty lost+found of a new file system
+counts as empty; the snapshot's own /lost+found goes into it); a restore interrupted into a target is
 finished by running the same command again (files already restored correctly
 are kept), also after restoring only some of its paths into it meanwhile. A
 file whose stored data is damaged, or an entry that cannot be created in the

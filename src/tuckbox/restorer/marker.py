@@ -125,9 +125,12 @@ def prepare_target(target: bytes, snapshot_id: str, asked: Selection) -> tuple[S
     marker = os.path.join(target, NAME)
     owed: Selection | None = None
     if os.path.lexists(target):
-        if not os.path.isdir(target) or os.path.islink(target):
+        if os.path.islink(target):
+            raise TargetExists(f"restore target {display(target)} is a symbolic link (a restore does not follow "
+                               f"one); give the directory it leads to, {display(os.path.realpath(target))}, or a new one")
+        if not os.path.isdir(target):
             raise TargetExists(f"restore target {display(target)} exists and is not a directory; choose a new one")
-        if os.listdir(target):
+        if [n for n in os.listdir(target) if not fresh_lost_found(target, os.fsencode(n))]:
             try:
                 with open(marker, "rb") as f:
                     owed = decode(f.read(), snapshot_id)
@@ -162,6 +165,25 @@ def prepare_target(target: bytes, snapshot_id: str, asked: Selection) -> tuple[S
         and not _has_xattr(target, ACL_DEFAULT)
     )
     return owed, bare
+
+
+LOST_FOUND = b"lost+found"
+
+
+def fresh_lost_found(target: bytes, name: bytes) -> bool:
+    """Whether ``name`` in ``target`` is the empty ``lost+found`` directory a new ext2/3/4 file system has at its
+    top: a target holding only that is empty (a restore onto a freshly made file system)."""
+    if name != LOST_FOUND:
+        return False
+    path = os.path.join(target, name)
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            return False
+        return not os.listdir(path)
+    except PermissionError:
+        return True  # root's, 0700: as made by mkfs (a restore as another user cannot write into it anyway)
+    except OSError:
+        return False
 
 
 def _xattr_names(fd: int) -> list[str]:

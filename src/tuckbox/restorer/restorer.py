@@ -201,6 +201,7 @@ class _Run:
         self.inc = inc
         self.exc = exc
         self.chosen = False  # anything selected at all
+        self.lost_found = markers.fresh_lost_found(target, markers.LOST_FOUND)  # in the target before it began
         self.under_way = 0  # files restored or given to a window so far (for progress)
         self.connections = max(1, owner.connections)
         self.inflight_max = self.connections
@@ -356,7 +357,9 @@ class _Run:
                     os.mkdir(name, 0o700, dir_fd=parent.fd)
                     d.created = True
                 except FileExistsError:
-                    if not self.resume:
+                    # (a fresh file system's empty lost+found was all the target held: the snapshot's goes there)
+                    if not self.resume and not (parent.parent is None and name == markers.LOST_FOUND
+                                                and self.lost_found):
                         raise
                     # resuming: a non-directory in its place (a file, a symlink, maybe pointing out of the
                     # target) is replaced, as for files (make_room); the directory is never followed
