@@ -69,3 +69,19 @@ def test_what_is_not_a_duration(text: str) -> None:
 
     with pytest.raises(UsageError, match="not a duration"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["forget", "--keep-within", "-1d"], "--keep-within: invalid duration '-1d': a duration cannot be negative"),
+    (["forget", "--keep-daily", "-1.5"], "--keep-daily: '-1.5' is not a whole number"),
+    (["forget", "--keep-last", "1", "--max-unused", "-5%"], "--max-unused: '-5%' is not between 0 and 100"),
+])
+def test_a_value_starting_with_minus_and_a_digit_is_checked_as_a_value(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not argparse's "expected one argument": the option's own check says what is wrong with the value."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "expected one argument" not in err

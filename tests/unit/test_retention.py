@@ -327,7 +327,7 @@ def test_parse_duration(text, expected):
 
 @pytest.mark.parametrize("text, message", [
     ("", "invalid duration ''"), (" ", "invalid duration"), ("3", "followed by a unit"),
-    ("5x", "invalid duration '5x'"), ("-1d", "invalid duration '-1d'"), ("d", "invalid duration"),
+    ("5x", "invalid duration '5x'"), ("-1d", "invalid duration '-1d': a duration cannot be negative"), ("d", "invalid duration"),
     ("1.5d", "invalid duration"), ("1D", "invalid duration"), ("1d 2h", "invalid duration"),
     ("1d2d", "unit 'd' given twice"), ("0d", "longer than zero"), ("99999999999y", "too long"),
     ("\u0661d", "invalid duration"),  # an Arabic-Indic digit one

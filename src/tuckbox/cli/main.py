@@ -11,8 +11,10 @@ import gc
 import json
 import logging
 import os
+import re
 import sys
 from importlib import import_module
+from typing import Any
 
 from .. import __version__
 from ..errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, TuckboxError
@@ -53,6 +55,13 @@ examples:
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # a word that starts with a minus and a digit ("-1d", "-5%", "-1.5") is an option's value, as "-1" is
+        # already, never an option (tuckbox has no option like "-1"): so "--keep-within -1d" reaches the
+        # option's own check, which says what is wrong, instead of "expected one argument"
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
+
     def error(self, message: str) -> None:  # one line, exit 2
         self.exit(EXIT_USAGE, f"tuckbox: usage error: {message} (see '{self.prog} --help')\n")
 

@@ -123,6 +123,9 @@ def parse_group_by(text: str) -> tuple[str, ...]:
 def parse_duration(text: str) -> datetime.timedelta:
     """Parse a duration such as "1y2m3d4h" (y = 365 days, m = 30 days, w = 7 days, d, h), parts in any order."""
     s = text.strip()
+    if s.startswith("-"):
+        raise ValueError(f"invalid duration {text!r}: a duration cannot be negative; write it like 7d or 1y6m "
+                         "(it is counted back from the group's newest snapshot)")
     if not re.fullmatch(r"(?:[0-9]+[ymwdh])+", s):
         raise ValueError(
             f"invalid duration {text!r}: expected whole numbers each followed by a unit, "
