@@ -431,3 +431,120 @@ def test_raising_a_count_never_keeps_less(local_tz, specs, policy, rule):
         return {d.snapshot.id for g in apply(snaps, p) for d in g.decisions if d.keep}
 
     assert kept_ids(policy) <= kept_ids(bigger)
+
+
+# ---- against a reference model ---------------------------------------------------------------------------------
+# An independent statement of the documented policy (restic's): per group, each count rule keeps the newest
+# complete snapshot of each of its N newest buckets that have one; buckets from time.localtime/strftime (not
+# datetime.astimezone); instants as whole microseconds (not datetime comparisons).
+
+_RULE_FORMATS = {"hourly": "%Y-%m-%d %H", "daily": "%Y-%m-%d", "weekly": "%G-W%V", "monthly": "%Y-%m", "yearly": "%Y"}
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
+# instants where local time jumps in the zones below, and calendar boundaries (UTC)
+_ANCHORS = [datetime.datetime(*t, tzinfo=UTC) for t in (
+    (2018, 3, 11, 7), (2018, 11, 4, 6),  # New York: spring forward, fall back
+    (2018, 3, 25, 1), (2018, 10, 28, 1),  # Berlin
+    (2018, 11, 4, 3), (2019, 2, 17, 2),  # Sao Paulo (DST began and ended at local midnight)
+    (2018, 3, 31, 15), (2018, 10, 6, 15, 30),  # Lord Howe (a half-hour shift)
+    (2018, 11, 4, 4, 30),  # the made-up zone below: clocks go back at 00:30, to 23:30 the day before
+    (2018, 12, 31, 23), (2021, 1, 3, 12),  # a year boundary; the end of ISO week 2020-W53
+)]
+_ZONES = ["UTC", "America/New_York", "Europe/Berlin", "America/Sao_Paulo", "Australia/Lord_Howe",
+          "XST5XDT,M3.2.0,M11.1.0/0:30"]
+
+
+def _reference(specs, policy: Policy, group_by: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """id -> reasons, from (id, host, paths, tags, instant in µs since the epoch, partial) tuples."""
+    groups: dict[tuple, list] = {}
+    for spec in specs:
+        sid, host, paths, tags, micros, partial = spec
+        fields = {"host": host, "paths": tuple(sorted(set(p.decode() for p in paths))), "tags": tuple(sorted(set(tags)))}
+        groups.setdefault(tuple(fields[f] for f in group_by), []).append(spec)
+    reasons: dict[str, list[str]] = {}
+    for members in groups.values():
+        members = sorted(members, key=lambda s: (s[4], s[0]), reverse=True)
+        for s in members:
+            reasons[s[0]] = []
+        complete = [s for s in members if not s[5]]
+        if policy.last:
+            for s in complete if policy.last == -1 else complete[:policy.last]:
+                reasons[s[0]].append("last")
+        for rule, fmt in _RULE_FORMATS.items():
+            n = getattr(policy, rule)
+            newest_of: dict[str, str] = {}  # bucket -> id of its newest snapshot, newest bucket first
+            for s in complete:
+                newest_of.setdefault(time.strftime(fmt, time.localtime(s[4] // 10**6)), s[0])
+            for sid in list(newest_of.values())[: None if n == -1 else n]:
+                reasons[sid].append(rule)
+        if policy.within is not None and complete:
+            cutoff = complete[0][4] - policy.within // datetime.timedelta(microseconds=1)
+            for s in complete:
+                if s[4] > cutoff:
+                    reasons[s[0]].append(f"within {_format_within(policy.within)}")
+        for s in complete:
+            reasons[s[0]] += [f"tag {t}" for t in sorted(policy.tags & set(s[3]))]
+        for s in members:
+            if s[5] and (not complete or (s[4], s[0]) > (complete[0][4], complete[0][0])):
+                reasons[s[0]].append(CHECKPOINT_REASON)
+    return {sid: tuple(r) for sid, r in reasons.items()}
+
+
+def _format_within(d: datetime.timedelta) -> str:
+    hours, seconds = divmod(d.seconds, 3600)
+    return f"{d.days}d" * bool(d.days) + f"{hours}h" * bool(hours) + f"{seconds}s" * bool(seconds)
+
+
+reference_specs = st.sampled_from(_ANCHORS).flatmap(lambda anchor: st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b"]),
+        st.sampled_from([(b"/x",), (b"/y", b"/x"), (b"/x", b"/y")]),
+        st.sampled_from([(), ("t",), ("u", "t")]),
+        st.just(anchor) | st.sampled_from(_ANCHORS),  # mostly one anchor per example: snapshots close together
+        # seconds from the anchor: often the same few (equal times), or within two hours (across the jump),
+        # else anywhere within 40 days
+        st.sampled_from([-1, 0, 1]) | st.integers(-12, 12).map(lambda k: k * 600)
+        | st.integers(-40 * 86400, 40 * 86400),
+        st.sampled_from([0, 0, 999_999]),  # microseconds
+        st.sampled_from([0, 2, -5, 13]),  # the UTC offset the time is written with, in hours
+        st.booleans(),  # partial
+    ),
+    max_size=30,
+))
+reference_policies = st.builds(
+    Policy, last=counts, hourly=counts, daily=counts, weekly=counts, monthly=counts, yearly=counts,
+    # often a whole number of hours or 10 minutes, as far apart as snapshots often are (a cutoff on one of them)
+    within=st.none() | st.builds(datetime.timedelta, hours=st.sampled_from([1, 2, 24]) | st.integers(1, 24 * 100))
+    | st.builds(datetime.timedelta, minutes=st.integers(1, 12).map(lambda k: k * 10)),
+    tags=st.frozensets(st.sampled_from(["t", "u", "v"]), max_size=2),
+).filter(lambda p: not p.is_empty())
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(specs=reference_specs, policy=reference_policies, zone=st.sampled_from(_ZONES),
+       group_by=st.sampled_from([("host", "paths"), ("host",), ("tags",), ()]))
+def test_apply_agrees_with_a_reference_model(local_tz, specs, policy, zone, group_by):
+    local_tz(zone)
+    snaps, plain = [], []
+    for i, (host, paths, tags, anchor, seconds, micros, offset, partial) in enumerate(specs):
+        instant = anchor + datetime.timedelta(seconds=seconds, microseconds=micros)
+        written = instant.astimezone(datetime.timezone(datetime.timedelta(hours=offset)))
+        sid = f"{(i * 7919) % 1000:064x}"  # ids not in input order
+        snaps.append(Snapshot(time=written.isoformat(timespec="microseconds"), host=host, user="u",
+                              paths=list(paths), tree=b"\0" * 32, tags=list(tags), partial=partial, id=sid))
+        plain.append((sid, host, paths, tags, (instant - _EPOCH) // datetime.timedelta(microseconds=1), partial))
+    got = {d.snapshot.id: d.reasons for g in apply(snaps, policy, group_by) for d in g.decisions}
+    assert got == _reference(plain, policy, group_by)
+
+
+def test_a_bucket_the_local_clock_returns_to_keeps_only_its_newest_snapshot(local_tz):
+    """A zone whose clocks go back across midnight (00:30 -> 23:30 the day before): Sunday 00:10, Saturday 23:40,
+    Sunday 00:10 again an hour later, in that order. --keep-daily keeps one snapshot per day, the newest."""
+    local_tz("XST5XDT,M3.2.0,M11.1.0/0:30")
+    sunday_early = snap("2018-11-04T04:10")  # 00:10 XDT
+    saturday = snap("2018-11-04T04:40")  # 23:40 XST, Saturday
+    sunday_late = snap("2018-11-04T05:10")  # 00:10 XST
+    assert [datetime.datetime.fromisoformat(s.time).astimezone().strftime("%a %H:%M")
+            for s in (sunday_early, saturday, sunday_late)] == ["Sun 00:10", "Sat 23:40", "Sun 00:10"]
+    decisions = only_group(apply([sunday_early, saturday, sunday_late], Policy(daily=-1)))
+    assert [(d.snapshot.id, d.keep) for d in decisions] == [(sunday_late.id, True), (saturday.id, True),
+                                                           (sunday_early.id, False)]

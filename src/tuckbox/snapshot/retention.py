@@ -8,11 +8,11 @@ Rules, applied by :func:`apply`:
   groups come back sorted by their key. Within a group snapshots are ordered
   newest first by ``(datetime, id)``; "newer" below means earlier in that order.
 * Only complete snapshots take part in the keep rules. Each count rule walks
-  them newest first and keeps a snapshot when its bucket differs from the
-  bucket of the snapshot that rule kept before, until it has kept its count
-  (so it keeps the newest snapshot of each of the N newest buckets that have
-  one). ``last`` keeps the N newest. A count of -1 means unlimited; 0 turns
-  the rule off. Buckets use the snapshot's time in this machine's local time
+  them newest first and keeps a snapshot when no newer one is in its bucket,
+  until it has kept its count (so it keeps the newest snapshot of each of the
+  N newest buckets that have one; a bucket the local clock returns to, where
+  clocks go back across its boundary, is still one bucket). ``last`` keeps
+  the N newest. A count of -1 means unlimited; 0 turns the rule off. Buckets use the snapshot's time in this machine's local time
   zone, as ``tuckbox snapshots`` shows it: hourly (year, month, day, hour),
   daily the date, weekly the ISO (year, week), monthly (year, month), yearly
   the year.
@@ -191,16 +191,16 @@ def _decide(group: list[Snapshot], policy: Policy) -> list[Decision]:
             reasons[i].append("last")
     for rule, bucket_of in _BUCKETS.items():
         count: int = getattr(policy, rule)
-        kept = 0
-        previous: Hashable = None
+        # every bucket seen, not only the previous one: where clocks go back across midnight local dates run
+        # Sunday, Saturday, Sunday, and that Sunday is still one day
+        seen: set[Hashable] = set()
         for i in complete:
-            if kept == count:  # never true for -1 (unlimited)
+            if len(seen) == count:  # never true for -1 (unlimited)
                 break
             bucket = bucket_of(ordered[i].datetime.astimezone())
-            if bucket != previous:  # previous is None before the first
+            if bucket not in seen:
                 reasons[i].append(rule)
-                previous = bucket
-                kept += 1
+                seen.add(bucket)
     if policy.within is not None and complete:
         cutoff = ordered[complete[0]].datetime - policy.within
         reason = f"within {_format_duration(policy.within)}"
