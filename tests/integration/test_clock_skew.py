@@ -61,3 +61,28 @@ def test_forget_latest_from_the_future_then_prune(tmp_path):
     assert [s["id"] for s in cli("snapshots", "--json").json()] == [first.id]
     cli("check", "--read-data")
     assert "nothing to prune" in cli("prune").out
+
+
+def test_keep_within_is_not_thrown_off_by_a_snapshot_from_the_future(tmp_path):
+    """One snapshot of a host dated years ahead (its clock was wrong once): 'forget --keep-within 30d' measured
+    the 30 days back from it and removed every real snapshot of the host; now from this machine's clock."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("today\n")
+    cli = Cli(tmp_path, local_storage(tmp_path / "repo"))
+    cli("init")
+    cli("backup", str(src))
+    repo = open_repo(cli.storage, cli.passphrase, tmp_path / "other-cache")
+    try:
+        (today,) = repo.snapshots()
+        now = dt.datetime.now(dt.timezone.utc)
+        old = repo.save_snapshot(dataclasses.replace(today, time=(now - dt.timedelta(days=40)).isoformat(), id=""))
+        ahead = repo.save_snapshot(dataclasses.replace(today, time=(now + dt.timedelta(days=3 * 365)).isoformat(),
+                                                       id=""))
+    finally:
+        repo.close()
+    res = cli("forget", "--keep-within", "30d", "--json")
+    group = res.json()["groups"][0]
+    assert {s["id"] for s in group["keep"]} == {today.id, ahead}
+    assert [s["id"] for s in group["remove"]] == [old]
+    assert {s["id"] for s in cli("snapshots", "--json").json()} == {today.id, ahead}

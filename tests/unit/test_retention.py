@@ -260,6 +260,19 @@ def test_within_is_measured_from_the_newest_complete_snapshot_of_the_group(local
         True, True, True, True, False, False]
 
 
+def test_within_is_measured_from_now_when_the_newest_snapshot_is_dated_ahead_of_it(local_tz):
+    """A host whose clock was wrong once (a snapshot dated 2099): --keep-within 30d still keeps the last 30 days
+    of its real snapshots, not only the one from the future."""
+    snaps = [snap("2099-01-01T00:00"), snap("2026-06-10T12:00"), snap("2026-05-20T12:00"), snap("2026-04-01T12:00")]
+    now = datetime.datetime(2026, 6, 12, tzinfo=UTC)
+    policy = Policy(within=datetime.timedelta(days=30))
+    assert set(kept(apply(snaps, policy, now=now))) == {"2099-01-01T00:00", "2026-06-10T12:00", "2026-05-20T12:00"}
+    assert set(kept(apply(snaps, policy))) == {"2099-01-01T00:00"}  # (without a clock: from the newest)
+    # now after the newest snapshot changes nothing: measured from the newest (a host that stopped backing up)
+    later = datetime.datetime(2099, 6, 1, tzinfo=UTC)
+    assert set(kept(apply(snaps[1:], policy, now=later))) == {"2026-06-10T12:00", "2026-05-20T12:00"}
+
+
 @pytest.mark.parametrize("within, text", [
     (datetime.timedelta(days=7), "within 7d"),
     (datetime.timedelta(days=1, hours=12), "within 1d12h"),
@@ -431,6 +444,21 @@ def test_raising_a_count_never_keeps_less(local_tz, specs, policy, rule):
         return {d.snapshot.id for g in apply(snaps, p) for d in g.decisions if d.keep}
 
     assert kept_ids(policy) <= kept_ids(bigger)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(specs=snapshot_specs, policy=policies, seconds=st.integers(0, 2 * 366 * 24 * 3600))
+def test_a_clock_given_keeps_no_less_and_only_changes_anything_when_behind_the_newest(local_tz, specs, policy,
+                                                                                        seconds):
+    snaps = _build(specs)
+    now = _BASE + datetime.timedelta(seconds=seconds)
+
+    def kept_ids(**kw):
+        return {d.snapshot.id for g in apply(snaps, policy, **kw) for d in g.decisions if d.keep}
+
+    assert kept_ids() <= kept_ids(now=now)
+    if all(s.datetime <= now for s in snaps):
+        assert kept_ids() == kept_ids(now=now)
 
 
 # ---- against a reference model ---------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Snapshots are grouped by host and paths (--group-by) and each group keeps,
 newest first, whatever any rule selects: the N newest (--keep-last), the
 newest of each of the N newest hours, days, ISO weeks, months or years that
 have snapshots (--keep-hourly ... --keep-yearly; -1 = all), every snapshot
-within a span of the group's newest one (--keep-within 30d), every snapshot
+within a span of the group's newest one (--keep-within 30d; of now, if that
+one is dated ahead of this machine's clock), every snapshot
 with a tag (--keep-tag). Times are this machine's local time. A checkpoint
 (of an unfinished backup) is kept while it is newer than the group's last
 complete backup. --host/--tag/--path limit which snapshots are considered.
@@ -26,6 +27,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -129,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
             selected = select_snapshots(args, snaps)
             if snaps and not selected:  # (a misspelt --host in a weekly job would thin out nothing, for good)
                 warn(f"no snapshot matches {_filters(args)}; nothing is removed (see 'tuckbox snapshots')")
-            decided = retention.apply(selected, policy, args.group_by)
+            decided = retention.apply(selected, policy, args.group_by,
+                                      now=datetime.datetime.now(datetime.timezone.utc))
             groups = []
             remove = []
             for g in decided:

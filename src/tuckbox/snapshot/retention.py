@@ -19,7 +19,9 @@ Rules, applied by :func:`apply`:
 * ``within`` keeps every complete snapshot strictly newer than the newest
   complete snapshot of the group minus the duration. It is measured from that
   snapshot, not from now, so forgetting never empties a group whose host
-  stopped backing up.
+  stopped backing up -- but from ``now`` when that is given and earlier: a
+  snapshot dated ahead of the clock (a host whose clock was wrong once) does
+  not put the rest of its group outside the span.
 * ``tags`` keeps every complete snapshot carrying any of the given tags.
 * A snapshot is kept if any rule keeps it. Its reasons name every rule that
   kept it, in the order last, hourly, daily, weekly, monthly, yearly,
@@ -99,9 +101,13 @@ class Group:
 
 
 def apply(
-    snapshots: list[Snapshot], policy: Policy, group_by: tuple[str, ...] = ("host", "paths")
+    snapshots: list[Snapshot],
+    policy: Policy,
+    group_by: tuple[str, ...] = ("host", "paths"),
+    now: datetime.datetime | None = None,
 ) -> list[Group]:
-    """Decide, for every snapshot, whether ``policy`` keeps it; see the module docstring."""
+    """Decide, for every snapshot, whether ``policy`` keeps it; see the module docstring. ``now`` (aware): this
+    machine's clock, the latest time ``within`` is measured from."""
     if policy.is_empty():
         raise ValueError("no keep rule given: refusing to forget every snapshot")
     group_by = _check_fields(group_by)
@@ -109,7 +115,7 @@ def apply(
     for snap in snapshots:
         groups.setdefault(_group_values(snap, group_by), []).append(snap)
     return [
-        Group(key={f: _listed(v) for f, v in zip(group_by, values)}, decisions=_decide(groups[values], policy))
+        Group(key={f: _listed(v) for f, v in zip(group_by, values)}, decisions=_decide(groups[values], policy, now))
         for values in sorted(groups)
     ]
 
@@ -181,7 +187,7 @@ def _format_duration(d: datetime.timedelta) -> str:
     return text
 
 
-def _decide(group: list[Snapshot], policy: Policy) -> list[Decision]:
+def _decide(group: list[Snapshot], policy: Policy, now: datetime.datetime | None) -> list[Decision]:
     ordered = sorted(group, key=lambda s: (s.datetime, s.id), reverse=True)
     complete = [i for i, s in enumerate(ordered) if not s.partial]
     reasons: list[list[str]] = [[] for _ in ordered]
@@ -202,7 +208,8 @@ def _decide(group: list[Snapshot], policy: Policy) -> list[Decision]:
                 reasons[i].append(rule)
                 seen.add(bucket)
     if policy.within is not None and complete:
-        cutoff = ordered[complete[0]].datetime - policy.within
+        newest = ordered[complete[0]].datetime
+        cutoff = (newest if now is None else min(newest, now)) - policy.within
         reason = f"within {_format_duration(policy.within)}"
         for i in complete:
             if ordered[i].datetime > cutoff:
