@@ -322,17 +322,31 @@ def test_huge_sparse_file_costs_only_its_data(tb, tmp_path):
         assert f.read(1 << 20) == g.read(1 << 20)
 
 
-def test_unknown_format_version_or_feature_is_refused(tb, tmp_path):
+def test_unknown_format_version_or_feature_is_refused(tb, tmp_path, monkeypatch):
     import json
+
+    import dataclasses
+
+    from tuckbox.backends.local import LocalBackend
+    from tuckbox.repository.repo import Repository
 
     tb("init")
     cfg_path = Path(tb.repo) / "config"
     original = cfg_path.read_bytes()
     doc = json.loads(original)
-    for change, words in (({"version": 2}, "format version 2"), ({"features": ["shiny-new-thing"]}, "shiny-new-thing")):
-        cfg_path.write_text(json.dumps({**doc, **change}))
-        res = tb("snapshots", expect=1)
-        assert words in res.err and "upgrade tuckbox" in res.err
+    cfg_path.write_text(json.dumps({**doc, "version": 2}))  # (a newer format: its MAC cannot be checked)
+    res = tb("snapshots", expect=1)
+    assert "format version 2" in res.err and "upgrade tuckbox" in res.err
+    # an unknown feature is told once the config's MAC holds, as a newer tuckbox writes it (else: damaged)
+    cfg_path.write_bytes(original)
+    monkeypatch.setenv("TUCKBOX_CACHE_DIR", str(tmp_path / "test-cache"))
+    repo = Repository.open(LocalBackend(tb.repo), lambda: tb.passfile.read_bytes().rstrip(b"\n"), load_index=False)
+    cfg_path.write_bytes(dataclasses.replace(repo.config, features=["shiny-new-thing"]).encode(repo.keys.config_key))
+    repo.close()
+    res = tb("snapshots", expect=1)
+    assert "shiny-new-thing" in res.err and "upgrade tuckbox" in res.err
+    cfg_path.write_text(json.dumps({**doc, "features": ["shiny-new-thing"]}))  # the same, its MAC not updated
+    assert "failed authentication" in tb("snapshots", expect=1).err
     cfg_path.write_bytes(original)
     tb("snapshots")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tuckbox.backends.local import LocalBackend
+from tuckbox.errors import TuckboxError
 from tuckbox.repository.repo import Repository
 from tuckbox.snapshot.walk import find
 from tuckbox.types import BlobType
@@ -143,4 +144,83 @@ def test_flipped_byte_in_key(tb, tmp_path, offset_from_end):
     res = tb("snapshots", expect=1)
     lines = [ln for ln in res.err.splitlines() if ln.strip()]
     assert len(lines) == 1
-    assert "wrong passphrase" in lines[0] or "key file" in lines[0] or "has no readable passphrase key" in lines[0]
+    assert "wrong passphrase" in lines[0] or f"(keys/{key.name[:8]}) cannot be read: damaged" in lines[0]
+
+
+def _fresh_repository(tmp_path: Path, monkeypatch) -> tuple[LocalBackend, Repository]:
+    monkeypatch.setenv("TUCKBOX_TEST_CHEAP_KDF", "1")
+    monkeypatch.setenv("TUCKBOX_CACHE_DIR", str(tmp_path / "cache"))
+    backend = LocalBackend(str(tmp_path / "repo"))
+    return backend, Repository.init(backend, b"pw", created="2026-01-01T00:00:00+00:00", host="h", user="u")
+
+
+def test_a_flipped_bit_anywhere_in_the_config_is_called_damage(tmp_path, monkeypatch):
+    """Never "upgrade tuckbox" (a damaged chunker name or version), "not a tuckbox repository" (broken JSON) or
+    "no readable passphrase key" (a damaged repository id): each sent the owner of a damaged repository the
+    wrong way."""
+    backend, repo = _fresh_repository(tmp_path, monkeypatch)
+    repo.close()
+    path = tmp_path / "repo" / "config"
+    original = path.read_bytes()
+    for offset in range(len(original)):
+        for bit in (0x01, 0x40):
+            damaged = bytearray(original)
+            damaged[offset] ^= bit
+            path.write_bytes(bytes(damaged))
+            with pytest.raises(TuckboxError) as e:
+                Repository.open(backend, lambda: b"pw", load_index=False).close()
+            message = e.value.message
+            assert "config" in message and ("damaged" in message or "modified" in message), (offset, bit, message)
+    path.write_bytes(original)
+    Repository.open(backend, lambda: b"pw", load_index=False).close()
+
+
+def test_a_config_of_a_newer_tuckbox_is_still_refused_with_upgrade(tmp_path, monkeypatch):
+    import dataclasses
+
+    from tuckbox.errors import UnsupportedFormat
+
+    backend, repo = _fresh_repository(tmp_path, monkeypatch)
+    config, config_key = repo.config, repo.keys.config_key
+    repo.close()
+    path = tmp_path / "repo" / "config"
+    original = path.read_bytes()
+    newer = (dataclasses.replace(config, features=["shiny-new-thing"]),
+             dataclasses.replace(config, chunker=dataclasses.replace(config.chunker, algorithm="fastcdc2030")))
+    for cfg, words in zip(newer, ("shiny-new-thing", "chunker 'fastcdc2030'")):
+        path.write_bytes(cfg.encode(config_key))  # (as a newer tuckbox writes it: its MAC holds)
+        with pytest.raises(UnsupportedFormat, match=f"{words}.*upgrade tuckbox"):
+            Repository.open(backend, lambda: b"pw", load_index=False)
+    path.write_bytes(original)
+
+
+@pytest.mark.parametrize("damaged_key", [0, 1])
+def test_a_damaged_key_does_not_keep_another_passphrase_from_opening(tmp_path, monkeypatch, damaged_key):
+    import json
+
+    from tuckbox.crypto.keyfile import open_keyfile
+
+    backend, repo = _fresh_repository(tmp_path, monkeypatch)
+    repo.add_key(repo.keys, b"second", created="2026-01-02T00:00:00+00:00", host="h", user="u")
+    repo.close()
+    keys = sorted((tmp_path / "repo" / "keys").iterdir())
+    assert len(keys) == 2
+    passphrases = {}
+    for k in keys:
+        raw = k.read_bytes()
+        try:
+            open_keyfile(raw, b"pw")
+            passphrases[k.name] = b"pw"
+        except TuckboxError:
+            passphrases[k.name] = b"second"
+    victim, survivor = keys[damaged_key], keys[1 - damaged_key]
+    doc = json.loads(victim.read_bytes())
+    del doc["payload"]
+    victim.write_bytes(json.dumps(doc).encode())
+    Repository.open(backend, lambda: passphrases[survivor.name], load_index=False).close()
+    with pytest.raises(TuckboxError, match=f"or the one of keys/{victim.name[:8]} that it opens is damaged"):
+        Repository.open(backend, lambda: b"neither", load_index=False)
+    survivor.unlink()
+    with pytest.raises(TuckboxError, match=f"passphrase key of repository .* \\(keys/{victim.name[:8]}\\) cannot be "
+                                           "read: damaged"):
+        Repository.open(backend, lambda: passphrases[victim.name], load_index=False)

@@ -57,6 +57,16 @@ def object_name(data: bytes) -> str:
     return blake3.blake3(data).hexdigest()
 
 
+def _key_names(names: list[str]) -> str:
+    return ", ".join(f"keys/{n[:8]}" for n in sorted(names))
+
+
+def _damaged_keys(location: str, names: list[str]) -> IntegrityError:
+    """Every passphrase key there is cannot be read (not a wrong passphrase: the key objects are damaged)."""
+    return IntegrityError(f"the passphrase key{'s' if len(names) > 1 else ''} of repository {location} "
+                          f"({_key_names(names)}) cannot be read: damaged; open it with --key-file or --recover")
+
+
 class Repository:
     def __init__(self, backend: Backend, config: Config, keys: KeySet, key_name: str = "") -> None:
         self.backend = backend
@@ -185,14 +195,21 @@ class Repository:
         if not names:
             raise NotARepository(f"{backend.location} has no keys; it is damaged or not a tuckbox repository")
 
+        damaged: list[str] = []  # key objects that cannot be parsed
+        others: set[str] = set()  # the repository ids passphrase keys of another repository name
+
         def read(name: str) -> tuple[str, bytes] | None:
             try:
                 raw = backend.load(ObjectType.KEY, name)
                 # only this repository's keys: an 'init' killed after its key but before its config, then
                 # run again, leaves a key of a repository that never existed (same passphrase, other secret)
-                if needs_passphrase(raw) and keyfile_info(raw).repository == repository_id:
-                    return name, raw
-            except (IntegrityError, ObjectNotFound):
+                if needs_passphrase(raw):
+                    if keyfile_info(raw).repository == repository_id:
+                        return name, raw
+                    others.add(keyfile_info(raw).repository)
+            except IntegrityError:
+                damaged.append(name)
+            except ObjectNotFound:
                 pass
             return None
 
@@ -203,15 +220,33 @@ class Repository:
                 found = list(pool.map(read, names))
         keyfiles = [k for k in found if k is not None]
         if not keyfiles:
+            if len(others) == 1:  # (a killed 'init' leaves such a key beside the real ones, never alone)
+                raise IntegrityError(
+                    f"the config of repository {backend.location} names repository id {repository_id}, its "
+                    f"passphrase keys {next(iter(others))}: one of them is damaged"
+                )
+            if damaged:
+                raise _damaged_keys(backend.location, damaged)
             raise NotARepository(f"{backend.location} has no readable passphrase key; use --key-file or --recover")
         if passphrase is None:
             raise UsageError("a passphrase is needed; set TUCKBOX_PASSWORD_FILE, TUCKBOX_PASSWORD_COMMAND or use a terminal")
         pw = passphrase()
+        broken: list[str] = []
         for name, raw in keyfiles:
             try:
                 return open_keyfile(raw, pw), name
             except WrongPassphrase:
                 continue
+            except IntegrityError:  # one damaged key must not keep the passphrase of another from opening
+                broken.append(name)
+        damaged += broken
+        if len(broken) == len(keyfiles):
+            raise _damaged_keys(backend.location, broken)
+        if damaged:
+            raise WrongPassphrase(
+                f"wrong passphrase for repository {backend.location}, or the one of {_key_names(damaged)} that it "
+                "opens is damaged (then open it with --key-file or --recover)"
+            )
         raise WrongPassphrase(f"wrong passphrase for repository {backend.location} (or its key files were modified)")
 
     def add_key(
