@@ -20,7 +20,7 @@ def test_parts_cover_every_pack_once_and_find_the_damage(tb: Tuckbox, tmp_path: 
     tb("backup", str(src))
     packs = sorted(f.name for f in (Path(tb.repo) / "data").rglob("*") if f.is_file())
     assert len(packs) >= 6
-    parts = [{p for p in packs if pack_subset(f"{n}/3")(p)} for n in (1, 2, 3)]
+    parts = [pack_subset(f"{n}/3")(packs) for n in (1, 2, 3)]
     assert set().union(*parts) == set(packs) and sum(map(len, parts)) == len(packs)  # disjoint, complete
     read = [tb("check", "--read-data-subset", f"{n}/3", "--json").json() for n in (1, 2, 3)]
     assert all(r["ok"] and r["read_data"] for r in read)
@@ -46,6 +46,29 @@ def test_parts_cover_every_pack_once_and_find_the_damage(tb: Tuckbox, tmp_path: 
         assert "--read-data-subset" in r.err and len(r.err.strip().splitlines()) == 1
     both = tb("check", "--read-data", "--read-data-subset", "1/3", expect=2)  # (it read only the subset)
     assert "give one of them" in both.err and len(both.err.strip().splitlines()) == 1
+
+
+def test_a_percentage_reads_that_share_of_the_packs_rounded_up_never_none(tb: Tuckbox, tmp_path: Path) -> None:
+    # it drew each pack with probability P: 10 % of a repository of 3 packs read no pack at all 73 % of the
+    # time, and check said "no errors found" having verified nothing
+    names = [f"{i:064x}" for i in range(25)]
+    assert len(pack_subset("10%")(names)) == 3 and len(pack_subset("0.1%")(names)) == 1
+    assert pack_subset("100%")(names) == set(names) and pack_subset("10%")([]) == set()
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(os.urandom(100_000))
+    tb("init")
+    tb("backup", str(src))
+    packs = [f for f in (Path(tb.repo) / "data").rglob("*") if f.is_file()]
+    assert len(packs) == 2  # a data pack and a tree pack
+    for _ in range(5):
+        assert tb("check", "--read-data-subset", "10%", "--json").json()["counts"]["packs_read"] == 1
+    for victim in packs:  # whichever pack 10 % draws is damaged
+        data = bytearray(victim.read_bytes())
+        data[50] ^= 1
+        victim.chmod(0o600)
+        victim.write_bytes(bytes(data))
+    assert tb("check", "--read-data-subset", "10%", expect=1).code == 1
 
 
 def test_a_rate_below_one_byte_is_refused_not_taken_as_no_limit(tb: Tuckbox) -> None:

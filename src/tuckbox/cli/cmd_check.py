@@ -25,7 +25,8 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--read-data", action="store_true", help="download and verify every pack (slow; reads everything)")
     p.add_argument("--read-data-subset", metavar="N/M|P%", default=None,
                    help="read only part of the data: the N-th of M parts (run 1/M ... M/M in turn, e.g. one a week, "
-                        "to read everything once per cycle) or a random P%% of the packs; implies --read-data")
+                        "to read everything once per cycle) or a random P%% of the packs (rounded up: at least one); "
+                        "implies --read-data")
     p.add_argument("--no-lock", action="store_true",
                    help="do not take the shared lock (for storage this key cannot write to)")
 

@@ -10,6 +10,7 @@ and every file that depends on it; nothing is repaired here.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import threading
@@ -42,10 +43,11 @@ class CheckReport:
 
 
 
-def pack_subset(spec: str) -> Callable[[str], bool]:
-    """Which packs ``check --read-data-subset`` reads: ``N/M`` is the N-th of M fixed parts (split by pack
-    name, so running 1/M ... M/M, say one a week, reads every pack exactly once), ``P%`` a random P % of
-    the packs. ValueError with a message on anything else."""
+def pack_subset(spec: str) -> Callable[[list[str]], set[str]]:
+    """Which packs ``check --read-data-subset`` reads, chosen from the names of the stored packs: ``N/M`` is
+    the N-th of M fixed parts (split by pack name, so running 1/M ... M/M, say one a week, reads every pack
+    exactly once), ``P%`` a random P % of the packs, rounded up (so at least one pack whenever there is one:
+    a small repository's 10 % is not "no pack at all"). ValueError with a message on anything else."""
     text = spec.strip()
     if text.endswith("%"):
         try:
@@ -54,13 +56,17 @@ def pack_subset(spec: str) -> Callable[[str], bool]:
             share = -1.0
         if not 0 < share <= 100:
             raise ValueError(f"--read-data-subset {spec!r}: a percentage must be above 0 and at most 100, e.g. 10%")
-        rng = random.SystemRandom()
-        return lambda _name: rng.random() * 100 < share
+
+        def sample(names: list[str]) -> set[str]:
+            count = min(len(names), max(1, math.ceil(len(names) * share / 100 - 1e-9)))  # (1e-9: float noise)
+            return set(random.SystemRandom().sample(names, count))
+
+        return sample
     part, sep, parts = text.partition("/")
     if not (sep and part.isdigit() and parts.isdigit() and 1 <= int(part) <= int(parts)):
         raise ValueError(f"--read-data-subset {spec!r}: write N/M (1 <= N <= M, e.g. 2/5) or a percentage (e.g. 10%)")
     n, m = int(part), int(parts)
-    return lambda name: int(name[:16], 16) % m == n - 1
+    return lambda names: {name for name in names if int(name[:16], 16) % m == n - 1}
 
 
 class Checker:
@@ -76,8 +82,8 @@ class Checker:
     def _error(self, msg: str) -> None:
         self.report.errors.append(msg)
 
-    def run(self, read_data: bool = False, subset: Callable[[str], bool] | None = None) -> CheckReport:
-        """``subset``: with ``read_data``, read only the packs it selects (by name)."""
+    def run(self, read_data: bool = False, subset: Callable[[list[str]], set[str]] | None = None) -> CheckReport:
+        """``subset``: with ``read_data``, read only the packs it selects (from their names)."""
         backend = self.repo.backend
         self.repo.trees_from_storage = True  # (the cache's copies would hide damage in the repository)
         # snapshots are listed before indexes: a backup running meanwhile stores its index before its
@@ -116,7 +122,8 @@ class Checker:
         unindexed = set(stored) - set(self.repo.index.packs)
         if read_data:
             readable = [p for n, p in sorted(self.repo.index.packs.items()) if n in stored]
-            chosen = [p for p in readable if subset is None or subset(p.name)]
+            picked = None if subset is None else subset([p.name for p in readable])
+            chosen = [p for p in readable if picked is None or p.name in picked]
             self._read_data(chosen)
             self.report.counts["packs_read"] = len(chosen)
             if self._damaged_packs and self.repo.is_full():
