@@ -252,6 +252,24 @@ def test_password_command_and_env(tb, tmp_path):
                     "printed no passphrase")
 
 
+def test_a_password_flag_beats_the_environment_and_two_flags_are_refused(tb, tmp_path):
+    """README's order: --password-file, --password-command, then $TUCKBOX_PASSWORD_FILE, ... A
+    --password-command used to lose to an exported $TUCKBOX_PASSWORD_FILE: 'init' then made the repository
+    with the file's passphrase, not the one the command line named."""
+    other = tmp_path / "other-pw"
+    other.write_text("the passphrase meant for this repository\n")
+    tb("init", "--password-command", f"cat {other}")  # $TUCKBOX_PASSWORD_FILE (tb.passfile) is set too
+    tb("snapshots", "--password-file", str(other), env={"TUCKBOX_PASSWORD_FILE": ""})
+    assert "wrong passphrase" in tb("snapshots", expect=1).err  # the environment's file is not its passphrase
+    tb("snapshots", "--password-command", f"cat {other}")
+    env = {"TUCKBOX_PASSWORD_FILE": "", "TUCKBOX_PASSWORD_COMMAND": f"cat {tb.passfile}"}
+    tb("snapshots", "--password-file", str(other), env=env)
+    _one_line_error(tb("snapshots", "--password-file", str(other), "--password-command", f"cat {other}", expect=2),
+                    "either --password-file or --password-command")
+    env = {"TUCKBOX_PASSWORD_FILE": str(other), "TUCKBOX_PASSWORD_COMMAND": f"cat {tb.passfile}"}
+    tb("snapshots", env=env)  # in the environment, the file comes first
+
+
 def test_password_file_with_windows_line_ending(tb, tmp_path):
     """One "\r\n" at the end of a password file is a line ending, like "\n" (it used to be read as part of
     the passphrase: 'wrong passphrase'); a repository made when it was still read so opens as before."""

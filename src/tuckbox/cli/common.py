@@ -243,9 +243,18 @@ def _strip(secret: bytes) -> bytes:
 
 
 def passphrase_from_sources(args: argparse.Namespace) -> bytes | None:
-    """The passphrase from a flag, file, command or environment; None if none is configured."""
-    pfile = opt(args, "password_file") or os.environ.get("TUCKBOX_PASSWORD_FILE")
-    pcmd = opt(args, "password_command") or os.environ.get("TUCKBOX_PASSWORD_COMMAND")
+    """The passphrase from a flag, file, command or environment; None if none is configured.
+
+    In the order README gives: --password-file, --password-command, $TUCKBOX_PASSWORD_FILE,
+    $TUCKBOX_PASSWORD_COMMAND, $TUCKBOX_PASSWORD. A flag always beats the environment (a
+    --password-command typed for one run is not overridden by the file a profile exports), and the two
+    flags together are refused: which one was meant cannot be known."""
+    pfile, pcmd = opt(args, "password_file"), opt(args, "password_command")
+    if pfile and pcmd:
+        raise UsageError("give either --password-file or --password-command, not both")
+    if not pfile and not pcmd:
+        pfile = os.environ.get("TUCKBOX_PASSWORD_FILE")
+        pcmd = None if pfile else os.environ.get("TUCKBOX_PASSWORD_COMMAND")
     if pfile:
         try:
             with open(os.path.expanduser(pfile), "rb") as f:
