@@ -34,3 +34,39 @@ def test_secrets_from_the_environment_are_not_warned_about(
     monkeypatch.setenv("TUCKBOX_REPOSITORY", f"tahoe://127.0.0.1:1/{CAP}/repo")
     assert main(["snapshots"]) == 2
     assert "process list" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("repo", "option", "named"),
+    [
+        ("/tmp/tuckbox-no-such-repository", "s3.endpoint=http://127.0.0.1:1", "is for an s3:// repository"),
+        ("s3://bucket/prefix", "s3.endpont=http://127.0.0.1:1", "unknown option -o s3.endpont"),
+        ("sftp://127.0.0.1:1/srv/repo", "sftp.identiy=/root/.ssh/id", "unknown option -o sftp.identiy"),
+        ("rclone:remote:path", "rclone.conf=/x", "unknown option -o rclone.conf"),
+    ],
+)
+def test_an_option_the_repository_does_not_take_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, repo: str, option: str, named: str
+) -> None:
+    """A misspelt -o key used to be ignored in silence: -o s3.endpont=... sent the backup (and the credentials)
+    to AWS's default endpoint; -o s3.endpoint with a path that was meant to be s3://bucket made a local
+    repository. Refused before anything is opened or connected to, naming the option."""
+    assert main(["-r", repo, "-o", option, "--password-file", "/dev/null", "snapshots"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert named in err and len(err.splitlines()) == 1
+    assert "127.0.0.1:1" not in err and "/root/.ssh/id" not in err  # (an option's value may be a secret)
+    monkeypatch.setenv("TUCKBOX_TAHOE_CAP", CAP)  # (tahoe.https=on-ish was taken as plain http)
+    assert main(["-r", "tahoe://127.0.0.1:1/repo", "-o", "tahoe.https=on-ish", "snapshots"]) == 2
+    assert "tahoe.https" in capsys.readouterr().err
+
+
+def test_every_documented_option_is_taken() -> None:
+    """Each -o key README names is one a backend takes, and the reverse."""
+    import re
+    from pathlib import Path
+
+    from tuckbox.backends import OPTIONS
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    documented = set(re.findall(r"`(?:-o )?((?:s3|sftp|tahoe|webdav|rclone)\.[a-z_-]+)", readme))
+    assert documented == set().union(*OPTIONS.values())

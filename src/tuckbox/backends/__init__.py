@@ -23,6 +23,32 @@ _SCHEMES = {
     "rclone": ("rclone", "RcloneBackend"),
 }
 
+# the -o options each kind of repository takes (README, "Storage backends"): any other is refused, since a
+# misspelt one (-o s3.endpont=...) silently ignored sends the backup, and the credentials, elsewhere
+OPTIONS: dict[str, frozenset[str]] = {
+    "local": frozenset(),
+    "sftp": frozenset({"sftp.identity", "sftp.known_hosts", "sftp.config", "sftp.connect-timeout"}),
+    "s3": frozenset({"s3.endpoint", "s3.region", "s3.profile", "s3.path-style", "s3.connections", "s3.part-size",
+                     "s3.multipart-threshold", "s3.conditional-write", "s3.checksum", "s3.sign-payload"}),
+    "tahoe": frozenset({"tahoe.cap", "tahoe.https", "tahoe.timeout"}),
+    "webdav": frozenset({"webdav.user", "webdav.password", "webdav.auth", "webdav.ca_file", "webdav.timeout"}),
+    "rclone": frozenset({"rclone.binary", "rclone.config", "rclone.timeout", "rclone.dir_cache_time"}),
+}
+_KIND_NAMES = {"local": "a local", "sftp": "an sftp://", "s3": "an s3://", "tahoe": "a tahoe://",
+               "webdav": "a webdav+https://", "rclone": "an rclone:"}
+
+
+def check_options(kind: str, options: dict[str, str]) -> None:
+    """UsageError naming the first ``-o`` option that a repository of ``kind`` (a key of OPTIONS) does not take."""
+    for key in sorted(set(options) - OPTIONS[kind]):
+        owner = next((k for k, keys in OPTIONS.items() if key in keys), None)
+        if owner is not None:
+            raise UsageError(f"option -o {key}=... is for {_KIND_NAMES[owner]} repository, and this is "
+                             f"{_KIND_NAMES[kind]} one; check -r/--repo or remove the option")
+        takes = ", ".join(sorted(OPTIONS[kind])) or "none"
+        raise UsageError(f"unknown option -o {key}=...; {_KIND_NAMES[kind]} repository takes: {takes} "
+                         "(README, 'Storage backends')")
+
 
 def open_backend(url: str, options: dict[str, str] | None = None) -> Backend:
     """Open a repository location: a path, or scheme://... for remote backends."""
@@ -42,6 +68,7 @@ def open_backend(url: str, options: dict[str, str] | None = None) -> Backend:
     scheme = url.split(":", 1)[0] if ("://" in url or url.startswith("rclone:")) else ""
     if not scheme:
         _refuse_remote_lookalike(url)
+        check_options("local", options)
         from .local import LocalBackend
 
         return LocalBackend(url)
@@ -51,6 +78,7 @@ def open_backend(url: str, options: dict[str, str] | None = None) -> Backend:
             "webdav+https://, webdav+http:// or rclone:"
         )
     module_name, class_name = _SCHEMES[scheme]
+    check_options(module_name, options)
     module = importlib.import_module(f".{module_name}", __name__)
     return getattr(module, class_name).from_url(url, options)
 

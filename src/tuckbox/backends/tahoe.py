@@ -54,7 +54,7 @@ import httpx
 from ..errors import ObjectExists, ObjectNotFound, PermanentError, TransientError, UsageError
 from ..types import ObjectInfo, ObjectType
 from .layout import check_name, object_label
-from .url import parse_float
+from .url import parse_bool, parse_float
 
 _NAME = re.compile(r"^[0-9a-f][0-9a-f-]{1,127}$")
 _CAP = re.compile(r"(URI:[A-Za-z0-9-]+):[^\s/\"'<>&?]+")
@@ -144,7 +144,7 @@ class TahoeBackend:
                 f"no Tahoe-LAFS directory cap for tahoe://{host}:{port}/{'/'.join(segments)}; "
                 "set TUCKBOX_TAHOE_CAP (or the option tahoe.cap) to a URI:DIR2:... write-cap"
             )
-        scheme = "https" if options.get("tahoe.https", "").lower() in ("1", "true", "yes") else "http"
+        scheme = "https" if parse_bool(options.get("tahoe.https"), "tahoe.https") else "http"
         netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         return cls(
             f"{scheme}://{netloc}",
