@@ -131,6 +131,30 @@ def test_forget_says_when_host_tag_or_path_match_no_snapshot(tb: Tuckbox, tmp_pa
     assert _snapshot_ids(tb) == ids[1:]
 
 
+def test_forget_by_id_keeps_to_host_tag_and_path_and_max_unused_needs_prune(tb: Tuckbox, tmp_path: Path) -> None:
+    """README: --host, --tag and --path limit which snapshots forget looks at. With ids they were ignored: a
+    snapshot of another host named by mistake was removed all the same. --max-unused without --prune changed
+    nothing, in silence (the space the user asked for was not freed)."""
+    src = tmp_path / "src"
+    _write(src / "a", 1, 1000)
+    tb("init")
+    tb("backup", str(src), "--host", "laptop", "--tag", "daily")
+    tb("backup", str(src), "--host", "nas")
+    ids = _snapshot_ids(tb)
+    for flags in (["--host", "nas"], ["--tag", "weekly"], ["--path", str(tmp_path / "elsewhere")]):
+        r = tb("forget", ids[0][:8], *flags, expect=2)
+        assert f"snapshot {ids[0][:8]} (host laptop) does not match {flags[0]}" in r.err and "nothing was removed" in r.err
+        assert len(r.err.strip().splitlines()) == 1
+    assert _snapshot_ids(tb) == ids
+    for args in (["forget", "--keep-last", "1"], ["rewrite", "--exclude", "a"]):
+        r = tb(*args, "--max-unused", "5%", expect=2)
+        assert "add --prune" in r.err and len(r.err.strip().splitlines()) == 1
+    assert _snapshot_ids(tb) == ids
+    tb("forget", ids[0][:8], "--host", "laptop", "--tag", "daily", "--path", str(src))  # matching: removed
+    assert _snapshot_ids(tb) == ids[1:]
+    tb("forget", "--keep-last", "1", "--prune", "--max-unused", "100%")
+
+
 def test_a_damaged_snapshot_is_named_by_check_and_prune_and_forget_removes_it(tb: Tuckbox, tmp_path: Path) -> None:
     src = tmp_path / "src"
     _write(src / "a", 1, 1000)

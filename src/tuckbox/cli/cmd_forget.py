@@ -8,7 +8,8 @@ within a span of the group's newest one (--keep-within 30d; of now, if that
 one is dated ahead of this machine's clock), every snapshot
 with a tag (--keep-tag). Times are this machine's local time. A checkpoint
 (of an unfinished backup) is kept while it is newer than the group's last
-complete backup. --host/--tag/--path limit which snapshots are considered.
+complete backup. --host/--tag/--path limit which snapshots are considered (a
+snapshot named by id outside them is refused, and nothing is removed).
 
 A snapshot that cannot be read (damaged: 'tuckbox check' names it) is never
 chosen by a policy; name its id to remove it.
@@ -36,7 +37,7 @@ from ..repository.locks import Lock
 from ..snapshot import retention
 from ..snapshot.model import Snapshot
 from ..types import ObjectType
-from .cmd_prune import add_prune_options, prune, say
+from .cmd_prune import add_prune_options, prune, refuse_max_unused_without_prune, say
 from .common import (display, emit_json, json_path, local_time, lock_wait, nonempty, open_repository, opt, say_waiting,
                      select_snapshots, warn)
 
@@ -105,6 +106,7 @@ def _policy(args: argparse.Namespace) -> retention.Policy:
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_max_unused_without_prune(args)
     policy = _policy(args)
     if args.snapshots and not policy.is_empty():
         raise UsageError("give either snapshot ids or --keep-* rules, not both")
@@ -124,6 +126,15 @@ def run(args: argparse.Namespace) -> int:
                     doomed.add(repo.find_snapshot(ref, snaps).id)
                 elif name not in damaged:
                     damaged.append(name)
+            if args.host or args.tag or args.path:
+                # (they limit what forget looks at, README says: a named snapshot outside them is not removed
+                # behind the user's back, and nothing is, as for ls, dump, diff and restore)
+                outside = [s for s in snaps if s.id in doomed and not select_snapshots(args, [s])]
+                if outside or damaged:
+                    what = (f"snapshot {outside[0].short_id} (host {display(outside[0].host)}) does not match"
+                            if outside else f"snapshot {damaged[0][:8]} cannot be read, so it cannot be matched against")
+                    raise UsageError(f"{what} {_filters(args)}; nothing was removed (name snapshots without "
+                                     "--host/--tag/--path to remove exactly those)")
             groups = [{"key": {}, "keep": [], "remove": [_brief(s, ()) for s in snaps if s.id in doomed]
                        + [_damaged(name) for name in damaged]}]
             remove = [s for s in snaps if s.id in doomed]

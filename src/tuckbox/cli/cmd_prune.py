@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import NoSpace
+from ..errors import NoSpace, UsageError
 from ..maintenance.prune import DEFAULT_MAX_UNUSED, PrunePlan, execute_prune, plan_prune
 from ..repository.locks import Lock
 from ..repository.repo import Repository
@@ -25,9 +25,17 @@ HELP = "delete data no snapshot needs (after 'forget')"
 
 
 def add_prune_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-unused", metavar="PERCENT", type=_percent, default=DEFAULT_MAX_UNUSED * 100,
+    p.add_argument("--max-unused", metavar="PERCENT", type=_percent, default=None,
                    help=f"repack a pack when at least this share of it is unused (default {DEFAULT_MAX_UNUSED * 100:.0f}%%; "
                         "100: never repack, only remove wholly unused packs)")
+
+
+def refuse_max_unused_without_prune(args: argparse.Namespace) -> None:
+    """forget and rewrite take --max-unused for the prune that their --prune runs: without --prune it would
+    change nothing, and the user who typed it expected space to be freed."""
+    if args.max_unused is not None and not args.prune:
+        raise UsageError("--max-unused applies to the prune that --prune runs: add --prune "
+                         "(or run 'tuckbox prune --max-unused ...' afterwards)")
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -70,7 +78,7 @@ def prune(args: argparse.Namespace, repo: Repository, dry_run: bool, without: fr
     ``without``: snapshots a dry run of forget would remove (planned as gone)."""
     quiet = bool(opt(args, "quiet")) or bool(opt(args, "json"))
     progress = None if quiet else (lambda m: print(m, file=sys.stderr))
-    max_unused = args.max_unused / 100
+    max_unused = DEFAULT_MAX_UNUSED if args.max_unused is None else args.max_unused / 100
     if dry_run:
         plan = plan_prune(repo, max_unused, progress, without)
         say(args, "would delete: " + describe_plan(plan))

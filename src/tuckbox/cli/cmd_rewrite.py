@@ -25,7 +25,7 @@ from ..errors import UsageError
 from ..maintenance.rewrite import Memo, Verdict, pattern_taking_a_path, rewrite_tree, save_rewritten
 from ..patterns import Patterns
 from ..repository.locks import Lock
-from .cmd_prune import add_prune_options, prune, say
+from .cmd_prune import add_prune_options, prune, refuse_max_unused_without_prune, say
 from .common import (
     display, emit_json, json_path, lock_wait, nonempty, open_repository, opt, patterns_from_file, say_waiting, select_snapshots,
 )
@@ -55,6 +55,7 @@ def output_optional(args: argparse.Namespace) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_max_unused_without_prune(args)
     given = list(args.exclude) + [p for f in args.exclude_file for p in patterns_from_file(f)]
     patterns = Patterns(given)
     if not patterns:
