@@ -12,6 +12,7 @@ local repository and the real SFTP and S3 test servers.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -103,6 +104,8 @@ def _ctrl_c_round(storage, tmp_path, big_size: tuple[int, int], left_out: bool,
         assert err[-1].startswith("tuckbox: interrupted: checkpoint "), res.err
         summary = res.summary()
         assert summary["interrupted"], summary
+        last = json.loads(res.out.splitlines()[-1])  # (README: a failure ends the stream; it used to end in the summary)
+        assert last["type"] == "error" and last["exit_code"] == 130 and summary["short_id"] in last["message"], last
         if left_out:
             assert summary["left_out"] > 0, summary  # a pack was in flight
 

@@ -135,8 +135,11 @@ def run(args: argparse.Namespace) -> int:
             emit_json({"type": "summary", "snapshot": snap.id, "short_id": snap.short_id, "interrupted": True,
                        "left_out": result.left_out, **s})
         unstored = f" ({result.left_out} file(s) whose data was still uploading left out)" if result.left_out else ""
-        print(f"tuckbox: interrupted: checkpoint {snap.short_id} saved with what was done{unstored}; "
-              "run the same backup again to resume", file=sys.stderr)
+        message = (f"interrupted: checkpoint {snap.short_id} saved with what was done{unstored}; "
+                   "run the same backup again to resume")
+        print(f"tuckbox: {message}", file=sys.stderr)
+        if opt(args, "json"):  # (README: a run that did not succeed ends its stream with the error, as restore's does)
+            emit_json({"type": "error", "message": message, "exit_code": EXIT_INTERRUPTED})
         return EXIT_INTERRUPTED
     own = [json_path(p) for p in result.skipped_own]
     if opt(args, "json"):
