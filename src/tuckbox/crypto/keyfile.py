@@ -30,7 +30,7 @@ from ..errors import IntegrityError, UnsupportedFormat, WrongPassphrase
 from .aead import KEY_LEN, open_sealed, seal
 from .keys import KeyKind, KeySet
 
-# Strong defaults: about 0.4 s on this project's 2-core reference machine. 64 MiB (not more) so that
+# Strong defaults: 0.2-0.45 s on the benchmark VMs (2 cores). 64 MiB (not more) so that
 # unlocking a repository does not dominate a backup's peak memory; ten passes buy back the cost.
 DEFAULT_KDF = {"algorithm": "argon2id", "time_cost": 10, "memory_kib": 64 * 1024, "parallelism": 2}
 # Cheap parameters for the test suite only; selected by TUCKBOX_TEST_CHEAP_KDF=1.
