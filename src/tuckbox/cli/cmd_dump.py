@@ -22,7 +22,7 @@ _KIND = {"dir": "directory", "symlink": "symbolic link", "fifo": "FIFO", "charde
 
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("snapshot", help="snapshot id prefix or 'latest'")
-    p.add_argument("path", type=nonempty, help="absolute path of the file in the snapshot")
+    p.add_argument("path", type=nonempty, help="the file's path as it was backed up (absolute, or from the current directory)")
     add_latest_filters(p)
 
 

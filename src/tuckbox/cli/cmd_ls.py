@@ -23,7 +23,7 @@ _KIND = {"file": "-", "dir": "d", "symlink": "l", "fifo": "p", "chardev": "c", "
 
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("snapshot", help="snapshot id prefix or 'latest'")
-    p.add_argument("path", nargs="?", default="/", type=nonempty, help="list below this absolute path (default: everything)")
+    p.add_argument("path", nargs="?", default="/", type=nonempty, help="list below this path as it was backed up (absolute, or from the current directory, so ~/x works; default: everything)")
     p.add_argument("-l", "--long", action="store_true", help="show mode, owner, size and time")
     add_latest_filters(p)
 

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if args.what == "packs":
         return _packs(args)
     if args.snapshots:
-        raise UsageError("'repair index' takes no snapshot ids")
+        raise UsageError("'repair index' takes no ids: it indexes every pack (ids are for 'repair packs' and 'repair snapshots')")
     repo = open_repository(args, load_index=False, writes=not args.dry_run)
     quiet = bool(opt(args, "quiet")) or bool(opt(args, "json"))
     progress = None if quiet else (lambda m: print(m, file=sys.stderr))
