@@ -299,3 +299,27 @@ def test_many_unknown_words_are_counted_not_only_the_first_five() -> None:
     with pytest.raises(IntegrityError) as e:
         parse_share(" ".join(words), "s.txt")
     assert "word 1, 2, 3, 4, 5 and 3 more are not on" in e.value.message
+
+
+def test_a_block_typed_without_its_dashes_or_without_its_end_line_is_read() -> None:
+    root = os.urandom(32)
+    blocks = _kit(root)
+    no_dashes = blocks[0].replace("-----", "")
+    no_end = "\n".join(blocks[1].splitlines()[:-1])
+    lower = blocks[2].replace("-----", "").lower()
+    parsed = [parse_share(t, f"s{i}.txt") for i, t in enumerate((no_dashes, no_end, lower))]
+    assert all(s.repository == REPO for s in parsed) and combine(parsed) == root
+
+
+def test_several_shares_typed_into_one_file_are_each_read(tmp_path: Path) -> None:
+    from tuckbox.repository.keyring import read_share_files
+
+    root = os.urandom(32)
+    blocks = _kit(root)
+    (tmp_path / "all.txt").write_text("my shares\n\n" + "\n".join(blocks[:3]))
+    shares = read_share_files([str(tmp_path / "all.txt")])
+    assert [s.number for s in shares] == [1, 2, 3] and combine(shares) == root
+    bad = blocks[1].replace(_words(blocks[1])[4], "qqqq", 1)
+    (tmp_path / "bad.txt").write_text("\n".join([blocks[0], bad]))
+    with pytest.raises(IntegrityError, match=r"bad.txt \(its share block 2\): word 5 is not on"):
+        read_share_files([str(tmp_path / "bad.txt")])

@@ -43,9 +43,9 @@ END = "-----END TUCKBOX RECOVERY SHARE-----"
 MAX_SHARES = 16  # SLIP-39's limit
 WORDS_PER_SHARE = 33  # for a 32-byte secret: 7 metadata/checksum words + 26 value words
 _REPO_LINE = re.compile(r"^\s*repository(?:\s+id)?\s*[:=]?\s*([0-9a-fA-F]{64})\s*$", re.MULTILINE | re.IGNORECASE)
-# (typed back by hand: any number of dashes, any case and spacing)
-_BLOCK = re.compile(r"-+\s*BEGIN\s+TUCKBOX\s+RECOVERY\s+SHARE\s*-*(.*?)-+\s*END\s+TUCKBOX\s+RECOVERY\s+SHARE\s*-*",
-                    re.DOTALL | re.IGNORECASE)
+# a BEGIN or END line, typed back by hand: any number of dashes (none too), any case and spacing
+_MARKER = re.compile(r"^[\s\-]*(BEGIN|END)\s+TUCKBOX\s+RECOVERY\s+SHARE[\s\-]*$", re.IGNORECASE)
+_BLOCK_START = re.compile(r"^[\s\-]*BEGIN\s+TUCKBOX\s+RECOVERY\s+SHARE[\s\-]*$", re.IGNORECASE | re.MULTILINE)
 _METADATA_PREFIXES = ("repository", "share ")
 # the printable page (recovery_kit.render_html): the words are the plain cells of its words table
 _HTML_WORDS = re.compile(r'<table class="words">(.*?)</table>', re.DOTALL)
@@ -177,14 +177,30 @@ def _suspects_for(indices: Sequence[int], extendable: bool) -> list[int]:
     return found
 
 
-def _words_of(text: str) -> tuple[list[str], str | None]:
-    m = _BLOCK.search(text)
-    block = m.group(1) if m else text
-    repo = _REPO_LINE.search(block) or _REPO_LINE.search(text)
+def _blocks(text: str) -> list[str]:
+    """The share blocks of ``text``: each from a BEGIN line to its END line (or the next BEGIN, or the end of
+    the text: an END line left out when typing back is not needed); the whole text if it has no BEGIN line."""
+    blocks: list[list[str]] = []
+    current: list[str] | None = None
+    for line in text.splitlines():
+        m = _MARKER.match(line)
+        if m and m.group(1).upper() == "BEGIN":
+            current = []
+            blocks.append(current)
+        elif m:
+            current = None
+        elif current is not None:
+            current.append(line)
+    return ["\n".join(b) for b in blocks] if blocks else [text]
+
+
+def _words_of(block: str) -> tuple[list[str], str | None]:
+    repo = _REPO_LINE.search(block)
     words: list[str] = []
     for line in block.splitlines():
         stripped = line.strip()
-        if not stripped or stripped.lower().startswith(_METADATA_PREFIXES) or stripped.startswith("-"):
+        if (not stripped or stripped.lower().startswith(_METADATA_PREFIXES) or stripped.startswith("-")
+                or _MARKER.match(stripped)):
             continue
         words.extend(tok.lower() for tok in re.findall(r"[A-Za-z]+", stripped))
     return words, (repo.group(1).lower() if repo else None)
@@ -200,14 +216,34 @@ def _from_html(text: str) -> str:
     return "\n".join(lines + [" ".join(_HTML_WORD.findall(table.group(1))), END])
 
 
+def parse_shares(text: str, source: str) -> list[ParsedShare]:
+    """Every share in a file: a share page (text or printable HTML), a scanned QR code's text, a file holding
+    just the words, or several share blocks typed into one file (each is then named "its share block N")."""
+    text = _from_html(text)
+    blocks = _blocks(text)
+    if len(blocks) == 1:
+        return [parse_share(text, source)]
+    return [_parse_block(b, f"{source} (its share block {i + 1})", None) for i, b in enumerate(blocks)]
+
+
 def parse_share(text: str, source: str) -> ParsedShare:
-    """Parse a share page (text or printable HTML), a scanned QR code's text, or a file holding just the words.
+    """Parse one share: a share page (text or printable HTML), a scanned QR code's text, or just the words.
 
     Errors name the file and the word's number as printed on the page; no word is ever quoted.
     """
     text = _from_html(text)
-    words, repo = _words_of(text)
-    if not _BLOCK.search(text) and len(words) != WORDS_PER_SHARE:
+    blocks = _blocks(text)
+    if len(blocks) > 1:
+        raise UsageError(f"{source} holds {len(blocks)} recovery shares; give each its own file")
+    page_repo = _REPO_LINE.search(text)  # (the page's "Repository:" line, if its block has none)
+    return _parse_block(blocks[0], source, page_repo.group(1).lower() if page_repo else None,
+                        marked=bool(_BLOCK_START.search(text)))
+
+
+def _parse_block(block: str, source: str, page_repo: str | None, marked: bool = True) -> ParsedShare:
+    words, repo = _words_of(block)
+    repo = repo or page_repo
+    if not marked and len(words) != WORDS_PER_SHARE:
         raise UsageError(f"{source} does not hold a recovery share (no '{BEGIN}' block, and not just the "
                          f"{WORDS_PER_SHARE} words of one)")
     if len(words) != WORDS_PER_SHARE:

@@ -28,7 +28,7 @@ import msgpack
 from ..crypto import aead
 from ..crypto.keyfile import keyfile_info, make_keyfile, needs_passphrase, open_keyfile
 from ..crypto.keys import KeyKind, derive_keyset
-from ..crypto.recovery import ParsedShare, check_repository, combine, parse_share
+from ..crypto.recovery import ParsedShare, check_repository, combine, parse_shares
 from ..errors import AccessDenied, IntegrityError, ObjectNotFound, UnsupportedFormat, UsageError, WrongPassphrase
 from ..snapshot.model import Snapshot
 from ..text import display_path
@@ -276,7 +276,7 @@ def read_share_files(files: Sequence[str]) -> list[ParsedShare]:
             raise UsageError(f"cannot read the share file {display_path(f)}: {e.strerror}") from None
         if len(raw) > MAX_SHARE_FILE:
             raise UsageError(f"{display_path(f)} is too large to be a recovery share")
-        parsed.append(parse_share(raw.decode("utf-8", "replace"), f))
+        parsed.extend(parse_shares(raw.decode("utf-8", "replace"), display_path(f)))
     return parsed
 
 
