@@ -373,6 +373,30 @@ def test_recovery_refusals(env: Env, tmp_path: Path) -> None:
         assert not (tmp_path / "odd").exists()
 
 
+def test_pages_of_an_old_and_a_new_kit_mixed_years_later(env: Env, tmp_path: Path) -> None:
+    """A kit made, the passphrase changed, a second kit made (a piece of the first was lost): years later the
+    keepers hand back pages of both. Enough of either kit restore, in any order; too few of each are refused
+    naming which files belong together."""
+    tree = make_tree(tmp_path / "t", seed=6, size=50_000)
+    env.run("backup", str(tree))
+    env.run("recovery-kit", "--shares", "5", "--threshold", "3", "--output", str(tmp_path / "old"))
+    env.run("key", "passwd", new="new")
+    env.run("recovery-kit", "--shares", "3", "--threshold", "2", "--output", str(tmp_path / "new"), password="new")
+    old = lambda n: str(tmp_path / "old" / f"share-{n}.txt")  # noqa: E731
+    new = lambda n: str(tmp_path / "new" / f"share-{n}.txt")  # noqa: E731
+
+    r = tmp_path / "r1"
+    env.run("restore", "latest", "--target", str(r), "--recover", old(2), new(1), old(5), old(1), password=None)
+    assert_same_tree(tree, r)
+    r = tmp_path / "r2"
+    env.run("restore", "latest", "--target", str(r), "--recover", old(3), new(3), old(4), new(2), password=None)
+    assert_same_tree(tree, r)
+
+    p = env.run("snapshots", "--recover", old(1), new(2), old(4), password=None, code=1)
+    _one_line_error(p, "2 different recovery kits", f"{old(1)}, {old(4)}: 1 more share needed (any 3)",
+                    f"{new(2)}: 1 more share needed (any 2)")
+
+
 # --------------------------------------------------------------------------- key management
 
 

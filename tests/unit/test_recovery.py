@@ -301,6 +301,29 @@ def test_many_unknown_words_are_counted_not_only_the_first_five() -> None:
     assert "word 1, 2, 3, 4, 5 and 3 more are not on" in e.value.message
 
 
+def test_enough_shares_of_one_kit_open_even_with_a_page_of_another_kit_among_them() -> None:
+    """Years later the pages come back from friends, some of an older kit of the same repository (the page
+    itself says to make a new kit when a piece is lost, and old kits stay valid): the complete kit is used,
+    whichever order the files come in, and the stray page of the other kit does not stop it."""
+    root = os.urandom(32)
+    old, new = _parse_all(_kit(root, 3, 5)), _parse_all(_kit(root, 2, 3))
+    assert combine([new[0], old[0], old[1], old[2]]) == root
+    assert combine([old[0], old[1], new[0], new[2]]) == root
+    assert combine([old[3], new[1], old[4], old[0]]) == root
+
+
+def test_two_incomplete_kits_say_what_each_one_lacks() -> None:
+    root = os.urandom(32)
+    old, new = _parse_all(_kit(root, 3, 5)), _parse_all(_kit(root, 3, 5))
+    with pytest.raises(AccessDenied) as e:
+        combine([old[0], new[1], old[2], new[3]])
+    msg = e.value.message
+    assert "2 different recovery kits" in msg
+    assert "share-1.txt, share-3.txt: 1 more share needed" in msg and "share-2.txt, share-4.txt: 1 more" in msg
+    assert "\n" not in msg
+    _no_words_in(msg, [s.mnemonic for s in old + new])
+
+
 def test_a_block_typed_without_its_dashes_or_without_its_end_line_is_read() -> None:
     root = os.urandom(32)
     blocks = _kit(root)

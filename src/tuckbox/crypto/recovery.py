@@ -305,36 +305,61 @@ def check_repository(shares: Sequence[ParsedShare], repository_id: str, location
 
 
 def combine(shares: Sequence[ParsedShare]) -> bytes:
-    """The root secret from at least ``threshold`` shares of one kit.
+    """The root secret from at least ``threshold`` shares of one kit (the first complete kit given)."""
+    return combine_kits(shares)[0]
 
-    Nothing is combined (and so nothing can leak) unless enough distinct shares of one kit are given.
+
+def combine_kits(shares: Sequence[ParsedShare]) -> list[bytes]:
+    """The secret of every kit of which at least ``threshold`` distinct shares are given, in the order given.
+
+    Shares of several kits may be mixed (pages of an old and a new kit of one repository come back from their
+    keepers together): each kit is combined on its own, and a kit with too few shares is left out unless no
+    kit is complete, which is refused saying what each kit lacks. Nothing is combined (and so nothing can
+    leak) from fewer than ``threshold`` distinct shares of one kit.
     """
     if not shares:
         raise UsageError("no recovery share given")
-    first = shares[0]
     named = {s.repository for s in shares if s.repository}
     if len(named) > 1:
         a, b = sorted(named)[:2]
         raise AccessDenied(f"the share files belong to different repositories ({a[:8]} and {b[:8]}); "
                            "use shares of one kit only")
-    by_number: dict[int, ParsedShare] = {}
+    kits: dict[tuple[object, ...], dict[int, ParsedShare]] = {}
     for s in shares:
-        if s.share.common_parameters() != first.share.common_parameters() or s.threshold != first.threshold:
-            raise AccessDenied(f"share files {first.source} and {s.source} come from different recovery kits; "
-                               "shares of different kits cannot be combined")
+        by_number = kits.setdefault((*s.share.common_parameters(), s.threshold), {})
         seen = by_number.get(s.number)
         if seen is not None and seen.share.value != s.share.value:
             raise IntegrityError(f"share files {seen.source} and {s.source} both claim to be share {s.number} "
                                  "but differ; one of them was changed")
-        by_number[s.number] = s
-    need = first.threshold
-    if len(by_number) < need:
-        missing = need - len(by_number)
-        raise AccessDenied(
-            f"{missing} more share{'s' if missing > 1 else ''} needed: this kit needs any {need}, "
-            f"{len(by_number)} different share{'s' if len(by_number) != 1 else ''} given"
-        )
-    chosen = sorted(by_number.values(), key=lambda s: s.number)
+        by_number.setdefault(s.number, s)
+    complete = [list(k.values()) for k in kits.values() if len(k) >= next(iter(k.values())).threshold]
+    if not complete:
+        raise AccessDenied(_too_few(list(kits.values())))
+    return [_combine_kit(kit) for kit in complete]
+
+
+def _too_few(kits: list[dict[int, ParsedShare]]) -> str:
+    def lacks(kit: dict[int, ParsedShare]) -> str:
+        need = next(iter(kit.values())).threshold
+        missing = need - len(kit)
+        return f"{missing} more share{'s' if missing > 1 else ''} needed"
+
+    if len(kits) == 1:
+        (kit,) = kits
+        need = next(iter(kit.values())).threshold
+        return (f"{lacks(kit)}: this kit needs any {need}, {len(kit)} different "
+                f"share{'s' if len(kit) != 1 else ''} given")
+    each = "; ".join(
+        f"{', '.join(s.source for s in kit.values())}: {lacks(kit)} (any {next(iter(kit.values())).threshold})"
+        for kit in kits
+    )
+    return (f"the share files come from {len(kits)} different recovery kits and none of them has enough shares "
+            f"({each}); shares of different kits cannot be combined")
+
+
+def _combine_kit(kit: list[ParsedShare]) -> bytes:
+    need = kit[0].threshold
+    chosen = sorted(kit, key=lambda s: s.number)
     base = chosen[:need]
     ems = _recover(base)
     for extra in chosen[need:]:  # every further share must agree with the first ones

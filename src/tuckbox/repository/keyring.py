@@ -28,7 +28,7 @@ import msgpack
 from ..crypto import aead
 from ..crypto.keyfile import keyfile_info, make_keyfile, needs_passphrase, open_keyfile
 from ..crypto.keys import KeyKind, derive_keyset
-from ..crypto.recovery import ParsedShare, check_repository, combine, parse_shares
+from ..crypto.recovery import ParsedShare, check_repository, combine_kits, parse_shares
 from ..errors import AccessDenied, IntegrityError, ObjectNotFound, UnsupportedFormat, UsageError, WrongPassphrase
 from ..snapshot.model import Snapshot
 from ..text import display_path
@@ -292,15 +292,17 @@ def open_with_shares(
     shares = read_share_files(files)
     config, doc = Repository.read_config(backend)
     shares = check_repository(shares, config.id, backend.location)
-    keys = derive_keyset(combine(shares))
-    try:
-        config.verify(doc, keys.config_key, backend.location)
-    except IntegrityError:
-        raise AccessDenied(
-            f"the recovery shares do not unlock repository {config.id[:8]} at {backend.location}: they belong to "
-            "another repository's kit (or the repository's config was modified)"
-        ) from None
-    return Repository.open(backend, None, keys=keys, load_index=load_index, writes=writes)
+    for secret in combine_kits(shares):  # (shares of several kits: each complete one in turn)
+        keys = derive_keyset(secret)
+        try:
+            config.verify(doc, keys.config_key, backend.location)
+        except IntegrityError:
+            continue
+        return Repository.open(backend, None, keys=keys, load_index=load_index, writes=writes)
+    raise AccessDenied(
+        f"the recovery shares do not unlock repository {config.id[:8]} at {backend.location}: they belong to "
+        "another repository's kit (or the repository's config was modified)"
+    )
 
 
 # --------------------------------------------------------------------------- a write-only key's own work
