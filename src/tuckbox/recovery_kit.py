@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import html
 import os
+import shlex
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,10 +52,18 @@ class KitPage:
         return f"Backup recovery share {self.number} of {self.count}"
 
 
+_SEP = "\x1f"  # between the words of a command in _sections (a quoted location may hold spaces)
+
+
+def _command(*words: str) -> str:
+    return "$ " + _SEP.join(words)
+
+
 def _sections(page: KitPage) -> list[tuple[str, list[str]]]:
     """The instructions, as (heading, paragraphs); shared by the text and HTML pages."""
     n, k = page.count, page.threshold
-    recover = "paper-key.txt" if page.paper else " ".join(f"share-{i}.txt" for i in range(1, k + 1))
+    recover = ["paper-key.txt"] if page.paper else [f"share-{i}.txt" for i in range(1, k + 1)]
+    repo = ["tuckbox", "-r", shlex.quote(page.location)]
     if page.paper:
         what = [
             "This page is the master key to a set of computer backups made with the program tuckbox. "
@@ -85,15 +94,15 @@ def _sections(page: KitPage) -> list[tuple[str, list[str]]]:
         ]
     use = [
         "You need a computer with tuckbox installed and access to the place where the backups are stored "
-        f"(written below as 'Backups stored at'). If you are not comfortable with computers, give "
+        f"('Stored at' at the top of this page). If you are not comfortable with computers, give "
         f"{'this page' if page.paper else 'the pieces'} to someone you trust who is.",
         f"1. Put {'the page into a text file' if page.paper else 'each page into its own text file'}: use the "
         "original .txt file if it was kept, or type the block between the BEGIN and END lines (the words, "
         "in order; the numbers do not matter), or scan the QR code and save its text.",
         "2. To get the files back (into a new folder named restored-files), run:",
-        f"$ tuckbox -r \"{page.location}\" restore latest --target restored-files --recover {recover}",
+        _command(*repo, "restore", "latest", "--target", "restored-files", "--recover", *recover),
         "3. Or, to set a new password for the backups instead, run (it asks for the new password twice):",
-        f"$ tuckbox -r \"{page.location}\" key add --recover {recover}",
+        _command(*repo, "key", "add", "--recover", *recover),
         "If a word was typed wrongly, tuckbox says which page and which word number to check. Only the words "
         "matter; capital letters and spacing do not.",
     ]
@@ -106,27 +115,47 @@ def _facts(page: KitPage) -> list[tuple[str, str]]:
     return [
         ("Repository", page.repository_id),
         ("This page", which),
-        ("Backups stored at", page.location),
+        ("Stored at", page.location),
         ("Made", page.created),
     ]
 
 
+WIDTH = 78  # columns of the text page: a printer's 80, less a margin
+_COMMAND_INDENT = "    "
+
+
+def command_lines(command: str, width: int = WIDTH) -> list[str]:
+    """A shell command as indented lines of at most ``width`` columns, continued with a backslash, so it can be
+    typed back from paper as it is (a word longer than a line, say a long location, stays whole)."""
+    words = command.split(_SEP)
+    lines: list[str] = []
+    current = _COMMAND_INDENT + words[0]
+    for word in words[1:]:
+        if len(current) + 1 + len(word) + 2 > width:  # (room for " \\")
+            lines.append(current + " \\")
+            current = _COMMAND_INDENT * 2 + word
+        else:
+            current += " " + word
+    return lines + [current]
+
+
 def render_text(page: KitPage) -> str:
-    """The plain-text page; ``crypto.recovery.parse_share`` reads it back."""
+    """The plain-text page (at most 78 columns, and the key right under its facts so a page that spills onto a
+    second sheet never splits it); ``crypto.recovery.parse_share`` reads it back."""
     heading = f"TUCKBOX - {page.title.upper()}"
     out = [heading, "=" * len(heading), ""]
     width = max(len(k) for k, _ in _facts(page)) + 1
     out += [f"{(k + ':').ljust(width)} {v}" for k, v in _facts(page)]
+    out += ["", "THE KEY (keep exactly these words, in this order):"]
+    out.append(share_block(page.repository_id, page.mnemonic, page.number, page.count, page.threshold,
+                           per_line=_PER_ROW).rstrip("\n"))
     for title, paras in _sections(page):
         out += ["", title.upper(), "-" * len(title)]
         for para in paras:
-            if para.startswith("$ "):  # a command: never wrapped, so it can be copied as it is
-                out += ["    " + para[2:], ""]
-            else:
-                out += textwrap.wrap(para, 76, break_long_words=False, break_on_hyphens=False) + [""]
-        out.pop()
-    out += ["", "THE KEY (keep exactly these words, in this order)", ""]
-    out.append(share_block(page.repository_id, page.mnemonic, page.number, page.count, page.threshold).rstrip("\n"))
+            if para.startswith("$ "):  # a command: continued over lines with a backslash, never wrapped mid-word
+                out += command_lines(para[2:])
+            else:  # (paragraphs of a section follow each other without a blank line: the page fits one sheet)
+                out += textwrap.wrap(para, WIDTH, break_long_words=False, break_on_hyphens=False)
     return "\n".join(out) + "\n"
 
 
@@ -135,27 +164,30 @@ def qr_payload(page: KitPage) -> str:
     return share_block(page.repository_id, page.mnemonic, page.number, page.count, page.threshold, numbered=False)
 
 
+_PER_ROW = 4  # words in a row of the key, on both pages
+_HTML_COMMAND_WIDTH = 96  # columns of a command on the printed page (8.5 pt monospace in 182 mm)
 _CSS = """
-@page { size: A4; margin: 16mm; }
-body { font-family: Georgia, 'Times New Roman', serif; font-size: 11pt; color: #000; max-width: 180mm; margin: auto; }
-h1 { font-size: 18pt; margin: 0 0 4mm 0; }
-h2 { font-size: 12.5pt; margin: 5mm 0 1mm 0; border-bottom: 1px solid #000; }
-p { margin: 1mm 0 2mm 0; line-height: 1.35; }
-table.facts td { padding: 0.5mm 3mm 0.5mm 0; vertical-align: top; }
-table.facts td.v { font-family: 'DejaVu Sans Mono', monospace; font-size: 9.5pt; word-break: break-all; }
-.key { display: flex; gap: 8mm; align-items: flex-start; border: 2px solid #000; padding: 4mm; margin-top: 4mm; }
-table.words { border-collapse: collapse; font-family: 'DejaVu Sans Mono', monospace; font-size: 11pt; }
-table.words td { padding: 0.8mm 2.5mm; }
-table.words td.n { color: #444; text-align: right; font-size: 9pt; }
-.qr svg { width: 55mm; height: 55mm; }
-.small { font-size: 9pt; }
-p.cmd { margin-left: 6mm; }
-code { font-family: 'DejaVu Sans Mono', monospace; font-size: 9pt; word-break: break-all; }
+@page { size: A4; margin: 12mm 14mm; }
+body { font-family: Georgia, 'Times New Roman', serif; font-size: 10pt; color: #000; max-width: 182mm; margin: auto; }
+h1 { font-size: 16pt; margin: 0 0 2mm 0; }
+h2 { font-size: 11pt; margin: 3mm 0 1mm 0; border-bottom: 1px solid #000; }
+p { margin: 0 0 1.2mm 0; line-height: 1.25; }
+table.facts td { padding: 0.3mm 3mm 0.3mm 0; vertical-align: top; }
+table.facts td.v { font-family: 'DejaVu Sans Mono', monospace; font-size: 9pt; word-break: break-all; }
+.key { display: flex; gap: 6mm; align-items: flex-start; border: 2px solid #000; padding: 3mm; margin-top: 3mm;
+       break-inside: avoid; page-break-inside: avoid; }
+table.words { border-collapse: collapse; font-family: 'DejaVu Sans Mono', monospace; font-size: 10.5pt; }
+table.words td { padding: 0.6mm 2mm; }
+table.words td.n { color: #444; text-align: right; font-size: 8.5pt; }
+.qr svg { width: 46mm; height: 46mm; }
+.small { font-size: 8.5pt; }
+pre { font-family: 'DejaVu Sans Mono', monospace; font-size: 8.5pt; margin: 0.5mm 0 1.5mm 0; white-space: pre; }
 """
 
 
 def render_html(page: KitPage) -> str:
-    """A self-contained printable page (one A4 sheet) with the words and a QR code."""
+    """A self-contained printable page (one A4 or Letter sheet, the key at the top) with the words and a QR
+    code."""
     e = html.escape
     qr = segno.make(qr_payload(page), error="m", micro=False)
     svg = qr.svg_inline(scale=3, border=4, dark="#000", light="#fff", omitsize=False)
@@ -165,27 +197,28 @@ def render_html(page: KitPage) -> str:
         body.append(f"<h2>{e(title)}</h2>")
         for para in paras:
             if para.startswith("$ "):
-                body.append(f"<p class=\"cmd\"><code>{e(para[2:])}</code></p>")
+                # the same lines as the text page (continued with a backslash): nothing wraps mid-option
+                body.append(f"<pre>{e(chr(10).join(command_lines(para[2:], _HTML_COMMAND_WIDTH)))}</pre>")
             else:
                 body.append(f"<p>{e(para)}</p>")
     words = page.mnemonic.split()
-    rows = (len(words) + 2) // 3
+    rows = (len(words) + _PER_ROW - 1) // _PER_ROW
     cells = []
     for r in range(rows):  # numbered row by row, as in the text page
         row = "".join(
             f"<td class=\"n\">{i + 1}</td><td>{e(words[i])}</td>"
-            for i in range(r * 3, min(r * 3 + 3, len(words)))
+            for i in range(r * _PER_ROW, min((r + 1) * _PER_ROW, len(words)))
         )
         cells.append(f"<tr>{row}</tr>")
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{e(page.title)}</title><style>{_CSS}</style></head><body>\n"
         f"<h1>{e(page.title)}</h1>\n<table class=\"facts\">{facts}</table>\n"
-        + "\n".join(body)
-        + "\n<div class=\"key\"><div><strong>The key</strong> (these words, in this order)"
+        "<div class=\"key\"><div><strong>The key</strong> (these words, in this order)"
         f"<table class=\"words\">{''.join(cells)}</table></div>"
         f"<div class=\"qr\">{svg}<div class=\"small\">The same key as a QR code</div></div></div>\n"
-        "</body></html>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
     )
 
 

@@ -322,8 +322,9 @@ def test_recovery_refusals(env: Env, tmp_path: Path) -> None:
 
     # one changed word: caught by the share's checksum, named by file and position
     lines = (kit / "share-3.txt").read_text().splitlines()
-    row = next(i for i, line in enumerate(lines) if line.startswith(" 4 "))
-    original = lines[row].split()[1]
+    row = next(i for i, line in enumerate(lines) if line.startswith(" 1 "))  # word 4 is on the row of word 1
+    words = lines[row].split()
+    original = words[words.index("4") + 1]
     lines[row] = lines[row].replace(f" 4 {original}", f" 4 {'academic' if original != 'academic' else 'acid'}")
     bad = tmp_path / "typed-share-3.txt"
     bad.write_text("\n".join(lines) + "\n")

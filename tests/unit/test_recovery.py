@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import re
 import errno
 import os
 import random
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -346,3 +348,67 @@ def test_several_shares_typed_into_one_file_are_each_read(tmp_path: Path) -> Non
     (tmp_path / "bad.txt").write_text("\n".join([blocks[0], bad]))
     with pytest.raises(IntegrityError, match=r"bad.txt \(its share block 2\): word 5 is not on"):
         read_share_files([str(tmp_path / "bad.txt")])
+
+
+def _commands(text: str) -> list[list[str]]:
+    """The shell commands of a text page, as a shell reads them (backslash-newline continues a line)."""
+    import shlex
+
+    joined = text.replace("\\\n", " ")
+    return [shlex.split(line) for line in joined.splitlines() if line.strip().startswith("tuckbox ")]
+
+
+def test_the_text_page_fits_one_printed_sheet_with_the_key_on_it() -> None:
+    """Printed as it is (80 columns, 66 lines a sheet), the page does not run off the paper or onto a
+    second sheet, even for the largest kit and a long location; the key comes first, right under its facts."""
+    location = "sftp://backup@nas.example.org:2222/srv/backups/laptop-2025"
+    for k, n in ((16, 16), (3, 5), (1, 1)):
+        mnemonics = split_secret(os.urandom(32), k, n)
+        text = render_text(KitPage(REPO, location, n, n, k, mnemonics[-1], "2025-01-02 03:04 UTC"))
+        lines = text.splitlines()
+        assert len(lines) <= 66, (k, n, len(lines))
+        assert max(len(line) for line in lines) <= 78, max(lines, key=len)
+        end = next(i for i, line in enumerate(lines) if line.startswith("-----END"))
+        assert end < next(i for i, line in enumerate(lines) if line == "WHAT THIS IS")
+        recover = ["paper-key.txt"] if n == 1 else [f"share-{i}.txt" for i in range(1, k + 1)]
+        assert _commands(text) == [
+            ["tuckbox", "-r", location, "restore", "latest", "--target", "restored-files", "--recover", *recover],
+            ["tuckbox", "-r", location, "key", "add", "--recover", *recover],
+        ]
+
+
+def test_the_commands_on_a_page_work_for_a_location_with_spaces_and_quotes() -> None:
+    """Typed into a real shell as printed (continued lines and all), the location arrives as it is: not split
+    at its spaces, and a $ in it is not expanded (it was printed in double quotes)."""
+    location = "/mnt/My Backups/Anne's disk $HOME"
+    text = render_text(KitPage(REPO, location, 1, 5, 3, split_secret(os.urandom(32), 3, 5)[0], "now"))
+    lines = text.splitlines()
+    script = ["tuckbox() { printf '%s\\0' \"$@\"; printf '\\n'; }"]
+    for i, line in enumerate(lines):
+        if line.strip().startswith("tuckbox "):
+            j = i
+            while lines[j].endswith("\\"):
+                j += 1
+            script += lines[i : j + 1]
+    got = subprocess.run(["bash", "-c", "\n".join(script)], capture_output=True, text=True, check=True).stdout
+    argvs = [line.split("\0")[:-1] for line in got.splitlines()]
+    assert [a[:3] for a in argvs] == [["-r", location, "restore"], ["-r", location, "key"]]
+    assert argvs[0][-3:] == ["share-1.txt", "share-2.txt", "share-3.txt"]
+
+
+def test_the_printable_page_shows_the_key_first_and_keeps_it_in_one_piece() -> None:
+    doc = render_html(_page(count=16, threshold=16, number=16))
+    assert doc.index('class="key"') < doc.index("What this is")
+    assert "break-inside: avoid" in doc
+    for cmd in re.findall(r"<pre>(.*?)</pre>", doc, re.DOTALL):  # continued lines, never broken mid-word
+        assert all(line.rstrip().endswith("\\") for line in cmd.splitlines()[:-1])
+
+
+def test_the_printable_page_fits_one_a4_or_letter_sheet() -> None:
+    weasyprint = pytest.importorskip("weasyprint")  # (a renderer, where one is installed)
+    location = "sftp://backup@nas.example.org:2222/srv/backups/laptop/with/a/long/path"
+    for k, n in ((16, 16), (3, 5), (1, 1)):
+        doc = render_html(KitPage(REPO, location, n, n, k, split_secret(os.urandom(32), k, n)[-1], "now"))
+        for size in ("A4", "letter"):
+            pages = weasyprint.HTML(string=doc.replace("size: A4", f"size: {size}")).render().pages
+            assert len(pages) == 1, (k, n, size)
