@@ -362,6 +362,10 @@ def test_recovery_refusals(env: Env, tmp_path: Path) -> None:
     # before the command name, --recover takes one file at a time (repeatable)
     p = env.run("--recover", s(2), "--recover", s(4), "--recover", s(5), "snapshots", password=None)
     assert "1 snapshot(s)" in p.stdout
+    # ... and given several there, the second file is not called an invalid command: the error says what to do
+    p = env.run("--recover", s(2), s(4), s(5), "snapshots", password=None, code=2)
+    assert "before the command name, --recover takes one share file" in p.stderr and s(4) in p.stderr
+    assert "invalid choice" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
     # a kit shape that makes no sense is refused, before the passphrase is asked and with nothing written
     # (a threshold or share count of 0 was taken as "not given": --threshold 0 made a 3-of-5 kit)

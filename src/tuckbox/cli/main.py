@@ -19,7 +19,7 @@ from typing import Any
 from .. import __version__
 from ..errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, TuckboxError
 from . import interrupt
-from .common import add_global_options, report_problems
+from .common import add_global_options, display, report_problems
 from .memory import tune_allocator
 from .output import Diagnostics, Guarded, OutputError, discard_pending, standard_streams
 
@@ -62,8 +62,25 @@ class _Parser(argparse.ArgumentParser):
         # option's own check, which says what is wrong, instead of "expected one argument"
         self._negative_number_matcher = re.compile(r"^-\.?\d")
 
+    argv: list[str] = []  # the words being parsed (set by main), for the hint below
+
     def error(self, message: str) -> None:  # one line, exit 2
-        self.exit(EXIT_USAGE, f"tuckbox: usage error: {message} (see '{self.prog} --help')\n")
+        hint = _recover_hint(self.argv) if message.startswith("argument COMMAND: invalid choice") else ""
+        self.exit(EXIT_USAGE, hint or f"tuckbox: usage error: {message} (see '{self.prog} --help')\n")
+
+
+def _recover_hint(words: list[str]) -> str:
+    """'tuckbox --recover a.txt b.txt snapshots': before the command name --recover takes one file, so the
+    second share file was taken for the command. Say so, instead of "invalid choice: 'b.txt'"."""
+    for i, word in enumerate(words):
+        if word in _NAMES:
+            return ""
+        if word == "--recover" and i + 2 < len(words) and not words[i + 2].startswith("-") \
+                and any(w in _NAMES for w in words[i + 3 :]):
+            return (f"tuckbox: usage error: before the command name, --recover takes one share file: give "
+                    f"'--recover FILE' for each one, or put '--recover FILE FILE...' after the command name "
+                    f"(the file '{display(words[i + 2])}' was taken for the command)\n")
+    return ""
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -123,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         logging.getLogger().addHandler(logging.NullHandler())
     words = sys.argv[1:] if argv is None else argv
+    _Parser.argv = list(words)
     parser = build_parser(next((w for w in words if w in _NAMES), None))
     args = parser.parse_args(argv)
     if getattr(args, "stand_in", False):  # (the word taken for the command was an option's value)
