@@ -402,6 +402,29 @@ def test_pages_of_an_old_and_a_new_kit_mixed_years_later(env: Env, tmp_path: Pat
                     f"{new(2)}: 1 more share needed (any 2)")
 
 
+def test_write_only_key_cannot_remove_a_lock_that_looks_alive(env: Env, tmp_path: Path) -> None:
+    """docs/keys.md: a write-only key cannot remove existing objects through tuckbox. 'unlock --all' with it
+    removed a running prune's exclusive lock (a backup could then run alongside the prune); stale locks it
+    may still remove."""
+    from tuckbox.repository.locks import Lock, read_locks
+
+    key = tmp_path / "host.key"
+    env.run("key", "add", "--write-only", "--output", str(key))
+    repo = Repository.open(LocalBackend(str(env.repo)), lambda: PASS.encode(), load_index=False)
+    held = Lock(repo.backend, repo.keys.index_key, exclusive=True, background=False, command="prune").acquire()
+    try:
+        p = env.run("--key-file", str(key), "unlock", "--all", password=None, code=1)
+        _one_line_error(p, "cannot remove locks that look alive (--all) with a write-only key")
+        assert [lk.name for lk in read_locks(repo.backend, repo.keys.index_key)] == [held.name]
+        p = env.run("--key-file", str(key), "unlock", password=None)
+        assert "1 lock(s) kept" in p.stdout
+        env.run("unlock", "--all")  # the owner, with the passphrase, still can
+        assert read_locks(repo.backend, repo.keys.index_key) == []
+    finally:
+        held.release()
+        repo.close()
+
+
 # --------------------------------------------------------------------------- key management
 
 

@@ -22,6 +22,10 @@ def output_optional(args: argparse.Namespace) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     repo = open_repository(args, load_index=False)
+    if args.all:
+        # a lock that looks alive may be a prune's: removed, a backup would run alongside it and store snapshots
+        # that need data the prune deletes. An unattended host's key may remove only the locks of dead processes.
+        repo.keys.require_full("remove locks that look alive (--all)")
     removed, kept = [], []
     for lock in read_locks(repo.backend, repo.keys.index_key):
         if args.all or lock.is_stale():
