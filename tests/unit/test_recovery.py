@@ -412,3 +412,28 @@ def test_the_printable_page_fits_one_a4_or_letter_sheet() -> None:
         for size in ("A4", "letter"):
             pages = weasyprint.HTML(string=doc.replace("size: A4", f"size: {size}")).render().pages
             assert len(pages) == 1, (k, n, size)
+
+
+@pytest.mark.parametrize("typo", ["digit-for-letter", "letter-o-as-zero"])
+def test_a_digit_typed_for_a_letter_names_the_word(typo: str) -> None:
+    """'c0lumn' or 'ho1o' typed back from paper: the word is named by position, not taken for two words
+    ('34 words, too many', which says nothing about where)."""
+    block = _kit(os.urandom(32))[0]
+    word = _words(block)[8]
+    bad = word[:1] + "0" + word[2:] if typo == "letter-o-as-zero" else word[:2] + "1" + word[3:]
+    lines = block.splitlines()
+    row = next(i for i, line in enumerate(lines) if f" 9 {word}" in line)
+    lines[row] = lines[row].replace(f" 9 {word}", f" 9 {bad}")
+    with pytest.raises(IntegrityError) as e:
+        parse_share("\n".join(lines), "share-1.txt")
+    assert "word 9 is not on the recovery-kit word list" in e.value.message
+    _no_words_in(e.value.message, [block])
+
+
+def test_numbers_typed_with_dots_or_brackets_are_ignored() -> None:
+    root = os.urandom(32)
+    blocks = _kit(root)
+    typed = [" ".join(f"{i + 1}. {w}," if i % 2 else f"({i + 1}){w}" for i, w in enumerate(_words(b)))
+             for b in blocks[:2]]
+    typed.append("-".join(_words(blocks[2])))  # (words joined by dashes)
+    assert combine([parse_share(t, f"t{i}") for i, t in enumerate(typed)]) == root

@@ -194,6 +194,16 @@ def _blocks(text: str) -> list[str]:
     return ["\n".join(b) for b in blocks] if blocks else [text]
 
 
+_NUMBERING = re.compile(r"^\d+")  # a word's number typed against it ("7much")
+
+
+def _word(token: str) -> str:
+    """The word of one run of letters and digits ('' for a number alone). A digit inside a word (a 0 typed for
+    an o, a 1 for an l) stays part of it, so the word is named as not on the list instead of splitting in two
+    and miscounting every word after it."""
+    return _NUMBERING.sub("", token).lower()
+
+
 def _words_of(block: str) -> tuple[list[str], str | None]:
     repo = _REPO_LINE.search(block)
     words: list[str] = []
@@ -202,7 +212,7 @@ def _words_of(block: str) -> tuple[list[str], str | None]:
         if (not stripped or stripped.lower().startswith(_METADATA_PREFIXES) or stripped.startswith("-")
                 or _MARKER.match(stripped)):
             continue
-        words.extend(tok.lower() for tok in re.findall(r"[A-Za-z]+", stripped))
+        words.extend(w for w in (_word(tok) for tok in re.findall(r"[A-Za-z0-9]+", stripped)) if w)
     return words, (repo.group(1).lower() if repo else None)
 
 
