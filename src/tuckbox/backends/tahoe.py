@@ -52,12 +52,12 @@ from urllib.parse import quote, unquote, urlsplit
 import httpx
 
 from ..errors import ObjectExists, ObjectNotFound, PermanentError, TransientError, UsageError
+from ..redact import CAPABILITY, redact_caps
 from ..types import ObjectInfo, ObjectType
 from .layout import check_name, object_label
 from .url import parse_bool, parse_float
 
 _NAME = re.compile(r"^[0-9a-f][0-9a-f-]{1,127}$")
-_CAP = re.compile(r"(URI:[A-Za-z0-9-]+):[^\s/\"'<>&?]+")
 _SHARD1 = re.compile(r"^[0-9a-f]$")
 _SHARD2 = re.compile(r"^[0-9a-f]{2}$")
 _TOP_DIRS = [t.value for t in ObjectType if t is not ObjectType.CONFIG]
@@ -65,13 +65,8 @@ _CACHED_TYPES = {ObjectType.PACK, ObjectType.INDEX, ObjectType.SNAPSHOT, ObjectT
 _FILECAP_CACHE_SIZE = 200_000
 
 
-def redact_caps(text: str) -> str:
-    """``text`` with every Tahoe capability replaced by its kind and ``<redacted>``."""
-    return _CAP.sub(lambda m: f"{m.group(1)}:<redacted>", text)
-
-
 def _cap_kind(cap: str) -> str:
-    m = _CAP.match(cap)
+    m = CAPABILITY.match(cap)
     return m.group(1) if m else "URI"
 
 

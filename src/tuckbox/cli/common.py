@@ -15,6 +15,7 @@ from typing import Any
 from ..backends import open_backend
 from ..crypto.keyfile import keyfile_info
 from ..errors import IntegrityError, SnapshotNotFound, UnsupportedFormat, UsageError, WrongPassphrase
+from ..redact import add_secret
 from ..repository.repo import Repository
 from ..snapshot.model import Snapshot
 from ..text import display_path as display
@@ -186,6 +187,8 @@ def _warn_secrets_in_arguments(args: argparse.Namespace) -> None:
     """A secret given on the command line is readable by every user of the machine (``ps``, /proc) for as
     long as the command runs: say so, and where it belongs instead."""
     given = [(f"-o {k}=...", env) for k, env in _SECRET_OPTIONS.items() if backend_options(args).get(k)]
+    for k in _SECRET_OPTIONS:
+        add_secret(backend_options(args).get(k, ""))  # (kept out of TUCKBOX_DEBUG's output too)
     if _TAHOE_CAP_IN_URL.match(opt(args, "repo") or ""):
         given.insert(0, ("the Tahoe-LAFS capability in -r/--repo", "TUCKBOX_TAHOE_CAP (or TUCKBOX_REPOSITORY)"))
     for what, env in given:

@@ -13,11 +13,13 @@ import logging
 import os
 import re
 import sys
+import traceback
 from importlib import import_module
 from typing import Any
 
 from .. import __version__
 from ..errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, TuckboxError
+from ..redact import redact_debug
 from . import interrupt
 from .common import add_global_options, display, report_problems
 from .memory import tune_allocator
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     # connection drops; with no handler Python prints them raw to stderr next to our one-line errors.
     # The CLI reports every problem itself: keep library logging quiet unless debugging.
     if os.environ.get("TUCKBOX_DEBUG"):
-        logging.basicConfig(level=logging.DEBUG)
+        _debug_logging()
     else:
         logging.getLogger().addHandler(logging.NullHandler())
     words = sys.argv[1:] if argv is None else argv
@@ -164,6 +166,22 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+class _RedactingFormatter(logging.Formatter):
+    """Library debug logs quote request URLs and headers (botocore: Authorization, X-Amz-Security-Token; httpx:
+    a Tahoe-LAFS request's capability): each line is shown without them."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_debug(super().format(record))
+
+
+def _debug_logging() -> None:
+    """TUCKBOX_DEBUG=1: every library's log on standard error, secrets removed (the internal-error message
+    asks for this output in a bug report)."""
+    logging.basicConfig(level=logging.DEBUG)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_RedactingFormatter(logging.BASIC_FORMAT))
+
+
 def _run(args: argparse.Namespace) -> int:
     """Run the command; every failure becomes a one-line message and an exit code."""
     try:
@@ -187,8 +205,8 @@ def _run(args: argparse.Namespace) -> int:
         discard_pending(sys.stdout)
         code = EXIT_FATAL
     except Exception as e:  # noqa: BLE001 - a traceback in front of a user is a bug
-        if os.environ.get("TUCKBOX_DEBUG"):
-            raise
+        if os.environ.get("TUCKBOX_DEBUG"):  # (what a user is asked to paste into a report: no secret in it)
+            print(redact_debug("".join(traceback.format_exception(e))), end="", file=sys.stderr)
         # the exception text is not shown: a library's message may quote a URL or credential
         tb = e.__traceback__
         while tb is not None and tb.tb_next is not None:
