@@ -73,10 +73,11 @@ import botocore.session
 from botocore.config import Config
 
 from ..errors import ObjectExists, ObjectNotFound, PermanentError, TransientError, TuckboxError, UsageError
+from ..redact import redact_url
 from ..types import ObjectInfo, ObjectType
 from .layout import check_name, object_path
 from .s3probe import Probe, b64crc, conditional_put_honoured, crc32_checked, settle_at_exit
-from .url import option, parse_bool, parse_int, parse_size
+from .url import has_password, option, parse_bool, parse_int, parse_size
 
 _BUCKET_NAME = re.compile(r"^[A-Za-z0-9.\-_]{1,255}$")  # what botocore sends at all
 _AUTH_CODES = {
@@ -161,6 +162,9 @@ class S3Backend:
         self.location = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
         region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+        if endpoint and has_password(endpoint):  # (botocore ignores it, and it would be shown in every message)
+            raise UsageError(f"the S3 endpoint {redact_url(endpoint)} contains a password; remove it: credentials come "
+                             "from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile")
         if endpoint and not region:
             region = "us-east-1"
         if path_style is None:

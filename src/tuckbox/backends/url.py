@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from ..errors import UsageError
+from ..redact import redact_url as _redact
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -36,6 +37,11 @@ class RemoteURL:
 
 def parse_remote_url(url: str, scheme: str) -> RemoteURL:
     """Split ``scheme://[user@]host[:port]/path``; refuse passwords and junk."""
+    if has_password(url):
+        raise UsageError(
+            f"the repository URL '{_redact(url)}' contains a password; remove it and use a key, "
+            "an agent or the environment instead"
+        )
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -43,11 +49,6 @@ def parse_remote_url(url: str, scheme: str) -> RemoteURL:
         raise UsageError(f"cannot parse the repository URL '{_redact(url)}'; use {scheme}://[user@]host[:port]/path") from None
     if parts.scheme.lower() != scheme:
         raise UsageError(f"expected a {scheme}:// URL, got '{_redact(url)}'")
-    if parts.password is not None:
-        raise UsageError(
-            f"the repository URL '{_redact(url)}' contains a password; remove it and use a key, "
-            "an agent or the environment instead"
-        )
     if parts.query or parts.fragment:
         raise UsageError(f"the repository URL '{_redact(url)}' has a '?' or '#' part; pass settings with -o instead")
     host = parts.hostname or ""
@@ -57,9 +58,19 @@ def parse_remote_url(url: str, scheme: str) -> RemoteURL:
     return RemoteURL(scheme, user, host, port, unquote(parts.path))
 
 
-def _redact(url: str) -> str:
-    """The URL with any user-info password replaced (for error messages)."""
-    return re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", url)
+def has_password(url: str) -> bool:
+    """Whether ``url`` has a password in its user-info, also one holding an unencoded ``/``, ``?``, ``#`` or
+    ``@``, with which urlsplit sees a host and port (``user:pa/ss@host`` -> host ``user``, port ``pa``) or no
+    user-info at all. A port (digits after the ':') is not a password: ``host:8443/dav/me@example.com``."""
+    try:
+        if urlsplit(url).password is not None:
+            return True
+    except ValueError:
+        pass
+    _, sep, rest = url.partition("://")
+    userinfo, at, _ = rest.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    return bool(sep and at and colon and "/" not in user and not password.split("/", 1)[0].isdigit())
 
 
 def option(options: dict[str, str], key: str, env: str | None = None, default: str | None = None) -> str | None:

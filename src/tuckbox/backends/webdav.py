@@ -34,7 +34,8 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import httpx
 
 from ..errors import ObjectExists, ObjectNotFound, PermanentError, TransientError, UsageError
-from .url import parse_float
+from ..redact import redact_url
+from .url import has_password, parse_float
 from ..types import ObjectInfo, ObjectType
 from .layout import object_label, object_path
 
@@ -103,13 +104,18 @@ class WebDAVBackend:
         if not sep or scheme not in ("webdav+http", "webdav+https"):
             raise UsageError(f"not a WebDAV repository address: {url}; use webdav+https://HOST/PATH")
         parts = urlsplit(f"{scheme[len('webdav+'):]}://{rest}")
-        if parts.password is not None:
+        shown = redact_url(url)  # (a password with '/', '#' or '?' in it ends the host part early: never shown)
+        if has_password(url):
             raise UsageError(
-                "do not put the WebDAV password in the repository address; "
-                "set TUCKBOX_WEBDAV_PASSWORD"
+                f"the WebDAV repository address {shown} holds a password; give the user alone "
+                "(webdav+https://user@host/path) and the password in TUCKBOX_WEBDAV_PASSWORD"
             )
         if parts.query or parts.fragment:
-            raise UsageError(f"a WebDAV repository address takes no '?' or '#' part: {parts.geturl()}")
+            raise UsageError(f"a WebDAV repository address takes no '?' or '#' part: {shown}")
+        try:
+            parts.port
+        except ValueError:
+            raise UsageError(f"the WebDAV repository address {shown} has no valid port after the host's ':'") from None
         user = options.get("webdav.user") or os.environ.get("TUCKBOX_WEBDAV_USER") or parts.username
         password = options.get("webdav.password") or os.environ.get("TUCKBOX_WEBDAV_PASSWORD")
         host = parts.hostname or ""
