@@ -1,8 +1,9 @@
-"""Hiding secrets in text that a user may see or paste into a bug report.
+"""Hiding secrets in text that a user may see or paste into a bug report, and from programs tuckbox starts.
 
 Messages name repositories by their ``location`` (which never holds a secret); this module is for text that
 comes from elsewhere: a repository URL that failed to parse, a library's debug log (``TUCKBOX_DEBUG=1``, whose
-botocore and httpx lines quote request URLs and headers), a traceback. Each function only ever removes text.
+botocore and httpx lines quote request URLs and headers), a traceback. Each function only ever removes text
+(``child_environment``: variables).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ SECRET_ENVIRONMENT = (
     "TUCKBOX_PASSWORD", "TUCKBOX_WEBDAV_PASSWORD", "TUCKBOX_SFTP_PASSWORD", "TUCKBOX_SFTP_PASSPHRASE",
     "TUCKBOX_TAHOE_CAP", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
 )
+# of those, tuckbox's own: no program it starts (a password command, rclone) needs them
+_TUCKBOX_SECRETS = tuple(name for name in SECRET_ENVIRONMENT if name.startswith("TUCKBOX_"))
 _MIN_LITERAL = 4  # shorter values are not searched for (every "a" in a log would go)
 
 # credentials in HTTP headers as libraries log them: {'Authorization': b'...'} and a canonical request's
@@ -82,3 +85,11 @@ def redact_debug(text: str) -> str:
     text = _QUERY.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
     text = _SIGNATURE.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
     return _USERINFO.sub(lambda m: f"{m.group(1)}:***@", text)
+
+
+def child_environment() -> dict[str, str]:
+    """The environment for a program tuckbox starts: this one without tuckbox's own secrets (the passphrase,
+    storage passwords, the Tahoe-LAFS capability), which such a program would hold, readable in its
+    /proc/PID/environ, for as long as it runs. Everything else stays (AWS_* for rclone's env_auth or an
+    ``aws`` password command, TUCKBOX_REPOSITORY for a command choosing the passphrase by repository)."""
+    return {k: v for k, v in os.environ.items() if k not in _TUCKBOX_SECRETS}

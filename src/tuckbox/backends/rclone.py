@@ -39,6 +39,7 @@ from typing import Callable
 from urllib.parse import quote
 
 from ..errors import PermanentError, UsageError
+from ..redact import child_environment
 from .url import parse_float
 from .webdav import WebDAVBackend
 
@@ -143,7 +144,7 @@ class _RcloneServer:
     def __init__(self, binary: str, spec: str, config: str | None, dir_cache_time: str, location: str) -> None:
         self.user = "tuckbox"
         self.password = secrets.token_urlsafe(24)
-        env = {k: v for k, v in os.environ.items() if k not in _SERVE_ENV}
+        env = {k: v for k, v in child_environment().items() if k not in _SERVE_ENV}
         env["RCLONE_USER"] = self.user
         env["RCLONE_PASS"] = self.password
         if config:

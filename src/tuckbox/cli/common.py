@@ -15,7 +15,7 @@ from typing import Any
 from ..backends import open_backend
 from ..crypto.keyfile import keyfile_info
 from ..errors import IntegrityError, SnapshotNotFound, UnsupportedFormat, UsageError, WrongPassphrase
-from ..redact import add_secret
+from ..redact import add_secret, child_environment
 from ..repository.repo import Repository
 from ..snapshot.model import Snapshot
 from ..text import display_path as display
@@ -269,7 +269,8 @@ def passphrase_from_sources(args: argparse.Namespace) -> bytes | None:
             raise UsageError(f"cannot read the password file {display(pfile)}: {e.strerror}") from None
     if pcmd:
         try:
-            out = subprocess.run(pcmd, shell=True, check=True, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            out = subprocess.run(pcmd, shell=True, check=True, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                 env=child_environment())
         except subprocess.CalledProcessError as e:
             raise UsageError(f"the password command failed with exit code {e.returncode}") from None
         secret = _strip(out.stdout)
