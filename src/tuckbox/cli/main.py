@@ -22,7 +22,7 @@ from ..errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, TuckboxError
 from ..redact import redact_debug
 from . import interrupt
 from .common import add_global_options, display, report_problems
-from .memory import tune_allocator
+from .memory import keep_out_of_core_dumps, tune_allocator
 from .output import Diagnostics, Guarded, OutputError, discard_pending, standard_streams
 
 COMMANDS = [
@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     interrupt.install()  # SIGTERM (systemd, cron, kill) stops every command as Ctrl-C does
     stdout_closed = standard_streams()
     tune_allocator()
+    keep_out_of_core_dumps()
     # the walking thread makes many short system calls while workers compress and encrypt: hand the
     # GIL back sooner than the default 5 ms so it does not queue behind them after every call
     sys.setswitchinterval(0.001)
