@@ -24,7 +24,8 @@ _SCHEMES = {
 }
 
 # the -o options each kind of repository takes (README, "Storage backends"): any other is refused, since a
-# misspelt one (-o s3.endpont=...) silently ignored sends the backup, and the credentials, elsewhere
+# misspelt one (-o s3.endpont=...) silently ignored sends the backup, and the credentials, elsewhere, and a
+# password given as an option (-o sftp.password=...) sits in the process list unused
 OPTIONS: dict[str, frozenset[str]] = {
     "local": frozenset(),
     "sftp": frozenset({"sftp.identity", "sftp.known_hosts", "sftp.config", "sftp.connect-timeout"}),
@@ -36,18 +37,32 @@ OPTIONS: dict[str, frozenset[str]] = {
 }
 _KIND_NAMES = {"local": "a local", "sftp": "an sftp://", "s3": "an s3://", "tahoe": "a tahoe://",
                "webdav": "a webdav+https://", "rclone": "an rclone:"}
+# where the secrets go that have no option
+_SECRETS_FROM = {
+    "sftp": "SSH passwords and key passphrases come only from TUCKBOX_SFTP_PASSWORD / TUCKBOX_SFTP_PASSPHRASE",
+    "s3": "S3 credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a profile (s3.profile)",
+    "rclone": "rclone's credentials belong in its config file (rclone config; rclone.config names the file)",
+    "webdav": "the WebDAV user and password are webdav.user and TUCKBOX_WEBDAV_PASSWORD (or webdav.password)",
+    "tahoe": "the Tahoe-LAFS directory capability is TUCKBOX_TAHOE_CAP (or tahoe.cap)",
+}
+_SECRET_WORD = re.compile(r"pass|secret|token|key|cred|auth", re.IGNORECASE)
 
 
 def check_options(kind: str, options: dict[str, str]) -> None:
-    """UsageError naming the first ``-o`` option that a repository of ``kind`` (a key of OPTIONS) does not take."""
+    """UsageError naming (never with its value) the first ``-o`` option that a repository of ``kind`` (a key
+    of OPTIONS) does not take."""
     for key in sorted(set(options) - OPTIONS[kind]):
         owner = next((k for k, keys in OPTIONS.items() if key in keys), None)
         if owner is not None:
             raise UsageError(f"option -o {key}=... is for {_KIND_NAMES[owner]} repository, and this is "
                              f"{_KIND_NAMES[kind]} one; check -r/--repo or remove the option")
-        takes = ", ".join(sorted(OPTIONS[kind])) or "none"
-        raise UsageError(f"unknown option -o {key}=...; {_KIND_NAMES[kind]} repository takes: {takes} "
-                         "(README, 'Storage backends')")
+        group = key.partition(".")[0]
+        if group in _SECRETS_FROM and _SECRET_WORD.search(key.partition(".")[2]):
+            raise UsageError(f"-o {key} is not an option: {_SECRETS_FROM[group]}")
+        takes = f"{_KIND_NAMES[kind]} repository takes: {', '.join(sorted(OPTIONS[kind])) or 'none'}"
+        if group in OPTIONS and group != kind:
+            takes = f"the {group} options are {', '.join(sorted(OPTIONS[group]))}; {takes}"
+        raise UsageError(f"-o {key} is not an option; {takes} (README, 'Storage backends')")
 
 
 def open_backend(url: str, options: dict[str, str] | None = None) -> Backend:
