@@ -13,8 +13,9 @@ import re
 
 REDACTED = "<redacted>"
 
-# a Tahoe-LAFS capability, also percent-encoded as in a request URL (URI%3ADIR2%3A...): its kind stays
-CAPABILITY = re.compile(r"(URI(?::|%3[Aa])[A-Za-z0-9-]+)(?::|%3[Aa])[^\s/\"'<>&?]+")
+# a Tahoe-LAFS capability, also percent-encoded as in a request URL (URI%3ADIR2%3A...) or typed in lower case:
+# its kind stays
+CAPABILITY = re.compile(r"((?i:URI)(?::|%3[Aa])[A-Za-z0-9-]+)(?::|%3[Aa])[^\s/\"'<>&?]+")
 
 # environment variables whose values are secrets (their literal values are removed from debug output)
 SECRET_ENVIRONMENT = (

@@ -89,3 +89,13 @@ def test_an_option_no_backend_reads_is_refused_without_its_value(
     assert f"-o {option} is not an option" in res.err and hint in res.err
     assert "Zq81xk" not in res.err + res.out
     assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize("cap", [CAP.replace(":", "%3A"), "uri:DIR2:" + "a" * 26 + ":" + "b" * 52])
+def test_a_tahoe_cap_percent_encoded_or_in_lower_case_is_warned_about_and_never_shown(
+    cap: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["-r", f"tahoe://127.0.0.1:1/{cap}/repo", "snapshots"]) == 2
+    err = capsys.readouterr().err
+    assert "process list" in err and "TUCKBOX_TAHOE_CAP" in err
+    assert "a" * 26 not in err and "b" * 52 not in err

@@ -130,7 +130,7 @@ class TahoeBackend:
             raise UsageError(f"bad port in {redact_caps(url)}") from None
         segments = [unquote(s) for s in parts.path.split("/") if s]
         cap = None
-        if segments and segments[0].startswith("URI:"):
+        if segments and segments[0][:4].upper() == "URI:":  # (a cap typed in lower case is one too: never shown)
             cap = segments.pop(0)
         cap = cap or options.get("tahoe.cap") or os.environ.get("TUCKBOX_TAHOE_CAP")
         host = parts.hostname

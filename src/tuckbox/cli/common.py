@@ -180,7 +180,7 @@ def backend_options(args: argparse.Namespace) -> dict[str, str]:
 
 # secrets a backend takes from -o, and the environment variable that keeps them out of the process list
 _SECRET_OPTIONS = {"webdav.password": "TUCKBOX_WEBDAV_PASSWORD", "tahoe.cap": "TUCKBOX_TAHOE_CAP"}
-_TAHOE_CAP_IN_URL = re.compile(r"^tahoe://[^/]*/+URI:", re.IGNORECASE)
+_TAHOE_CAP_IN_URL = re.compile(r"^tahoe://[^/]*/+URI(?::|%3A)", re.IGNORECASE)
 
 
 def _warn_secrets_in_arguments(args: argparse.Namespace) -> None:
