@@ -39,6 +39,11 @@ from .report import Progress, Summary, path_spec
 _entry_name = attrgetter("name")  # a directory's entries are walked in the order of their raw names
 
 
+def _state(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What ``same`` compares of a stat."""
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
 def _replaced(path: bytes) -> str:
     return f"{_display(path)}: replaced by another kind of entry during backup; skipped"
 
@@ -429,11 +434,11 @@ class Archiver:
     ) -> Node | dict[str, Any] | None:
         """Read a new or changed file (``known``: the files cache had it, so it changed)."""
         self.progress.file_started(path, st.st_size)
-        self.summary.bytes_total += st.st_size
         link_key = (st.st_dev, st.st_ino)
         if st.st_nlink > 1:
             seen = self._hardlinks.get(link_key)
             if seen is not None and seen[:3] == (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+                self.summary.bytes_total += st.st_size
                 node.content = seen[3]
                 self._count(known)
                 self.progress.bytes_done(st.st_size)
@@ -441,6 +446,9 @@ class Archiver:
                 # known to the files cache too: the next run finds this name unchanged (not new, not read)
                 self.files_cache.remember(path, st, stored, seen[4])
                 return stored
+        # a read that ended before the size an unchanged stat claims, as (that stat's state, bytes read):
+        # twice alike, it is a pseudo-file (a sysfs attribute says 4096 bytes and holds a few)
+        short: tuple[tuple[int, int, int, int], int] | None = None
         for attempt in (0, 1):
             if isinstance(prefetched, Stream):
                 # read, chunked and hashed by a reader thread: the same checks as below
@@ -458,6 +466,8 @@ class Archiver:
                 stable = same(before, after) and whole(nbytes, after)
                 if stable and same(before, st):
                     break
+                if same(before, after) and nbytes < after.st_size:
+                    short = (_state(after), nbytes)
                 now = self._restat(path, at)
                 if now is None:
                     return None
@@ -483,6 +493,8 @@ class Archiver:
                         self.stopped = True
                         return None
                     break
+                if same(st, after) and len(prefetched.data) < after.st_size:
+                    short = (_state(after), len(prefetched.data))
                 prefetched = None
                 st = after
                 continue
@@ -513,6 +525,10 @@ class Archiver:
             stable = same(before, after) and whole(nbytes, after)
             if stable and same(before, st):
                 break
+            if same(before, after) and nbytes < after.st_size:
+                if short == (_state(after), nbytes):
+                    break  # read short twice alike while nothing changed: all there is to read
+                short = (_state(after), nbytes)
             if attempt == 0:
                 now = self._restat(path, at)
                 if now is None:
@@ -523,6 +539,7 @@ class Archiver:
                 node.warning = "changed during backup"
                 self._warn(f"{_display(path)}: changed while being read; the stored copy may mix old and new data")
         self._count(known)  # (a file that could not be read is not in the snapshot: not counted)
+        self.summary.bytes_total += nbytes  # (what the snapshot holds: a /proc file says size 0)
         # metadata from the state the content was read in
         node.size = nbytes
         node.mtime_ns, node.ctime_ns, node.mode = after.st_mtime_ns, after.st_ctime_ns, stat.S_IMODE(after.st_mode)
@@ -530,7 +547,9 @@ class Archiver:
         if node.warning:
             return node
         stored = node.to_map()  # the tree takes the map too: made once
-        self.files_cache.remember(path, after, stored, read_at)
+        # a pseudo-file (/proc says size 0, sysfs 4096, whatever they hold) changes with no stat moving:
+        # known to the files cache, never trusted by it
+        self.files_cache.remember(path, after, stored, read_at, trusted=nbytes == after.st_size)
         if after.st_nlink > 1:
             self._hardlinks[link_key] = (after.st_size, after.st_mtime_ns, after.st_ctime_ns, content, read_at)
         return stored

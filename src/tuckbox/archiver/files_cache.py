@@ -17,8 +17,9 @@ as it goes. A finished run renames its stream over the old one; an
 interrupted run leaves its stream as ``<name>.partial``, consulted first by
 the next run (it is flushed every second, so it survives ``kill -9``), so a
 resumed backup re-reads only files that were not yet saved. Files modified
-within ``RACY_NS`` of being read are never trusted: their record only says the
-path was there (so the next run reports them as changed rather than new).
+within ``RACY_NS`` of being read are never trusted, nor pseudo-files (/proc, sysfs: their content
+changes while their stat stays): their record only says the path was there (so the next run reports
+them as changed rather than new).
 
 A stream closed by its run ends in a trailer, ``{"end": BLAKE3 of every byte before it}``, checked when
 the stream is opened: an unchanged file's stored node goes into the new snapshot as it is, so one
@@ -412,12 +413,14 @@ class FilesCache:
         self._copy = (start, end)
 
     def remember(
-        self, path: bytes, st: os.stat_result, node_map: dict[str, Any], read_at_ns: int, key: bytes | None = None
+        self, path: bytes, st: os.stat_result, node_map: dict[str, Any], read_at_ns: int, key: bytes | None = None,
+        *, trusted: bool = True,
     ) -> None:
-        """Record a file just read (``key``: its walk-order key, when the caller has it at hand)."""
+        """Record a file just read (``key``: its walk-order key, when the caller has it at hand; ``trusted``
+        False: its stat does not show when its content changes, so it is only recorded as known)."""
         if key is None:
             key = self._key if self._key_path == path else _order(path)
-        if max(st.st_mtime_ns, st.st_ctime_ns) >= read_at_ns - RACY_NS:
+        if not trusted or max(st.st_mtime_ns, st.st_ctime_ns) >= read_at_ns - RACY_NS:
             # may change again within the same clock tick: recorded as known (the next run counts it as
             # changed, not new) but never trusted (no real file has a ctime before 1970)
             self._record([key, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, UNTRUSTED_CTIME, 0, [], _EMPTY])

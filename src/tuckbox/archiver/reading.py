@@ -40,20 +40,7 @@ def read_chunks(fd: int, size: int, chunker: Chunker, blob_id: BlobId, emit: Cal
     ``size`` is returned when the file shrank while being read.
     """
     if size == 0:
-        # a file may still grow, and a pseudo-file (/proc) says 0 and has content: read what is there, in
-        # pieces (a /proc/sys file refuses a single read of 4 MiB with ENOMEM)
-        parts: list[bytes] = []
-        got = 0
-        while got < SMALL_FILE:
-            piece = os.read(fd, min(1 << 16, SMALL_FILE - got))
-            if not piece:
-                break
-            parts.append(piece)
-            got += len(piece)
-        data = b"".join(parts)
-        for chunk in chunker.chunks_of(data):
-            emit((blob_id(chunk), chunk))
-        return len(data)
+        return _read_unsized(fd, chunker, blob_id, emit)
     pos = 0
     for off, length in data_extents(fd, size):
         if off > pos:
@@ -81,6 +68,43 @@ def read_chunks(fd: int, size: int, chunker: Chunker, blob_id: BlobId, emit: Cal
         emit(size - pos)
         pos = size
     return pos
+
+
+UNSIZED_READ = 1 << 16  # one read of a file whose size says 0 (a /proc/sys file refuses one of 4 MiB: ENOMEM)
+
+
+def _read_unsized(fd: int, chunker: Chunker, blob_id: BlobId, emit: Callable[[Piece], None]) -> int:
+    """Emit the chunks of a file whose size says 0, read to its end; return the bytes read.
+
+    A file may still grow, and a pseudo-file (/proc) says 0 whatever it holds (``/proc/kallsyms``: 5 MiB
+    and more). Cut ``SMALL_FILE`` bytes at a time: every chunk but the last of a round is final (a cut
+    depends only on the bytes from its chunk's start), the last one is cut again with the next round's
+    bytes, so the cuts are those of one pass over the whole and memory stays bounded.
+    """
+    rest = b""
+    parts: list[bytes] = []
+    fresh = total = 0  # bytes read since the last round, and in all
+    while True:
+        piece = os.read(fd, UNSIZED_READ)
+        if piece:
+            parts.append(piece)
+            fresh += len(piece)
+            total += len(piece)
+            if fresh < SMALL_FILE:
+                continue
+        data = rest + b"".join(parts)
+        parts.clear()
+        chunks = list(chunker.chunks_of(data))
+        if piece and chunks:
+            last = chunks.pop()
+            rest = bytes(last)
+        else:
+            rest = b""
+        for chunk in chunks:
+            emit((blob_id(chunk), chunk))
+        fresh = 0
+        if not piece:
+            return total
 
 
 class StreamCancelled(Exception):
