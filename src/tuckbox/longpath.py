@@ -19,12 +19,28 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 
-__all__ = ["DIR_PATH", "PATH_MAX", "fits", "held", "link_deep", "open_deep", "room_for_children", "through"]
+__all__ = [
+    "DIR_PATH", "PATH_MAX", "fits", "held", "link_deep", "more_descriptors", "open_deep", "room_for_children", "through",
+]
 
 PATH_MAX = 4096  # bytes, with the terminating NUL (linux/limits.h)
 NAME_MAX = 255
 DIR_PATH = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC  # a directory held only to reach what is below it
+
+
+def more_descriptors(want: int = 1 << 16) -> None:
+    """Raise the soft limit on open files towards ``want`` (within the hard limit): a walk that holds a
+    descriptor per directory level of a deep tree would otherwise run out at the usual 1024."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY:
+            want = min(hard, want)
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ValueError, OSError):
+        pass
 
 
 def fits(path: bytes) -> bool:

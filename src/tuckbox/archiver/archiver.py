@@ -10,33 +10,35 @@ the rest of the snapshot goes on.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import stat
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from stat import S_ISREG
-from operator import attrgetter
+from operator import itemgetter
 from typing import Any, Callable
 
-import msgpack
 
 from ..chunker import Chunker
-from ..fsmeta import Owners, SkipEntry, node_from_stat, open_for_backup
-from ..longpath import DIR_PATH, held, room_for_children
+from ..fsmeta import Owners, SkipEntry, node_from_stat, open_for_backup, read_xattrs
+from ..longpath import held, more_descriptors, room_for_children
 from ..patterns import Patterns
 from ..snapshot.tree import DIR, FILE, Node, RawNode
 from ..text import display_path as _display
 from ..types import BlobStore, BlobType
 from .entries import add_hole, encode_fitting, is_cache_dir, on_the_way, same, whole
+from .fastpath import FastPaths
 from .files_cache import FilesCache, order_prefix
 from .prefetch import Prefetched as _Prefetched
 from .prefetch import Prefetcher as _Prefetcher
-from .reading import Piece, Stream, read_chunks, stream_file
+from .reading import LOST, Piece, Stream, read_chunks, stream_file
 from .report import LEAF as _LEAF
 from .report import Progress, Summary, path_spec
 
-_entry_name = attrgetter("name")  # a directory's entries are walked in the order of their raw names
+_first = itemgetter(0)  # a directory's entries are walked in the order of their raw names
+_DIR_READ = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _state(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -52,7 +54,7 @@ class _Stopped(Exception):
     """Raised inside a file read when the run was asked to stop."""
 
 
-class Archiver:
+class Archiver(FastPaths):
     def __init__(
         self,
         store: BlobStore,
@@ -98,11 +100,13 @@ class Archiver:
         """Back up ``paths`` (absolute, normalized); return the root tree id."""
         if sys.getrecursionlimit() < 10000:
             sys.setrecursionlimit(10000)
+        more_descriptors()  # the walk holds each directory it is in open: one descriptor per level
         spec = path_spec(paths)
         try:
             if b"/" in paths:
-                self._root_devs.add(os.lstat(b"/").st_dev)
-                return self._save_dir(b"/", os.lstat(b"/").st_dev, None)
+                root = os.lstat(b"/")
+                self._root_devs.add(root.st_dev)
+                return self._save_dir(b"/", root, None) or self._save_tree([])
             return self._save_virtual(b"/", spec, None)
         finally:
             if self._readers is not None:
@@ -169,35 +173,57 @@ class Archiver:
         self._stack.pop()
         return self._save_tree(nodes, prefix)
 
-    def _save_dir(self, path: bytes, dev: int, this: Node | None, at: bytes | None = None) -> bytes:
-        """One directory (reached at ``at`` when not at ``path``): its other entries first (read a window
-        ahead: prefetch.py), then subdirectories. A directory whose entries' paths could be too long for
-        one system call is held open while it is walked, and its entries reached through it (longpath.py)."""
-        reach = at or path
-        if room_for_children(reach):
-            return self._walk_dir(path, this, at)
+    def _save_dir(
+        self, path: bytes, st: os.stat_result, this: Node | None, at: bytes | None = None, via: bytes | None = None
+    ) -> bytes | None:
+        """One directory, listed as ``st`` (reached at ``at`` when not at ``path``; at ``via``, through its
+        parent's descriptor, when given): its other entries first (read a window ahead: prefetch.py), then
+        subdirectories; None (warned) when it is gone or no longer the directory listed.
+
+        It is held open while it is walked, and its listing, its subdirectories and any second look at its
+        files go through that descriptor: a directory swapped for a symlink mid-walk (by a user whose home is
+        backed up, say, to ``/root/.ssh``) is never followed out of the tree, whose names would then hold
+        what is there. Files are first opened at their paths (the fast way) and checked to be the inode
+        listed. Entries whose paths could be too long for one system call are all reached through it
+        (longpath.py)."""
         try:
-            anchor = os.open(reach, DIR_PATH | os.O_NOFOLLOW)
+            anchor = os.open(via or at or path, _DIR_READ)
+        except FileNotFoundError:
+            self._warn(f"{_display(path)}: vanished during backup")
+            return None
         except OSError as e:
+            if e.errno in (errno.ENOTDIR, errno.ELOOP):
+                self._warn(_replaced(path))
+                return None
             self._warn(f"{_display(path)}: cannot list directory: {e.strerror}")
-            return self._save_tree([])
+            return self._save_tree([])  # (it is there, with its metadata, empty)
         try:
-            return self._walk_dir(path, this, held(anchor))
+            now = os.fstat(anchor)
+            # (another device: something was mounted there meanwhile, an automount triggered by the open,
+            # say /boot/efi; what a rename can swap in is on the same device)
+            if now.st_dev == st.st_dev and now.st_ino != st.st_ino:
+                self._warn(f"{_display(path)}: replaced by another directory during backup; skipped")
+                return None
+            guard = held(anchor)
+            return self._walk_dir(
+                path, this, anchor, None if at is None and room_for_children(path) else guard, guard
+            )
         finally:
             os.close(anchor)
 
-    def _walk_dir(self, path: bytes, this: Node | None, at: bytes | None) -> bytes:
+    def _walk_dir(self, path: bytes, this: Node | None, fd: int, at: bytes | None, guard: bytes) -> bytes:
         try:
-            with os.scandir(at or path) as it:
-                listing = sorted(it, key=_entry_name)
+            # listed (and its entries stat-ed) through the descriptor: names come as str, back to bytes here
+            with os.scandir(fd) as it:
+                listing = sorted(((os.fsencode(e.name), e) for e in it), key=_first)
         except OSError as e:
             self._warn(f"{_display(path)}: cannot list directory: {e.strerror}")
             listing = []
         files: list[tuple[bytes, bytes, os.stat_result]] = []
         dirs: list[tuple[bytes, bytes, os.stat_result]] = []
-        for entry in listing:
-            child = entry.path if at is None else os.path.join(path, entry.name)
-            if self.excludes and self._excluded(child, entry.name):
+        for name, entry in listing:
+            child = os.path.join(path, name)
+            if self.excludes and self._excluded(child, name):
                 continue
             try:
                 st = entry.stat(follow_symlinks=False)
@@ -207,7 +233,7 @@ class Archiver:
             except OSError as e:
                 self._warn(f"{_display(child)}: cannot stat: {e.strerror}")
                 continue
-            (dirs if stat.S_ISDIR(st.st_mode) else files).append((child, entry.name, st))
+            (dirs if stat.S_ISDIR(st.st_mode) else files).append((child, name, st))
         # a directory of a million entries: each entry's listing and stat (~1 KiB of objects) goes as soon
         # as it is done with, so what stays until the tree is written is its node alone
         del listing
@@ -256,7 +282,7 @@ class Archiver:
                         self.after_entry()
                         continue
                 try:
-                    node = self._save_entry(child, name, st, ahead, known, at and at + b"/" + name)
+                    node = self._save_entry(child, name, st, ahead, known, at and at + b"/" + name, guard + b"/" + name)
                 finally:
                     if isinstance(ahead, Stream):
                         ahead.cancel()  # consumed, or not wanted after all: release its reader
@@ -272,7 +298,7 @@ class Archiver:
             if self.should_stop():
                 self.stopped = True
                 break
-            node = self._save_entry(child, name, st, None, False, at and at + b"/" + name)
+            node = self._save_entry(child, name, st, None, False, at and at + b"/" + name, guard + b"/" + name)
             if node is not None:
                 nodes.append(node)
                 self.after_entry()
@@ -281,20 +307,24 @@ class Archiver:
 
     def _save_entry(
         self, path: bytes, name: bytes, st: os.stat_result, prefetched: "_Prefetched | Stream | None" = None,
-        known: bool = False, at: bytes | None = None,
+        known: bool = False, at: bytes | None = None, via: bytes | None = None,
     ) -> Node | dict[str, Any] | None:
-        """One entry (reached at ``at`` when not at ``path``) as a node, or None with a warning."""
+        """One entry (reached at ``at`` when not at ``path``; ``via``: at its name in its parent's held
+        descriptor) as a node, or None with a warning."""
         if stat.S_ISSOCK(st.st_mode):
             return None  # sockets cannot be restored meaningfully; skipped silently
         if self._skip_dirs and stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) in self._skip_dirs:
             self.skipped_own.append(path)  # the repository itself, or tuckbox's cache: never into itself
             return None
         if isinstance(prefetched, _Prefetched) and prefetched.error is not None:
-            self._warn(f"{_display(path)}: {prefetched.error}")  # one warning: its metadata is not read either
-            return None
+            if prefetched.lost and via and os.path.lexists(via):
+                prefetched, at = None, via  # its path leads nowhere now: look where it was listed
+            else:
+                self._warn(f"{_display(path)}: {prefetched.error}")  # one warning: its metadata is not read either
+                return None
         try:
             xattrs = prefetched.xattrs if prefetched is not None else None
-            node, warnings = node_from_stat(name, path, st, self.owners, xattrs, at)
+            node, warnings = node_from_stat(name, path, st, self.owners, xattrs, via or at)
         except FileNotFoundError:
             self._warn(f"{_display(path)}: vanished during backup")
             return None
@@ -307,15 +337,18 @@ class Archiver:
         for w in warnings:
             self._warn(w)
         if node.type == FILE:
-            return self._save_file(path, st, node, prefetched, known, at)
+            return self._save_file(path, st, node, prefetched, known, at, via)
         if node.type == DIR:
-            self.summary.dirs += 1
             if (self.one_file_system and st.st_dev not in self._root_devs) or (
-                self.exclude_caches and is_cache_dir(at or path)
+                self.exclude_caches and is_cache_dir(via or at or path)
             ):
                 node.subtree = self._save_tree([])  # the directory itself, empty
             else:
-                node.subtree = self._save_dir(path, st.st_dev, node, at)
+                subtree = self._save_dir(path, st, node, at, via)
+                if subtree is None:
+                    return None
+                node.subtree = subtree
+            self.summary.dirs += 1
             if self.stopped:
                 node.warning = "incomplete: the backup was interrupted"
             return node
@@ -324,115 +357,16 @@ class Archiver:
 
     # ------------------------------------------------------------ files
 
-    def _unchanged_file(
-        self, path: bytes, st: os.stat_result, key: bytes | None = None, name: bytes | None = None
-    ) -> RawNode | dict[str, Any] | None:
-        """The stored node of a file the files cache knows is unchanged (and whose chunks all exist).
-
-        Usually as the cache holds it, already encoded (a ``RawNode``); decoded only when its atime
-        must be updated. Counted in the summary; the caller reports it to ``progress`` (once per directory).
-        """
-        cache = self.files_cache
-        raw = cache.lookup_raw(path, st, key)
-        if raw is None:
-            return None
-        if not self._has_blobs(cache.last_chunks):
-            return None
-        hit: RawNode | dict[str, Any]
-        if cache.last_atime != st.st_atime_ns:  # read by someone else since: keep key order canonical
-            try:
-                node = Node.from_map(msgpack.unpackb(raw))
-            except Exception:  # noqa: BLE001 - a damaged cache record: read the file again
-                return None
-            node.atime_ns = st.st_atime_ns
-            hit = node.to_map()
-            cache.remember(path, st, hit, time.time_ns())
-        else:
-            cache.keep(path)
-            hit = RawNode(path.rpartition(b"/")[2] if name is None else name, raw)
-        summary = self.summary
-        summary.bytes_total += st.st_size
-        summary.files_unmodified += 1
-        return hit
-
-    def _small_file(
-        self, path: bytes, name: bytes, st: os.stat_result, ahead: _Prefetched, known: bool, key: bytes | None = None
-    ) -> dict[str, Any] | None:
-        """A small file already read (``ahead``) that needs none of ``_save_file``'s care, stored here,
-        or None (nothing done): the general path takes it.
-
-        The common case of a first backup, made cheap: a regular file read whole in one chunk, not
-        sparse, with one link, unchanged while read, whose xattrs read without a problem. Its entry
-        is the map ``node_from_stat`` and ``_save_file`` would make, built directly (a test holds
-        the two to the same bytes).
-        """
-        after = ahead.after
-        data = ahead.data
-        n = len(data)
-        if (
-            ahead.error is not None or ahead.sparse or after is None or st.st_nlink != 1
-            or (n and ahead.chunk_id is None) or not S_ISREG(after.st_mode) or n != after.st_size
-            or not same(st, after) or ahead.xattrs is None or ahead.xattrs[1]
-        ):
-            return None
-        m: dict[str, Any] = {"n": name, "t": FILE}
-        mode = st.st_mode & 0o7777
-        if mode:
-            m["m"] = mode
-        uid, gid = st.st_uid, st.st_gid
-        if uid:
-            m["u"] = uid
-        if gid:
-            m["g"] = gid
-        names = self._names
-        user = names.get(uid)
-        if user is None:
-            user = names[uid] = self.owners.user_name(uid)
-        if user:
-            m["un"] = user
-        group = names.get(~gid)
-        if group is None:
-            group = names[~gid] = self.owners.group_name(gid)
-        if group:
-            m["gn"] = group
-        if st.st_mtime_ns:
-            m["mt"] = st.st_mtime_ns
-        if st.st_atime_ns:
-            m["at"] = st.st_atime_ns
-        if st.st_ctime_ns:
-            m["ct"] = st.st_ctime_ns
-        if n:
-            m["s"] = n
-        if st.st_ino:
-            m["i"] = st.st_ino
-        if st.st_dev:
-            m["d"] = st.st_dev
-        m["l"] = 1
-        summary = self.summary
-        progress = self.progress
-        progress.file_started(path, n)
-        summary.bytes_total += n
-        if known:
-            summary.files_changed += 1
-        else:
-            summary.files_new += 1
-        if n:
-            chunk_id = ahead.chunk_id
-            self.store.add_blob(BlobType.DATA, chunk_id, data)  # type: ignore[arg-type]
-            m["c"] = [chunk_id]
-            summary.bytes_read += n
-            progress.bytes_done(n)
-        pairs = ahead.xattrs[0]
-        if pairs:
-            m["x"] = [[k, v] for k, v in pairs]
-        self.files_cache.remember(path, after, m, ahead.read_at, key)
-        return m
-
     def _save_file(
         self, path: bytes, st: os.stat_result, node: Node, prefetched: "_Prefetched | Stream | None" = None,
-        known: bool = False, at: bytes | None = None,
+        known: bool = False, at: bytes | None = None, via: bytes | None = None,
     ) -> Node | dict[str, Any] | None:
-        """Read a new or changed file (``known``: the files cache had it, so it changed)."""
+        """Read a new or changed file (``known``: the files cache had it, so it changed).
+
+        A second look (the file changed, or the path led to another inode than the one listed) goes
+        through ``via``, its name in its directory's held descriptor, when given; a file read there that
+        is not the inode listed (replaced by a rename meanwhile: an editor's save) is described as the
+        file read, owner and extended attributes included."""
         self.progress.file_started(path, st.st_size)
         link_key = (st.st_dev, st.st_ino)
         if st.st_nlink > 1:
@@ -459,6 +393,8 @@ class Archiver:
                     self.stopped = True
                     return None
                 if stream.error is not None:
+                    if stream.lost and via:
+                        continue  # its path leads nowhere now: read it where it was listed
                     self._warn(f"{_display(path)}: {stream.error}")
                     return None
                 before, after, read_at, nbytes = stream.before, stream.after, stream.read_at, stream.nbytes
@@ -468,7 +404,7 @@ class Archiver:
                     break
                 if same(before, after) and nbytes < after.st_size:
                     short = (_state(after), nbytes)
-                now = self._restat(path, at)
+                now = self._restat(path, via or at)
                 if now is None:
                     return None
                 st = now
@@ -500,12 +436,16 @@ class Archiver:
                 continue
             read_at = time.time_ns()
             try:
-                fd = open_for_backup(at or path)
-            except FileNotFoundError:
-                self._warn(f"{_display(path)}: vanished during backup")
-                return None
+                fd = open_for_backup((via or at or path) if attempt else (at or path))
             except OSError as e:
-                self._warn(f"{_display(path)}: cannot read: {e.strerror}")
+                if attempt == 0 and via and e.errno in LOST:
+                    continue  # its path leads nowhere now: look where it was listed
+                if e.errno == errno.ENOENT:
+                    self._warn(f"{_display(path)}: vanished during backup")
+                elif e.errno == errno.ELOOP:  # (opened without following: a symlink now)
+                    self._warn(_replaced(path))
+                else:
+                    self._warn(f"{_display(path)}: cannot read: {e.strerror}")
                 return None
             try:
                 before = os.fstat(fd)
@@ -514,6 +454,10 @@ class Archiver:
                     return None
                 content, nbytes = self._read_content(fd, before)
                 after = os.fstat(fd)
+                if attempt and (after.st_dev, after.st_ino) != (node.dev, node.inode):
+                    node, warnings = node_from_stat(node.name, path, after, self.owners, read_xattrs(path, fd))
+                    for w in warnings:
+                        self._warn(w)
             except OSError as e:
                 self._warn(f"{_display(path)}: read error: {e.strerror}")
                 return None
@@ -530,7 +474,7 @@ class Archiver:
                     break  # read short twice alike while nothing changed: all there is to read
                 short = (_state(after), nbytes)
             if attempt == 0:
-                now = self._restat(path, at)
+                now = self._restat(path, via or at)
                 if now is None:
                     return None
                 st = now
@@ -551,7 +495,9 @@ class Archiver:
         # known to the files cache, never trusted by it
         self.files_cache.remember(path, after, stored, read_at, trusted=nbytes == after.st_size)
         if after.st_nlink > 1:
-            self._hardlinks[link_key] = (after.st_size, after.st_mtime_ns, after.st_ctime_ns, content, read_at)
+            self._hardlinks[(after.st_dev, after.st_ino)] = (
+                after.st_size, after.st_mtime_ns, after.st_ctime_ns, content, read_at
+            )
         return stored
 
     def _count(self, known: bool) -> None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..fsmeta import open_for_backup, read_xattrs
-from .reading import SMALL_FILE, STREAM_BYTES, Stream
+from .reading import LOST, SMALL_FILE, STREAM_BYTES, Stream
 
 __all__ = ["SMALL_FILE", "Prefetched", "Prefetcher"]
 
@@ -40,6 +40,7 @@ class Prefetched:
     sparse: bool = False
     xattrs: tuple[list[tuple[bytes, bytes]], list[str]] | None = None  # read through the same descriptor
     chunk_id: bytes | None = None  # of ``data``, when it is one chunk (hashed here, not in the walk)
+    lost: bool = False  # it could not be opened because its path led nowhere (reading.LOST)
 
 
 _BLOCK = 4096
@@ -49,8 +50,8 @@ Hasher = tuple[Callable[[bytes], bytes], int]
 
 def _open_error(e: OSError) -> Prefetched:
     if isinstance(e, FileNotFoundError):
-        return Prefetched(error="vanished during backup")
-    return Prefetched(error=f"cannot read: {e.strerror}")
+        return Prefetched(error="vanished during backup", lost=True)
+    return Prefetched(error=f"cannot read: {e.strerror}", lost=e.errno in LOST)
 
 
 def _read_small(

@@ -15,6 +15,7 @@ the walk.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import threading
@@ -25,6 +26,9 @@ from typing import Callable, Iterator, Union
 from ..chunker import Chunker
 from ..fsmeta import data_extents, open_for_backup, read_xattrs
 
+# an open that failed so: the path no longer leads to the file listed (a directory on the way renamed or
+# replaced); the walk may still reach it through the directory it holds open
+LOST = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
 SMALL_FILE = 4 << 20  # read whole and cut in memory below this size (prefetch.py)
 STREAM_BYTES = 64 << 20  # how far (in file bytes) a reader may run ahead of the walk in one large file
 
@@ -140,6 +144,7 @@ class Stream:
         self._done = False
         self._cancelled = False
         self.error: str | None = None  # the file could not be read (a warning: the backup goes on)
+        self.lost = False  # ... because its path led nowhere (``LOST``)
         self.failure: BaseException | None = None  # storing its chunks failed (the backup cannot go on)
         self.before: os.stat_result | None = None
         self.after: os.stat_result | None = None
@@ -215,9 +220,11 @@ def stream_file(path: bytes, chunker: Chunker, blob_id: BlobId, stream: Stream, 
             fd = open_for_backup(at or path)
         except FileNotFoundError:
             stream.error = "vanished during backup"
+            stream.lost = True
             return
         except OSError as e:
             stream.error = f"cannot read: {e.strerror}"
+            stream.lost = e.errno in LOST
             return
         try:
             before = stream.before = os.fstat(fd)
