@@ -1,4 +1,6 @@
-"""Files of /proc and /sys named as backup paths: their stat says nothing true about their content.
+"""Files that are not what their stat or name say: /proc and /sys files, a FIFO where a tag file should be.
+
+Files of /proc and /sys named as backup paths: their stat says nothing true about their content.
 
 A /proc file says size 0 and has content, of any length; a sysfs attribute says 4096 bytes and holds a few;
 neither moves its mtime when its content changes. What is stored must be what reading gives, whole, and a
@@ -8,6 +10,8 @@ later backup must read them again rather than trust the files cache.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -68,3 +72,23 @@ def test_a_sysfs_attribute_is_stored_without_a_warning_and_read_again_next_time(
     assert tb("dump", "latest", str(attr)).raw == attr.read_bytes()
     second = tb("backup", "--json", str(attr))
     assert '"files_unmodified": 0' in second.out, second.out
+
+
+def test_a_fifo_named_cachedir_tag_does_not_hang_exclude_caches(tb: Tuckbox, tmp_path: Path) -> None:
+    """--exclude-caches opened each directory's CACHEDIR.TAG as a plain open: a FIFO of that name (anyone can
+    make one in their home, which root backs up) blocked the backup for good, and SIGTERM did not end it."""
+    src = tmp_path / "src"
+    (src / "trap").mkdir(parents=True)
+    os.mkfifo(src / "trap" / "CACHEDIR.TAG")
+    (src / "trap" / "kept.txt").write_text("kept")
+    (src / "linked").mkdir()
+    (src / "linked" / "CACHEDIR.TAG").symlink_to(src / "trap" / "CACHEDIR.TAG")
+    (src / "linked" / "also.txt").write_text("also")
+    tb("init")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuckbox.cli.main", "backup", "--exclude-caches", str(src)],
+        env=tb.env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert tb("dump", "latest", str(src / "trap" / "kept.txt")).out == "kept"  # not a cache: no tag was read
+    assert tb("dump", "latest", str(src / "linked" / "also.txt")).out == "also"

@@ -7,6 +7,7 @@ import os
 import stat
 from typing import Any, Callable
 
+from ..fsmeta import open_for_backup
 from ..snapshot.tree import Node, RawNode, encode_tree
 from ..text import display_path
 
@@ -18,12 +19,20 @@ CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
 
 def is_cache_dir(path: bytes) -> bool:
     """Whether a directory is marked as a cache by a ``CACHEDIR.TAG`` file (the Cache Directory Tagging
-    Specification: the file begins with its signature), as browsers, build tools and package managers do."""
+    Specification: the file begins with its signature), as browsers, build tools and package managers do.
+
+    Only a regular file counts, opened as the backup opens files (a FIFO of that name would block a plain
+    open for good, and a symlink may lead to a device whose opening does something)."""
     try:
-        with open(os.path.join(path, b"CACHEDIR.TAG"), "rb") as f:
-            return f.read(len(CACHEDIR_SIGNATURE)) == CACHEDIR_SIGNATURE
+        fd = open_for_backup(os.path.join(path, b"CACHEDIR.TAG"))
     except OSError:
         return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode) and os.pread(fd, len(CACHEDIR_SIGNATURE), 0) == CACHEDIR_SIGNATURE
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def add_hole(content: list[Any], length: int) -> None:
