@@ -177,3 +177,18 @@ def test_a_version_4_cache_is_read_and_rewritten_as_version_5(tmp_path):
         assert list(trailer) == ["end"]
     hits, misses = run(state, root, paths)
     assert len(hits) == 3 and misses == []
+
+
+def test_the_cache_directories_it_makes_are_private(tmp_path: Path) -> None:
+    """mkdir's parents came out 0755 (umask 022): the per-repository directory, whose name is the repository
+    id and whose subdirectories hold plaintext metadata, was listable by every user."""
+    from tuckbox.repository.cache import Cache
+
+    old = os.umask(0o022)
+    try:
+        cache = Cache("0123abcd", tmp_path / "home" / ".cache" / "tuckbox")
+    finally:
+        os.umask(old)
+    assert cache.enabled
+    for d in (cache.dir, cache.dir.parent, cache.dir / "state", cache.dir / "index"):
+        assert d.stat().st_mode & 0o777 == 0o700, (d, oct(d.stat().st_mode))

@@ -72,6 +72,10 @@ class Cache:
             self.problem = str(e)
             return
         try:
+            # private from the top: the cache holds plaintext metadata (paths, hosts, times); made 0700 here, not
+            # 0755 as mkdir's parents would be (an existing directory's mode is the user's to keep)
+            self.dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.dir.mkdir(exist_ok=True, mode=0o700)
             for sub in ("index", "trees", "snapshots", "state"):
                 (self.dir / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as e:
