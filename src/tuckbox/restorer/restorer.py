@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import gc
 import os
-import resource
 import stat
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -39,7 +38,7 @@ from ..backends.fork import after_fork, cpus, prepare_fork
 from ..backends.local import local_root
 from ..errors import TuckboxError, UsageError
 from ..fsmeta import create_special
-from ..longpath import link_deep
+from ..longpath import link_deep, more_descriptors
 from ..patterns import Patterns
 from ..snapshot.model import Snapshot
 from ..snapshot.tree import DIR, FILE, SYMLINK, Node
@@ -63,7 +62,6 @@ REMOTE_WINDOW_SCALE = 4
 BLOB_CACHE = 16 << 20  # decrypted blobs kept for content that recurs across windows
 READ_AHEAD = 32 << 20  # bytes of ranges fetched ahead of the windows that need them
 PROCESSES = 0  # worker processes where the storage allows (0: one more than the CPUs, at most 4; 1 CPU: threads)
-FILE_LIMIT = 1 << 16  # open files wanted (deep trees: a descriptor per directory level)
 READ_BACK_LOCAL = False  # read recurring blobs back from the target for a local repository too (tests)
 PENDING_DIRS = 256  # directories waiting for their metadata (each holds a descriptor) before the walk waits
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -115,7 +113,7 @@ class Restorer:
         excludes: list[str] | None = None,
         numeric_owner: bool = False,
     ) -> RestoreResult:
-        _more_descriptors()
+        more_descriptors()  # each directory being restored holds a descriptor until its metadata is set
         gc_was_on = gc.isenabled()
         gc.disable()  # hundreds of thousands of short-lived entries and no cycles: collections would only cost
         try:
@@ -150,17 +148,6 @@ class Restorer:
             else:  # this selection is complete; what the interrupted restore was asked for still is not
                 markers.put_back(marker, snap.id, owed)
         return self.result
-
-
-def _more_descriptors() -> None:
-    """Raise the soft limit on open files: each directory being restored holds one until its metadata is set."""
-    try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        want = FILE_LIMIT if hard == resource.RLIM_INFINITY else min(hard, FILE_LIMIT)
-        if soft != resource.RLIM_INFINITY and soft < want:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    except (ValueError, OSError):
-        pass
 
 
 def backup_order(maps: list[dict[str, Any]]) -> list[dict[str, Any]]:
