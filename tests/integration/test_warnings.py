@@ -157,3 +157,50 @@ def test_file_changed_once_is_reread_consistently(tmp_path, monkeypatch):
     assert result.warnings == []  # retried once and read a consistent copy
     Restorer(repo).restore(result.snapshot, os.fsencode(tmp_path / "r"))
     assert (Path(str(tmp_path / "r") + str(src)) / "edited.txt").read_bytes() == b"version two\n" * 2_400_000
+
+
+class _Deleter(Progress):
+    """Deletes every file named ``v*`` of a directory when its first file starts (rm -rf mid-walk)."""
+
+    def __init__(self, trigger: bytes, directory: Path) -> None:
+        self.trigger, self.directory = trigger, directory
+        self.warnings: list[str] = []
+
+    def file_started(self, path: bytes, size: int) -> None:
+        if path == self.trigger:
+            for victim in self.directory.glob("v*"):
+                victim.unlink()
+
+    def warning(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+def test_a_directory_emptied_mid_walk_is_one_line_not_one_per_file(tmp_path, monkeypatch):
+    """A build tree of thousands of files deleted while the backup walks it: the first few vanished files
+    are named, the rest counted in one line for the directory (not thousands of lines), the exit is still
+    "with warnings", and the rest of the snapshot is intact."""
+    from tuckbox.archiver.archiver import VANISHED_SHOWN
+
+    monkeypatch.setenv("TUCKBOX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(prefetch, "PREFETCH_FILES", 1)  # listed, not yet opened, when deleted
+    src = tmp_path / "src"
+    (src / "build").mkdir(parents=True)
+    (src / "build" / "a_first.txt").write_text("first")
+    victims = VANISHED_SHOWN + 25
+    for i in range(victims):
+        (src / "build" / f"v{i:03}").write_bytes(b"x" * 100)
+    (src / "other.txt").write_text("other")
+    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), b"pw", created="t", host="h", user="u")
+    deleter = _Deleter(os.fsencode(src / "build" / "a_first.txt"), src / "build")
+    result = run_backup(repo, BackupRequest([str(src)]), deleter)
+    named = [w for w in result.warnings if w.endswith(": vanished during backup")]
+    assert len(named) == VANISHED_SHOWN, result.warnings
+    assert all("/build/v" in w for w in named)
+    rest = [w for w in result.warnings if "more of its entries vanished" in w]
+    assert rest == [f"{src / 'build'}: 25 more of its entries vanished during backup (not listed one by one)"]
+    assert len(result.warnings) == VANISHED_SHOWN + 1 and deleter.warnings == result.warnings
+    Restorer(repo).restore(result.snapshot, os.fsencode(tmp_path / "r"))
+    out = Path(str(tmp_path / "r") + str(src))
+    assert (out / "build" / "a_first.txt").read_text() == "first"
+    assert (out / "other.txt").read_text() == "other"
+    assert sorted(p.name for p in (out / "build").iterdir()) == ["a_first.txt"]

@@ -33,11 +33,12 @@ from .fastpath import FastPaths
 from .files_cache import FilesCache, order_prefix
 from .prefetch import Prefetched as _Prefetched
 from .prefetch import Prefetcher as _Prefetcher
-from .reading import LOST, Piece, Stream, read_chunks, stream_file
+from .reading import LOST, VANISHED, Piece, Stream, read_chunks, stream_file
 from .report import LEAF as _LEAF
 from .report import Progress, Summary, path_spec
 
 _first = itemgetter(0)  # a directory's entries are walked in the order of their raw names
+VANISHED_SHOWN = 10  # entries of one directory warned about one by one when they vanish mid-walk
 _DIR_READ = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -93,6 +94,8 @@ class Archiver(FastPaths):
         self.stopped = False
         self._skip_dirs = skip_dirs or set()  # (st_dev, st_ino) of directories never backed up: tuckbox's own
         self.skipped_own: list[bytes] = []
+        # entries gone since their directory was listed, per directory being walked (innermost last)
+        self._gone: list[int] = []
 
     # ------------------------------------------------------------ entry point
 
@@ -129,6 +132,23 @@ class Archiver(FastPaths):
     def _warn(self, message: str) -> None:
         self.summary.warnings.append(message)
         self.progress.warning(message)
+
+    def _vanished(self, path: bytes) -> None:
+        """An entry listed in the directory being walked is gone: warned one by one up to
+        ``VANISHED_SHOWN`` per directory, the rest counted in one line when the directory is done (a
+        directory of thousands of files deleted while it was walked)."""
+        gone = self._gone
+        if gone:
+            gone[-1] += 1
+            if gone[-1] > VANISHED_SHOWN:
+                return
+        self._warn(f"{_display(path)}: {VANISHED}")
+
+    def _entry_problem(self, path: bytes, error: str) -> None:
+        if error == VANISHED:
+            self._vanished(path)
+        else:
+            self._warn(f"{_display(path)}: {error}")
 
     def _excluded(self, path: bytes, name: bytes) -> bool:
         return self.excludes.match(path, name)
@@ -189,7 +209,7 @@ class Archiver(FastPaths):
         try:
             anchor = os.open(via or at or path, _DIR_READ)
         except FileNotFoundError:
-            self._warn(f"{_display(path)}: vanished during backup")
+            self._vanished(path)
             return None
         except OSError as e:
             if e.errno in (errno.ENOTDIR, errno.ELOOP):
@@ -212,6 +232,15 @@ class Archiver(FastPaths):
             os.close(anchor)
 
     def _walk_dir(self, path: bytes, this: Node | None, fd: int, at: bytes | None, guard: bytes) -> bytes:
+        self._gone.append(0)
+        try:
+            return self._walk_listed(path, this, fd, at, guard)
+        finally:
+            more = self._gone.pop() - VANISHED_SHOWN
+            if more > 0:
+                self._warn(f"{_display(path)}: {more} more of its entries {VANISHED} (not listed one by one)")
+
+    def _walk_listed(self, path: bytes, this: Node | None, fd: int, at: bytes | None, guard: bytes) -> bytes:
         try:
             # listed (and its entries stat-ed) through the descriptor: names come as str, back to bytes here
             with os.scandir(fd) as it:
@@ -228,7 +257,7 @@ class Archiver(FastPaths):
             try:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
-                self._warn(f"{_display(child)}: vanished during backup")
+                self._vanished(child)
                 continue
             except OSError as e:
                 self._warn(f"{_display(child)}: cannot stat: {e.strerror}")
@@ -320,13 +349,13 @@ class Archiver(FastPaths):
             if prefetched.lost and via and os.path.lexists(via):
                 prefetched, at = None, via  # its path leads nowhere now: look where it was listed
             else:
-                self._warn(f"{_display(path)}: {prefetched.error}")  # one warning: its metadata is not read either
+                self._entry_problem(path, prefetched.error)  # one warning: its metadata is not read either
                 return None
         try:
             xattrs = prefetched.xattrs if prefetched is not None else None
             node, warnings = node_from_stat(name, path, st, self.owners, xattrs, via or at)
         except FileNotFoundError:
-            self._warn(f"{_display(path)}: vanished during backup")
+            self._vanished(path)
             return None
         except OSError as e:
             self._warn(f"{_display(path)}: cannot read: {e.strerror}")
@@ -395,7 +424,7 @@ class Archiver(FastPaths):
                 if stream.error is not None:
                     if stream.lost and via:
                         continue  # its path leads nowhere now: read it where it was listed
-                    self._warn(f"{_display(path)}: {stream.error}")
+                    self._entry_problem(path, stream.error)
                     return None
                 before, after, read_at, nbytes = stream.before, stream.after, stream.read_at, stream.nbytes
                 assert before is not None and after is not None
@@ -414,7 +443,7 @@ class Archiver(FastPaths):
             if attempt == 0 and prefetched is not None:
                 # read by the reader pool: the same checks as below, on bytes already in memory
                 if prefetched.error is not None:
-                    self._warn(f"{_display(path)}: {prefetched.error}")
+                    self._entry_problem(path, prefetched.error)
                     return None
                 after, read_at = prefetched.after, prefetched.read_at
                 assert after is not None
@@ -441,7 +470,7 @@ class Archiver(FastPaths):
                 if attempt == 0 and via and e.errno in LOST:
                     continue  # its path leads nowhere now: look where it was listed
                 if e.errno == errno.ENOENT:
-                    self._warn(f"{_display(path)}: vanished during backup")
+                    self._vanished(path)
                 elif e.errno == errno.ELOOP:  # (opened without following: a symlink now)
                     self._warn(_replaced(path))
                 else:
@@ -513,7 +542,7 @@ class Archiver(FastPaths):
         try:
             st = os.lstat(at or path)
         except OSError:
-            self._warn(f"{_display(path)}: vanished during backup")
+            self._vanished(path)
             return None
         if not stat.S_ISREG(st.st_mode):
             self._warn(_replaced(path))

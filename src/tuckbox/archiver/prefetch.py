@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..fsmeta import open_for_backup, read_xattrs
-from .reading import LOST, SMALL_FILE, STREAM_BYTES, Stream
+from .reading import LOST, SMALL_FILE, STREAM_BYTES, VANISHED, Stream
 
 __all__ = ["SMALL_FILE", "Prefetched", "Prefetcher"]
 
@@ -50,7 +50,7 @@ Hasher = tuple[Callable[[bytes], bytes], int]
 
 def _open_error(e: OSError) -> Prefetched:
     if isinstance(e, FileNotFoundError):
-        return Prefetched(error="vanished during backup", lost=True)
+        return Prefetched(error=VANISHED, lost=True)
     return Prefetched(error=f"cannot read: {e.strerror}", lost=e.errno in LOST)
 
 

@@ -29,6 +29,7 @@ from ..fsmeta import data_extents, open_for_backup, read_xattrs
 # an open that failed so: the path no longer leads to the file listed (a directory on the way renamed or
 # replaced); the walk may still reach it through the directory it holds open
 LOST = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
+VANISHED = "vanished during backup"  # a read's error when the file is no longer there
 SMALL_FILE = 4 << 20  # read whole and cut in memory below this size (prefetch.py)
 STREAM_BYTES = 64 << 20  # how far (in file bytes) a reader may run ahead of the walk in one large file
 
@@ -219,7 +220,7 @@ def stream_file(path: bytes, chunker: Chunker, blob_id: BlobId, stream: Stream, 
         try:
             fd = open_for_backup(at or path)
         except FileNotFoundError:
-            stream.error = "vanished during backup"
+            stream.error = VANISHED
             stream.lost = True
             return
         except OSError as e:
