@@ -6,6 +6,7 @@ import base64
 import datetime
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -736,3 +737,22 @@ def test_json_failures_are_a_json_document_too(tb, tmp_path):
     assert json.loads(tb("--json", "snapshots").out)[0]["paths"] == [str(src)]
     other = tb("--json", "-r", str(tmp_path / "nothing-here"), "snapshots", expect=1)
     assert json.loads(other.out)["type"] == "error" and "no repository at" in json.loads(other.out)["message"]
+
+
+def test_stats_dedup_ratio_counts_file_data_not_trees(tb: Tuckbox, tmp_path: Path) -> None:
+    """A tree of many small distinct files has nothing to deduplicate: the ratio was below 1 (0.96x for
+    200,000 small files) because the trees' bytes counted as "unique data". Twice the same tree is 2x."""
+    src = tmp_path / "src"
+    for d in range(20):
+        (src / f"d{d:02}").mkdir(parents=True)
+        for i in range(30):
+            (src / f"d{d:02}" / f"file-with-a-longish-name-{i:03}.txt").write_bytes(os.urandom(40))
+    tb("init")
+    tb("backup", str(src))
+    doc = tb("--json", "stats").json()
+    assert doc["unique_data_bytes"] == 20 * 30 * 40 < doc["unique_bytes"]
+    assert doc["original_bytes"] == 20 * 30 * 40 and doc["dedup_ratio"] == 1.0
+    assert "dedup ratio:          1.00x" in tb("stats").out
+    shutil.copytree(src, tmp_path / "copy")
+    tb("backup", str(tmp_path / "copy"))
+    assert tb("--json", "stats").json()["dedup_ratio"] == 2.0

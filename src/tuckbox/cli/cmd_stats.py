@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"original size:        {unknown}")
         return 0
     print(f"original size:        {human(st.original_bytes)} over all snapshots, {human(st.latest_original_bytes)} in the latest")
-    print(f"dedup ratio:          {st.dedup_ratio:.2f}x (original / unique data)")
+    print(f"dedup ratio:          {st.dedup_ratio:.2f}x (original / unique file data, {human(st.unique_data_bytes)})")
     print(f"total saving:         {st.space_saving_ratio:.2f}x (original / stored)")
     return 0
 

@@ -17,10 +17,11 @@ class Stats:
     data_blobs: int
     tree_blobs: int
     unique_bytes: int  # plaintext of every unique blob
+    unique_data_bytes: int  # of those, the file-content blobs (not the trees)
     original_bytes: int  # sum of file sizes over every snapshot
     latest_original_bytes: int
     compression_ratio: float  # unique plaintext / stored
-    dedup_ratio: float  # original (all snapshots) / unique plaintext
+    dedup_ratio: float  # original (all snapshots) / unique file content (trees are not file data)
     space_saving_ratio: float  # original (all snapshots) / stored
 
     def as_dict(self) -> dict:
@@ -30,7 +31,7 @@ class Stats:
 def compute_stats(repo: Repository) -> Stats:
     packs = repo.index.packs.values()
     stored = sum(p.size for p in packs)
-    unique = 0
+    unique = unique_data = 0
     data = trees = 0
     seen: set[bytes] = set()
     for _, entry in repo.index.entries():
@@ -40,6 +41,7 @@ def compute_stats(repo: Repository) -> Stats:
         unique += entry.raw_length
         if entry.type is BlobType.DATA:
             data += 1
+            unique_data += entry.raw_length
         else:
             trees += 1
     original = latest = 0
@@ -57,9 +59,10 @@ def compute_stats(repo: Repository) -> Stats:
         data_blobs=data,
         tree_blobs=trees,
         unique_bytes=unique,
+        unique_data_bytes=unique_data,
         original_bytes=original,
         latest_original_bytes=latest,
         compression_ratio=round(unique / stored, 3) if stored else 0.0,
-        dedup_ratio=round(original / unique, 3) if unique else 0.0,
+        dedup_ratio=round(original / unique_data, 3) if unique_data else 0.0,
         space_saving_ratio=round(original / stored, 3) if stored else 0.0,
     )
