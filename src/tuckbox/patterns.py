@@ -8,24 +8,27 @@ against an entry's absolute path and against its name:
 * ``.cache/thumbnails``, ``src/build`` (a ``/`` inside): the end of the path,
   at a component boundary (``/x/src/build`` but not ``/x/mysrc/build``);
 * a trailing ``/`` is ignored (``.cache/`` is ``.cache``): what a pattern
-  matches includes, or leaves out, everything inside it (``/`` everything).
+  matches includes, or leaves out, everything inside it (``/`` everything);
+* a name is written as on disk or as ``ls`` shows it (``n\\xff`` for a byte
+  that is not UTF-8, ``a\\\\b`` for a backslash: ``text.parse_display``); a
+  pattern with such escapes matches what either form names.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import os
 from typing import Sequence
+
+from .text import given_forms
 
 
 class Patterns:
     def __init__(self, patterns: Sequence[str | bytes] | None) -> None:
         self._paths: list[bytes] = []  # matched against the whole path
         self._names: list[bytes] = []  # matched against the name as well
-        for p in patterns or ():
-            if not p:
-                continue  # (an empty pattern matches nothing; the CLI refuses it)
-            raw = os.fsencode(p).rstrip(b"/") or b"/*"  # "/": the root, so everything inside it
+        forms = (form for p in patterns or () if p for form in given_forms(p))
+        for form in forms:  # (an empty pattern matches nothing; the CLI refuses it)
+            raw = form.rstrip(b"/") or b"/*"  # "/": the root, so everything inside it
             if b"/" not in raw:
                 self._names.append(raw)
                 self._paths.append(raw)

@@ -4,6 +4,8 @@ Both forms are lossless. On screen a backslash is shown doubled, so a single bac
 escape: ``\\xff`` on screen is a byte that is not UTF-8 and ``\\\\xff`` the four characters backslash, x, f, f.
 In JSON, ``path`` is the exact text of a UTF-8 name; a name that is not UTF-8 shows each undecodable byte as
 ``\\xff`` and gets, beside ``path``, ``path_bytes``: its exact bytes in base64.
+
+What is shown can be given back: ``parse_display`` reads a path or pattern typed as shown.
 """
 
 from __future__ import annotations
@@ -56,3 +58,53 @@ def display_path(path: bytes | str) -> str:
     # character by character; an undecodable byte (a lone surrogate after surrogateescape) as \xNN
     return "".join(f"\\x{ord(c) - 0xDC00:02x}" if "\udc80" <= c <= "\udcff" else _escape(c)
                    for c in raw.decode("utf-8", "surrogateescape"))
+
+
+_WIDTH = {"x": 2, "u": 4, "U": 8}
+
+
+def parse_display(text: str | bytes) -> bytes | None:
+    """The exact bytes of a name or pattern given as ``display_path`` shows it, or None when ``text`` holds no
+    escape or is not in that form (a backslash that starts none of ``\\\\``, ``\\xNN``, ``\\uNNNN``,
+    ``\\UNNNNNNNN``): then it means itself. In a pattern, a decoded character is no different from a typed one
+    (``\\x2a`` is ``*``, a wildcard); ``display_path`` never shows a printable character escaped."""
+    raw = _raw(text) if isinstance(text, str) else text
+    if b"\\" not in raw:
+        return None
+    s = raw.decode("utf-8", "surrogateescape")
+    out = bytearray()
+    i = 0
+    while i < len(s):
+        c = s[i]
+        if c != "\\":
+            out += c.encode("utf-8", "surrogateescape")
+            i += 1
+            continue
+        kind = s[i + 1:i + 2]
+        if kind == "\\":
+            out += b"\\"
+            i += 2
+            continue
+        width = _WIDTH.get(kind)
+        digits = s[i + 2:i + 2 + width] if width else ""
+        if not width or len(digits) != width or not all(d in "0123456789abcdefABCDEF" for d in digits):
+            return None
+        n = int(digits, 16)
+        if kind == "x":
+            chunk = bytes([n])
+        elif n > 0x10FFFF or 0xD800 <= n <= 0xDFFF:
+            return None
+        else:
+            chunk = chr(n).encode("utf-8")
+        out += chunk
+        i += 2 + width
+    return bytes(out)
+
+
+def given_forms(text: str | bytes) -> list[bytes]:
+    """What a path or pattern given by a user can mean: the name ``ls``, ``find`` and ``diff`` show as
+    ``text`` (backslash escapes decoded), then ``text`` itself, exactly (a name with a backslash in it,
+    typed as it is on disk); one of them when they are the same."""
+    raw = _raw(text) if isinstance(text, str) else text
+    decoded = parse_display(raw)
+    return [raw] if decoded is None or decoded == raw else [decoded, raw]

@@ -596,6 +596,33 @@ def test_a_byte_and_its_escape_written_out_are_told_apart(tb, tmp_path):
     assert tb("diff", *snaps).out.splitlines()[0] == f"-  {src}/x\\xff"
 
 
+def test_a_name_is_given_back_as_ls_shows_it(tb, tmp_path):
+    """ls, find and diff show a byte that is not UTF-8 as \\xff; dump, ls, restore --include and --path took
+    only the raw bytes, so such a file could not be chosen by the name the user sees. Both work now, and a
+    name holding a backslash is still found as it is typed."""
+    src = tmp_path / "sub\\xff"  # (the directory's own name holds a backslash)
+    os.makedirs(os.path.join(os.fsencode(src), b"d\xfe"))
+    for name, data in ((b"x\xff", b"byte"), (b"x\\xff", b"text"), (b"d\xfe/in", b"inside")):
+        with open(os.path.join(os.fsencode(src), name), "wb") as f:
+            f.write(data)
+    tb("init")
+    tb("backup", str(src))
+    shown = tb("ls", "latest").out.splitlines()
+    base = f"{tmp_path}/sub\\\\xff"  # as ls shows the directory
+    assert f"{base}/x\\xff" in shown and f"{base}/x\\\\xff" in shown and f"{base}/d\\xfe/in" in shown
+    assert tb("dump", "latest", f"{base}/x\\xff").raw == b"byte"
+    assert tb("dump", "latest", f"{base}/x\\\\xff").raw == b"text"
+    assert tb("dump", "latest", f"{src}/x\\xff").raw == b"text"  # typed as on disk: each backslash itself
+    assert tb("ls", "latest", f"{base}/d\\xfe").out.splitlines() == [f"{base}/d\\xfe", f"{base}/d\\xfe/in"]
+    assert tb("ls", "--path", base, "latest", f"{base}/d\\xfe/in").out.splitlines() == [f"{base}/d\\xfe/in"]
+    missing = tb("dump", "latest", f"{base}/x\\xfd", expect=2).err
+    assert f"{base}/x\\xfd is not in snapshot" in missing
+    tb("restore", "latest", "--target", str(tmp_path / "r"), "--include", "d\\xfe")
+    assert os.listdir(os.fsencode(restored(tmp_path / "r", src))) == [b"d\xfe"]
+    found = tb("find", f"{base}/d\\xfe/in").out.splitlines()
+    assert len(found) == 2 and found[0].endswith(f"{base}/d\\xfe/in")
+
+
 def test_names_that_are_not_utf8_in_json_and_messages(tb, tmp_path):
     """A byte that is not UTF-8 in a path is written as \\xff in forget's JSON (as in every other command's;
     it used to be a lone surrogate, which strict JSON parsers reject) and in error messages."""

@@ -40,3 +40,14 @@ def test_the_root_matches_everything() -> None:
 
 def test_an_empty_pattern_matches_nothing() -> None:
     assert not Patterns([""]) and not Patterns([""]).match(b"/tmp")
+
+
+def test_a_name_as_ls_shows_it_matches_it():
+    """ls shows a byte that is not UTF-8 as \\xff and a backslash as \\\\: a pattern written so matches the
+    name, and one written as the name is on disk (a backslash in it) still does."""
+    assert Patterns(["n\\xff"]).match(b"/a/n\xff") and Patterns(["/a/n\\xff"]).match(b"/a/n\xff")
+    assert Patterns(["*\\xff"]).match(b"/a/n\xff") and Patterns(["a/n\\xff/"]).match(b"/x/a/n\xff")
+    assert Patterns(["back\\\\slash"]).match(b"/a/back\\slash")  # as shown
+    assert Patterns(["back\\xffslash"]).match(b"/a/back\\xffslash")  # as typed
+    assert Patterns(["dos\\path"]).match(b"/a/dos\\path")  # no escape at all
+    assert not Patterns(["n\\xff"]).match(b"/a/n\xfe") and not Patterns(["n\\xff"]).match(b"/a/n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 import base64
 import re
 
-from tuckbox.text import display_path, json_path, json_path_fields
+from tuckbox.text import display_path, given_forms, json_path, json_path_fields, parse_display
 
 
 def test_messages_get_one_line_and_nothing_a_terminal_acts_on():
@@ -66,3 +67,23 @@ def test_json_gives_the_exact_bytes_of_a_name_that_is_not_utf8():
 def test_any_name_is_one_printable_line(raw):
     shown = display_path(raw)
     assert shown.isprintable(), repr(shown)  # (a space is printable)
+
+
+@given(st.one_of(st.binary(max_size=64), st.text(max_size=32).map(lambda t: t.encode("utf-8", "surrogatepass"))))
+def test_what_is_shown_can_be_given_back(raw):
+    """A name given as ls shows it means that name: parse_display inverts display_path."""
+    shown = display_path(raw)
+    assert (parse_display(shown) or shown.encode("utf-8", "surrogateescape")) == raw, (raw, shown)
+    assert given_forms(shown)[0] == raw
+
+
+def test_a_backslash_that_starts_no_escape_means_itself():
+    for typed in ("dos\\path", "a\\x4", "a\\u12", "a\\", "a\\q", "\\udcff", "\\U00110000"):
+        assert parse_display(typed) is None and given_forms(typed) == [typed.encode()], typed
+    assert parse_display("plain") is None and given_forms("plain") == [b"plain"]
+
+
+def test_a_name_typed_as_on_disk_is_still_meant():
+    assert given_forms("x\\xff") == [b"x\xff", b"x\\xff"]  # as ls shows the byte, or the four characters
+    assert given_forms("x\\\\xff") == [b"x\\xff", b"x\\\\xff"]
+    assert given_forms(os.fsdecode(b"raw\xff")) == [b"raw\xff"]  # (from argv: a lone surrogate)

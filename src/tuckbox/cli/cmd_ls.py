@@ -6,15 +6,16 @@ import argparse
 import datetime as dt
 import itertools
 import json
-import os
 import stat
 import sys
 from typing import Iterator
 
 from ..snapshot.tree import DIR, Node
-from ..snapshot.walk import require, walk
+from ..snapshot.walk import require_any, walk
 from ..types import BlobType
-from .common import add_latest_filters, display, json_path_fields, named_snapshot, nonempty, open_repository, opt
+from .common import (
+    add_latest_filters, display, json_path_fields, named_snapshot, nonempty, open_repository, opt, snapshot_paths,
+)
 
 HELP = "list files in a snapshot"
 
@@ -23,7 +24,8 @@ _KIND = {"file": "-", "dir": "d", "symlink": "l", "fifo": "p", "chardev": "c", "
 
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("snapshot", help="snapshot id prefix or 'latest'")
-    p.add_argument("path", nargs="?", default="/", type=nonempty, help="list below this path as it was backed up (absolute, or from the current directory, so ~/x works; default: everything)")
+    p.add_argument("path", nargs="?", default="/", type=nonempty, help="list below this path as it was backed up (absolute, or from the current directory, so ~/x works; "
+                        "as ls shows it, \\xff and all, or as typed; default: everything)")
     p.add_argument("-l", "--long", action="store_true", help="show mode, owner, size and time")
     add_latest_filters(p)
 
@@ -41,8 +43,7 @@ def run(args: argparse.Namespace) -> int:
     repo.keys.require_full("list files")
     snap = named_snapshot(repo, args.snapshot, args=args)
     load = lambda tid: repo.load_blob(BlobType.TREE, tid)  # noqa: E731
-    base = os.path.normpath(os.path.abspath(os.fsencode(os.path.expanduser(args.path))))
-    node = require(load, snap.tree, base, snap.id)
+    base, node = require_any(load, snap.tree, snapshot_paths(args.path), snap.id)
     entries: Iterator[tuple[bytes, Node]] = iter([] if base == b"/" else [(base, node)])
     if node.type == DIR:
         entries = itertools.chain(entries, walk(load, node.subtree, base))

@@ -19,7 +19,7 @@ from ..redact import add_secret, child_environment
 from ..repository.repo import Repository
 from ..snapshot.model import Snapshot
 from ..text import display_path as display
-from ..text import json_path, json_path_fields
+from ..text import given_forms, json_path, json_path_fields
 from ..types import Backend
 
 __all__ = ["display", "json_path", "json_path_fields"]  # (re-exported for the commands)
@@ -379,6 +379,12 @@ def open_repository(args: argparse.Namespace, *, load_index: bool = True, writes
     return repo
 
 
+def snapshot_paths(given: str) -> list[bytes]:
+    """What a path in a snapshot given on the command line can mean, absolute and normalized: the name
+    'ls' shows as ``given`` (escapes such as ``\\xff`` decoded), then ``given`` exactly as typed."""
+    return [os.path.normpath(os.path.abspath(os.path.expanduser(form))) for form in given_forms(given)]
+
+
 def emit_json(doc: Any) -> None:
     sys.stdout.write(json.dumps(doc, sort_keys=True) + "\n")
     sys.stdout.flush()
@@ -421,7 +427,7 @@ def _filters(args: argparse.Namespace | None) -> tuple[list[str], list[str], lis
 
 
 def _matching(snaps: list[Snapshot], hosts: list[str], tags: list[str], paths: list[str]) -> list[Snapshot]:
-    wanted = {os.fsencode(os.path.abspath(p)).rstrip(b"/") or b"/" for p in paths}
+    wanted = {form.rstrip(b"/") or b"/" for p in paths for form in snapshot_paths(p)}
     return [
         s for s in snaps
         if (not hosts or s.host in hosts) and (not tags or set(tags) & set(s.tags))

@@ -75,10 +75,17 @@ def find(load: LoadTree, root: bytes, path: bytes) -> Node | None:
 
 
 def require(load: LoadTree, root: bytes, path: bytes, snapshot: str) -> Node:
-    node = find(load, root, path)
-    if node is None:
-        raise UsageError(f"{display_path(path)} is not in snapshot {snapshot[:8]}; see 'tuckbox ls {snapshot[:8]}'")
-    return node
+    return require_any(load, root, [path], snapshot)[1]
+
+
+def require_any(load: LoadTree, root: bytes, paths: list[bytes], snapshot: str) -> tuple[bytes, Node]:
+    """The first of ``paths`` (what one path given by a user can mean, ``text.given_forms``) that the snapshot
+    holds, and its node; an error naming the first if it holds none."""
+    for path in paths:
+        node = find(load, root, path)
+        if node is not None:
+            return path, node
+    raise UsageError(f"{display_path(paths[0])} is not in snapshot {snapshot[:8]}; see 'tuckbox ls {snapshot[:8]}'")
 
 
 def _same_file(a: Node, b: Node) -> bool:
