@@ -85,3 +85,23 @@ def test_a_value_starting_with_minus_and_a_digit_is_checked_as_a_value(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "expected one argument" not in err
+
+
+def test_options_may_come_between_a_command_s_words() -> None:
+    """'ls latest -l /home/ann' and 'backup ~/a --tag t ~/b' were refused (exit 2, "unrecognized arguments"):
+    argparse gave the optional path, or the further paths, only the words before the first option."""
+    from tuckbox.cli.main import build_parser
+
+    args = build_parser().parse_args(["ls", "latest", "-l", "/home/ann"])
+    assert (args.snapshot, args.path, args.long) == ("latest", "/home/ann", True)
+    args = build_parser().parse_args(["ls", "latest", "--host", "h", "/x", "--tag", "t"])
+    assert (args.path, args.host, args.tag) == ("/x", ["h"], ["t"])
+    args = build_parser().parse_args(["backup", "/a", "--tag", "t", "/b", "--exclude", "*.tmp", "/c"])
+    assert (args.paths, args.tag, args.exclude) == (["/a", "/b", "/c"], ["t"], ["*.tmp"])
+    args = build_parser().parse_args(["find", "--host", "h", "*.tmp", "--snapshot", "latest", "*.bak"])
+    assert args.patterns == ["*.tmp", "*.bak"]
+    args = build_parser().parse_args(["key", "add", "--comment", "c"])  # (a command with commands below it)
+    assert args.comment == "c"
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["ls", "latest", "/a", "/b"])
+    assert exit_info.value.code == 2

@@ -65,6 +65,22 @@ class _Parser(argparse.ArgumentParser):
         self._negative_number_matcher = re.compile(r"^-\.?\d")
 
     argv: list[str] = []  # the words being parsed (set by main), for the hint below
+    _intermixing = False
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        """A command's words in any order: 'ls latest -l /home/ann', 'backup ~/a --tag t ~/b' (plain argparse
+        gives an optional or a repeated positional only the words before the first option). Not for a parser
+        that has commands below it (the top level, 'key', 'repair'), whose words after the command are the
+        command's own."""
+        if self._intermixing or any(a.nargs in (argparse.PARSER, argparse.REMAINDER) for a in self._actions):
+            return super().parse_known_args(args, namespace)
+        self._intermixing, usage = True, self.usage
+        if usage is None:  # (what argparse would capture itself, but with a '%' of a metavar kept as one)
+            self.usage = self.format_usage()[len("usage: "):].rstrip("\n").replace("%", "%%")
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing, self.usage = False, usage
 
     def error(self, message: str) -> None:  # one line, exit 2
         hint = _recover_hint(self.argv) if message.startswith("argument COMMAND: invalid choice") else ""
