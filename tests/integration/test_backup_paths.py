@@ -66,6 +66,25 @@ def test_a_symlink_and_a_path_through_it_are_refused_together(tb: Tuckbox, tmp_p
     assert tb("snapshots", "--json").json() == []
 
 
+def test_a_path_through_a_symlink_inside_another_path_is_refused(tb: Tuckbox, tmp_path: Path) -> None:
+    """``backup top top/link/sub`` where top/link is a symbolic link: the walk of top stores the link as a
+    link, and top/link/sub was dropped as 'inside top' without a word: the snapshot said saved and held no
+    top/link/sub. Refused now, naming the link and the directory to give instead."""
+    top = tmp_path / "top"
+    (top / "real" / "sub").mkdir(parents=True)
+    (top / "real" / "sub" / "f").write_bytes(b"data\n")
+    (top / "link").symlink_to("real")
+    tb("init")
+    res = tb("backup", str(top), str(top / "link" / "sub"), expect=2)
+    errors = [ln for ln in res.err.splitlines() if ln.startswith("tuckbox: error:")]
+    assert len(errors) == 1 and f"{top}/link is a symbolic link" in errors[0], res.err
+    assert f"({top}/real/sub)" in errors[0], res.err
+    assert tb("snapshots", "--json").json() == []
+    tb("backup", str(top), str(top / "real" / "sub"))  # (a real directory inside another path: fine)
+    tb("backup", str(top / "link" / "sub"))  # (alone, the link on the way is stored as a directory)
+    assert tb("dump", "latest", str(top / "link" / "sub" / "f")).raw == b"data\n"
+
+
 def test_dot_dot_after_a_symlink_is_not_taken_as_text(tb: Tuckbox, tmp_path: Path) -> None:
     """``backup deep/../g`` where deep is a symlink to a/b means a/g to the system; tuckbox dropped
     'deep/..' as text and said g 'does not exist' (or, had there been one, backed up another g)."""

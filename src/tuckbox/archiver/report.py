@@ -85,10 +85,23 @@ def normalize_paths(paths: list[str | bytes]) -> list[bytes]:
         inside = next((k for k in kept if p == k or p.startswith(k.rstrip(b"/") + b"/")), None)
         if inside is None:
             kept.append(p)
-        elif p != inside and os.path.islink(inside):
-            raise UsageError(f"cannot back up {_display(p)} together with {_display(inside)}: that is a symbolic "
-                             "link, backed up as the link alone; back up the directory it points to instead")
+        elif p != inside and (link := _link_on_the_way(inside, p)) is not None:
+            what = "that is" if link == inside else f"{_display(link)} is"
+            raise UsageError(f"cannot back up {_display(p)} together with {_display(inside)}: {what} a symbolic "
+                             f"link, backed up as the link alone; back up the directory it points to "
+                             f"({_display(os.path.realpath(p))}) instead")
     return kept
+
+
+def _link_on_the_way(top: bytes, path: bytes) -> bytes | None:
+    """The first symbolic link among ``top`` and the directories from it down to ``path``'s parent: the walk
+    of ``top`` stores it as a link, so ``path`` below it would silently not be in the snapshot."""
+    here = top
+    for part in [b""] + path[len(top):].strip(b"/").split(b"/")[:-1]:
+        here = os.path.join(here, part) if part else here
+        if os.path.islink(here):
+            return here
+    return None
 
 
 def devices_of(paths: list[str | bytes]) -> set[int]:
