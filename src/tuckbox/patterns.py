@@ -9,6 +9,9 @@ against an entry's absolute path and against its name:
   at a component boundary (``/x/src/build`` but not ``/x/mysrc/build``);
 * a trailing ``/`` is ignored (``.cache/`` is ``.cache``): what a pattern
   matches includes, or leaves out, everything inside it (``/`` everything);
+* ``.`` and ``..`` components and doubled slashes are read as in a path
+  (``/srv//x/./y/../z`` is ``/srv/x/z``); the CLI makes one that starts with
+  ``./`` or ``../`` absolute from the current directory first;
 * a name is written as on disk or as ``ls`` shows it (``n\\xff`` for a byte
   that is not UTF-8, ``a\\\\b`` for a backslash: ``text.parse_display``); a
   pattern with such escapes matches what either form names.
@@ -28,7 +31,9 @@ class Patterns:
         self._names: list[bytes] = []  # matched against the name as well
         forms = (form for p in patterns or () if p for form in given_forms(p))
         for form in forms:  # (an empty pattern matches nothing; the CLI refuses it)
-            raw = form.rstrip(b"/") or b"/*"  # "/": the root, so everything inside it
+            raw = _normalized(form)
+            if not raw:
+                continue  # ("." alone: the CLI makes it the current directory)
             if b"/" not in raw:
                 self._names.append(raw)
                 self._paths.append(raw)
@@ -46,6 +51,20 @@ class Patterns:
             name = path.rpartition(b"/")[2]
         match = fnmatch.fnmatchcase
         return any(match(name, p) for p in self._names) or any(match(path, p) for p in self._paths)
+
+
+def _normalized(pattern: bytes) -> bytes:
+    """``pattern`` without doubled slashes, ``.`` components, a ``..`` and the component before it, or a
+    trailing slash; the root (``/``, ``//``) as ``/*``, everything inside it."""
+    parts: list[bytes] = []
+    for part in pattern.split(b"/"):
+        if part == b".." and parts and parts[-1] != b"..":
+            parts.pop()
+        elif part not in (b"", b".") and not (part == b".." and pattern.startswith(b"/")):
+            parts.append(part)
+    if pattern.startswith(b"/"):
+        return b"/" + b"/".join(parts) if parts else b"/*"
+    return b"/".join(parts)
 
 
 def covering(patterns: Sequence[str], path: bytes) -> str | None:

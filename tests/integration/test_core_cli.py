@@ -661,6 +661,30 @@ def test_exclude_patterns_with_a_trailing_slash_or_a_relative_path(tb, tmp_path)
     assert (got / "b" / "tmp" / "f").read_bytes() == b"b/tmp" and not (got / "b" / "keep").exists()
 
 
+def test_exclude_patterns_from_the_current_directory_or_with_dots(tb, tmp_path):
+    """'--exclude ./a' (with 'backup .'), 'src//a', 'src/b/../a' silently excluded nothing, and so did
+    'restore --include ./a/f': a pattern starting with ./ or ../ is now a path from the current directory
+    (as backup's paths are), and . / .. / // inside a pattern are read as in a path. An exclude file cannot
+    mean a current directory: such a line is refused, naming the file."""
+    src = tmp_path / "src"
+    for d in ("a", "b", "c/a"):
+        (src / d).mkdir(parents=True)
+        (src / d / "f").write_bytes(d.encode())
+    tb("init")
+    for args in (("--exclude", "./a"), ("--exclude", "../src/a/"), ("--exclude", f"{src}//a"),
+                 ("--exclude", f"{src}/b/../a"), ("--exclude", f"{src}/./a")):
+        tb("backup", ".", *args, cwd=src)
+        listed = set(tb("ls", "latest", str(src)).out.splitlines())
+        assert f"{src}/a" not in listed and {f"{src}/b/f", f"{src}/c/a/f"} <= listed, (args, listed)
+    tb("backup", str(src))
+    tb("restore", "latest", "--target", str(tmp_path / "r"), "--include", "./c/a/f", cwd=src)
+    got = restored(tmp_path / "r", src)
+    assert (got / "c" / "a" / "f").read_bytes() == b"c/a" and not (got / "a").exists() and not (got / "b").exists()
+    (tmp_path / "excludes").write_text("# comment\n./a\n")
+    res = tb("backup", str(src), "--exclude-file", str(tmp_path / "excludes"), expect=2)
+    assert f"exclude file {tmp_path}/excludes has the pattern ./a" in res.err, res.err
+
+
 def test_snapshot_times_are_shown_in_the_viewers_time_zone(tb, tmp_path):
     """A snapshot records its host's time and offset; `snapshots` shows it in this machine's zone, as `ls -l`
     shows file times (it showed the recording host's wall clock, so hosts in other zones looked hours off)."""

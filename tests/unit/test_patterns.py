@@ -51,3 +51,14 @@ def test_a_name_as_ls_shows_it_matches_it():
     assert Patterns(["back\\xffslash"]).match(b"/a/back\\xffslash")  # as typed
     assert Patterns(["dos\\path"]).match(b"/a/dos\\path")  # no escape at all
     assert not Patterns(["n\\xff"]).match(b"/a/n\xfe") and not Patterns(["n\\xff"]).match(b"/a/n")
+
+
+def test_dots_and_doubled_slashes_are_read_as_in_a_path():
+    """'/srv//x', '/srv/./x', 'a/b/../x' and 'x//' matched nothing (a path never holds them): each is now the
+    pattern it spells."""
+    for pattern in ("/srv//x", "/srv/./x", "/srv/y/../x", "//srv/x/", "srv/./x", "srv//x", "a/../srv/x", "./x"):
+        p = Patterns([pattern])
+        assert p.match(b"/srv/x"), pattern
+        assert not p.match(b"/srv/y"), pattern
+    assert Patterns(["/.."]).match(b"/tmp") and Patterns(["/a/.."]).match(b"/tmp")  # (the root)
+    assert not Patterns(["."]) and not Patterns(["a/.."])  # (nothing: the CLI makes these absolute)

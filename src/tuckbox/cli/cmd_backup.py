@@ -30,7 +30,7 @@ from ..archiver.backup import DEFAULT_CHECKPOINT_INTERVAL, BackupRequest, run_ba
 from ..errors import EXIT_INTERRUPTED, EXIT_PARTIAL, UsageError
 from ..patterns import Patterns, covering
 from . import interrupt
-from .common import display, emit_json, host_name, human, json_path, lock_wait, nonempty, open_repository, opt, out, parse_duration, patterns_from_file, tag, warn
+from .common import display, emit_json, host_name, human, json_path, lock_wait, nonempty, open_repository, opt, out, parse_duration, pattern, patterns_from_file, tag, warn
 from .progress import CliProgress
 
 HELP = "back up files and directories"
@@ -39,7 +39,7 @@ HELP = "back up files and directories"
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", type=nonempty, help="files or directories to back up")
     p.add_argument("--tag", action="append", default=[], metavar="TAG", type=tag, help="add a tag to the snapshot (repeatable)")
-    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", type=nonempty,
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", type=pattern,
                    help="skip what matches PATTERN, and all inside it: a name at any depth ('*.tmp', '.cache'), "
                         "a path from the root ('/home/*/.cache') or the end of a path ('.cache/thumbnails'); "
                         "shell wildcards; repeatable")

@@ -19,13 +19,13 @@ import sys
 from ..patterns import Patterns
 from ..snapshot.walk import find_in_tree
 from ..types import BlobType
-from .common import display, human, json_path_fields, local_time, nonempty, open_repository, opt
+from .common import display, human, json_path_fields, local_time, open_repository, opt, pattern
 
 HELP = "find files by name or path in every snapshot"
 
 
 def register(p: argparse.ArgumentParser) -> None:
-    p.add_argument("patterns", nargs="+", metavar="PATTERN", type=nonempty, help="a name, a path from /, or the end of a path")
+    p.add_argument("patterns", nargs="+", metavar="PATTERN", type=pattern, help="a name, a path from /, or the end of a path")
     p.add_argument("--host", action="append", default=[], help="only snapshots of this host (repeatable)")
     p.add_argument("--snapshot", action="append", default=[], metavar="ID",
                    help="only this snapshot ('latest' or an id prefix; repeatable)")

@@ -21,7 +21,7 @@ from ..errors import PermanentError, UsageError
 from ..repository.locks import Lock
 from ..restorer.restorer import Restorer
 from .common import (
-    add_latest_filters, emit_json, human, lock_wait, named_snapshot, nonempty, open_repository, opt, out, say_waiting,
+    add_latest_filters, emit_json, human, lock_wait, named_snapshot, open_repository, opt, out, pattern, say_waiting,
 )
 from .progress import CliProgress
 
@@ -31,10 +31,10 @@ HELP = "restore a snapshot into a directory"
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("snapshot", help="snapshot id prefix or 'latest'")
     p.add_argument("-t", "--target", required=True, help="directory to restore into (created; must be new or empty)")
-    p.add_argument("--include", action="append", default=[], metavar="PATTERN", type=nonempty,
+    p.add_argument("--include", action="append", default=[], metavar="PATTERN", type=pattern,
                    help="restore only what matches PATTERN (and what is inside it): a name, a path from the root "
                         "or the end of a path, as for backup --exclude; repeatable")
-    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", type=nonempty,
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", type=pattern,
                    help="do not restore paths or names matching PATTERN; repeatable")
     p.add_argument("--numeric-owner", action="store_true", help="restore owners by number, not by name")
     add_latest_filters(p)

@@ -27,7 +27,7 @@ from ..patterns import Patterns
 from ..repository.locks import Lock
 from .cmd_prune import add_prune_options, prune, refuse_max_unused_without_prune, say
 from .common import (
-    display, emit_json, json_path, lock_wait, nonempty, open_repository, opt, patterns_from_file, say_waiting, select_snapshots,
+    display, emit_json, json_path, lock_wait, nonempty, open_repository, opt, pattern, patterns_from_file, say_waiting, select_snapshots,
 )
 
 HELP = "remove files matching --exclude from existing snapshots"
@@ -36,7 +36,7 @@ TAG = "rewritten"
 
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("snapshots", nargs="*", metavar="SNAPSHOT", help="snapshots to rewrite (default: all)")
-    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", type=nonempty,
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", type=pattern,
                    help="leave out paths or names matching PATTERN (as for backup --exclude); repeatable")
     p.add_argument("--exclude-file", action="append", default=[], metavar="FILE", type=nonempty,
                    help="read --exclude patterns from FILE, one per line (# comments)")

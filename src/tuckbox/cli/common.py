@@ -83,6 +83,16 @@ def nonempty(text: str) -> str:
     return text
 
 
+def pattern(text: str) -> str:
+    """argparse ``type`` of an --include/--exclude/find pattern: one that starts with ``./`` or ``../`` (or is
+    ``.`` or ``..``) is a path from the current directory, as the paths given to backup and ls are; made
+    absolute here (matched against absolute paths as it was, it matched nothing)."""
+    text = nonempty(text)
+    if text in (".", "..") or text.startswith(("./", "../")):
+        return os.fsdecode(os.path.abspath(os.fsencode(text)))
+    return text
+
+
 def tag(text: str) -> str:
     """argparse ``type`` of a tag: a word to list and select snapshots by, so not empty and one printable line."""
     if not text.strip() or not text.isprintable():
@@ -406,7 +416,13 @@ def patterns_from_file(file: str) -> list[str]:
             lines = f.read().splitlines()
     except OSError as e:
         raise UsageError(f"cannot read the exclude file {display(file)}: {e.strerror}") from None
-    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    patterns = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    for p in patterns:
+        if p in (".", "..") or p.startswith(("./", "../")):
+            raise UsageError(f"the exclude file {display(file)} has the pattern {display(p)}, a path from the current "
+                             "directory, which a file cannot mean: write it from / (or as a name or the end of a path, "
+                             "without ./)")
+    return patterns
 
 
 def add_latest_filters(p: argparse.ArgumentParser) -> None:
