@@ -62,3 +62,9 @@ def test_dots_and_doubled_slashes_are_read_as_in_a_path():
         assert not p.match(b"/srv/y"), pattern
     assert Patterns(["/.."]).match(b"/tmp") and Patterns(["/a/.."]).match(b"/tmp")  # (the root)
     assert not Patterns(["."]) and not Patterns(["a/.."])  # (nothing: the CLI makes these absolute)
+
+
+def test_a_wildcard_character_in_a_name_is_matched_in_brackets():
+    """As README says: 'report[1].pdf' is a character class; '[[]' is the character itself."""
+    assert Patterns(["report[[]1].pdf"]).match(b"/x/report[1].pdf") and not Patterns(["report[1].pdf"]).match(b"/x/report[1].pdf")
+    assert Patterns(["a[*]b"]).match(b"/a*b") and not Patterns(["a[*]b"]).match(b"/axb")
