@@ -3,6 +3,7 @@ that died): a command whose output only reports on what it does finishes its wor
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -57,3 +58,30 @@ def test_a_warning_to_a_standard_error_whose_reader_is_gone_does_not_stop_a_back
     assert p.wait(timeout=600) == 0
     (snap,) = tb("snapshots", "--json").json()
     assert snap["paths"] == [str(tmp_path / "link")] and snap["partial"] is False
+
+
+def test_a_report_to_a_full_disk_does_not_stop_a_backup(tb: Tuckbox, tmp_path) -> None:
+    """cron's 'tuckbox backup ... >> /var/log/tuckbox.log 2>&1' with /var full: the first line of a --json report
+    (or the first warning on standard error) failed, and the backup stopped before its snapshot, exit 1 - every
+    scheduled run, until someone noticed the log disk. The backup now finishes and saves its snapshot, then
+    exits 1 with one line saying its report is incomplete (and why)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(os.urandom(100_000))
+    (tmp_path / "link").symlink_to(src)  # (a path given that is a symlink: one warning on standard error)
+    tb("init")
+    with open("/dev/full", "wb") as full:
+        p = subprocess.run([sys.executable, "-m", "tuckbox.cli.main", "backup", "--json", str(src)], env=tb.env,
+                           stdin=subprocess.DEVNULL, stdout=full, stderr=subprocess.PIPE, timeout=600)
+        lines = p.stderr.decode().splitlines()
+        assert p.returncode == 1 and len(lines) == 1, p.stderr
+        assert "backup finished" in lines[0] and "standard output: No space left on device" in lines[0]
+        assert [s["paths"] for s in tb("snapshots", "--json").json()] == [[str(src)]]
+        p = subprocess.run([sys.executable, "-m", "tuckbox.cli.main", "backup", "--json", str(tmp_path / "link")],
+                           env=tb.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=full, timeout=600)
+    assert p.returncode == 1
+    *_, summary, error = [json.loads(line) for line in p.stdout.splitlines()]
+    assert summary["type"] == "summary" and error["type"] == "error" and error["exit_code"] == 1
+    assert "standard error: No space left on device" in error["message"]
+    assert [s["paths"] for s in tb("snapshots", "--json").json()] == [[str(src)], [str(tmp_path / "link")]]
+    tb("check")

@@ -18,7 +18,7 @@ from importlib import import_module
 from typing import Any
 
 from .. import __version__
-from ..errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, TuckboxError
+from ..errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_USAGE, TuckboxError
 from ..redact import redact_debug
 from . import interrupt
 from .common import add_global_options, display, report_problems
@@ -172,10 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     # started with standard output closed: a command that only reports on what it did runs (its report is
     # dropped); one whose output is its purpose stops at its first write with a one-line error
     optional = args.output_optional is not None and args.output_optional(args)
-    sys.stdout = Guarded(real_stdout, closed=stdout_closed and not optional, optional=optional)  # type: ignore[assignment]
-    sys.stderr = Diagnostics(real_stderr)  # type: ignore[assignment]
+    stdout = Guarded(real_stdout, closed=stdout_closed and not optional, optional=optional)
+    stderr = Diagnostics(real_stderr)
+    sys.stdout, sys.stderr = stdout, stderr  # type: ignore[assignment]
     try:
         code = _run(args)
+        code = _lost_output(args, code, stdout.lost, stderr.lost)
     finally:
         sys.stdout, sys.stderr = real_stdout, real_stderr
     if code == EXIT_INTERRUPTED and argv is None:  # (the real command, not a test calling main in-process)
@@ -235,6 +237,21 @@ def _run(args: argparse.Namespace) -> int:
         report_problems()
         _json_error(args, message, code)
     return int(code or 0)
+
+
+def _lost_output(args: argparse.Namespace, code: int, stdout: OSError | None, stderr: OSError | None) -> int:
+    """A report or warning that could not be written (``>> log`` on a full disk) did not stop the command; it
+    finished its work, and says now (where it still can) that its output is incomplete: exit 1, not 0 or 3."""
+    if stdout is None and stderr is None or code not in (0, EXIT_PARTIAL):
+        return code
+    which, e = ("standard output", stdout) if stdout is not None else ("standard error", stderr)
+    assert e is not None
+    message = (f"{args.command} finished, but its messages could not all be written to {which}: "
+               f"{e.strerror or e}; check where it goes (a full disk, a closed file)")
+    print(f"tuckbox: error: {message}", file=sys.stderr)
+    sys.stderr.flush()
+    _json_error(args, message, EXIT_FATAL)
+    return EXIT_FATAL
 
 
 _JSON_LINES = ("backup", "restore")  # commands whose --json output is a stream of lines, each with a "type"

@@ -8,7 +8,11 @@ such a failure into a ``TuckboxError`` naming standard output. A closed pipe
 unchanged, and the CLI exits quietly — except under a command that only reports
 on what it did (backup, restore, prune, ...): its reader going away
 (``backup --json | head -1``, a log pipe that died) does not stop it half-way;
-the rest of its report is dropped.
+the rest of its report is dropped. Neither does a report that cannot be written
+(``backup >> log`` on a full disk, an I/O error): the command finishes its work,
+then exits 1 saying its report is incomplete (``lost_output``) — a full log disk
+must not stop every scheduled backup. Standard error is treated the same way for
+every command: a warning that cannot be written never stops the work.
 
 Started with standard output closed (``>&-``), a command whose output is its
 purpose (ls, dump, snapshots, ...) stops with the same one-line error at its
@@ -41,11 +45,18 @@ class Guarded:
     ``optional``: the output only reports on what the command does, and a closed pipe drops the rest of it
     (descriptor 1 goes to /dev/null) instead of raising ``BrokenPipeError`` into the command."""
 
-    def __init__(self, stream: Any, closed: bool = False, optional: bool = False, wrote: list[bool] | None = None) -> None:
+    def __init__(self, stream: Any, closed: bool = False, optional: bool = False, wrote: list[bool] | None = None,
+                 lost: list[OSError] | None = None) -> None:
         self._stream = stream
         self._closed = closed
         self._optional = optional
         self._wrote = [False] if wrote is None else wrote  # (shared with ``buffer``)
+        self._lost = [] if lost is None else lost  # (shared with ``buffer``): why an optional report was cut
+
+    @property
+    def lost(self) -> OSError | None:
+        """The error that cut an optional report short (the rest of it was dropped), if any."""
+        return self._lost[0] if self._lost else None
 
     @property
     def wrote(self) -> bool:
@@ -64,7 +75,10 @@ class Guarded:
             discard_pending(self._stream)
             return len(data)
         except OSError as e:
-            raise _failed(e) from None
+            if not self._optional:
+                raise _failed(e) from None
+            self._drop(e)
+            return len(data)
 
     def flush(self) -> None:
         try:
@@ -75,11 +89,24 @@ class Guarded:
             discard_pending(self._stream)
             self._stream.flush()  # (what was buffered goes to /dev/null now)
         except OSError as e:
-            raise _failed(e) from None
+            if not self._optional:
+                raise _failed(e) from None
+            self._drop(e)
+
+    def _drop(self, e: OSError) -> None:
+        """An optional report cannot be written (a full disk, an I/O error): note why, send the rest of it
+        (and what is buffered) to /dev/null, and let the command finish its work."""
+        if not self._lost:
+            self._lost.append(e)
+        discard_pending(self._stream)
+        try:
+            self._stream.flush()
+        except OSError:
+            pass  # (a stream that is not a real file keeps its error: nothing more can be done)
 
     @property
     def buffer(self) -> "Guarded":
-        return Guarded(self._stream.buffer, self._closed, self._optional, self._wrote)
+        return Guarded(self._stream.buffer, self._closed, self._optional, self._wrote, self._lost)
 
     def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding, ...
         return getattr(self._stream, name)
@@ -87,16 +114,21 @@ class Guarded:
 
 class Diagnostics:
     """Standard error: when its reader goes away (``2>&1 | head``, a log pipe that died) the rest of the messages
-    are dropped (descriptor 2 goes to /dev/null); a warning printed then must not stop a backup half-way."""
+    are dropped (descriptor 2 goes to /dev/null); a warning printed then must not stop a backup half-way. Nor
+    must one that cannot be written (``2>> log`` on a full disk): the rest is dropped and ``lost`` says why."""
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
+        self.lost: OSError | None = None
 
     def write(self, data: Any) -> Any:
         try:
             return self._stream.write(data)
         except BrokenPipeError:
             discard_pending(self._stream)
+            return len(data)
+        except OSError as e:
+            self._drop(e)
             return len(data)
 
     def flush(self) -> None:
@@ -105,6 +137,17 @@ class Diagnostics:
         except BrokenPipeError:
             discard_pending(self._stream)
             self._stream.flush()
+        except OSError as e:
+            self._drop(e)
+
+    def _drop(self, e: OSError) -> None:
+        if self.lost is None:
+            self.lost = e
+        discard_pending(self._stream)
+        try:
+            self._stream.flush()
+        except OSError:
+            pass
 
     def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding, ...
         return getattr(self._stream, name)
