@@ -133,7 +133,10 @@ def test_a_repository_another_user_cannot_read_is_named_plainly(shared_tmp):
     (shared_tmp / "cache").chmod(0o777)
     res = run_as(NO_SUCH_UID, tb.env, shared_tmp, "snapshots")
     assert res.returncode == 1
-    assert res.stderr.strip().splitlines()[-1] == f"tuckbox: error: cannot access config in {tb.repo}: Permission denied"
+    assert res.stderr.strip().splitlines()[-1] == (
+        f"tuckbox: error: cannot access config in {tb.repo}: Permission denied: it belongs to root, and tuckbox runs "
+        f"as uid {NO_SUCH_UID}; run every command on this repository as one user, or give it back to uid "
+        f"{NO_SUCH_UID}: chown -R {NO_SUCH_UID} {tb.repo} (as root)")
 
 
 def test_a_cache_that_can_be_read_but_not_written(shared_tmp):

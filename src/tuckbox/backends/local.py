@@ -84,6 +84,38 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _owner_hint(filename: object, root: str) -> str:
+    """Why access was refused, when it is another user's: a repository written by commands run as different
+    users (root's timer and a user's manual run) ends up with objects and directories only one of them can
+    read or write. The file named, else its directory, owned by someone else: say whose, and what to do."""
+    if not isinstance(filename, (str, bytes)):
+        return ""
+    me = os.geteuid()
+    for path, which in ((filename, "it"), (os.path.dirname(filename), "its directory")):
+        try:
+            owner = os.stat(path).st_uid
+        except OSError:
+            continue
+        if owner == me:
+            return ""
+        fix = "run every command on this repository as one user"
+        if owner == 0:  # (root can use a repository that another user owns)
+            name = _user_name(me)
+            chown = f"chown -R {me if name.startswith('uid ') else name} {display_path(root)}"
+            fix += f", or give it back to {name}: {chown} (as root)"
+        return f": {which} belongs to {_user_name(owner)}, and tuckbox runs as {_user_name(me)}; {fix}"
+    return ""
+
+
+def _user_name(uid: int) -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, ImportError):
+        return f"uid {uid}"
+
+
 class LocalBackend:
     checks_whole_loads = True  # a whole load reads the file to its end (objects appear whole: renamed into place)
 
@@ -201,6 +233,14 @@ class LocalBackend:
             return ObjectNotFound(f"{what} not found in repository {self.location}")
         if e.errno == errno.ENOSPC:
             return NoSpace(f"no space left on the device holding {self.location}; free some space and run again")
+        if e.errno == errno.EDQUOT:
+            return NoSpace(f"disk quota exceeded on the device holding {self.location}; free some space or raise "
+                           "the quota, and run again")
+        if e.errno == errno.EROFS:
+            return PermanentError(f"cannot write {what} in {self.location}: the file system holding it is mounted "
+                                  "read-only; remount it read-write (snapshots, ls, restore and check work as it is)")
+        if e.errno in (errno.EACCES, errno.EPERM):
+            return PermanentError(f"cannot access {what} in {self.location}: {e.strerror}{_owner_hint(e.filename, self.root)}")
         if e.errno in _PERMANENT:
             return PermanentError(f"cannot access {what} in {self.location}: {e.strerror}")
         return TransientError(f"I/O error on {what} in {self.location}: {e.strerror}")
