@@ -273,3 +273,30 @@ def test_two_waiters_whose_attempts_meet_do_not_keep_refusing_each_other(monkeyp
         for t in threads:
             t.join()
         assert got == [True, True]
+
+
+def test_a_live_tuckbox_of_this_host_holds_its_lock_whatever_the_clock_says() -> None:
+    """This machine's clock jumped ahead (a bad RTC set right by NTP after the boot-time backup began) since a
+    running backup last refreshed its lock: a prune here took the lock for stale by its time and ran beside
+    the backup, which then saved a snapshot naming blobs the prune had removed. A process of this host that
+    runs tuckbox holds its lock; a dead one's lock is stale at once; a pid another program took over after
+    the holder died (a reboot) goes by the lock's time, as before."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    host, old = socket.gethostname(), time.time() - 2 * locks.STALE_AFTER
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "tuckbox", "backup"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert not locks.LockInfo("a", host, holder.pid, "root", old, False, "backup").is_stale()
+        assert locks.LockInfo("b", host, other.pid, "root", old, False, "backup").is_stale()
+        assert not locks.LockInfo("c", host, other.pid, "root", time.time(), False, "backup").is_stale()
+        # another machine's lock goes by its time alone
+        assert locks.LockInfo("d", host + "-elsewhere", holder.pid, "root", old, False).is_stale()
+    finally:
+        for p in (holder, other):
+            p.kill()
+            p.wait()
+    assert locks.LockInfo("a", host, holder.pid, "root", time.time(), False, "backup").is_stale()
