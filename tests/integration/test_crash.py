@@ -341,3 +341,32 @@ def test_prune_keeps_the_packs_a_killed_backup_resumes_from(tmp_path):
 
 def _blob_ids(insp: PackInspector, packs: dict[str, int]) -> set[bytes]:
     return {e.id for name, size in packs.items() for e in insp.blobs(name, size) if e.type is BlobType.DATA}
+
+
+def test_a_backup_killed_before_a_reboot_resumes_when_its_pid_is_another_program_s(tmp_path):
+    """Power cut mid-backup, reboot: the killed run's pid (named in its pack journal) soon belongs to another
+    program - a kernel thread, a daemon. The journal was taken for a running backup's and left alone for as
+    long as that program lived: the packs it names were uploaded again (and the next prune removed them)."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    make_tree(src, 22, big=3, big_size=(2 * MiB, 3 * MiB), dirs=2, files_per_dir=10)
+    cli = Cli(tmp_path, local_storage(tmp_path / "repo"))
+    cli(*INIT)
+    res = cli("backup", str(src), env={"TUCKBOX_TEST_FAULTS": "crash_after_data=3"}, expect=None)
+    assert res.code == -9, res.err
+    (journal,) = [p for d in cli.cache.glob("*/state/journal") for p in d.iterdir()]
+    resumable = journaled(cli.cache)
+    assert resumable
+    time.sleep(1.5)  # (the other program starts after the journal's last record, as after a reboot)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        journal.rename(journal.with_name(f"{journal.name.rsplit('-', 1)[0]}-{other.pid}"))
+        done = cli("--json", "backup", str(src)).summary()
+    finally:
+        other.kill()
+        other.wait()
+    assert done["packs_adopted"] == len(resumable), done
+    assert not [p for d in cli.cache.glob("*/state/journal") for p in d.iterdir()]
+    cli("check", "--read-data")

@@ -96,14 +96,15 @@ class LockInfo:
             # its process runs here: a tuckbox is the holder, whatever its lock's time says (this machine's
             # clock jumped ahead since its last refresh: a bad RTC set right by NTP after boot); another
             # program took over the pid of a holder that died (after a reboot): its time decides
-            if _runs_tuckbox(self.pid):
+            if runs_tuckbox(self.pid):
                 return False
         return now - self.time > STALE_AFTER
 
 
-def _runs_tuckbox(pid: int) -> bool:
+def runs_tuckbox(pid: int) -> bool:
     """Whether process ``pid`` of this machine runs tuckbox (its command line names it); False where that
-    cannot be read (no /proc)."""
+    cannot be read (no /proc). A pid alone does not say a holder lives: after a reboot (a power cut, the OOM
+    killer's victim) its number is soon another program's, a kernel thread's or a daemon's."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return b"tuckbox" in f.read()
