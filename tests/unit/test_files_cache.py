@@ -123,6 +123,43 @@ def test_killed_run_stream_is_adopted(tmp_path):
     assert set(hits) == set(walk_order(paths)[:2])
 
 
+def test_killed_run_stream_is_adopted_when_its_pid_is_another_program_s_after_a_reboot(tmp_path):
+    """Power cut, reboot: the killed run's pid (in its stream's name) is soon a kernel thread's or a daemon's.
+    The stream was taken for a running backup's, never adopted (every file it had finished read again) and
+    left in the cache for as long as that program lived. A program started after the stream's last write
+    is not its writer; a tuckbox that is one (started before) keeps it."""
+    import subprocess
+    import sys
+
+    root, state = tmp_path / "src", tmp_path / "state"
+    paths = make(root, ["a", "b", "c", "d"])
+    cache = FilesCache(state, [os.fsencode(root)])
+    for p in walk_order(paths)[:2]:
+        st = os.lstat(p)
+        assert cache.lookup(p, st) is None
+        cache.remember(p, st, {"n": os.path.basename(p), "t": "file", "s": st.st_size}, time.time_ns() + 10**10)
+    cache.flush()
+    new = next(f for f in state.iterdir() if ".new-" in f.name)
+    written = new.stat().st_mtime
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "tuckbox", "backup"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        os.utime(new, (written - 5, written - 5))  # (the other program started after its last write)
+        mine = new.rename(new.with_name(new.name.rsplit("-", 1)[0] + f"-{writer.pid}"))
+        hits, _ = run(state, root, paths, complete=False)
+        assert hits == [] and mine.exists()  # a running tuckbox's stream is left alone
+        theirs = mine.rename(mine.with_name(mine.name.rsplit("-", 1)[0] + f"-{other.pid}"))
+        os.utime(theirs, (written - 5, written - 5))
+        (state / (theirs.name.split(".new-")[0] + ".partial")).unlink(missing_ok=True)
+        hits, misses = run(state, root, paths)
+    finally:
+        for p in (writer, other):
+            p.kill()
+            p.wait()
+    assert set(hits) == set(walk_order(paths)[:2])
+    assert not any(".new-" in f.name for f in state.iterdir())
+
+
 def test_records_hold_the_encoded_node_its_chunks_and_atime(tmp_path):
     import msgpack
 

@@ -40,6 +40,7 @@ from typing import Any, BinaryIO
 import blake3
 import msgpack
 
+from ..procs import still_writing
 from ..repository.cache import make_state_dir
 
 RACY_NS = 1_000_000_000
@@ -505,16 +506,14 @@ class FilesCache:
 
 
 def _dead(path: Path) -> bool:
+    """Whether the run that wrote ``<stream>.new-<pid>`` is gone (``procs``: after a power cut and a reboot its
+    pid is soon another program's; taken for the writer, the stream was never adopted, and the next runs read
+    again every file the killed one had finished)."""
     try:
         pid = int(path.name.rsplit("-", 1)[1])
+        written = path.stat().st_mtime
     except (IndexError, ValueError):
         return True
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    except OSError:
+        return False  # (gone already: another run adopted it)
+    return not still_writing(pid, written)

@@ -23,10 +23,10 @@ from typing import Iterator
 import msgpack
 
 from ..pack.format import BlobEntry
+from ..procs import still_writing
 from ..types import BlobType
 from .cache import make_state_dir
 from .index import PackRecord
-from .locks import runs_tuckbox
 
 
 def encode_record(p: PackRecord) -> bytes:
@@ -99,40 +99,15 @@ class PackJournal:
 
 
 def _running(path: Path) -> bool:
-    """Whether the process that named the journal ``<run>-<pid>`` is alive: a process of that pid that runs
-    tuckbox, or one that started before the journal's last record. After a power cut and a reboot the pid
-    is soon another program's (a kernel thread's, a daemon's): taken for the writer, its journal was never
-    adopted, the packs it names were uploaded again and the next prune removed them."""
+    """Whether the process that named the journal ``<run>-<pid>`` is still writing it (``procs``: after a power
+    cut and a reboot the pid is soon another program's; taken for the writer, the journal was never adopted,
+    the packs it names were uploaded again and the next prune removed them)."""
     try:
         pid = int(path.name.rsplit("-", 1)[1])
-    except (IndexError, ValueError):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    if runs_tuckbox(pid):
-        return True
-    started = _started(pid)
-    try:
         written = path.stat().st_mtime
-    except OSError:
+    except (IndexError, ValueError, OSError):
         return False
-    return started is None or started <= written + 1.0
-
-
-def _started(pid: int) -> float | None:
-    """When process ``pid`` started (seconds since the epoch), from /proc; None where that cannot be read."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()  # (after the command name, which may hold anything)
-        with open("/proc/stat", "rb") as f:
-            boot = next(float(line.split()[1]) for line in f if line.startswith(b"btime "))
-        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # (field 22: start time, in ticks since boot)
-    except (OSError, ValueError, IndexError, StopIteration):
-        return None
+    return still_writing(pid, written)
 
 
 def read_journal(path: Path) -> Iterator[PackRecord]:

@@ -30,6 +30,7 @@ from typing import Callable
 
 from ..crypto.aead import open_sealed, seal
 from ..errors import IntegrityError, Interrupted, LockLost, ObjectNotFound, RepositoryLocked
+from ..procs import alive, runs_tuckbox
 from ..types import Backend, ObjectType
 
 LOCK_AD = b"tuckbox lock v1"
@@ -87,29 +88,14 @@ class LockInfo:
     def is_stale(self, now: float | None = None) -> bool:
         now = time.time() if now is None else now
         if self.host == socket.gethostname():
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
+            if not alive(self.pid):
                 return True
-            except PermissionError:
-                pass
             # its process runs here: a tuckbox is the holder, whatever its lock's time says (this machine's
             # clock jumped ahead since its last refresh: a bad RTC set right by NTP after boot); another
             # program took over the pid of a holder that died (after a reboot): its time decides
             if runs_tuckbox(self.pid):
                 return False
         return now - self.time > STALE_AFTER
-
-
-def runs_tuckbox(pid: int) -> bool:
-    """Whether process ``pid`` of this machine runs tuckbox (its command line names it); False where that
-    cannot be read (no /proc). A pid alone does not say a holder lives: after a reboot (a power cut, the OOM
-    killer's victim) its number is soon another program's, a kernel thread's or a daemon's."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"tuckbox" in f.read()
-    except OSError:
-        return False
 
 
 def _user() -> str:
