@@ -7,7 +7,7 @@ import sys
 
 from ..repository.keyring import own_snapshots
 from ..repository.repo import Repository, ahead_of_clock
-from .common import display, emit_json, human, json_path, local_time, open_repository, opt, print_table
+from .common import emit_json, human, json_path, local_time, open_repository, opt, print_table
 
 HELP = "list snapshots"
 
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
             local_time(s.time),
             s.host,
             ",".join(s.tags),
-            ", ".join(display(p) for p in s.paths),
+            b", ".join(s.paths),  # (print_table shows every cell as a path: displayed once, not twice)
             human(s.summary.get("bytes_total", 0)),
         ))
     print_table(rows)

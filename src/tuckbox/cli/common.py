@@ -63,7 +63,7 @@ def human(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def print_table(rows: list[tuple[str, ...]]) -> None:
+def print_table(rows: list[tuple[str | bytes, ...]]) -> None:
     """Rows of text in left-aligned columns, the first row a heading underlined with dashes. Every cell is shown
     as paths are (``display``): what a snapshot or key records (a host name, a tag, a comment, written maybe
     by an untrusted host with a write-only key) cannot move the cursor, retitle the terminal or add a row."""
