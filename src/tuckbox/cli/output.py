@@ -22,6 +22,7 @@ runs and its report is dropped (see ``standard_streams``).
 
 from __future__ import annotations
 
+import codecs
 import os
 import sys
 from typing import Any
@@ -166,6 +167,29 @@ def discard_pending(stream: Any) -> None:
         pass  # not a real file (a test's capture): nothing is flushed to a descriptor at exit
 
 
+def _escape_unencodable(e: UnicodeError) -> tuple[str, int]:
+    """A character the output's encoding lacks (an ASCII or Latin-1 locale: ``LANG=de_DE.ISO-8859-1``,
+    ``PYTHONIOENCODING=ascii``) is written as ``\\u00ef`` (``\\U0001f600`` above the BMP) - never as
+    ``\\xef``, which in tuckbox's output means a byte that is not UTF-8 - instead of ending the command
+    in an internal error at the first such name."""
+    if not isinstance(e, UnicodeEncodeError):
+        raise e
+    text = e.object[e.start : e.end]
+    return "".join(f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}" for c in text), e.end
+
+
+codecs.register_error("tuckbox-escape", _escape_unencodable)
+
+
+def _escape_what_the_locale_cannot_show() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if codecs.lookup(stream.encoding).name != "utf-8":
+                stream.reconfigure(errors="tuckbox-escape")
+        except (AttributeError, LookupError, TypeError, ValueError):
+            pass  # (not a text file of the interpreter's: a test's capture)
+
+
 def standard_streams() -> bool:
     """Open /dev/null on whichever of descriptors 0, 1 and 2 is closed, and give Python streams for them.
 
@@ -187,4 +211,5 @@ def standard_streams() -> bool:
         sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - lives as long as the process
     if sys.stderr is None:  # (print(file=None) would write to standard output)
         sys.stderr = open(2, "w", errors="backslashreplace", closefd=False)  # noqa: SIM115
+    _escape_what_the_locale_cannot_show()
     return 1 in closed
