@@ -156,6 +156,68 @@ def test_transient_errors_bounded_by_attempts():
         assert cap / 2 <= wait <= cap
 
 
+class _Flaky(_Counting):
+    """Fails with TransientError while ``down``; otherwise succeeds."""
+
+    def __init__(self) -> None:
+        super().__init__(TransientError("connection refused"))
+        self.down = True
+
+    def _fail(self, *a, **k):
+        self.calls += 1
+        if self.down:
+            raise self.exc
+        return ObjectInfo(ObjectType.PACK, _name(0), 1)
+
+    save = load = stat = remove = exists = create = _fail
+
+
+def test_once_a_call_gave_up_the_others_stop_retrying():
+    """A server gone for good: every call under way (a backup's four uploads, then its lock's removal) had its
+    own minute of retries, one after the other, so the command stopped minutes after the documented minute.
+    Once one call gives up, the others' next failure is final; a success (the server is back) ends that."""
+    inner = _Flaky()
+    b = RetryBackend(inner, attempts=4, seed=3, sleep=lambda _s: None)
+    with pytest.raises(TransientError):
+        b.save(ObjectType.PACK, _name(1), b"x")
+    assert inner.calls == 4
+    with pytest.raises(TransientError):
+        b.remove(ObjectType.LOCK, _name(2))
+    with pytest.raises(TransientError):
+        list(b.list(ObjectType.PACK))
+    assert inner.calls == 6  # one attempt each
+    inner.down = False
+    b.stat(ObjectType.PACK, _name(3))  # the storage is back ...
+    inner.down, inner.calls = True, 0
+    with pytest.raises(TransientError):
+        b.stat(ObjectType.PACK, _name(3))
+    assert inner.calls == 4  # ... so a new outage is retried in full again
+
+
+def test_a_call_pausing_between_attempts_stops_when_another_gives_up():
+    inner = _Counting(TransientError("connection refused"))
+    b = RetryBackend(inner, attempts=5, base_delay=60.0, max_delay=60.0, seed=3)  # pauses of 30-60 s
+    failed: list[BaseException] = []
+
+    def waiting() -> None:
+        try:
+            b.stat(ObjectType.PACK, _name(1))
+        except BaseException as e:  # noqa: BLE001
+            failed.append(e)
+
+    t = threading.Thread(target=waiting)
+    t.start()
+    while inner.calls < 1:
+        time.sleep(0.01)
+    b.attempts = 1  # the next call gives up at its first failure
+    with pytest.raises(TransientError):
+        b.load(ObjectType.PACK, _name(2))
+    t.join(timeout=20)  # (it would otherwise pause at least 30 s more)
+    assert not t.is_alive()
+    assert len(failed) == 1 and isinstance(failed[0], TransientError)
+    assert inner.calls == 3  # its first attempt, the other call's, and one more of its own
+
+
 def test_retries_are_told_once_per_interval_never_for_permanent_errors():
     """A user waiting on retries hears about it (the CLI prints a note), but not once per attempt."""
     notes: list[str] = []
@@ -165,8 +227,8 @@ def test_retries_are_told_once_per_interval_never_for_permanent_errors():
         b.save(ObjectType.PACK, _name(1), b"x")
     with pytest.raises(TransientError):
         b.stat(ObjectType.PACK, _name(2))
-    assert inner.calls == 8 and b.retries == 6
-    assert len(notes) == 1  # six retries, one note within the interval
+    assert inner.calls == 5 and b.retries == 3  # the stat after the save gave up: one attempt (next test)
+    assert len(notes) == 1  # three retries, one note within the interval
     assert "connection reset by the server" in notes[0] and "counting:" in notes[0] and "retrying" in notes[0]
     b2 = RetryBackend(inner, attempts=3, seed=3, sleep=lambda _s: None, notify=notes.append, notify_every=0)
     with pytest.raises(TransientError):

@@ -31,6 +31,7 @@ from tuckbox.testing.crash import (
     Cli,
     local_storage,
     make_tree,
+    journaled,
     restored,
     s3_storage,
     sftp_storage,
@@ -331,6 +332,46 @@ def test_real_dropped_connections(kind, tmp_path):
         cli("restore", "latest", "--target", str(tmp_path / "r"), env=quick_retries)
         assert compare_trees(src, restored(tmp_path / "r", src)) == []
         assert proxy.drops >= 2, f"only {proxy.drops} connection(s) were dropped"
+    finally:
+        proxy.close()
+        direct.cleanup()
+
+
+@pytest.mark.parametrize("kind", ["sftp", "s3"])
+def test_server_gone_for_good_mid_backup(kind, tmp_path):
+    """The server goes away in the middle of a backup and stays away (the proxy in front of the real server
+    stops: every connection cut, new ones refused). The backup gives up after one round of retries, not one
+    for every upload under way and then another for its lock: one line, exit 1, no traceback. Once the
+    server is back the same backup resumes without storing the packs already stored again."""
+    direct = sftp_storage(server_env("sshd"), _name()) if kind == "sftp" else s3_storage(server_env("seaweedfs"), _name())
+    u = urlsplit(direct.url if kind == "sftp" else direct.options["s3.endpoint"])
+    proxy = DroppingProxy(u.hostname, u.port, seed=1, mean_bytes=1 << 40)  # drops nothing until closed
+    try:
+        src = tmp_path / "src"
+        total = make_tree(src, 18, big=2, big_size=(2 * MiB, 3 * MiB), dirs=2, files_per_dir=10)
+        cli = Cli(tmp_path, through_proxy(direct, proxy, tmp_path))
+        cli(*INIT)
+        quick = {"TUCKBOX_TEST_FAULTS": "retry_delay=0.02", "TUCKBOX_DEBUG": "1"}
+        running = cli.start("--limit-upload", "2MiB", "--json", "backup", str(src), env=quick)
+        wait_for(lambda: len(journaled(cli.cache)) >= 2 or running.proc.poll() is not None, 120, "two stored packs")
+        proxy.close()
+        assert running.proc.wait(300) == 1
+        err = running.err_path.read_text()  # (with botocore's debug log, which logs tracebacks it handled)
+        errors = [ln for ln in err.splitlines() if ln.startswith("tuckbox: error: ")]
+        assert len(errors) == 1 and "127.0.0.1" in errors[0] and "internal error" not in errors[0], err[-3000:]
+        assert json.loads(running.out_path.read_text().splitlines()[-1])["exit_code"] == 1
+        # one operation used up its retries; every other one (the uploads under way, the lock's removal)
+        # gave up at its next failure instead of retrying as long again
+        full_rounds = [ln for ln in err.splitlines() if "giving up on" in ln and " attempts: " in ln]
+        assert len(full_rounds) == 1, "\n".join(full_rounds)
+        stored = journaled(cli.cache)
+        back = Cli(tmp_path, direct, cache=cli.cache, name="direct")
+        resumed = back("--json", "backup", str(src)).summary()
+        assert resumed["packs_adopted"] >= len(stored) >= 2  # what was stored is used ...
+        assert resumed["bytes_new_raw"] < total  # ... not uploaded again
+        assert back("check", "--read-data", "--json").json()["ok"]
+        back("restore", "latest", "--target", str(tmp_path / "r"))
+        assert compare_trees(src, restored(tmp_path / "r", src)) == []
     finally:
         proxy.close()
         direct.cleanup()

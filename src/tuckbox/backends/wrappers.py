@@ -129,6 +129,13 @@ class RetryBackend(_Wrapper):
     name, or has none (config, locks) on storage that does not itself check
     that a whole load got every byte (``checks_whole_loads``: local, SFTP, S3),
     which saves a round trip for each.
+
+    Once one call has given up (the storage failed for as long as the retries last, about a minute), the
+    others stop retrying too: each one's next failure is final, and a call pausing between attempts tries
+    once more at once. The calls under way when a server goes away each began their own minute of retries,
+    and an upload that started after one of them gave up would have begun another, so a command whose
+    storage is gone would stop only minutes later. A success clears this (the storage is back). Kept in
+    memory shared with forked processes (a backup's pack process, a restore's workers), like the notes.
     """
 
     def __init__(
@@ -156,6 +163,7 @@ class RetryBackend(_Wrapper):
         # not one from each of them at once
         self._noted_at = mmap.mmap(-1, 8)
         self._noted_at[:] = _NEVER
+        self._gave_up = mmap.mmap(-1, 1)  # 1: a call gave up after all its retries, and nothing succeeded since
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.max_elapsed = max_elapsed
@@ -177,21 +185,43 @@ class RetryBackend(_Wrapper):
         while True:
             _check_cancel(what, self.location)
             try:
-                return fn(attempt)
+                result = fn(attempt)
             except TransientError as e:
                 delay = self._delay(attempt)
+                if self._gave_up[0]:
+                    log.warning("giving up on %s in %s: the storage already failed all the retries of another "
+                                "operation: %s", what, self.location, e)
+                    raise
                 if attempt >= self.attempts or time.monotonic() - start + delay > self.max_elapsed:
                     log.warning("giving up on %s in %s after %d attempts: %s", what, self.location, attempt, e)
+                    self._gave_up[0] = 1
                     raise
                 log.info("retrying %s in %s in %.1fs (attempt %d): %s", what, self.location, delay, attempt + 1, e)
                 self._note(what, e)
                 with self._rng_lock:
                     self.retries += 1
-                if cancel is None:
-                    self._sleep(delay)
-                elif cancel.wait(delay):
-                    _check_cancel(what, self.location)
+                self._pause(delay, cancel)
+                _check_cancel(what, self.location)
                 attempt += 1
+            else:
+                if self._gave_up[0]:
+                    self._gave_up[0] = 0
+                return result
+
+    def _pause(self, delay: float, cancel: threading.Event | None) -> None:
+        """Wait ``delay`` seconds before the next attempt; less once another call gives up or the run stops."""
+        if self._sleep is not time.sleep:  # (a test's clock: one call, as asked)
+            self._sleep(delay)
+            return
+        end = time.monotonic() + delay
+        while not self._gave_up[0]:
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            if cancel is None:
+                time.sleep(min(left, _SLICE * 5))
+            elif cancel.wait(min(left, _SLICE * 5)):
+                return
 
     def _note(self, what: str, err: TransientError) -> None:
         if self._notify is None:
@@ -255,17 +285,22 @@ class RetryBackend(_Wrapper):
                         seen.add(info.name)
                         progress = True
                         yield info
+                if self._gave_up[0]:
+                    self._gave_up[0] = 0
                 return
             except TransientError as e:
                 if progress:
                     attempt, start, progress = 1, time.monotonic(), False  # a listing that moves is not stuck
                 delay = self._delay(attempt)
+                if self._gave_up[0]:
+                    raise
                 if attempt >= self.attempts or time.monotonic() - start + delay > self.max_elapsed:
+                    self._gave_up[0] = 1
                     raise
                 log.info("retrying the %s listing in %s in %.1fs: %s", type.value, self.location, delay, e)
                 with self._rng_lock:
                     self.retries += 1
-                self._sleep(delay)
+                self._pause(delay, None)
                 attempt += 1
 
     def remove(self, type: ObjectType, name: str) -> None:

@@ -345,7 +345,9 @@ class Packer(Ledger):
             self._upload(builder)
 
     def _dropped(self, builder: PackBuilder) -> bool:
-        return self._closing or (builder.kind is BlobType.DATA and self._stop.is_set())
+        # after a failed upload the run fails: a pack still waiting for a connection is not begun (each
+        # would try the storage that just failed again, one after the other)
+        return self._closing or self._error is not None or (builder.kind is BlobType.DATA and self._stop.is_set())
 
     def _upload(self, builder: PackBuilder) -> None:
         """Upload ``builder`` on its own thread, once one of the ``connections`` slots is free."""
