@@ -173,10 +173,14 @@ def test_connection_refused_is_transient(sshd):
     s.close()
     b = SFTPBackend("127.0.0.1", "/x", port=port, known_hosts=sshd["SFTP_KNOWN_HOSTS"], config=os.devnull)
     try:
-        with pytest.raises(TransientError):
+        with pytest.raises(TransientError) as info:
             b.exists()
     finally:
         b.close()
+    # the one line a user sees once the retries are used up: the server, the storage, and what to do
+    message = str(info.value)
+    assert f"127.0.0.1:{port}" in message and "sftp://" in message, message
+    assert "check that the server is up and reachable" in message, message
 
 
 def test_password_in_url_refused():

@@ -334,7 +334,10 @@ class SFTPBackend:
             return TransientError(f"timed out on {what} in {self.location}; the server or network is slow")
         if isinstance(e, (asyncssh.DisconnectError, ConnectionError, OSError, EOFError)):
             detail = getattr(e, "reason", None) or getattr(e, "strerror", None) or type(e).__name__
-            return TransientError(f"connection to {server} failed during {what} in {self.location}: {detail}")
+            return TransientError(
+                f"connection to {server} failed during {what} in {self.location}: {detail}; "
+                "check that the server is up and reachable, then run the command again"
+            )
         if isinstance(e, ValueError):
             return PermanentError(f"bad SSH settings for {self.location}: {e}")
         return TransientError(f"{type(e).__name__} on {what} in {self.location}")
