@@ -79,3 +79,31 @@ def test_a_rate_below_one_byte_is_refused_not_taken_as_no_limit(tb: Tuckbox) -> 
         assert len(r.err.strip().splitlines()) == 1
     assert tb("--limit-download", "0", "snapshots").code == 0  # 0: no limit
     assert tb("--limit-download", "0.5KiB", "snapshots").code == 0  # 512 B/s
+
+
+def test_a_storage_that_goes_down_is_not_reported_as_damage_pack_by_pack(tb: Tuckbox, tmp_path: Path) -> None:
+    """check --read-data with the server gone after the listing: every pack "cannot be read" was one error line
+    each (thousands for a big repository) with nothing saying that no damage was found. Now ten are named,
+    the rest counted in one line, and a note says the storage, not the data, failed; the exit is still 1."""
+    from tuckbox.maintenance.check import UNREADABLE_SHOWN
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(30):
+        (src / f"f{i}").write_bytes(os.urandom(600_000))
+    tb("init", "--pack-size", "1MiB")
+    tb("backup", str(src))
+    packs = [f for f in (Path(tb.repo) / "data").rglob("*") if f.is_file()]
+    data_packs = len(packs) - 1  # (one tree pack)
+    assert data_packs > UNREADABLE_SHOWN + 2
+    env = {"TUCKBOX_TEST_FAULTS": "down_data=1,retry_delay=0.001"}
+    res = tb("check", "--read-data", env=env, expect=1)
+    named = [ln for ln in res.err.splitlines() if ln.startswith("error: pack ") and ": cannot be read: " in ln]
+    assert len(named) == UNREADABLE_SHOWN, res.err
+    unread = tb("--json", "check", "--read-data", env=env, expect=1).json()
+    total = unread["counts"]["packs_unreadable"]
+    assert total >= data_packs
+    assert f"error: {total - UNREADABLE_SHOWN} more pack(s) cannot be read from the storage" in res.err
+    assert f"note: {total} of {len(packs)} pack(s) could not be read from the storage" in res.out
+    assert "not damage found in the data" in res.out and "damaged" not in res.err
+    assert tb("check", "--read-data").code == 0  # the storage back: nothing was damaged

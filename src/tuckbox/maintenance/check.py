@@ -29,6 +29,9 @@ from ..text import display_path as _display
 from ..types import BlobType, ObjectType
 
 
+UNREADABLE_SHOWN = 10  # packs the storage did not deliver, named one by one; the rest counted in one line
+
+
 @dataclass
 class CheckReport:
     errors: list[str] = field(default_factory=list)
@@ -194,6 +197,8 @@ class Checker:
         total = len(packs)
         stop = threading.Event()  # set when the check is stopping: reads waiting for bandwidth give up
 
+        unreadable: list[str] = []  # packs the storage did not deliver (down, cut off): not damage
+
         def check_pack(pack: PackRecord) -> list[str]:
             problems: list[str] = []
             try:
@@ -202,6 +207,9 @@ class Checker:
             except ObjectNotFound:
                 return [f"pack {pack.name}: missing"]
             except TuckboxError as e:
+                unreadable.append(pack.name)
+                if len(unreadable) > UNREADABLE_SHOWN:
+                    return []  # (counted in one line at the end)
                 return [f"pack {pack.name}: cannot be read: {e}"]
             if object_name(data) != pack.name:
                 problems.append(f"pack {pack.name}: contents do not match its name (modified or damaged)")
@@ -246,6 +254,16 @@ class Checker:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         pool.shutdown()
+        if unreadable:
+            more = len(unreadable) - UNREADABLE_SHOWN
+            if more > 0:
+                self._error(f"{more} more pack(s) cannot be read from the storage")
+            self.report.counts["packs_unreadable"] = len(unreadable)
+            self.report.notes.append(
+                f"{len(unreadable)} of {total} pack(s) could not be read from the storage (the storage or the "
+                "connection failed, which is not damage found in the data): run the check again when the storage "
+                "is reachable"
+            )
 
     def _check_trees(self, snaps: list[Snapshot]) -> None:
         seen: set[bytes] = set()

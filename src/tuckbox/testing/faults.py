@@ -17,6 +17,7 @@ it). The value is a comma-separated list of ``key=value``:
     quota_after=N   after N pack saves, every save fails with NoSpace (a storage quota)
     hang_after=N    after N saves, every call blocks for good, as on a server that stopped answering
     hang_data=1     from the first load of a pack (a restore's or check's data), every call blocks for good
+    down_data=1     from the first load of a pack, every call fails as on a server that went down (TransientError)
 
 The crash/quota wrapper sits directly on the real backend, the FaultyBackend
 above it, and the normal retry / rate-limit / connection wrappers above both,
@@ -34,7 +35,7 @@ import zlib
 from typing import Iterator
 
 from ..backends.wrappers import _Wrapper
-from ..errors import NoSpace, UsageError
+from ..errors import NoSpace, TransientError, UsageError
 from ..types import Backend, ObjectInfo, ObjectType
 
 FAULTS_ENV = "TUCKBOX_TEST_FAULTS"
@@ -56,7 +57,7 @@ def parse_faults(spec: str) -> dict[str, float]:
             raise ValueError(f"{FAULTS_ENV}: '{item}' is not key=value")
         out[key.strip()] = float(value)
     known = {"seed", "rate", "lost_ack", "truncate", "delay", "retry_delay", "crash_after", "crash_before", "quota_after",
-             "crash_after_removes", "hang_after", "hang_data"}
+             "crash_after_removes", "hang_after", "hang_data", "down_data"}
     known |= {f"crash_after_{t.value}" for t in ObjectType}
     unknown = set(out) - known
     if unknown:
@@ -85,10 +86,12 @@ class CrashBackend(_Wrapper):
         crash_after_removes: int = 0,
         hang_after: int = 0,
         hang_data: bool = False,
+        down_data: bool = False,
     ) -> None:
         super().__init__(inner)
         self.hang_after = hang_after
         self.hang_data = hang_data
+        self.down_data = down_data
         import multiprocessing
 
         self.crash_after_removes = crash_after_removes
@@ -129,7 +132,12 @@ class CrashBackend(_Wrapper):
 
     def _maybe_hang(self, saves: int | None = None) -> None:
         """Block for good (a server that accepted the connection and then went silent) once ``hang_after``
-        saves have reached the storage, or once ``hang_data`` saw a pack loaded."""
+        saves have reached the storage, or once ``hang_data`` saw a pack loaded; or fail at once (a server
+        that went down) once ``down_data`` saw a pack loaded."""
+        if self.down_data:
+            if self._counts[-1]:
+                raise TransientError(f"connection refused by {self.location} (test fault: down_data)")
+            return
         if not self.hang_after and not self.hang_data:
             return
         with self._counts.get_lock():
@@ -141,7 +149,7 @@ class CrashBackend(_Wrapper):
                 time.sleep(3600)
 
     def load(self, type: ObjectType, name: str, offset: int = 0, length: int | None = None) -> bytes:
-        if self.hang_data and type is ObjectType.PACK:
+        if (self.hang_data or self.down_data) and type is ObjectType.PACK:
             with self._counts.get_lock():
                 self._counts[-1] = 1
         self._maybe_hang()
@@ -192,7 +200,8 @@ def inject_faults(backend: Backend, spec: str, retries: bool | dict[str, float])
     b: Backend = backend
     kinds = {t: int(f[f"crash_after_{t.value}"]) for t in ObjectType if f"crash_after_{t.value}" in f}
     if kinds or any(
-        k in f for k in ("crash_after", "crash_before", "quota_after", "crash_after_removes", "hang_after", "hang_data")
+        k in f for k in ("crash_after", "crash_before", "quota_after", "crash_after_removes", "hang_after", "hang_data",
+                         "down_data")
     ):
         b = CrashBackend(
             b,
@@ -203,6 +212,7 @@ def inject_faults(backend: Backend, spec: str, retries: bool | dict[str, float])
             crash_after_removes=int(f.get("crash_after_removes", 0)),
             hang_after=int(f.get("hang_after", 0)),
             hang_data=bool(f.get("hang_data", 0)),
+            down_data=bool(f.get("down_data", 0)),
         )
     if any(f.get(k, 0) > 0 for k in ("rate", "lost_ack", "truncate", "delay")):
         faulty = FaultyBackend(
