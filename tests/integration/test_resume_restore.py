@@ -204,3 +204,20 @@ def test_full_restore_target_stops_then_resumes(backed_up, tmp_path, mounts):
     final = cli("--json", "restore", "latest", "--target", str(target)).summary()
     assert final["errors"] == [] and final["files_skipped"] > 0
     assert compare_trees(src, restored(target, src)) == []
+
+
+def test_a_storage_that_goes_down_mid_restore_stops_it_then_a_rerun_resumes(backed_up, tmp_path):
+    """The server gone mid-restore (from the 4th pack read on, every call is refused): the restore went on,
+    failing every file left with one error line each (and again in its summary); now it stops with one line
+    that says to run it again, and the rerun restores everything."""
+    cli, src, total = backed_up
+    target = tmp_path / "r"
+    env = {"TUCKBOX_TEST_FAULTS": "down_data=4,retry_delay=0.001"}
+    res = cli("restore", "latest", "--target", str(target), env=env, expect=1)
+    fatal = [ln for ln in res.err.splitlines() if ln.startswith("tuckbox: error: ")]
+    assert len(fatal) == 1 and "the storage stopped answering" in fatal[0] and "again" in fatal[0], res.err
+    per_file = [ln for ln in res.err.splitlines() if "not restored" in ln]
+    assert len(per_file) < count_files(src) // 4, res.err  # not one per file left
+    final = cli("--json", "restore", "latest", "--target", str(target)).summary()
+    assert final["errors"] == []
+    assert compare_trees(src, restored(target, src)) == []

@@ -16,7 +16,7 @@ import pytest
 
 from tuckbox.backends.memory import MemoryBackend
 from tuckbox.backends.wrappers import RateLimitBackend
-from tuckbox.errors import Cancelled
+from tuckbox.errors import Cancelled, PermanentError, TransientError
 from tuckbox.restorer.fetch import Fetcher
 from tuckbox.restorer.workers import WorkerProcesses
 from tuckbox.restorer.writer import Window
@@ -92,3 +92,42 @@ def test_an_aborted_fetch_stops_waiting_for_bandwidth():
     t.join(timeout=30)
     assert not t.is_alive(), "the load kept waiting for bandwidth after the abort"
     assert len(outcome) == 1 and isinstance(outcome[0], Cancelled), outcome
+
+
+class _Failing(MemoryBackend):
+    """Packs whose names are in ``bad`` fail every load, as after all of a load's retries."""
+
+    def __init__(self, bad: set[str]) -> None:
+        super().__init__()
+        self.bad = bad
+
+    def load(self, type: ObjectType, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        if name in self.bad:
+            raise TransientError(f"connection refused (pack {name[:4]})")
+        return super().load(type, name, offset, length)
+
+
+def test_a_storage_that_went_down_stops_the_fetches_but_one_bad_pack_does_not():
+    """Failed range loads in a row, of more than one pack, with none succeeding between: the server is
+    gone, and the restore stops with one line (a rerun resumes) instead of failing every file left one by
+    one. One pack the server cannot serve costs only the files that need it, however many ranges."""
+    names = [c * 64 for c in "abcd"]
+    backend = _Failing({names[0]})
+    for n in names:
+        backend.save(ObjectType.PACK, n, b"x" * 4096)
+    fetcher = Fetcher(backend, 1, 1 << 20)
+
+    def group(name: str, at: int = 0) -> list[Any]:
+        return [_Blob(_Pack(name), at, 100)]
+
+    for at in range(0, 1000, 100):  # one bad pack, ten ranges in a row: each an error, no stop
+        assert isinstance(fetcher.load(group(names[0], at)), TransientError)
+    assert fetcher.load(group(names[1])) == b"x" * 100
+    backend.bad = set(names)  # the server goes away
+    assert isinstance(fetcher.load(group(names[0])), TransientError)
+    assert isinstance(fetcher.load(group(names[1])), TransientError)
+    with pytest.raises(PermanentError, match="the storage stopped answering .*run the same restore again"):
+        fetcher.load(group(names[2]))
+    backend.bad = {names[0]}  # back: a success starts the count again
+    assert fetcher.load(group(names[3])) == b"x" * 100
+    assert isinstance(fetcher.load(group(names[0])), TransientError)

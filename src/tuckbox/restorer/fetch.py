@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 
 from ..backends.wrappers import cancel_scope
-from ..errors import Cancelled, PermanentError, TuckboxError
+from ..errors import Cancelled, PermanentError, TransientError, TuckboxError
 from ..types import ObjectType
 
 GAP = 1 << 20  # fetch across gaps smaller than this rather than issue another request (a local repository)
@@ -156,6 +156,9 @@ class DoneMark:
         return struct.unpack_from("q", self._buf, 0)[0]
 
 
+DOWN_AFTER = 3  # range loads in a row that failed all their retries: the storage is down, the restore stops
+
+
 class Fetcher:
     """Loads windows' ranges on a pool of ``connections`` threads (made when first needed: not before a fork).
 
@@ -164,7 +167,13 @@ class Fetcher:
     byte budget shared by all windows (so a big file is fetched over several
     connections); the first one a window needs is always allowed, so no window
     waits for another to consume its read-ahead. A range that cannot be read
-    comes back as its error (PermanentError, storage-wide, is raised).
+    comes back as its error (PermanentError, storage-wide, is raised). So does a
+    transient one (a load that failed all its retries), unless it is the
+    ``DOWN_AFTER``-th in a row, of more than one pack, with no load succeeding in
+    between: the storage is down (the server gone, the line cut; not one object it
+    cannot serve, which costs only the files that need it), and a restore that went on would fail
+    every file left, one error line each, with nothing written; it stops instead
+    (a rerun resumes), as for a full target disk.
     """
 
     def __init__(self, backend: Any, connections: int, budget: int, gap: int = GAP) -> None:
@@ -175,6 +184,7 @@ class Fetcher:
         self._free = budget
         self._lock = threading.Lock()
         self._stop = threading.Event()  # set by ``abort``
+        self._failed_in_a_row: list[str] = []  # packs of the loads that failed for good since one succeeded
 
     def abort(self) -> None:
         """The restore is stopping: loads waiting for bandwidth, a connection or a retry give up at once."""
@@ -195,11 +205,26 @@ class Fetcher:
         start, length = span(group)
         try:
             with cancel_scope(self._stop):
-                return self.backend.load(ObjectType.PACK, group[0].pack.name, start, length)
+                data = self.backend.load(ObjectType.PACK, group[0].pack.name, start, length)
         except (PermanentError, Cancelled):
             raise  # the storage itself is unusable (gone, no access), or the restore is stopping: a rerun resumes
+        except TransientError as e:
+            with self._lock:
+                failed = self._failed_in_a_row
+                failed.append(group[0].pack.name)
+                down = len(failed) >= DOWN_AFTER and len(set(failed)) > 1  # (not one pack the server cannot serve)
+            if down:
+                raise PermanentError(
+                    f"the storage stopped answering ({e}); run the same restore again when it is reachable, "
+                    "to resume"
+                ) from None
+            return e
         except TuckboxError as e:
             return e
+        if self._failed_in_a_row:
+            with self._lock:
+                self._failed_in_a_row.clear()
+        return data
 
     def charge(self, n: int) -> bool:
         with self._lock:

@@ -17,7 +17,7 @@ it). The value is a comma-separated list of ``key=value``:
     quota_after=N   after N pack saves, every save fails with NoSpace (a storage quota)
     hang_after=N    after N saves, every call blocks for good, as on a server that stopped answering
     hang_data=1     from the first load of a pack (a restore's or check's data), every call blocks for good
-    down_data=1     from the first load of a pack, every call fails as on a server that went down (TransientError)
+    down_data=N     from the N-th load of a pack on, every call fails as on a server that went down (TransientError)
 
 The crash/quota wrapper sits directly on the real backend, the FaultyBackend
 above it, and the normal retry / rate-limit / connection wrappers above both,
@@ -86,7 +86,7 @@ class CrashBackend(_Wrapper):
         crash_after_removes: int = 0,
         hang_after: int = 0,
         hang_data: bool = False,
-        down_data: bool = False,
+        down_data: int = 0,
     ) -> None:
         super().__init__(inner)
         self.hang_after = hang_after
@@ -101,7 +101,7 @@ class CrashBackend(_Wrapper):
         self.quota_after = quota_after
         # saves, packs counted against the quota, full (0/1), removes, then one count per object type
         # (and last: 1 once hang_data started hanging)
-        self._counts = multiprocessing.get_context("fork").Array("q", 4 + len(self._KINDS) + 1)
+        self._counts = multiprocessing.get_context("fork").Array("q", 4 + len(self._KINDS) + 2)
         self._owner = os.getpid()
 
     def save(self, type: ObjectType, name: str, data: bytes | memoryview) -> None:
@@ -135,13 +135,13 @@ class CrashBackend(_Wrapper):
         saves have reached the storage, or once ``hang_data`` saw a pack loaded; or fail at once (a server
         that went down) once ``down_data`` saw a pack loaded."""
         if self.down_data:
-            if self._counts[-1]:
+            if self._counts[-2]:
                 raise TransientError(f"connection refused by {self.location} (test fault: down_data)")
             return
         if not self.hang_after and not self.hang_data:
             return
         with self._counts.get_lock():
-            hanging = bool(self._counts[-1])
+            hanging = bool(self._counts[-2])
             if saves is None:
                 saves = self._counts[0]
         if hanging or (self.hang_after and saves >= self.hang_after):
@@ -151,7 +151,9 @@ class CrashBackend(_Wrapper):
     def load(self, type: ObjectType, name: str, offset: int = 0, length: int | None = None) -> bytes:
         if (self.hang_data or self.down_data) and type is ObjectType.PACK:
             with self._counts.get_lock():
-                self._counts[-1] = 1
+                self._counts[-1] += 1
+                if self.hang_data or self._counts[-1] >= self.down_data:
+                    self._counts[-2] = 1
         self._maybe_hang()
         return self.inner.load(type, name, offset, length)
 
@@ -212,7 +214,7 @@ def inject_faults(backend: Backend, spec: str, retries: bool | dict[str, float])
             crash_after_removes=int(f.get("crash_after_removes", 0)),
             hang_after=int(f.get("hang_after", 0)),
             hang_data=bool(f.get("hang_data", 0)),
-            down_data=bool(f.get("down_data", 0)),
+            down_data=int(f.get("down_data", 0)),
         )
     if any(f.get(k, 0) > 0 for k in ("rate", "lost_ack", "truncate", "delay")):
         faulty = FaultyBackend(
