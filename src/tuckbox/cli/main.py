@@ -82,9 +82,19 @@ class _Parser(argparse.ArgumentParser):
         finally:
             self._intermixing, self.usage = False, usage
 
-    def error(self, message: str) -> None:  # one line, exit 2
+    def error(self, message: str) -> None:  # one line, exit 2 (and under --json the JSON error too)
         hint = _recover_hint(self.argv) if message.startswith("argument COMMAND: invalid choice") else ""
-        self.exit(EXIT_USAGE, hint or f"tuckbox: usage error: {message} (see '{self.prog} --help')\n")
+        line = hint or f"tuckbox: usage error: {message} (see '{self.prog} --help')\n"
+        if json_requested(self.argv):
+            _write_json_error(sys.stdout, line.removeprefix("tuckbox: usage error: ").rstrip("\n"), EXIT_USAGE)
+        self.exit(EXIT_USAGE, line)
+
+
+def json_requested(words: list[str]) -> bool:
+    """Whether the command line asks for --json (or an abbreviation argparse accepts, --js), before any '--':
+    known before it is parsed, so that a usage error or an interrupt while the command starts is JSON too."""
+    words = words[: words.index("--")] if "--" in words else words
+    return any(len(w) > 2 and "--json".startswith(w) for w in words)
 
 
 def _recover_hint(words: list[str]) -> str:
@@ -141,6 +151,21 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     interrupt.install()  # SIGTERM (systemd, cron, kill) stops every command as Ctrl-C does
+    words = sys.argv[1:] if argv is None else argv
+    reported = [False]  # the command ran and reported its outcome (set by _main)
+    try:
+        code = _main(argv, words, reported)
+    except KeyboardInterrupt:  # while the command was starting (its imports, the parsing) or after it reported
+        print("tuckbox: interrupted", file=sys.stderr)
+        if not reported[0] and json_requested(words):
+            _write_json_error(sys.stdout, "interrupted", EXIT_INTERRUPTED)
+        code = EXIT_INTERRUPTED
+    if code == EXIT_INTERRUPTED and argv is None:  # (the real command, not a test calling main in-process)
+        interrupt.interrupted_command_returned()
+    return code
+
+
+def _main(argv: list[str] | None, words: list[str], reported: list[bool]) -> int:
     stdout_closed = standard_streams()
     tune_allocator()
     keep_out_of_core_dumps()
@@ -158,7 +183,6 @@ def main(argv: list[str] | None = None) -> int:
         _debug_logging()
     else:
         logging.getLogger().addHandler(logging.NullHandler())
-    words = sys.argv[1:] if argv is None else argv
     _Parser.argv = list(words)
     parser = build_parser(next((w for w in words if w in _NAMES), None))
     args = parser.parse_args(argv)
@@ -166,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
     if not getattr(args, "func", None):
+        if getattr(args, "json", False):  # (standard output holds JSON alone)
+            parser.error("a command is needed")
         parser.print_help()
         return EXIT_USAGE
     real_stdout, real_stderr = sys.stdout, sys.stderr
@@ -177,11 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout, sys.stderr = stdout, stderr  # type: ignore[assignment]
     try:
         code = _run(args)
+        reported[0] = True
         code = _lost_output(args, code, stdout.lost, stderr.lost)
     finally:
         sys.stdout, sys.stderr = real_stdout, real_stderr
-    if code == EXIT_INTERRUPTED and argv is None:  # (the real command, not a test calling main in-process)
-        interrupt.interrupted_command_returned()
     return code
 
 
@@ -266,6 +291,10 @@ def _json_error(args: argparse.Namespace, message: str, code: int) -> None:
     stdout = sys.stdout
     if args.command not in _JSON_LINES and getattr(stdout, "wrote", True):
         return
+    _write_json_error(stdout, message, code)
+
+
+def _write_json_error(stdout: Any, message: str, code: int) -> None:
     try:
         stdout.write(json.dumps({"type": "error", "message": message, "exit_code": int(code)}, sort_keys=True) + "\n")
         stdout.flush()
