@@ -65,31 +65,33 @@ def run(args: argparse.Namespace) -> int:
         repo.close()
     if unlocked_note is not None:
         report.notes.insert(0, unlocked_note)
+    c = report.counts
+    summary = (f"{c.get('snapshots', 0)} snapshots, {c.get('indexes', 0)} indexes, {c.get('packs', 0)} packs, "
+               f"{c.get('blobs', 0)} blobs")
+    if not opt(args, "json"):
+        for note in report.notes:
+            out(args, f"note: {note}")
+    # what is wrong goes to standard error under --json too: a log of standard error alone (a systemd unit's
+    # journal) must show why the exit is 1
+    for err in report.errors:
+        print(f"error: {err}", file=sys.stderr)
+    for f in report.damaged_files:
+        print(f"damaged file: {f}", file=sys.stderr)
+    if not report.ok:
+        print(f"{len(report.errors)} error(s) found ({summary})", file=sys.stderr)
     if opt(args, "json"):
         emit_json({"ok": report.ok, "errors": report.errors, "damaged_files": report.damaged_files,
                    "notes": report.notes, "counts": report.counts, "read_data": args.read_data,
                    "read_data_subset": args.read_data_subset})
-    else:
-        for note in report.notes:
-            out(args, f"note: {note}")
-        for err in report.errors:
-            print(f"error: {err}", file=sys.stderr)
-        for f in report.damaged_files:
-            print(f"damaged file: {f}", file=sys.stderr)
-        c = report.counts
-        summary = (f"{c.get('snapshots', 0)} snapshots, {c.get('indexes', 0)} indexes, {c.get('packs', 0)} packs, "
-                   f"{c.get('blobs', 0)} blobs")
-        if report.ok:
-            if args.read_data_subset is not None:
-                what = "hash verified" if not repo.is_full() else "data read and verified"
-                done = f", {c.get('packs_read', 0)} of {c.get('packs', 0)} packs' {what} (subset {args.read_data_subset})"
-            elif args.read_data and not repo.is_full():
-                done = ", every pack's hash verified (a write-only key cannot decrypt blobs)"
-            elif args.read_data:
-                done = ", all data read and verified"
-            else:
-                done = ""
-            out(args, f"no errors found ({summary}{done})")
+    elif report.ok:
+        if args.read_data_subset is not None:
+            what = "hash verified" if not repo.is_full() else "data read and verified"
+            done = f", {c.get('packs_read', 0)} of {c.get('packs', 0)} packs' {what} (subset {args.read_data_subset})"
+        elif args.read_data and not repo.is_full():
+            done = ", every pack's hash verified (a write-only key cannot decrypt blobs)"
+        elif args.read_data:
+            done = ", all data read and verified"
         else:
-            print(f"{len(report.errors)} error(s) found ({summary})", file=sys.stderr)
+            done = ""
+        out(args, f"no errors found ({summary}{done})")
     return 0 if report.ok else 1

@@ -80,18 +80,23 @@ def run(args: argparse.Namespace) -> int:
         if lock is not None:
             lock.release()
         repo.close()
+    n = len(result.errors)
+    if result.errors:  # (each was said as it happened; listed again so that none scrolls away unseen; under
+        # --json standard error still gets them: a log of standard error alone must show why the exit is 1)
+        print(f"{n} {'entry' if n == 1 else 'entries'} not restored:", file=sys.stderr)
+    for e in result.errors:
+        print(f"error: {e}", file=sys.stderr)
     if opt(args, "json"):
         emit_json({
-            "type": "summary", "snapshot": snap.id, "partial": snap.partial, "files": result.files, "dirs": result.dirs,
-            "others": result.others, "bytes_written": result.bytes_written, "files_skipped": result.files_skipped,
-            "bytes_read_back": result.bytes_read_back, "warnings": result.warnings, "errors": result.errors,
+            "type": "summary", "snapshot": snap.id, "short_id": snap.short_id, "partial": snap.partial,
+            "files": result.files, "dirs": result.dirs, "others": result.others, "bytes_written": result.bytes_written,
+            "files_skipped": result.files_skipped, "bytes_read_back": result.bytes_read_back,
+            "warnings": result.warnings, "errors": result.errors,
         })
+        if result.errors:  # (README: a run that did not succeed ends its stream with the error, as backup's does)
+            emit_json({"type": "error", "exit_code": 1,
+                       "message": f"{n} {'entry' if n == 1 else 'entries'} not restored (the summary's errors name them)"})
     else:
-        if result.errors:  # (each was said as it happened; listed again so that none scrolls away unseen)
-            n = len(result.errors)
-            print(f"{n} {'entry' if n == 1 else 'entries'} not restored:", file=sys.stderr)
-        for e in result.errors:
-            print(f"error: {e}", file=sys.stderr)
         skipped = f" ({result.files_skipped} already restored)" if result.files_skipped else ""
         out(args, f"restored snapshot {snap.short_id}: {result.files} files{skipped}, {result.dirs} dirs, "
                   f"{result.others} other entries, {human(result.bytes_written)} written"
