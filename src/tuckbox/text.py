@@ -3,7 +3,8 @@
 Both forms are lossless. On screen a backslash is shown doubled, so a single backslash always starts an
 escape: ``\\xff`` on screen is a byte that is not UTF-8 and ``\\\\xff`` the four characters backslash, x, f, f.
 In JSON, ``path`` is the exact text of a UTF-8 name; a name that is not UTF-8 shows each undecodable byte as
-``\\xff`` and gets, beside ``path``, ``path_bytes``: its exact bytes in base64.
+``\\xff`` and gets, beside ``path``, ``path_bytes``: its exact bytes in base64 (a list of paths, ``paths``, gets
+``paths_bytes``, every path's bytes in order, when any of them is not UTF-8).
 
 What is shown can be given back: ``parse_display`` reads a path or pattern typed as shown.
 """
@@ -30,6 +31,19 @@ def json_path_fields(key: str, path: bytes | str) -> dict[str, str]:
         return {key: raw.decode("utf-8")}
     except UnicodeDecodeError:
         return {key: raw.decode("utf-8", "backslashreplace"), f"{key}_bytes": base64.b64encode(raw).decode()}
+
+
+def json_paths_fields(key: str, paths: "list[bytes] | list[str]") -> dict[str, list[str]]:
+    """``{key: [text, ...]}`` for a list of paths, plus ``{key}_bytes`` (the base64 of every path's exact bytes, in
+    the same order) when any of them is not UTF-8: as ``json_path_fields`` does for one path."""
+    raws = [_raw(p) for p in paths]
+    doc = {key: [json_path(r) for r in raws]}
+    try:
+        for r in raws:
+            r.decode("utf-8")
+    except UnicodeDecodeError:
+        doc[f"{key}_bytes"] = [base64.b64encode(r).decode() for r in raws]
+    return doc
 
 
 def _escape(c: str) -> str:

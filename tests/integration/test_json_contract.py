@@ -63,3 +63,33 @@ def test_a_check_that_finds_damage_says_so_on_standard_error_too(tb: Tuckbox, tm
     assert report["ok"] is False and report["errors"]
     assert any(victim.name[:8] in e for e in report["errors"]), report["errors"]
     assert victim.name[:8] in res.err and "error(s) found" in res.err, res.err
+
+
+def test_lists_of_paths_that_are_not_utf8_carry_their_exact_bytes(tb: Tuckbox, tmp_path: Path) -> None:
+    """snapshots' paths, forget's group key and rewrite's removed files wrote a byte that is not UTF-8 as the text
+    backslash-x-f-f, the same as a name holding those four characters: no script could tell which was meant."""
+    import base64
+
+    odd = os.fsencode(tmp_path) + b"/d\xff"
+    plain = os.fsencode(tmp_path) + b"/d\\xff"  # (the four characters: its JSON text is the same)
+    for d in (odd, plain):
+        os.mkdir(d)
+        with open(d + b"/x.txt", "wb") as f:
+            f.write(d)
+    tb("init")
+    for d in (odd, plain):
+        tb("backup", os.fsdecode(d))
+
+    def exact(doc: dict, key: str) -> list[bytes]:
+        if f"{key}_bytes" not in doc:
+            return [p.encode() for p in doc[key]]
+        assert len(doc[f"{key}_bytes"]) == len(doc[key])
+        return [base64.b64decode(b) for b in doc[f"{key}_bytes"]]
+
+    snaps = tb("snapshots", "--json").json()
+    assert snaps[0]["paths"] == snaps[1]["paths"] == [os.fsdecode(plain)]  # (the text alone is ambiguous)
+    assert [exact(s, "paths") for s in snaps] == [[odd], [plain]]
+    groups = tb("forget", "--keep-last", "1", "--dry-run", "--json").json()["groups"]
+    assert sorted(exact(g["key"], "paths") for g in groups) == sorted([[odd], [plain]])
+    removed = tb("rewrite", "--exclude", "x.txt", "--json").json()["snapshots"]
+    assert sorted(exact(r, "removed") for r in removed) == sorted([[odd + b"/x.txt"], [plain + b"/x.txt"]])

@@ -30,7 +30,7 @@ from ..archiver.backup import DEFAULT_CHECKPOINT_INTERVAL, BackupRequest, run_ba
 from ..errors import EXIT_INTERRUPTED, EXIT_PARTIAL, UsageError
 from ..patterns import Patterns, covering
 from . import interrupt
-from .common import display, emit_json, host_name, human, json_path, lock_wait, nonempty, open_repository, opt, out, parse_duration, pattern, patterns_from_file, tag, warn
+from .common import display, emit_json, host_name, human, json_paths_fields, lock_wait, nonempty, open_repository, opt, out, parse_duration, pattern, patterns_from_file, tag, warn
 from .progress import CliProgress
 
 HELP = "back up files and directories"
@@ -141,9 +141,9 @@ def run(args: argparse.Namespace) -> int:
         if opt(args, "json"):  # (README: a run that did not succeed ends its stream with the error, as restore's does)
             emit_json({"type": "error", "message": message, "exit_code": EXIT_INTERRUPTED})
         return EXIT_INTERRUPTED
-    own = [json_path(p) for p in result.skipped_own]
     if opt(args, "json"):
-        emit_json({"type": "summary", "snapshot": snap.id, "short_id": snap.short_id, "skipped_own": own, **s})
+        emit_json({"type": "summary", "snapshot": snap.id, "short_id": snap.short_id, "interrupted": False,
+                   **json_paths_fields("skipped_own", result.skipped_own), **s})
     else:
         for path in result.skipped_own:
             out(args, f"left out {display(path)}: tuckbox's own repository or cache is never backed up into itself")

@@ -38,7 +38,7 @@ from ..snapshot import retention
 from ..snapshot.model import Snapshot
 from ..types import ObjectType
 from .cmd_prune import add_prune_options, prune, refuse_max_unused_without_prune, say
-from .common import (display, emit_json, json_path, local_time, lock_wait, nonempty, open_repository, opt, say_waiting,
+from .common import (display, emit_json, json_paths_fields, local_time, lock_wait, nonempty, open_repository, opt, say_waiting,
                      select_snapshots, warn)
 
 HELP = "remove snapshots by a retention policy (--keep-daily 7 ...)"
@@ -182,8 +182,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{f' ({len(damaged)} that could not be read)' if damaged else ''}, kept "
                   f"{sum(len(g['keep']) for g in groups)}")
         # (a group's paths are os.fsdecode'd: in JSON, as everywhere, a byte that is not UTF-8 is "\\xff")
-        json_groups = [{**g, "key": {k: [json_path(x) for x in v] if isinstance(v, list) else v
-                                     for k, v in g["key"].items()}} for g in groups]
+        json_groups = [{**g, "key": _json_key(g["key"])} for g in groups]
         doc: dict[str, object] = {"dry_run": args.dry_run, "groups": json_groups,
                                   "removed": 0 if args.dry_run else removed}
         if args.prune:
@@ -193,6 +192,15 @@ def run(args: argparse.Namespace) -> int:
     if opt(args, "json"):
         emit_json(doc)
     return 0
+
+
+def _json_key(key: dict) -> dict:
+    """A group's key in JSON: its paths as ``snapshots`` gives them (``paths``, and ``paths_bytes`` when one of
+    them is not UTF-8)."""
+    doc: dict = {}
+    for k, v in key.items():
+        doc.update(json_paths_fields(k, v) if isinstance(v, list) and k == "paths" else {k: v})
+    return doc
 
 
 def _brief(s: Snapshot, reasons: tuple[str, ...]) -> dict[str, object]:

@@ -35,7 +35,7 @@ from ..repository.keyring import (
 from ..snapshot.model import now_iso
 from . import common
 from .common import (
-    add_global_options, ask_passphrase, display, emit_json, json_path, local_time, nonempty, open_repository, opt, out,
+    add_global_options, ask_passphrase, display, emit_json, json_path_fields, local_time, nonempty, open_repository, opt, out,
     print_table, host_name,
 )
 
@@ -160,7 +160,7 @@ def _add(args: argparse.Namespace) -> int:
     if opt(args, "json"):
         doc = entry.as_dict()
         if output is not None:
-            doc["output"] = json_path(str(output))
+            doc.update(json_path_fields("output", str(output)))
         emit_json(doc)
     elif output is not None:
         out(args, f"wrote write-only key {entry.short_id} to {display(str(output))} (mode 0600"

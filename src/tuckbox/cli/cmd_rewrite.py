@@ -27,7 +27,7 @@ from ..patterns import Patterns
 from ..repository.locks import Lock
 from .cmd_prune import add_prune_options, prune, refuse_max_unused_without_prune, say
 from .common import (
-    display, emit_json, json_path, lock_wait, nonempty, open_repository, opt, pattern, patterns_from_file, say_waiting, select_snapshots,
+    display, emit_json, json_paths_fields, lock_wait, nonempty, open_repository, opt, pattern, patterns_from_file, say_waiting, select_snapshots,
 )
 
 HELP = "remove files matching --exclude from existing snapshots"
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
                 packer.flush()  # the new trees and their index, before any snapshot names them
             for snap, new_root, removed, counts in changed:
                 new = "" if args.dry_run else save_rewritten(repo, snap, new_root, TAG, len(removed), counts, every)
-                done.append({"old": snap.id, "new": new, "removed": [json_path(p) for p in removed]})
+                done.append({"old": snap.id, "new": new, **json_paths_fields("removed", removed)})
                 if not opt(args, "json"):
                     verb = "would lose" if args.dry_run else f"replaced by {new[:8]}, without"
                     say(args, f"snapshot {snap.short_id} {verb} {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}:")

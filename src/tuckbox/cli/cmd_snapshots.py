@@ -7,7 +7,7 @@ import sys
 
 from ..repository.keyring import own_snapshots
 from ..repository.repo import Repository, ahead_of_clock
-from .common import emit_json, human, json_path, local_time, open_repository, opt, print_table
+from .common import emit_json, human, json_paths_fields, local_time, open_repository, opt, print_table
 
 HELP = "list snapshots"
 
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         emit_json([
             {
                 "id": s.id, "short_id": s.short_id, "time": s.time, "host": s.host, "user": s.user,
-                "tags": s.tags, "paths": [json_path(p) for p in s.paths], "parent": s.parent,
+                "tags": s.tags, **json_paths_fields("paths", s.paths), "parent": s.parent,
                 "partial": s.partial, "summary": s.summary, "tree": s.tree.hex(),
             }
             for s in snaps

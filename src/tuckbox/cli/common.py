@@ -19,10 +19,10 @@ from ..redact import add_secret, child_environment
 from ..repository.repo import Repository
 from ..snapshot.model import Snapshot
 from ..text import display_path as display
-from ..text import given_forms, json_path, json_path_fields
+from ..text import given_forms, json_path, json_path_fields, json_paths_fields
 from ..types import Backend
 
-__all__ = ["display", "json_path", "json_path_fields"]  # (re-exported for the commands)
+__all__ = ["display", "json_path", "json_path_fields", "json_paths_fields"]  # (re-exported for the commands)
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
 

@@ -203,9 +203,9 @@ class RepairedSnapshot:
     lost: bool = False  # its root listing is lost: nothing to keep (forget it)
 
     def as_dict(self) -> dict[str, object]:
-        from ..text import json_path
+        from ..text import json_paths_fields
 
-        return {"old": self.old, "new": self.new, "lost": self.lost, "removed": [json_path(p) for p in self.removed]}
+        return {"old": self.old, "new": self.new, "lost": self.lost, **json_paths_fields("removed", self.removed)}
 
 
 REPAIRED_TAG = "repaired"

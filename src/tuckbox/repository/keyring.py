@@ -60,7 +60,7 @@ class KeyEntry:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "kind": self.kind, "host": self.host, "user": self.user, "created": self.created,
+            "id": self.id, "short_id": self.short_id, "kind": self.kind, "host": self.host, "user": self.user, "created": self.created,
             "comment": self.comment, "passphrase": self.protected, "stored": self.stored, "in_use": self.in_use,
         }
 
