@@ -93,3 +93,43 @@ def test_lists_of_paths_that_are_not_utf8_carry_their_exact_bytes(tb: Tuckbox, t
     assert sorted(exact(g["key"], "paths") for g in groups) == sorted([[odd], [plain]])
     removed = tb("rewrite", "--exclude", "x.txt", "--json").json()["snapshots"]
     assert sorted(exact(r, "removed") for r in removed) == sorted([[odd + b"/x.txt"], [plain + b"/x.txt"]])
+
+
+def test_a_listing_cut_short_by_a_failure_is_still_one_json_document(
+    tb: Tuckbox, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """ls, find and diff stream their list as the trees are read: a damaged tree or an interrupt half-way left
+    '{"entries": [ ...,' on standard output, which no JSON parser reads (and no error in it)."""
+    from tuckbox.cli import cmd_diff, cmd_find, cmd_ls
+    from tuckbox.cli.main import main
+    from tuckbox.errors import IntegrityError
+
+    src = _source(tmp_path)
+    tb("init")
+    tb("backup", str(src))
+    (src / "new.txt").write_text("new\n")
+    tb("backup", str(src))
+    for k, v in tb.env.items():
+        if k.startswith("TUCKBOX_"):
+            monkeypatch.setenv(k, v)
+
+    def cut(entries, failure: BaseException):
+        def walk(*args, **kwargs):
+            yield from list(entries(*args, **kwargs))[:2]
+            raise failure
+        return walk
+
+    damaged = IntegrityError("tree 0123abcd: blob failed authentication")
+    monkeypatch.setattr(cmd_ls, "walk", cut(cmd_ls.walk, damaged))
+    monkeypatch.setattr(cmd_find, "find_in_tree", cut(cmd_find.find_in_tree, KeyboardInterrupt()))
+    monkeypatch.setattr(cmd_diff, "diff", cut(cmd_diff.diff, damaged))
+    for argv, key, code in ((["ls", "latest"], "entries", 1), (["find", "*.txt"], "matches", 130),
+                            (["diff", "latest", tb("snapshots", "--json").json()[0]["id"]], "changes", 1)):
+        capsys.readouterr()
+        assert main(["--json", *argv]) == code
+        captured = capsys.readouterr()
+        doc = json.loads(captured.out)  # one document, nothing after it
+        assert len(doc[key]) >= 1 and doc["complete"] is False, doc
+        assert doc["error"]["type"] == "error" and doc["error"]["exit_code"] == code
+        assert ("interrupted" if code == 130 else "tree 0123abcd") in doc["error"]["message"]
+        assert captured.err.splitlines()[-1] in (f"tuckbox: error: {doc['error']['message']}", "tuckbox: interrupted")

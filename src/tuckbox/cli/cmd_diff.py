@@ -8,7 +8,7 @@ import sys
 
 from ..snapshot.walk import diff
 from ..types import BlobType
-from .common import add_latest_filters, display, json_path_fields, named_snapshot, open_repository, opt
+from .common import add_latest_filters, close_json_list, display, json_path_fields, open_json_list, named_snapshot, open_repository, opt
 
 HELP = "show differences between two snapshots"
 _WORD = {"+": "added", "-": "removed", "M": "modified"}
@@ -30,14 +30,13 @@ def run(args: argparse.Namespace) -> int:
     # streamed as the trees are compared: constant memory however many paths changed
     if opt(args, "json"):
         out = sys.stdout
-        out.write('{"changes": [')
+        open_json_list("changes")
         for kind, path in changes:
             sep = ",\n" if sum(counts.values()) else "\n"
             counts[kind] += 1
             out.write(sep + json.dumps({"change": _WORD[kind], **json_path_fields("path", path)}, sort_keys=True))
-        tail = {"first": a.id, "second": b.id, "added": counts["+"], "removed": counts["-"], "modified": counts["M"]}
-        out.write("\n], " + json.dumps(tail, sort_keys=True)[1:] + "\n")
-        out.flush()
+        close_json_list({"first": a.id, "second": b.id, "first_short_id": a.short_id, "second_short_id": b.short_id,
+                         "added": counts["+"], "removed": counts["-"], "modified": counts["M"], "complete": True})
         return 0
     for kind, path in changes:
         counts[kind] += 1

@@ -19,7 +19,7 @@ import sys
 from ..patterns import Patterns
 from ..snapshot.walk import find_in_tree
 from ..types import BlobType
-from .common import display, human, json_path_fields, local_time, open_repository, opt, pattern
+from .common import close_json_list, display, human, json_path_fields, open_json_list, local_time, open_repository, opt, pattern
 
 HELP = "find files by name or path in every snapshot"
 
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     as_json = opt(args, "json")
     out = sys.stdout
     if as_json:
-        out.write('{"matches": [')
+        open_json_list("matches")
     count = 0
     for snap in snaps:  # oldest first
         for path, n in find_in_tree(load, snap.tree, b"/", patterns.match, memo):
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
                 out.write(f"{snap.short_id}  {local_time(snap.time)}  {size:>10}  {when}  {display(path)}\n")
             count += 1
     if as_json:
-        out.write(f"\n], \"count\": {count}}}\n")
+        close_json_list({"count": count, "complete": True})
     else:
         print(f"{count} match(es) in {len(snaps)} snapshot(s)")
     out.flush()

@@ -14,7 +14,7 @@ from ..snapshot.tree import DIR, Node
 from ..snapshot.walk import require_any, walk
 from ..types import BlobType
 from .common import (
-    add_latest_filters, display, json_path_fields, named_snapshot, nonempty, open_repository, opt, snapshot_paths,
+    add_latest_filters, close_json_list, display, json_path_fields, open_json_list, named_snapshot, nonempty, open_repository, opt, snapshot_paths,
 )
 
 HELP = "list files in a snapshot"
@@ -50,11 +50,10 @@ def run(args: argparse.Namespace) -> int:
     # streamed as the trees are read: a snapshot of millions of files is listed in constant memory
     if opt(args, "json"):
         out = sys.stdout
-        out.write('{"entries": [')
+        open_json_list("entries")
         for i, (path, n) in enumerate(entries):
             out.write((",\n" if i else "\n") + json.dumps(_entry_json(path, n), sort_keys=True))
-        out.write("\n], " + f'"snapshot": {json.dumps(snap.id)}' + "}\n")
-        out.flush()
+        close_json_list({"snapshot": snap.id, "short_id": snap.short_id, "complete": True})
         return 0
     for path, n in entries:
         if args.long:

@@ -400,6 +400,40 @@ def emit_json(doc: Any) -> None:
     sys.stdout.flush()
 
 
+_LIST_OPEN = [False]  # a document of ls, find or diff is being streamed: its list is open
+
+
+def open_json_list(key: str) -> None:
+    """Start ls', find's or diff's document, ``{"KEY": [``, whose entries are streamed as they are read; a
+    failure or an interrupt before ``close_json_list`` closes it with ``"error"`` (``close_json_list_with_error``),
+    so that standard output stays one valid JSON document."""
+    sys.stdout.write("{" + json.dumps(key) + ": [")
+    _LIST_OPEN[0] = True
+
+
+def close_json_list(tail: dict[str, Any]) -> None:
+    """End the streamed list and the document with ``tail``'s fields."""
+    _LIST_OPEN[0] = False
+    sys.stdout.write("\n], " + json.dumps(tail, sort_keys=True)[1:] + "\n")
+    sys.stdout.flush()
+
+
+def forget_json_list() -> None:
+    """A new command starts (a test runs several in one process): no document of an earlier one is open."""
+    _LIST_OPEN[0] = False
+
+
+def close_json_list_with_error(error: dict[str, Any]) -> bool:
+    """The command failed with its document's list open: end it with ``"error": {...}`` (what is listed so far
+    stays, cut short). Whether there was such a document."""
+    if not _LIST_OPEN[0]:
+        return False
+    _LIST_OPEN[0] = False
+    sys.stdout.write("\n], " + json.dumps({"error": error, "complete": False}, sort_keys=True)[1:] + "\n")
+    sys.stdout.flush()
+    return True
+
+
 def out(args: argparse.Namespace, text: str) -> None:
     if not opt(args, "quiet", False):
         print(text)

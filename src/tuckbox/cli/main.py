@@ -21,7 +21,7 @@ from .. import __version__
 from ..errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_USAGE, TuckboxError
 from ..redact import redact_debug
 from . import interrupt
-from .common import add_global_options, display, report_problems
+from .common import add_global_options, close_json_list_with_error, display, forget_json_list, report_problems
 from .memory import keep_out_of_core_dumps, tune_allocator
 from .output import Diagnostics, Guarded, OutputError, discard_pending, standard_streams
 
@@ -228,6 +228,7 @@ def _debug_logging() -> None:
 
 def _run(args: argparse.Namespace) -> int:
     """Run the command; every failure becomes a one-line message and an exit code."""
+    forget_json_list()
     try:
         code = args.func(args)
         report_problems()
@@ -285,10 +286,18 @@ _JSON_LINES = ("backup", "restore")  # commands whose --json output is a stream 
 def _json_error(args: argparse.Namespace, message: str, code: int) -> None:
     """Under --json, a failure is also a JSON document on standard output, ``{"type": "error", "message",
     "exit_code"}`` (as well as the line on standard error): the last line of backup's and restore's stream,
-    or the whole output of another command that had printed nothing yet (never a second document)."""
+    the ``"error"`` that ends a document of ls, find or diff cut short, or the whole output of another command
+    that had printed nothing yet (never a second document)."""
     if not getattr(args, "json", False):
         return
     stdout = sys.stdout
+    error = {"type": "error", "message": message, "exit_code": int(code)}
+    try:
+        if close_json_list_with_error(error):  # (ls, find, diff: the list streamed so far, then the error)
+            return
+    except (OSError, TuckboxError):
+        discard_pending(stdout)
+        return
     if args.command not in _JSON_LINES and getattr(stdout, "wrote", True):
         return
     _write_json_error(stdout, message, code)
