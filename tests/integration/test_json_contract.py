@@ -133,3 +133,124 @@ def test_a_listing_cut_short_by_a_failure_is_still_one_json_document(
         assert doc["error"]["type"] == "error" and doc["error"]["exit_code"] == code
         assert ("interrupted" if code == 130 else "tree 0123abcd") in doc["error"]["message"]
         assert captured.err.splitlines()[-1] in (f"tuckbox: error: {doc['error']['message']}", "tuckbox: interrupted")
+
+
+ID = r"[0-9a-f]{64}"
+TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}[+-]\d\d:\d\d"
+
+
+def _has(doc: dict, *fields: str) -> None:
+    missing = [f for f in fields if f not in doc]
+    assert not missing, f"missing {missing} in {doc}"
+
+
+def _ids(doc: dict, full: str = "id", short: str = "short_id") -> None:
+    import re
+
+    assert re.fullmatch(ID, doc[full]) and doc[short] == doc[full][:8], doc
+
+
+def test_every_command_s_json_has_the_documented_fields(tb: Tuckbox, tmp_path: Path) -> None:
+    """docs/json.md, command by command: one document (or JSON lines with a type), ids full and short, times
+    ISO 8601 with an offset, sizes integers."""
+    import re
+
+    src = _source(tmp_path)
+    init = tb("init", "--json").json()
+    _has(init, "id", "location", "created")
+    assert re.fullmatch(TIME, init["created"])
+
+    lines = _lines(tb("backup", str(src), "--json"))
+    summary = lines[-1]
+    assert summary["type"] == "summary" and summary["interrupted"] is False and summary["skipped_own"] == []
+    _ids(summary, "snapshot")
+    _has(summary, "files_new", "files_changed", "files_unmodified", "dirs", "others", "bytes_total", "bytes_read",
+         "bytes_added", "bytes_new_raw", "blobs_new", "packs_new", "packs_adopted", "warnings")
+    assert all(isinstance(summary[k], int) for k in summary if k.startswith(("bytes_", "files_")))
+    (src / "new.txt").write_text("new\n")
+    second = _lines(tb("backup", str(src), "--json"))[-1]
+
+    snaps = tb("snapshots", "--json").json()
+    assert [s["id"] for s in snaps] == [summary["snapshot"], second["snapshot"]]
+    for s in snaps:
+        _ids(s)
+        _has(s, "time", "host", "user", "tags", "paths", "parent", "partial", "tree", "summary")
+        assert re.fullmatch(TIME, s["time"]) and s["paths"] == [str(src)]
+    assert snaps[1]["parent"] == snaps[0]["id"]
+
+    ls = tb("ls", "latest", "--json").json()
+    _ids(ls, "snapshot")
+    assert ls["complete"] is True
+    by_path = {e["path"]: e for e in ls["entries"]}
+    a = by_path[f"{src}/a.txt"]
+    _has(a, "type", "mode", "uid", "gid", "user", "group", "size", "mtime_ns", "link_target")
+    assert a["type"] == "file" and a["size"] == 6 and a["mode"] == (src / "a.txt").stat().st_mode & 0o7777
+    assert a["mtime_ns"] == (src / "a.txt").stat().st_mtime_ns and a["link_target"] is None
+
+    found = tb("find", "a.txt", "--json").json()
+    assert found["count"] == 2 == len(found["matches"]) and found["complete"] is True
+    for m in found["matches"]:
+        _ids(m, "snapshot")
+        _has(m, "time", "host", "path", "type", "size", "mtime_ns")
+
+    changes = tb("diff", snaps[0]["short_id"], "latest", "--json").json()
+    _ids(changes, "first", "first_short_id")
+    _ids(changes, "second", "second_short_id")
+    assert changes["changes"] == [{"change": "added", "path": f"{src}/new.txt"}]
+    assert (changes["added"], changes["removed"], changes["modified"], changes["complete"]) == (1, 0, 0, True)
+
+    rlines = _lines(tb("restore", "latest", "--target", str(tmp_path / "r"), "--json"))
+    rsum = rlines[-1]
+    assert rsum["type"] == "summary" and rsum["errors"] == [] and rsum["warnings"] == []
+    _ids(rsum, "snapshot")
+    _has(rsum, "partial", "files", "dirs", "others", "bytes_written", "files_skipped", "bytes_read_back")
+    assert tb("dump", "latest", f"{src}/a.txt", "--json").raw == b"hello\n"
+
+    check = tb("check", "--read-data", "--json").json()
+    assert check["ok"] is True and check["read_data"] is True and check["read_data_subset"] is None
+    _has(check, "errors", "damaged_files", "notes", "counts")
+    _has(check["counts"], "snapshots", "indexes", "packs", "blobs", "packs_read")
+
+    stats = tb("stats", "--json").json()
+    _has(stats, "snapshots", "packs", "blobs", "data_blobs", "tree_blobs", "stored_bytes", "unique_bytes",
+         "unique_data_bytes", "original_bytes", "latest_original_bytes", "compression_ratio", "dedup_ratio",
+         "space_saving_ratio")
+    assert all(isinstance(stats[k], int) for k in stats if k.endswith("_bytes"))
+
+    assert tb("unlock", "--json").json() == {"removed": [], "kept": []}
+
+    keys = tb("key", "list", "--json").json()
+    assert len(keys) == 1 and keys[0]["in_use"] is True and keys[0]["kind"] == "full"
+    _ids(keys[0])
+    _has(keys[0], "host", "user", "created", "comment", "passphrase", "stored")
+    wo = tb("key", "add", "--write-only", "--output", str(tmp_path / "wo.key"), "--json").json()
+    _ids(wo)
+    assert wo["kind"] == "write-only" and wo["output"] == str(tmp_path / "wo.key")
+    assert tb("key", "remove", wo["short_id"], "--json").json()["removed"] == wo["id"]
+
+    forget = tb("forget", "--keep-last", "1", "--dry-run", "--json").json()
+    assert forget["dry_run"] is True and forget["removed"] == 0
+    (group,) = forget["groups"]
+    assert group["key"]["paths"] == [str(src)]
+    assert [k["id"] for k in group["keep"]] == [snaps[1]["id"]] and group["keep"][0]["reasons"] == ["last"]
+    assert [r["id"] for r in group["remove"]] == [snaps[0]["id"]]
+    for b in group["keep"] + group["remove"]:
+        _ids(b)
+        _has(b, "time", "host", "tags", "partial", "damaged")
+
+    prune = tb("prune", "--dry-run", "--json").json()
+    assert prune["dry_run"] is True and "result" not in prune
+    _has(prune["plan"], "snapshots", "used_blobs", "packs_kept", "packs_removed", "bytes_removed")
+    rewrite = tb("rewrite", "--exclude", "new.txt", "--dry-run", "--json").json()
+    assert rewrite["dry_run"] is True and rewrite["snapshots"][0]["removed"] == [f"{src}/new.txt"]
+    _has(tb("repair", "index", "--dry-run", "--json").json(), "indexes_written", "packs_reindexed", "blobs_lost")
+    assert tb("repair", "snapshots", "--dry-run", "--json").json() == {"dry_run": True, "snapshots": []}
+
+    kit = tb("recovery-kit", "--shares", "3", "--threshold", "2", "--output", str(tmp_path / "kit"), "--json").json()
+    assert (kit["repository"], kit["shares"], kit["threshold"]) == (init["id"], 3, 2) and len(kit["files"]) >= 3
+    import re as _re
+
+    page = (tmp_path / "kit" / "share-1.txt").read_text()
+    block = page.split("-----BEGIN TUCKBOX RECOVERY SHARE-----")[1].split("-----END")[0].strip().splitlines()[2:]
+    words = _re.findall(r"\b\d+ +([a-z]+)\b", "\n".join(block))  # (the numbered words of the share)
+    assert len(words) >= 20 and not any(f'"{w}' in json.dumps(kit) or f" {w}" in json.dumps(kit) for w in words)

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
             out(args, f"keeping active {lock.describe()}")
             kept.append(lock.name)
     if opt(args, "json"):
-        emit_json({"removed": removed})
+        emit_json({"removed": removed, "kept": kept})
     else:
         out(args, f"{len(removed)} lock(s) removed")
         if kept:
