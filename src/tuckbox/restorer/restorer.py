@@ -41,8 +41,7 @@ from ..fsmeta import create_special
 from ..longpath import link_deep, more_descriptors
 from ..patterns import Patterns
 from ..snapshot.model import Snapshot
-from ..snapshot.tree import DIR, FILE, SYMLINK, Node
-from ..snapshot.walk import decode_maps
+from ..snapshot.tree import DIR, FILE, SYMLINK, Node, check_maps, tree_maps
 from ..types import BlobType
 from . import marker as markers
 from .fetch import COPY_MIN, GAP, GAP_REMOTE, BlobCache, DoneMark, Fetcher, Sources
@@ -129,10 +128,10 @@ class Restorer:
         asked = markers.Selection.of(includes, excludes)
         owed, fresh = markers.prepare_target(target, snap.id, asked)
         resume = owed is not None
-        nodes = decode_maps(self.repo.load_blob(BlobType.TREE, snap.tree))  # the root's listing: no restore without it
+        maps = tree_maps(self.repo.load_blob(BlobType.TREE, snap.tree))  # the root's listing: no restore without it
         meta = Meta(numeric_owner, fresh and not resume)
         run = _Run(self, target, resume, meta, Patterns(includes), Patterns(excludes))
-        run.walk(nodes)
+        run.walk(maps)
         marker = os.path.join(target, MARKER)
         if (includes or excludes) and not run.chosen:
             if owed is not None:  # nothing was written: the marker owes what it did before
@@ -212,7 +211,8 @@ class _Run:
 
     # ---------------------------------------------------------------- walk
 
-    def walk(self, nodes: list[dict[str, Any]]) -> None:
+    def walk(self, maps: Any) -> None:
+        """Restore the snapshot whose root listing holds the raw entries ``maps`` (``tree.tree_maps``)."""
         root = Dir(b"", None, None)
         try:
             root.fd = os.open(self.target, _DIR_FLAGS)
@@ -224,7 +224,7 @@ class _Run:
         self.pool: Any = None
         try:
             self._start()
-            self._walk(root, nodes)
+            self._walk(root, self._valid(root, maps, True))
             self._submit()
             while self.inflight:
                 self._complete_oldest()
@@ -318,11 +318,28 @@ class _Run:
         if not d.node.subtree:
             return []
         try:
-            return backup_order(decode_maps(self.repo.load_blob(BlobType.TREE, d.node.subtree)))
+            maps = tree_maps(self.repo.load_blob(BlobType.TREE, d.node.subtree))
         except TuckboxError as e:  # a damaged listing costs what is below it, not the whole restore
             if chosen:
                 self.report.error(f"{display(d.path)}: contents not restored: directory listing damaged: {e}")
             return []
+        return backup_order(self._valid(d, maps, chosen))
+
+    def _valid(self, d: Dir, maps: Any, chosen: bool) -> list[dict[str, Any]]:
+        """The entries of a listing that can be restored; each other one (a malformed entry, a second entry
+        of one name) costs only itself, and is reported if it would have been restored."""
+        try:
+            good, bad = check_maps(maps)
+        except TuckboxError as e:
+            if chosen or d.parent is None:
+                self.report.error(f"{display(d.path or b'/')}: contents not restored: directory listing damaged: {e}")
+            return []
+        inc, exc = self.inc, self.exc
+        for name, problem in bad:
+            path = d.child(name)
+            if (not inc or d.inside or inc.match(path)) and not (exc and exc.match(path)):
+                self.report.error(f"{display(path)}: not restored: its tree entry is malformed: {problem}")
+        return good
 
     def _make_dir(self, d: Dir) -> None:
         """Create ``d`` and any parent not yet created (those were waiting for a selected entry below them)."""

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import msgpack
 
 from ..errors import IntegrityError, UnsupportedFormat
+from ..text import display_path
+from ..types import ID_LEN
 
 TREE_VERSION = 1
 
@@ -212,5 +214,114 @@ def tree_maps(raw: bytes) -> Any:
     return maps
 
 
+def _name_ok(v: Any) -> bool:
+    return type(v) is bytes and v not in (b"", b".", b"..") and b"/" not in v and b"\0" not in v
+
+
+def _int(lo: int, hi: int) -> Callable[[Any], bool]:
+    return lambda v: type(v) is int and lo <= v < hi
+
+
+def _content_ok(v: Any) -> bool:
+    return type(v) is list and all(
+        (type(c) is bytes and len(c) == ID_LEN) or (type(c) is int and 0 <= c < 1 << 63) for c in v
+    )
+
+
+def _xattrs_ok(v: Any) -> bool:
+    return type(v) is list and all(
+        type(x) in (list, tuple) and len(x) == 2 and type(x[0]) is bytes and type(x[1]) is bytes
+        and x[0] and b"\0" not in x[0] for x in v
+    )
+
+
+_ANY_INT = _int(-(1 << 63), 1 << 64)  # whatever msgpack holds (times before 1970 are negative)
+_U64 = _int(0, 1 << 64)
+_U32 = _int(0, 1 << 32)
+
+
+def _str(v: Any) -> bool:
+    return type(v) is str
+
+
+# what each field of a node may hold: a tree written by another (maybe hostile) host is checked against it
+# before anything acts on it
+_VALID: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "n": ("name", _name_ok),
+    "t": ("type", lambda v: type(v) is str and v in NODE_TYPES),
+    "m": ("mode", _int(0, 0o10000)),
+    "u": ("uid", _U32),
+    "g": ("gid", _U32),
+    "un": ("user name", _str),
+    "gn": ("group name", _str),
+    "mt": ("mtime", _ANY_INT),
+    "at": ("atime", _ANY_INT),
+    "ct": ("ctime", _ANY_INT),
+    "s": ("size", _int(0, 1 << 63)),
+    "i": ("inode", _U64),
+    "d": ("device", _U64),
+    "l": ("link count", _U64),
+    "r": ("device number", _U64),
+    "lt": ("symlink target", lambda v: type(v) is bytes and b"\0" not in v),
+    "c": ("content", _content_ok),
+    "st": ("subtree", lambda v: type(v) is bytes and len(v) == ID_LEN),
+    "x": ("xattr list", _xattrs_ok),
+    "w": ("warning", _str),
+}
+
+
+_CHECKS = {key: rule[1] for key, rule in _VALID.items()}
+
+
+def entry_problem(m: Any) -> str | None:
+    """What is wrong with one raw tree entry (a field of the wrong type or out of range, a name that is not
+    one plain name), or None. Unknown fields are left alone."""
+    if type(m) is not dict:
+        return "it is not a map"
+    if "n" not in m or "t" not in m:
+        return "it has no name or no type"
+    get = _CHECKS.get
+    for key, value in m.items():
+        ok = get(key)
+        if ok is not None and not ok(value):
+            return f"its {_VALID[key][0]} is invalid"
+    return None
+
+
+def entry_label(m: Any) -> bytes:
+    """The name of a raw entry to show in a message about it (even a malformed one)."""
+    name = m.get("n") if type(m) is dict else None
+    return name if type(name) is bytes and name else b"(an entry without a valid name)"
+
+
+def check_maps(maps: Any) -> tuple[list[dict[str, Any]], list[tuple[bytes, str]]]:
+    """A tree's raw entries split into the valid ones and (label, problem) for each other one.
+
+    An entry whose name an earlier entry already has is one of the others (tuckbox writes each name once,
+    in sorted order): restoring both would let the second replace the first, or a directory go where a
+    symlink was made.
+    """
+    if type(maps) is not list:
+        raise IntegrityError("a tree is malformed")
+    good: list[dict[str, Any]] = []
+    bad: list[tuple[bytes, str]] = []
+    seen: set[bytes] = set()
+    for m in maps:
+        problem = entry_problem(m)
+        if problem is None and m["n"] in seen:
+            problem = "another entry of the same directory has that name"
+        if problem is None:
+            seen.add(m["n"])
+            good.append(m)
+        else:
+            bad.append((entry_label(m), problem))
+    return good, bad
+
+
 def decode_tree(raw: bytes) -> list[Node]:
-    return [Node.from_map(m) for m in tree_maps(raw)]
+    """A tree's entries as Nodes; IntegrityError (naming the entry) if any is malformed."""
+    good, bad = check_maps(tree_maps(raw))
+    if bad:
+        name, problem = bad[0]
+        raise IntegrityError(f"tree entry {display_path(name)} is malformed: {problem}")
+    return [Node.from_map(m) for m in good]

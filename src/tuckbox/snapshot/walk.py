@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterator
 
 from ..errors import IntegrityError, UsageError
 from ..text import display_path
-from .tree import DIR, NODE_TYPES, Node, decode_tree, tree_maps
+from .tree import DIR, Node, check_maps, decode_tree, tree_maps
 
 LoadTree = Callable[[bytes], bytes]
 
@@ -16,24 +16,19 @@ def load_nodes(load: LoadTree, tree_id: bytes) -> list[Node]:
     return decode_tree(load(tree_id))
 
 
-def _plain(name: bytes) -> bool:
-    return b"/" not in name and b"\0" not in name and name not in (b"", b".", b"..")
-
-
 def decode_maps(raw: bytes) -> list[dict[str, Any]]:
-    """A tree's entries as their raw maps, each checked for a plain name (no ``/``, not ``.``/``..``) and a known type.
+    """A tree's entries as their raw maps, each checked (``tree.check_maps``: plain names, each once, fields
+    of the right types and ranges).
 
     For walks that read a few fields of most entries (``"n"`` name, ``"t"``
     type, ...; see ``tree._FIELDS``): ``Node.from_map`` makes a full Node of
     one when needed. Raises like ``decode_tree``.
     """
-    maps = tree_maps(raw)
-    try:
-        if all(type(n := m["n"]) is bytes and m["t"] in NODE_TYPES and _plain(n) for m in maps):
-            return maps  # type: ignore[no-any-return]
-    except (KeyError, TypeError):
-        pass
-    raise IntegrityError("a tree entry is malformed")
+    good, bad = check_maps(tree_maps(raw))
+    if bad:
+        name, problem = bad[0]
+        raise IntegrityError(f"tree entry {display_path(name)} is malformed: {problem}")
+    return good
 
 
 def walk(load: LoadTree, tree_id: bytes, prefix: bytes = b"/") -> Iterator[tuple[bytes, Node]]:

@@ -1,0 +1,149 @@
+"""Snapshots written by a compromised host that holds a write-only key (docs/keys.md, "Threat model").
+
+Such a host can add trees and snapshots that authenticate correctly. The owner's restore, ls, dump, diff and
+check over them must never write outside the target, crash or give up on the whole snapshot: each bad entry
+is named in one line and costs only itself.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+from tuckbox.backends.local import LocalBackend
+from tuckbox.repository.repo import Repository
+from tuckbox.snapshot.model import Snapshot, now_iso
+from tuckbox.types import BlobType
+
+from .conftest import Tuckbox
+
+PAYLOAD = b"an ordinary file\n"
+
+
+class Forger:
+    """Writes trees and snapshots as a hostile host could: any entries at all, correctly sealed."""
+
+    def __init__(self, tb: Tuckbox, tmp_path: Path) -> None:
+        os.environ["TUCKBOX_CACHE_DIR"] = str(tmp_path / "forger-cache")
+        self.repo = Repository.open(LocalBackend(tb.repo), lambda: tb.passfile.read_bytes().rstrip(b"\n"))
+        self.packer = self.repo.new_packer()
+
+    def data(self, data: bytes) -> bytes:
+        blob_id = self.repo.blob_id(data)
+        self.packer.add(BlobType.DATA, blob_id, data)
+        return blob_id
+
+    def tree(self, maps: list[Any]) -> bytes:
+        raw = msgpack.packb({"v": 1, "nodes": maps})
+        blob_id = self.repo.blob_id(raw)
+        self.packer.add(BlobType.TREE, blob_id, raw)
+        return blob_id
+
+    def snapshot(self, root: bytes, **fields: Any) -> str:
+        self.packer.flush()
+        doc = {"time": now_iso(), "host": "h", "user": "u", "paths": [b"/src"], **fields}
+        return self.repo.save_snapshot(Snapshot(tree=root, **doc))
+
+    def close(self) -> None:
+        self.packer.flush()
+        self.packer.close()
+        self.repo.close()
+
+
+def file(name: bytes, content: list[Any], **fields: Any) -> dict[str, Any]:
+    return {"n": name, "t": "file", "m": 0o644, "c": content, "s": len(PAYLOAD), **fields}
+
+
+@pytest.fixture
+def forger(tb: Tuckbox, tmp_path: Path):
+    tb("init")
+    f = Forger(tb, tmp_path)
+    yield f
+    f.close()
+
+
+MALFORMED = {
+    "mode-with-type-bits": {"m": 0o100644},
+    "mode-text": {"m": "644"},
+    "mode-negative": {"m": -1},
+    "size-text": {"s": "17"},
+    "link-count-text": {"l": "2", "i": 5},
+    "uid-negative": {"u": -5},
+    "user-bytes": {"un": b"root"},
+    "hole-negative": {"c": "CONTENT+[-100]"},
+    "chunk-text": {"c": ["abc"]},
+    "xattr-half": {"x": [[b"user.a"]]},
+    "xattr-text": {"x": [["user.a", "v"]]},
+    "symlink-nul": {"t": "symlink", "lt": b"a\0b", "c": []},
+    "symlink-text": {"t": "symlink", "lt": "target", "c": []},
+    "device-negative": {"t": "chardev", "r": -1, "c": []},
+    "subtree-text": {"t": "dir", "st": "abc", "c": []},
+    "not-a-map": None,
+    "name-dot-dot": {"n": b".."},
+    "name-with-slash": {"n": b"x/y"},
+    "name-empty": {"n": b""},
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_a_malformed_entry_costs_only_itself(tb: Tuckbox, forger: Forger, tmp_path: Path, case: str) -> None:
+    """Each of these stopped the whole restore ('internal error') or ls/diff/dump with one, and check called the
+    repository sound."""
+    good = forger.data(PAYLOAD)
+    fields = MALFORMED[case]
+    if fields is None:
+        bad: Any = [1, 2, 3]
+    else:
+        bad = file(b"bad", [good])
+        bad.update({k: ([good, -100] if v == "CONTENT+[-100]" else v) for k, v in fields.items()})
+    sub = forger.tree([bad, file(b"fine", [good])])
+    root = forger.tree([{"n": b"d", "t": "dir", "m": 0o755, "st": sub}, file(b"top", [good])])
+    snap = forger.snapshot(root)[:8]
+
+    target = tmp_path / "r"
+    res = tb("restore", snap, "--target", str(target), expect=1)
+    said = [ln for ln in res.err.splitlines() if "malformed" in ln]
+    assert said and all(ln.startswith("error: /d/") and "not restored" in ln for ln in said), res.err
+    assert (target / "d" / "fine").read_bytes() == PAYLOAD  # the rest of its directory is restored
+    assert (target / "top").read_bytes() == PAYLOAD
+    assert sorted(p.name for p in (target / "d").iterdir()) == ["fine"]
+
+    for args in (("ls", "-l", snap), ("find", "fine"), ("dump", snap, "/d/fine")):
+        out = tb(*args, expect=None)
+        assert out.code in (0, 1), (args, out.err)
+        assert "internal error" not in out.err, (args, out.err)
+    check = tb("check", expect=1)
+    assert "malformed" in check.err and "/d" in check.err, check.err
+
+
+def test_two_entries_of_one_name_never_replace_each_other(tb: Tuckbox, forger: Forger, tmp_path: Path) -> None:
+    """A symlink 'a' out of the target and a directory 'a' with a file below it; two files 'b'. The second of
+    each was written over the first, silently (and on a resumed restore the directory replaced the symlink),
+    and check called the repository sound."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    good, other = forger.data(PAYLOAD), forger.data(b"the second b\n")
+    sub = forger.tree([file(b"f", [good])])
+    root = forger.tree([
+        {"n": b"a", "t": "symlink", "m": 0o777, "lt": os.fsencode(outside)},
+        {"n": b"a", "t": "dir", "m": 0o755, "st": sub},
+        file(b"b", [good]),
+        file(b"b", [other], s=13),
+        file(b"c", [good]),
+    ])
+    snap = forger.snapshot(root)[:8]
+    target = tmp_path / "r"
+    for _ in range(2):  # the second run resumes the first (which did not complete)
+        res = tb("restore", snap, "--target", str(target), expect=1)
+        said = [ln for ln in res.err.splitlines() if "same directory has that name" in ln]
+        assert {ln.split(":")[1].strip() for ln in said} == {"/a", "/b"}, res.err
+        assert os.readlink(target / "a") == str(outside)
+        assert (target / "b").read_bytes() == PAYLOAD
+        assert (target / "c").read_bytes() == PAYLOAD
+        assert list(outside.iterdir()) == []
+    check = tb("check", expect=1)
+    assert "same directory has that name" in check.err, check.err
