@@ -147,3 +147,31 @@ def test_two_entries_of_one_name_never_replace_each_other(tb: Tuckbox, forger: F
         assert list(outside.iterdir()) == []
     check = tb("check", expect=1)
     assert "same directory has that name" in check.err, check.err
+
+
+@pytest.mark.parametrize("fields", [
+    {"time": "not a time"},
+    {"time": "2026-01-01T00:00:00"},  # no offset: cannot be compared with the others
+    {"time": "0001-01-01T00:00:00+01:00"},  # overflows when converted
+    {"tree": 100},  # bytes(100): a hundred zero bytes (bytes(3_000_000_000) took 3 GB)
+    {"paths": [3]},
+])
+def test_a_malformed_snapshot_is_skipped_and_does_not_stop_every_command(
+    tb: Tuckbox, forger: Forger, tmp_path: Path, fields: dict[str, Any]
+) -> None:
+    """One snapshot whose time did not parse stopped snapshots, ls, stats, forget and restore of every
+    snapshot with 'internal error'; check called it sound."""
+    good = forger.data(PAYLOAD)
+    root = forger.tree([file(b"f", [good])])
+    sound = forger.snapshot(root)
+    bad = forger.snapshot(fields.pop("tree", root), **fields)[:8]
+    listing = tb("snapshots", "--json")
+    assert [s["id"] for s in listing.json()] == [sound]
+    assert f"snapshot {bad} skipped: is malformed" in listing.err, listing.err
+    assert tb("ls", "latest").out.split() == ["/f"]
+    tb("stats")
+    tb("forget", "--keep-last", "1", "--dry-run")
+    tb("restore", "latest", "--target", str(tmp_path / "r"))
+    assert (tmp_path / "r" / "f").read_bytes() == PAYLOAD
+    check = tb("check", expect=1)
+    assert f"snapshot {bad}" in check.err and "is malformed" in check.err, check.err

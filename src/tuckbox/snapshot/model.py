@@ -14,6 +14,7 @@ from typing import Any
 import msgpack
 
 from ..errors import IntegrityError, UnsupportedFormat
+from ..types import ID_LEN
 
 MAGIC = b"TBXS"
 VERSION = 1
@@ -58,12 +59,15 @@ class Snapshot:
             d = msgpack.unpackb(raw)
             if d.get("v") != VERSION:
                 raise UnsupportedFormat(f"snapshot {name[:8]} has version {d.get('v')}; upgrade tuckbox")
+            problem = _problem(d)
+            if problem:
+                raise IntegrityError(f"snapshot {name[:8]} is malformed: {problem}")
             return Snapshot(
-                time=str(d["time"]),
+                time=d["time"],
                 host=str(d["host"]),
                 user=str(d["user"]),
-                paths=[bytes(p) for p in d["paths"]],
-                tree=bytes(d["tree"]),
+                paths=list(d["paths"]),
+                tree=d["tree"],
                 tags=[str(t) for t in d.get("tags", [])],
                 parent=str(d.get("parent", "")),
                 partial=bool(d.get("partial", False)),
@@ -83,6 +87,31 @@ class Snapshot:
     @property
     def short_id(self) -> str:
         return self.id[:8]
+
+
+def _problem(d: dict[str, Any]) -> str:
+    """What makes a decoded snapshot document unusable ("" if nothing): every command sorts snapshots by
+    time, so one whose time cannot be compared would stop them all; ``bytes()`` of a number is that many
+    zero bytes, so a path or tree that is one must not get that far."""
+    when = d["time"]
+    if type(when) is not str:
+        return "its time is not text"
+    try:
+        t = _dt.datetime.fromisoformat(when)
+        if t.tzinfo is None:
+            return f"its time {when[:40]!r} has no offset from UTC"
+        t.astimezone(_dt.timezone.utc).astimezone()  # (a year at the ends of the range overflows here)
+        t.timestamp()
+    except (ValueError, OverflowError):
+        return f"its time {when[:40]!r} is not a valid time"
+    tree = d["tree"]
+    if type(tree) is not bytes or len(tree) != ID_LEN:
+        return "its tree is not a tree id"
+    if type(d["paths"]) is not list or any(type(p) is not bytes for p in d["paths"]):
+        return "its paths are not a list of paths"
+    if type(d.get("summary", {})) is not dict or type(d.get("tags", [])) is not list:
+        return "its summary or tags are malformed"
+    return ""
 
 
 def now_iso() -> str:
