@@ -175,3 +175,40 @@ def test_a_malformed_snapshot_is_skipped_and_does_not_stop_every_command(
     assert (tmp_path / "r" / "f").read_bytes() == PAYLOAD
     check = tb("check", expect=1)
     assert f"snapshot {bad}" in check.err and "is malformed" in check.err, check.err
+
+
+def _plant_lock(forger: Forger, doc: dict[str, Any]) -> None:
+    import json
+    import secrets
+
+    from tuckbox.crypto.aead import seal
+    from tuckbox.repository.locks import LOCK_AD
+    from tuckbox.types import ObjectType
+
+    sealed = seal(forger.repo.keys.index_key, json.dumps(doc).encode(), LOCK_AD)
+    forger.repo.backend.save(ObjectType.LOCK, secrets.token_hex(16), sealed)
+
+
+@pytest.mark.parametrize("when", [float("inf"), float("nan"), 1e18])
+def test_a_lock_whose_time_is_no_time_does_not_stop_prune_or_unlock(tb: Tuckbox, forger: Forger, when: float) -> None:
+    """prune, unlock and even 'unlock --all' (the way to remove it) stopped with 'internal error'."""
+    _plant_lock(forger, {"host": "h", "pid": 1, "user": "u", "time": when, "exclusive": True})
+    tb("prune")
+    tb("unlock", "--all")
+    assert list((Path(tb.repo) / "locks").iterdir()) == []
+
+
+def test_hosts_and_users_are_never_sent_raw_to_the_terminal(tb: Tuckbox, forger: Forger) -> None:
+    """A snapshot dated ahead of the clock and a lock name their host in a note or error: its escape sequences
+    (clear the screen, set the window title) went to the owner's terminal as they were."""
+    evil = "ev\x1b[2J\x1b]0;pwned\x07il"
+    good = forger.data(PAYLOAD)
+    forger.snapshot(forger.tree([file(b"f", [good])]), host=evil, time="2999-01-01T00:00:00.000000+00:00")
+    for args in (("snapshots",), ("ls", "latest")):
+        res = tb(*args)
+        assert "ahead of this machine's clock" in res.err and "\\x1b[2J" in res.err, res.err
+        assert "\x1b" not in res.err and "\x07" not in res.err, (args, res.err)
+    _plant_lock(forger, {"host": evil, "pid": 1, "user": evil, "time": 4e9, "exclusive": True})
+    res = tb("prune", expect=1)
+    assert "locked" in res.err and "\\x1b]0;pwned" in res.err, res.err
+    assert "\x1b" not in res.err and "\x07" not in res.err, res.err

@@ -7,7 +7,7 @@ import sys
 
 from ..repository.keyring import own_snapshots
 from ..repository.repo import Repository, ahead_of_clock
-from .common import emit_json, human, json_paths_fields, local_time, open_repository, opt, print_table
+from .common import display, emit_json, human, json_paths_fields, local_time, open_repository, opt, print_table
 
 HELP = "list snapshots"
 
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(snaps)} snapshot(s)")
     for s in snaps:
         if note := ahead_of_clock(s):
-            print(f"note: snapshot {s.short_id} of {s.host} is {note}", file=sys.stderr)
+            print(f"note: snapshot {s.short_id} of {display(s.host)} is {note}", file=sys.stderr)
     return 0
 
 

@@ -31,9 +31,11 @@ from typing import Callable
 from ..crypto.aead import open_sealed, seal
 from ..errors import IntegrityError, Interrupted, LockLost, ObjectNotFound, RepositoryLocked
 from ..procs import alive, runs_tuckbox
+from ..text import display_path
 from ..types import Backend, ObjectType
 
 LOCK_AD = b"tuckbox lock v1"
+LAST_TIME = 1 << 37  # seconds: a lock's time is before this (the year 6325; NaN and infinity are not)
 REFRESH_EVERY = 300.0
 STALE_AFTER = 1800.0
 RETRY_EVERY = 10.0  # seconds between attempts while waiting for a lock (--lock-wait), on average
@@ -71,7 +73,8 @@ class LockInfo:
     def describe(self) -> str:
         when = _dt.datetime.fromtimestamp(self.time).isoformat(timespec="seconds")
         kind = "exclusive" if self.exclusive else "shared"
-        text = f"{self.name[:8]} {kind} lock by {self.user}@{self.host} pid {self.pid} since {when}"
+        by = f"{display_path(self.user)}@{display_path(self.host)}"
+        text = f"{self.name[:8]} {kind} lock by {by} pid {self.pid} since {when}"
         ahead = self.time - time.time()
         if ahead > AHEAD_NOTED:
             text += (f" ({_span(ahead)} ahead of this machine's clock: a clock is wrong; it goes stale only "
@@ -82,8 +85,8 @@ class LockInfo:
         """What to do about this live-looking lock if its process is known to be gone."""
         if self.host == socket.gethostname():
             return f"pid {self.pid} is still running on this machine"
-        return (f"if that process on {self.host} is gone, 'tuckbox unlock --all' removes its lock now ('tuckbox "
-                f"unlock' only once it is stale, {_span(STALE_AFTER)} after its time)")
+        return (f"if that process on {display_path(self.host)} is gone, 'tuckbox unlock --all' removes its lock now "
+                f"('tuckbox unlock' only once it is stale, {_span(STALE_AFTER)} after its time)")
 
     def is_stale(self, now: float | None = None) -> bool:
         now = time.time() if now is None else now
@@ -116,8 +119,14 @@ def read_locks(backend: Backend, index_key: bytes, mine: str = "") -> list[LockI
         try:
             raw = backend.load(ObjectType.LOCK, info.name)
             doc = json.loads(open_sealed(index_key, raw, LOCK_AD, "lock"))
+            when, pid = doc["time"], doc["pid"]
+            # (a lock is written by any key, a compromised host's too: a time that is no time, or a pid that
+            # is no pid, must not stop the prune or unlock that is to remove it)
+            if type(when) not in (int, float) or not 0 <= when < LAST_TIME or type(pid) is not int \
+                    or not 0 <= pid < 1 << 31:
+                raise ValueError("not a lock's time or pid")
             out.append(
-                LockInfo(info.name, str(doc["host"]), int(doc["pid"]), str(doc["user"]), float(doc["time"]),
+                LockInfo(info.name, str(doc["host"]), pid, str(doc["user"]), float(when),
                          bool(doc["exclusive"]), str(doc.get("command", "")))
             )
         except ObjectNotFound:

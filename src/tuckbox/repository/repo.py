@@ -545,7 +545,7 @@ class Repository:
             if not pool:
                 raise SnapshotNotFound(f"repository {self.backend.location} has no snapshots yet")
             if note := ahead_of_clock(pool[-1]):
-                self.notes.append(f"'latest' is snapshot {pool[-1].short_id} of {pool[-1].host}, {note}; "
+                self.notes.append(f"'latest' is snapshot {pool[-1].short_id} of {display_path(pool[-1].host)}, {note}; "
                                      "name a snapshot by its id to choose another")
             return pool[-1]
         given = display_path(ref)  # (messages quote what was typed, not the lowercased prefix)
