@@ -83,7 +83,7 @@ class EntryChanged(SkipEntry):
 
 
 def _xname(name: bytes) -> str:
-    return name.decode("utf-8", "backslashreplace")
+    return display_path(name)  # (from a tree another host wrote, too: nothing a terminal acts on)
 
 
 class Owners:

@@ -212,3 +212,17 @@ def test_hosts_and_users_are_never_sent_raw_to_the_terminal(tb: Tuckbox, forger:
     res = tb("prune", expect=1)
     assert "locked" in res.err and "\\x1b]0;pwned" in res.err, res.err
     assert "\x1b" not in res.err and "\x07" not in res.err, res.err
+
+
+def test_owner_and_xattr_names_from_a_tree_are_shown_escaped(tb: Tuckbox, forger: Forger, tmp_path: Path) -> None:
+    """'ls -l' printed a tree's user and group names raw and restore's warning its extended attribute's name:
+    escape sequences from a hostile host reached the owner's terminal."""
+    escape = "\x1b]0;pwned\x07\x1b[2J"
+    good = forger.data(PAYLOAD)
+    entry = file(b"f", [good], un="u" + escape, gn="g" + escape, x=[[b"nonsense." + escape.encode(), b"v"]])
+    snap = forger.snapshot(forger.tree([entry]))[:8]
+    listing = tb("ls", "-l", snap)
+    assert "u\\x1b]0;pwned\\x07\\x1b[2J" in listing.out and "\x1b" not in listing.out, listing.out
+    res = tb("restore", snap, "--target", str(tmp_path / "r"))
+    assert "nonsense.\\x1b]0;pwned" in res.err and "\x1b" not in res.err and "\x07" not in res.err, res.err
+    assert (tmp_path / "r" / "f").read_bytes() == PAYLOAD

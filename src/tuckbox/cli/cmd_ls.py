@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         if args.long:
             mode = _KIND.get(n.type, "?") + stat.filemode(n.mode)[1:]
             when = dt.datetime.fromtimestamp(n.mtime_ns // 1_000_000_000).strftime("%Y-%m-%d %H:%M:%S")
-            line = f"{mode} {n.user or n.uid:>8} {n.group or n.gid:>8} {n.size:>12} {when} {display(path)}"
+            user, group = display(n.user) if n.user else n.uid, display(n.group) if n.group else n.gid
+            line = f"{mode} {user:>8} {group:>8} {n.size:>12} {when} {display(path)}"
             if n.link_target:
                 line += f" -> {display(n.link_target)}"
             print(line)
