@@ -226,3 +226,44 @@ def test_owner_and_xattr_names_from_a_tree_are_shown_escaped(tb: Tuckbox, forger
     res = tb("restore", snap, "--target", str(tmp_path / "r"))
     assert "nonsense.\\x1b]0;pwned" in res.err and "\x1b" not in res.err and "\x07" not in res.err, res.err
     assert (tmp_path / "r" / "f").read_bytes() == PAYLOAD
+
+
+def test_a_blob_whose_index_entry_claims_gigabytes_is_refused_before_it_is_decompressed(
+    tb: Tuckbox, forger: Forger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """64 KB of zstd frame without a content size, and an index entry that says 2 GiB: restore, dump and check
+    --read-data each decompressed 2 GiB into memory before finding that the blob does not match its id (a
+    few such blobs, or a larger claim, and the owner's machine runs out of memory)."""
+    import dataclasses
+
+    import zstandard
+
+    from tuckbox.pack.format import COMPRESSION_ZSTD
+    from tuckbox.repository import packer as packer_module
+
+    claimed = 2 << 30
+    stream = zstandard.ZstdCompressor(write_content_size=False).compressobj()
+    zeros = bytes(1 << 20)
+    bomb = b"".join(stream.compress(zeros) for _ in range(claimed >> 20)) + stream.flush()
+    real = packer_module.compress_many
+    monkeypatch.setattr(packer_module, "compress_many", lambda datas: [
+        (bomb, COMPRESSION_ZSTD) if bytes(d) == bomb else out for d, out in zip(datas, real(datas))])
+    bomb_id = b"\x07" * 32
+    write_index = forger.repo.write_index
+
+    def claiming(packs):
+        return write_index([dataclasses.replace(p, blobs=tuple(
+            e._replace(raw_length=claimed) if e.id == bomb_id else e for e in p.blobs)) for p in packs])
+
+    monkeypatch.setattr(forger.repo, "write_index", claiming)
+    forger.packer.close()
+    forger.packer = forger.repo.new_packer()
+    forger.packer.add(BlobType.DATA, bomb_id, bomb)
+    good = forger.data(PAYLOAD)
+    snap = forger.snapshot(forger.tree([file(b"bomb", [bomb_id], s=claimed), file(b"ok", [good])]))[:8]
+
+    res = tb("restore", snap, "--target", str(tmp_path / "r"), expect=1)
+    assert "/bomb: not restored: blob 07070707" in res.err and "claims 2147483648 bytes" in res.err, res.err
+    assert (tmp_path / "r" / "ok").read_bytes() == PAYLOAD
+    assert "claims 2147483648 bytes" in tb("dump", snap, "/bomb", expect=1).err
+    assert "claims 2147483648 bytes" in tb("check", "--read-data", expect=1).err

@@ -50,6 +50,10 @@ from .snapcache import SnapshotCache
 
 PassphraseSource = Callable[[], bytes]
 TREE_PACK_CACHE = 24 << 20  # bytes of whole tree packs kept in memory
+# the most a tree blob may hold (a directory of millions of entries); a data blob holds at most one chunk. Any
+# key writes the index that gives a blob's length, and the blob is decompressed into that much memory before
+# its id can be checked: a few KB of zeros must not make a restore take tens of GB
+MAX_TREE_BLOB = 1 << 30
 INDEX_SNAPSHOT = "master-index"  # the cache's copy of the loaded master index (state/)
 
 
@@ -420,6 +424,10 @@ class Repository:
 
     def open_blob(self, pack: PackRecord, entry, sealed: bytes | memoryview) -> bytes:
         """Decrypt, decompress and verify one blob's stored bytes."""
+        limit = self.config.chunker.max_size if entry.type == BlobType.DATA else MAX_TREE_BLOB
+        if not 0 <= entry.raw_length <= limit:
+            raise IntegrityError(f"blob {entry.id.hex()[:8]} in pack {pack.name[:8]} claims {entry.raw_length} bytes, "
+                                 f"more than a blob holds (its index entry was modified or damaged)")
         plain = self.pack_key(pack).open_blob(entry, sealed)
         if self.keys.chunk_id(plain) != entry.id:
             raise IntegrityError(f"blob {entry.id.hex()[:8]} in pack {pack.name[:8]} does not match its id")
