@@ -267,3 +267,21 @@ def test_a_blob_whose_index_entry_claims_gigabytes_is_refused_before_it_is_decom
     assert (tmp_path / "r" / "ok").read_bytes() == PAYLOAD
     assert "claims 2147483648 bytes" in tb("dump", snap, "/bomb", expect=1).err
     assert "claims 2147483648 bytes" in tb("check", "--read-data", expect=1).err
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink", "dir"])
+def test_an_entry_named_like_the_restore_marker_is_left_out_with_a_warning(
+    tb: Tuckbox, forger: Forger, tmp_path: Path, kind: str
+) -> None:
+    """A top-level '.tuckbox-restore' was written over the restore's marker and then removed with it (exit 0,
+    the entry silently gone); as a symlink or directory it failed the first run, and the resumed run replaced
+    the marker with it."""
+    good = forger.data(PAYLOAD)
+    entry = {"file": file(b".tuckbox-restore", [good]),
+             "symlink": {"n": b".tuckbox-restore", "t": "symlink", "lt": os.fsencode(tmp_path / "outside")},
+             "dir": {"n": b".tuckbox-restore", "t": "dir", "st": forger.tree([file(b"x", [good])])}}[kind]
+    snap = forger.snapshot(forger.tree([entry, file(b"z", [good])]))[:8]
+    target = tmp_path / "r"
+    res = tb("restore", snap, "--target", str(target))
+    assert "warning: /.tuckbox-restore: not restored: the restore keeps its own marker" in res.err, res.err
+    assert sorted(os.listdir(target)) == ["z"] and (target / "z").read_bytes() == PAYLOAD

@@ -334,11 +334,19 @@ class _Run:
             if chosen or d.parent is None:
                 self.report.error(f"{display(d.path or b'/')}: contents not restored: directory listing damaged: {e}")
             return []
+        if d.parent is None and any(m["n"] == MARKER for m in good):
+            # (the restore's own marker is there: restored, it would be overwritten, or removed at the end)
+            good = [m for m in good if m["n"] != MARKER]
+            bad = [*bad, (MARKER, "")]
         inc, exc = self.inc, self.exc
         for name, problem in bad:
             path = d.child(name)
             if (not inc or d.inside or inc.match(path)) and not (exc and exc.match(path)):
-                self.report.error(f"{display(path)}: not restored: its tree entry is malformed: {problem}")
+                if problem:
+                    self.report.error(f"{display(path)}: not restored: its tree entry is malformed: {problem}")
+                else:  # (most likely the marker of a restore into a directory that was then backed up)
+                    self.report.warn(f"{display(path)}: not restored: the restore keeps its own marker under that "
+                                     "name in the target ('tuckbox ls' shows it, 'tuckbox dump' writes out a file)")
         return good
 
     def _make_dir(self, d: Dir) -> None:
