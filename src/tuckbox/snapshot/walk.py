@@ -12,8 +12,15 @@ from .tree import DIR, Node, check_maps, decode_tree, tree_maps
 LoadTree = Callable[[bytes], bytes]
 
 
-def load_nodes(load: LoadTree, tree_id: bytes) -> list[Node]:
-    return decode_tree(load(tree_id))
+def load_nodes(load: LoadTree, tree_id: bytes, path: bytes = b"") -> list[Node]:
+    """The entries of the directory at ``path`` (named in the IntegrityError of a malformed one)."""
+    raw = load(tree_id)
+    try:
+        return decode_tree(raw)
+    except IntegrityError as e:
+        if not path:
+            raise
+        raise IntegrityError(f"{display_path(path)}: {e}") from None
 
 
 def decode_maps(raw: bytes) -> list[dict[str, Any]]:
@@ -37,7 +44,7 @@ def walk(load: LoadTree, tree_id: bytes, prefix: bytes = b"/") -> Iterator[tuple
     Depth first, with an explicit stack rather than recursion: a tree may be
     as deep as the longest path the file system allows (~2,000 directories).
     """
-    stack: list[tuple[Iterator[Node], bytes]] = [(iter(load_nodes(load, tree_id)), prefix)]
+    stack: list[tuple[Iterator[Node], bytes]] = [(iter(load_nodes(load, tree_id, prefix)), prefix)]
     while stack:
         nodes, base = stack[-1]
         node = next(nodes, None)
@@ -47,7 +54,7 @@ def walk(load: LoadTree, tree_id: bytes, prefix: bytes = b"/") -> Iterator[tuple
         path = os.path.join(base, node.name)
         yield path, node
         if node.type == DIR and node.subtree:
-            stack.append((iter(load_nodes(load, node.subtree)), path))
+            stack.append((iter(load_nodes(load, node.subtree, path)), path))
 
 
 def find(load: LoadTree, root: bytes, path: bytes) -> Node | None:
@@ -58,10 +65,16 @@ def find(load: LoadTree, root: bytes, path: bytes) -> Node | None:
     tree = root
     node: Node | None = None
     for i, part in enumerate(parts):
-        match = [n for n in load_nodes(load, tree) if n.name == part]
+        # only this entry has to be sound: a malformed one beside it does not hide it
+        good, bad = check_maps(tree_maps(load(tree)))
+        match = [m for m in good if m["n"] == part]
         if not match:
+            for name, problem in bad:
+                if name == part:
+                    shown = display_path(b"/" + b"/".join(parts[: i + 1]))
+                    raise IntegrityError(f"{shown}: its tree entry is malformed: {problem}")
             return None
-        node = match[0]
+        node = Node.from_map(match[0])
         if i < len(parts) - 1:
             if node.type != DIR:
                 return None
@@ -118,8 +131,8 @@ def _diff_level(load: LoadTree, a: bytes, b: bytes, prefix: bytes) -> Iterator[t
     """One directory level of ``diff``; yields ("", (a, b, path)) where two subdirectories must be compared."""
     if a == b:
         return
-    left = {n.name: n for n in load_nodes(load, a)} if a else {}
-    right = {n.name: n for n in load_nodes(load, b)} if b else {}
+    left = {n.name: n for n in load_nodes(load, a, prefix)} if a else {}
+    right = {n.name: n for n in load_nodes(load, b, prefix)} if b else {}
     for name in sorted(set(left) | set(right)):
         path = os.path.join(prefix, name)
         la, rb = left.get(name), right.get(name)
@@ -160,7 +173,7 @@ def find_in_tree(
         return memo[key]
     # (tree id, its path, its nodes, next index, matches so far)
     stack: list[tuple[bytes, bytes, list[Node], int, list[tuple[bytes, Node]]]] = [
-        (tree_id, prefix, load_nodes(load, tree_id), 0, [])
+        (tree_id, prefix, load_nodes(load, tree_id, prefix), 0, [])
     ]
     while True:
         tid, base, nodes, i, found = stack[-1]
@@ -181,4 +194,4 @@ def find_in_tree(
             if below is not None:
                 found.extend(below)
             else:
-                stack.append((node.subtree, path, load_nodes(load, node.subtree), 0, []))
+                stack.append((node.subtree, path, load_nodes(load, node.subtree, path), 0, []))
