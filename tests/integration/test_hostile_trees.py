@@ -286,3 +286,19 @@ def test_an_entry_named_like_the_restore_marker_is_left_out_with_a_warning(
     res = tb("restore", snap, "--target", str(target))
     assert "warning: /.tuckbox-restore: not restored: the restore keeps its own marker" in res.err, res.err
     assert sorted(os.listdir(target)) == ["z"] and (target / "z").read_bytes() == PAYLOAD
+
+
+@pytest.mark.parametrize("value", ["huge", float("nan"), [1], None])
+def test_a_summary_that_holds_no_count_does_not_stop_snapshots_or_stats(
+    tb: Tuckbox, forger: Forger, value: Any
+) -> None:
+    """'snapshots' and 'stats' stopped with 'internal error' for the whole repository (and --json wrote NaN,
+    which is not JSON)."""
+    import json
+
+    good = forger.data(PAYLOAD)
+    forger.snapshot(forger.tree([file(b"f", [good])]), summary={"bytes_total": value, "files_new": 3})
+    assert "0 B" in tb("snapshots").out
+    listing = json.loads(tb("snapshots", "--json").out, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert listing[0]["summary"] == {"files_new": 3}
+    tb("stats")

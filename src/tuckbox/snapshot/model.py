@@ -71,7 +71,9 @@ class Snapshot:
                 tags=[str(t) for t in d.get("tags", [])],
                 parent=str(d.get("parent", "")),
                 partial=bool(d.get("partial", False)),
-                summary=dict(d.get("summary", {})),
+                # counts only (a backup writes nothing else): a text or NaN where a count goes stopped the
+                # commands that add them up or show them, for every snapshot
+                summary={k: v for k, v in d.get("summary", {}).items() if type(k) is str and type(v) is int},
                 program=str(d.get("program", "")),
                 id=name,
             )
