@@ -43,6 +43,25 @@ def _words(block: str) -> list[str]:
     return [w for line in block.splitlines()[3:-1] for w in line.split() if not w.isdigit()]
 
 
+def _with_word(block: str, index: int, new: str) -> str:
+    """``block`` with its ``index``-th share word (as ``_words`` counts them) replaced by ``new``: by position,
+    not by the first match of its text (which may be an earlier, equal word, or part of the header)."""
+    lines = block.splitlines(keepends=True)
+    seen = 0
+    for k in range(3, len(lines) - 1):
+        tokens = lines[k].split(" ")
+        for t, token in enumerate(tokens):
+            word = token.strip()
+            if not word or word.isdigit():
+                continue
+            if seen == index:
+                tokens[t] = token.replace(word, new)
+                lines[k] = " ".join(tokens)
+                return "".join(lines)
+            seen += 1
+    raise AssertionError(f"no word {index}")
+
+
 def _no_words_in(message: str, blocks: list[str]) -> None:
     words = {w for b in blocks for w in _words(b)}
     leaked = [w for w in message.replace(",", " ").replace(";", " ").split() if w in words]
@@ -264,7 +283,7 @@ def test_a_kit_that_cannot_be_written_leaves_no_file(tmp_path: Path, monkeypatch
 
 def test_errors_are_tuckbox_errors_with_one_line() -> None:
     blocks = _kit(os.urandom(32))
-    for bad in ("", "word " * 33, blocks[0].replace(_words(blocks[0])[0], "zzzz", 1)):
+    for bad in ("", "word " * 33, _with_word(blocks[0], 0, "zzzz")):
         with pytest.raises(TuckboxError) as e:
             parse_share(bad, "x.txt")
         assert "\n" not in e.value.message
@@ -344,7 +363,8 @@ def test_several_shares_typed_into_one_file_are_each_read(tmp_path: Path) -> Non
     (tmp_path / "all.txt").write_text("my shares\n\n" + "\n".join(blocks[:3]))
     shares = read_share_files([str(tmp_path / "all.txt")])
     assert [s.number for s in shares] == [1, 2, 3] and combine(shares) == root
-    bad = blocks[1].replace(_words(blocks[1])[4], "qqqq", 1)
+    bad = _with_word(blocks[1], 4, "qqqq")
+    assert _words(bad)[4] == "qqqq" and _words(bad)[:4] + _words(bad)[5:] == _words(blocks[1])[:4] + _words(blocks[1])[5:]
     (tmp_path / "bad.txt").write_text("\n".join([blocks[0], bad]))
     with pytest.raises(IntegrityError, match=r"bad.txt \(its share block 2\): word 5 is not on"):
         read_share_files([str(tmp_path / "bad.txt")])
