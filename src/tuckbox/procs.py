@@ -9,6 +9,7 @@ one's and left alone.
 from __future__ import annotations
 
 import os
+import time
 
 
 def alive(pid: int) -> bool:
@@ -37,10 +38,13 @@ def started(pid: int) -> float | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()  # (after the command name, which may hold anything)
-        with open("/proc/stat", "rb") as f:
-            boot = next(float(line.split()[1]) for line in f if line.startswith(b"btime "))
-        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # (field 22: start time, in ticks since boot)
-    except (OSError, ValueError, IndexError, StopIteration):
+        with open("/proc/uptime", "rb") as f:
+            uptime = float(f.read().split()[0])
+        now = time.time()
+        # (field 22: the start, in clock ticks since boot; measured back from now through the uptime, both to
+        # a hundredth of a second: /proc/stat's boot time is whole seconds, off by up to one)
+        return now - (uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
         return None
 
 
