@@ -162,19 +162,34 @@ class _Checkpoints:
 
     def supersede(self, repo: Repository) -> None:
         """A complete snapshot now exists: remove this machine's checkpoints of the same paths."""
-        for name in self.names():
+        self.replace(repo, self.names())
+
+    def replace(self, repo: Repository, names: list[str]) -> None:
+        """Remove the checkpoints ``names`` (a newer one holds all they hold) and drop them from the record."""
+        removed: set[str] = set()
+        for name in names:
             try:
                 repo.backend.remove(ObjectType.SNAPSHOT, name)
             except ObjectNotFound:
                 pass
             except TuckboxError:
-                return  # keep the record; try again next time
+                break  # keep the rest in the record; the next complete snapshot removes them
+            removed.add(name)
             repo.cache.discard("snapshots", name)
-        if self.file is not None:
-            try:
+            if not repo.is_full():
+                withdraw_own_snapshot(repo, name)  # (a write-only key's listing of its own work: not "gone")
+        if self.file is None or not removed:
+            return
+        left = [n for n in self.names() if n not in removed]
+        try:
+            if left:
+                tmp = self.file.with_name(self.file.name + ".tmp")
+                tmp.write_text("".join(n + "\n" for n in left))
+                os.replace(tmp, self.file)
+            else:
                 self.file.unlink()
-            except OSError:
-                pass
+        except OSError:
+            pass
 
 
 def _watch(should_stop: Callable[[], bool], packer: Packer | PackProcess, over: threading.Event) -> threading.Thread:
@@ -300,6 +315,9 @@ def run_backup(
                 if stopping():
                     return  # stopped during the flush: data in it may have been given up; see above
                 snap = snapshot(tree, partial=True)
+                # this run's earlier checkpoint holds nothing this one lacks: one checkpoint per run, not one
+                # every interval (a first backup of days over a slow line would list hundreds)
+                checkpoints.replace(repo, written[-1:])
                 written.append(snap.id)
                 clock["checkpoint"] = time.monotonic()
 
@@ -326,6 +344,7 @@ def run_backup(
         partial = archiver.stopped or left_out > 0
         snap = snapshot(tree, partial=partial)
         if partial:
+            checkpoints.replace(repo, written[-1:])  # (as above: the stop's checkpoint holds all the last one did)
             written.append(snap.id)
         else:
             checkpoints.supersede(repo)
