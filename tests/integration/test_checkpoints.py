@@ -65,3 +65,53 @@ def test_a_run_leaves_one_checkpoint_not_one_per_interval(key, tmp_path):
     assert [(s["id"], s["partial"]) for s in listed] == [(done["snapshot"], False)], "superseded checkpoints are listed"
     cli("restore", "latest", "--target", str(tmp_path / "final"))
     assert compare_trees(src, restored(tmp_path / "final", src)) == []
+
+
+def _children(entries: list[dict], root: str) -> dict[str, set[str]]:
+    """directory path -> names of the entries listed in it, for ``root`` and every directory below it."""
+    out: dict[str, set[str]] = {e["path"]: set() for e in entries if e["type"] == "dir" and e["path"].startswith(root)}
+    for e in entries:
+        parent, _, name = e["path"].rpartition("/")
+        if parent in out:
+            out[parent].add(name)
+    return out
+
+
+@pytest.mark.parametrize("how", ["killed after a checkpoint", "ctrl-c"])
+def test_a_checkpoint_marks_the_directories_it_holds_only_part_of(how, tmp_path):
+    """A directory the backup had not finished looks, restored, like one that held fewer files: ``ls`` must say
+    so. A periodic checkpoint (the one a killed run leaves) did not mark the directories still being walked, and
+    nothing showed the mark a stop did leave."""
+    src = tmp_path / "src"
+    make_tree(src, 4, big=1, big_size=(300 * KiB, 400 * KiB), dirs=5, files_per_dir=30, small_size=(0, 30 * KiB))
+    cli = Cli(tmp_path, local_storage(tmp_path / "repo"))
+    cli(*INIT)
+    args = ("--json", "backup", "--checkpoint-interval", "0.001s", str(src))
+    if how == "ctrl-c":
+        log = tmp_path / "saves.log"
+        running = cli.start(*args, env={"TUCKBOX_TEST_FAULTS": "delay=0.02,crash_after_snapshots=100000",
+                                        SAVES_LOG_ENV: str(log)})
+        wait_for(lambda: len(_snapshot_saves(log)) >= 5 or running.proc.poll() is not None, 120, "checkpoints")
+        running.proc.send_signal(signal.SIGINT)
+        assert running.wait(timeout=60).code == 130
+    else:
+        res = cli(*args, env={"TUCKBOX_TEST_FAULTS": "crash_after_snapshots=5"}, expect=None)
+        assert res.code == -9, res.err
+    snaps = cli("snapshots", "--json").json()
+    assert snaps and all(s["partial"] for s in snaps)  # (killed before the run's previous one was removed: two)
+    newest = snaps[-1]["id"][:12]
+    entries = cli("ls", "--json", newest).json()["entries"]
+    warned = {e["path"] for e in entries if e.get("warning") == "incomplete: the backup was interrupted"}
+    listed = _children(entries, str(src))
+    real = {str(src)} | {str(p) for p in src.rglob("*") if p.is_dir() and not p.is_symlink()}
+    short = {d for d, names in listed.items() if names != {p.name for p in (src / d[len(str(src)) + 1:]).iterdir()}}
+    assert short, "the checkpoint holds every directory whole: the test stopped the backup too late"
+    assert short <= warned, f"directories the checkpoint holds only part of, not marked: {sorted(short - warned)}"
+    assert set(listed) <= real
+    long = cli("ls", "-l", newest, str(src)).out.splitlines()
+    marked = [line for line in long if line.endswith("  (incomplete: the backup was interrupted)")]
+    assert {line.split()[-6] for line in marked} >= short, long  # (the path: the field before the note's 5 words)
+    # the checkpoint still restores what it lists, and the next run completes it with no mark left
+    done = cli("--json", "backup", str(src)).summary()
+    final = cli("ls", "--json", done["snapshot"][:12]).json()["entries"]
+    assert not [e["path"] for e in final if "warning" in e]

@@ -25,7 +25,7 @@ from ..chunker import Chunker
 from ..fsmeta import Owners, SkipEntry, node_from_stat, open_for_backup, read_xattrs
 from ..longpath import held, more_descriptors, room_for_children
 from ..patterns import Patterns
-from ..snapshot.tree import DIR, FILE, Node, RawNode
+from ..snapshot.tree import DIR, FILE, INCOMPLETE, Node, RawNode
 from ..text import display_path as _display
 from ..types import BlobStore, BlobType
 from .entries import add_hole, encode_fitting, is_cache_dir, on_the_way, same, whole
@@ -126,7 +126,7 @@ class Archiver(FastPaths):
             if frame_node is None:
                 root = tree_id
                 break
-            child = dataclasses.replace(frame_node, subtree=tree_id)
+            child = dataclasses.replace(frame_node, subtree=tree_id, warning=INCOMPLETE)  # (it is still being walked)
         return root
 
     def _warn(self, message: str) -> None:
@@ -188,6 +188,8 @@ class Archiver(FastPaths):
                 for w in warnings:
                     self._warn(w)
                 node.subtree = self._save_virtual(path, sub, node)
+                if self.stopped:
+                    node.warning = INCOMPLETE
             if node is not None:
                 nodes.append(node)
         self._stack.pop()
@@ -379,7 +381,7 @@ class Archiver(FastPaths):
                 node.subtree = subtree
             self.summary.dirs += 1
             if self.stopped:
-                node.warning = "incomplete: the backup was interrupted"
+                node.warning = INCOMPLETE
             return node
         self.summary.others += 1
         return node

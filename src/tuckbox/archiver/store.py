@@ -29,10 +29,8 @@ import msgpack
 from ..repository.packer import Packer
 from ..repository.packproc import PackProcess
 from ..repository.repo import Repository
-from ..snapshot.tree import encode_tree, node_refs
+from ..snapshot.tree import INCOMPLETE, encode_tree, node_refs
 from ..types import BlobType
-
-INCOMPLETE = "incomplete: the backup was interrupted"  # the archiver's warning for a directory cut short
 
 
 @dataclass

@@ -26,7 +26,9 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("snapshot", help="snapshot id prefix or 'latest'")
     p.add_argument("path", nargs="?", default="/", type=nonempty, help="list below this path as it was backed up (absolute, or from the current directory, so ~/x works; "
                         "as ls shows it, \\xff and all, or as typed; default: everything)")
-    p.add_argument("-l", "--long", action="store_true", help="show mode, owner, size and time")
+    p.add_argument("-l", "--long", action="store_true",
+                   help="show mode, owner, size and time, and what the backup noted of an entry (a directory a "
+                        "checkpoint holds only part of: incomplete)")
     add_latest_filters(p)
 
 
@@ -35,6 +37,7 @@ def _entry_json(path: bytes, n: Node) -> dict:
         **json_path_fields("path", path), "type": n.type, "mode": n.mode, "uid": n.uid, "gid": n.gid,
         "user": n.user, "group": n.group, "size": n.size, "mtime_ns": n.mtime_ns,
         **(json_path_fields("link_target", n.link_target) if n.link_target else {"link_target": None}),
+        **({"warning": n.warning} if n.warning else {}),  # (a checkpoint's "incomplete: ...", "changed during backup")
     }
 
 
@@ -63,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
             line = f"{mode} {user:>8} {group:>8} {n.size:>12} {when} {display(path)}"
             if n.link_target:
                 line += f" -> {display(n.link_target)}"
+            if n.warning:  # what the backup said of it: a directory of a checkpoint it had not finished, ...
+                line += f"  ({n.warning})"
             print(line)
         else:
             print(display(path))

@@ -522,7 +522,8 @@ def named_snapshot(
             note = f"'latest' is snapshot {snap.short_id}, {saved} (no backup has finished yet)"
         else:
             note = f"snapshot {snap.short_id} is {saved}"
-        repo.notes.append(f"{note}: it holds only what that backup had stored by then")
+        repo.notes.append(f"{note}: it holds only what that backup had stored by then "
+                          "('ls -l' marks the directories it holds only part of: incomplete)")
     return snap
 
 

@@ -32,6 +32,10 @@ NODE_TYPES = (FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV)
 Content = list[bytes | int]
 
 
+# the warning of a directory a checkpoint holds only part of: its backup was stopped, or had not finished it yet
+INCOMPLETE = "incomplete: the backup was interrupted"
+
+
 @dataclass(slots=True)  # a restore holds one per entry of the snapshot: no per-object __dict__
 class Node:
     name: bytes
@@ -53,7 +57,7 @@ class Node:
     content: Content = field(default_factory=list)  # replaced, never appended to, once filled
     subtree: bytes = b""
     xattrs: list[tuple[bytes, bytes]] = field(default_factory=list)  # includes system.posix_acl_*
-    warning: str = ""  # e.g. "changed during backup"
+    warning: str = ""  # e.g. "changed during backup", INCOMPLETE
 
     def to_map(self) -> dict[str, Any]:
         # written out (not a loop over _FIELDS): this runs once per entry of every backup
