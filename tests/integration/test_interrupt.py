@@ -292,3 +292,43 @@ def test_sigterm_stops_every_command_like_ctrl_c(tmp_path, command):
     assert res.code == 130, f"exit {res.code}\n{res.err}"
     assert res.err.splitlines()[-1] == "tuckbox: interrupted", res.err
     assert not list(locks.iterdir()), "the lock was left behind"
+
+
+_SIGNAL_WHILE_IMPORTING = """
+import importlib.abc, os, runpy, signal, sys
+
+SIG = getattr(signal, sys.argv[1])
+
+class Trap(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "tuckbox.cli.common":  # one of the modules tuckbox.cli.main loads before main() runs
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), SIG)
+        return None
+
+sys.meta_path.insert(0, Trap())
+sys.argv = ["tuckbox", *sys.argv[2:]]
+runpy.run_module("tuckbox.cli.main", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("json_out", [False, True])
+def test_a_signal_while_the_program_starts_exits_130_without_a_traceback(sig, json_out, tmp_path):
+    """Ctrl-C in a backup's first tenth of a second (the user saw the wrong path) came while Python loaded
+    tuckbox's modules: a traceback of the import under way, and SIGTERM there ended it with 143, not 130."""
+    import subprocess
+    import sys
+
+    cli = Cli(tmp_path, local_storage(tmp_path / "repo"))
+    args = [*(["--json"] if json_out else []), "backup", str(tmp_path)]
+    proc = subprocess.run([sys.executable, "-c", _SIGNAL_WHILE_IMPORTING, sig, *args], env=cli.env,
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    err, out = proc.stderr.decode(), proc.stdout.decode()
+    assert "Traceback" not in err, err
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert err.strip().splitlines() == ["tuckbox: interrupted"], err
+    if json_out:
+        assert json.loads(out) == {"type": "error", "message": "interrupted", "exit_code": 130}
+    else:
+        assert out == ""

@@ -9,12 +9,13 @@ leave is a dead process's, which ``tuckbox unlock`` removes.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from ..errors import EXIT_INTERRUPTED
 
@@ -62,6 +63,22 @@ def install() -> None:
         signal.signal(signal.SIGINT, _handle)
     if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _handle)
+
+
+def json_requested(words: list[str]) -> bool:
+    """Whether the command line asks for --json (or an abbreviation argparse accepts, --js), before any '--':
+    known before it is parsed, so that a usage error or an interrupt while the command starts is JSON too."""
+    words = words[: words.index("--")] if "--" in words else words
+    return any(len(w) > 2 and "--json".startswith(w) for w in words)
+
+
+def stopped_while_starting() -> NoReturn:
+    """Ctrl-C or SIGTERM while the program's modules load (its first tenth of a second, before ``main`` runs):
+    the one line and exit code of any interrupted command, not a traceback of the import under way."""
+    sys.stderr.write("tuckbox: interrupted\n")
+    if json_requested(sys.argv[1:]):
+        sys.stdout.write(json.dumps({"exit_code": EXIT_INTERRUPTED, "message": "interrupted", "type": "error"}) + "\n")
+    raise SystemExit(EXIT_INTERRUPTED)
 
 
 def interrupted_command_returned() -> None:

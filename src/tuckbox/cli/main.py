@@ -19,11 +19,19 @@ from typing import Any
 
 from .. import __version__
 from ..errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_USAGE, TuckboxError
-from ..redact import redact_debug
 from . import interrupt
-from .common import add_global_options, close_json_list_with_error, display, forget_json_list, report_problems
-from .memory import keep_out_of_core_dumps, tune_allocator
-from .output import Diagnostics, Guarded, OutputError, discard_pending, standard_streams
+from .interrupt import json_requested
+
+# a Ctrl-C (or SIGTERM) while the modules below load, the program's first tenth of a second, ends it as it
+# ends any command (one line, exit 130), not with a traceback of the import it came in (main installs it again)
+interrupt.install()
+try:
+    from ..redact import redact_debug
+    from .common import add_global_options, close_json_list_with_error, display, forget_json_list, report_problems
+    from .memory import keep_out_of_core_dumps, tune_allocator
+    from .output import Diagnostics, Guarded, OutputError, discard_pending, standard_streams
+except KeyboardInterrupt:
+    interrupt.stopped_while_starting()
 
 COMMANDS = [
     "init", "backup", "snapshots", "ls", "find", "diff", "restore", "dump", "check", "stats", "unlock",
@@ -88,13 +96,6 @@ class _Parser(argparse.ArgumentParser):
         if json_requested(self.argv):
             _write_json_error(sys.stdout, line.removeprefix("tuckbox: usage error: ").rstrip("\n"), EXIT_USAGE)
         self.exit(EXIT_USAGE, line)
-
-
-def json_requested(words: list[str]) -> bool:
-    """Whether the command line asks for --json (or an abbreviation argparse accepts, --js), before any '--':
-    known before it is parsed, so that a usage error or an interrupt while the command starts is JSON too."""
-    words = words[: words.index("--")] if "--" in words else words
-    return any(len(w) > 2 and "--json".startswith(w) for w in words)
 
 
 def _recover_hint(words: list[str]) -> str:
