@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from tuckbox.archiver.files_cache import FilesCache, _Cursor, _order
 
@@ -229,3 +230,35 @@ def test_the_cache_directories_it_makes_are_private(tmp_path: Path) -> None:
     assert cache.enabled
     for d in (cache.dir, cache.dir.parent, cache.dir / "state", cache.dir / "index"):
         assert d.stat().st_mode & 0o777 == 0o700, (d, oct(d.stat().st_mode))
+
+
+def _fat_stat(written_ns: int, size: int = 10) -> SimpleNamespace:
+    """The stat of a file on FAT (a USB stick, an SD card): mtime in 2-second steps, ctime the same field."""
+    t = written_ns // 2_000_000_000 * 2_000_000_000
+    return SimpleNamespace(st_dev=7, st_ino=3, st_size=size, st_mtime_ns=t, st_ctime_ns=t, st_atime_ns=t)
+
+
+def test_a_file_on_a_file_system_with_2_second_times_is_not_trusted_within_2_seconds(tmp_path):
+    """FAT keeps mtime in 2-second steps (and ctime is that same field): a file written at 100.3 s shows
+    100 s, a backup reading it at 101.4 s saw it 1.4 s "old", and a same-size write at 101.8 s still shows
+    100 s. Trusted, that edit would be lost from every later snapshot."""
+    base = 1_700_000_000_000_000_000
+    st = _fat_stat(base + 300_000_000)
+    cache = FilesCache(tmp_path, [b"/media/usb"])
+    cache.remember(b"/media/usb/f", st, {"n": b"f", "t": "file", "s": 10}, base + 1_400_000_000)
+    cache.finish(True)
+    later = FilesCache(tmp_path, [b"/media/usb"])
+    assert later.lookup_raw(b"/media/usb/f", _fat_stat(base + 1_800_000_000)) is None
+    assert later.last_known  # (known: counted as changed, not new)
+    later.finish(True)
+
+
+def test_a_file_with_whole_second_times_is_trusted_once_old_enough(tmp_path):
+    base = 1_700_000_000_000_000_000
+    st = _fat_stat(base)
+    cache = FilesCache(tmp_path, [b"/media/usb"])
+    cache.remember(b"/media/usb/f", st, {"n": b"f", "t": "file", "s": 10}, base + 3_100_000_000)
+    cache.finish(True)
+    later = FilesCache(tmp_path, [b"/media/usb"])
+    assert later.lookup_raw(b"/media/usb/f", st) is not None
+    later.finish(True)

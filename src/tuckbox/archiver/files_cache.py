@@ -17,7 +17,7 @@ as it goes. A finished run renames its stream over the old one; an
 interrupted run leaves its stream as ``<name>.partial``, consulted first by
 the next run (it is flushed every second, so it survives ``kill -9``), so a
 resumed backup re-reads only files that were not yet saved. Files modified
-within ``RACY_NS`` of being read are never trusted, nor pseudo-files (/proc, sysfs: their content
+within ``RACY_NS`` of being read (``COARSE_RACY_NS`` where times are whole seconds) are never trusted, nor pseudo-files (/proc, sysfs: their content
 changes while their stat stays): their record only says the path was there (so the next run reports
 them as changed rather than new).
 
@@ -44,6 +44,9 @@ from ..procs import still_writing
 from ..repository.cache import make_state_dir
 
 RACY_NS = 1_000_000_000
+# a file system whose times are whole seconds (FAT: 2-second steps, ctime the same field; sshfs; ext3's small
+# inodes) hides a second write for up to 2 s: a file is trusted only when its times are older than that
+COARSE_RACY_NS = 3_000_000_000
 _EMPTY = msgpack.packb({})
 UNTRUSTED_CTIME = -1  # the ctime of a record that must never match (a racy file's)
 VERSION = 5  # records: [walk-order key, dev, ino, size, mtime_ns, ctime_ns, atime_ns, chunk ids, packed node map]
@@ -95,6 +98,14 @@ def _consistent(rec: list[Any]) -> bool:
         isinstance(node, dict) and node.get("n") == rec[0].rpartition(b"\x00\x01")[2] and node.get("s", 0) == rec[3]
         and [c for c in node.get("c", ()) if type(c) is bytes] == rec[7]
     )
+
+
+def _racy_ns(st: os.stat_result) -> int:
+    """How long after its last change a file may still change without its stat showing it: the file system's
+    timestamp granularity (whole seconds when both times are), plus a margin for the kernel's clock tick."""
+    if st.st_mtime_ns % 1_000_000_000 == 0 and st.st_ctime_ns % 1_000_000_000 == 0:
+        return COARSE_RACY_NS
+    return RACY_NS
 
 
 def _order(path: bytes) -> bytes:
@@ -421,7 +432,7 @@ class FilesCache:
         False: its stat does not show when its content changes, so it is only recorded as known)."""
         if key is None:
             key = self._key if self._key_path == path else _order(path)
-        if not trusted or max(st.st_mtime_ns, st.st_ctime_ns) >= read_at_ns - RACY_NS:
+        if not trusted or max(st.st_mtime_ns, st.st_ctime_ns) >= read_at_ns - _racy_ns(st):
             # may change again within the same clock tick: recorded as known (the next run counts it as
             # changed, not new) but never trusted (no real file has a ctime before 1970)
             self._record([key, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, UNTRUSTED_CTIME, 0, [], _EMPTY])
