@@ -23,6 +23,12 @@ def make(root: Path, rels: list[str]) -> list[bytes]:
     return paths
 
 
+def node_of(path: bytes, st: os.stat_result) -> dict:
+    """A file's node, as far as the files cache compares it with the file's stat."""
+    return {"n": os.path.basename(path), "t": "file", "m": st.st_mode & 0o7777, "u": st.st_uid, "g": st.st_gid,
+            "s": st.st_size}
+
+
 def walk_order(paths: list[bytes]) -> list[bytes]:
     return sorted(paths, key=_order)
 
@@ -43,7 +49,7 @@ def run(state: Path, root: Path, paths: list[bytes], changed: set[bytes] = froze
             hits.append(p)
         else:
             misses.append(p)
-            cache.remember(p, st, {"n": os.path.basename(p), "t": "file", "s": st.st_size}, time.time_ns() + 10**10)
+            cache.remember(p, st, node_of(p, st), time.time_ns() + 10**10)
     cache.finish(complete)
     return hits, misses
 
@@ -115,7 +121,7 @@ def test_killed_run_stream_is_adopted(tmp_path):
     for p in walk_order(paths)[:2]:
         st = os.lstat(p)
         assert cache.lookup(p, st) is None
-        cache.remember(p, st, {"n": os.path.basename(p), "t": "file", "s": st.st_size}, time.time_ns() + 10**10)
+        cache.remember(p, st, node_of(p, st), time.time_ns() + 10**10)
     cache.flush()
     # simulate kill -9: the ".new-<pid>" file stays; give it a dead pid
     new = next(f for f in state.iterdir() if ".new-" in f.name)
@@ -138,7 +144,7 @@ def test_killed_run_stream_is_adopted_when_its_pid_is_another_program_s_after_a_
     for p in walk_order(paths)[:2]:
         st = os.lstat(p)
         assert cache.lookup(p, st) is None
-        cache.remember(p, st, {"n": os.path.basename(p), "t": "file", "s": st.st_size}, time.time_ns() + 10**10)
+        cache.remember(p, st, node_of(p, st), time.time_ns() + 10**10)
     cache.flush()
     new = next(f for f in state.iterdir() if ".new-" in f.name)
     written = new.stat().st_mtime
@@ -167,7 +173,7 @@ def test_records_hold_the_encoded_node_its_chunks_and_atime(tmp_path):
     root, state = tmp_path / "src", tmp_path / "state"
     (p,) = make(root, ["a"])
     st = os.lstat(p)
-    node = {"n": b"a", "t": "file", "at": st.st_atime_ns, "c": [b"\1" * 32, 4096, b"\2" * 32]}
+    node = {**node_of(p, st), "at": st.st_atime_ns, "c": [b"\1" * 32, 4096, b"\2" * 32]}
     cache = FilesCache(state, [os.fsencode(root)])
     assert cache.lookup_raw(p, st) is None and not cache.last_known
     cache.remember(p, st, node, time.time_ns() + 10**10)
@@ -187,7 +193,7 @@ def test_records_hold_the_encoded_node_its_chunks_and_atime(tmp_path):
     assert again.lookup_raw(p, st) is None and again.last_known
 
 
-def test_a_version_4_cache_is_read_and_rewritten_as_version_5(tmp_path):
+def test_a_version_4_cache_is_read_and_rewritten_as_version_6(tmp_path):
     import msgpack
 
     root, state = tmp_path / "src", tmp_path / "state"
@@ -199,7 +205,7 @@ def test_a_version_4_cache_is_read_and_rewritten_as_version_5(tmp_path):
         f.write(msgpack.packb({"v": 4}))
         for p in paths:
             st = os.lstat(p)
-            nodes[p] = {"n": os.path.basename(p), "t": "file", "s": st.st_size, "at": st.st_atime_ns, "c": [bytes(32)]}
+            nodes[p] = {**node_of(p, st), "at": st.st_atime_ns, "c": [bytes(32)]}
             f.write(msgpack.packb([_order(p), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, nodes[p]]))
     cache = FilesCache(state, [os.fsencode(root)])
     for p in paths:
@@ -209,7 +215,7 @@ def test_a_version_4_cache_is_read_and_rewritten_as_version_5(tmp_path):
     cache.finish(True)
     with open(cache_file, "rb") as f:
         unpacker = msgpack.Unpacker(f)
-        assert next(unpacker) == {"v": 5}
+        assert next(unpacker) == {"v": 6}
         *records, trailer = unpacker
         assert [r[8] for r in records] == [msgpack.packb(nodes[p]) for p in paths]
         assert list(trailer) == ["end"]
@@ -235,7 +241,9 @@ def test_the_cache_directories_it_makes_are_private(tmp_path: Path) -> None:
 def _fat_stat(written_ns: int, size: int = 10) -> SimpleNamespace:
     """The stat of a file on FAT (a USB stick, an SD card): mtime in 2-second steps, ctime the same field."""
     t = written_ns // 2_000_000_000 * 2_000_000_000
-    return SimpleNamespace(st_dev=7, st_ino=3, st_size=size, st_mtime_ns=t, st_ctime_ns=t, st_atime_ns=t)
+    return SimpleNamespace(
+        st_dev=7, st_ino=3, st_size=size, st_mtime_ns=t, st_ctime_ns=t, st_atime_ns=t, st_mode=0o100755, st_uid=0, st_gid=0
+    )
 
 
 def test_a_file_on_a_file_system_with_2_second_times_is_not_trusted_within_2_seconds(tmp_path):
@@ -245,7 +253,7 @@ def test_a_file_on_a_file_system_with_2_second_times_is_not_trusted_within_2_sec
     base = 1_700_000_000_000_000_000
     st = _fat_stat(base + 300_000_000)
     cache = FilesCache(tmp_path, [b"/media/usb"])
-    cache.remember(b"/media/usb/f", st, {"n": b"f", "t": "file", "s": 10}, base + 1_400_000_000)
+    cache.remember(b"/media/usb/f", st, {"n": b"f", "t": "file", "m": 0o755, "s": 10}, base + 1_400_000_000)
     cache.finish(True)
     later = FilesCache(tmp_path, [b"/media/usb"])
     assert later.lookup_raw(b"/media/usb/f", _fat_stat(base + 1_800_000_000)) is None
@@ -257,8 +265,61 @@ def test_a_file_with_whole_second_times_is_trusted_once_old_enough(tmp_path):
     base = 1_700_000_000_000_000_000
     st = _fat_stat(base)
     cache = FilesCache(tmp_path, [b"/media/usb"])
-    cache.remember(b"/media/usb/f", st, {"n": b"f", "t": "file", "s": 10}, base + 3_100_000_000)
+    cache.remember(b"/media/usb/f", st, {"n": b"f", "t": "file", "m": 0o755, "s": 10}, base + 3_100_000_000)
     cache.finish(True)
     later = FilesCache(tmp_path, [b"/media/usb"])
     assert later.lookup_raw(b"/media/usb/f", st) is not None
     later.finish(True)
+
+
+def test_a_mode_or_owner_change_that_leaves_ctime_is_not_taken_for_unchanged(tmp_path):
+    """On FAT ("ctime updates are ignored": chmod a-w sets its read-only bit) and on sshfs and many FUSE file
+    systems (ctime is mtime) chmod and chown leave ctime as it was: the stored node, with the old mode or
+    owner, went into every later snapshot (a file made private restored as readable by all)."""
+    import msgpack
+
+    old = 1_600_000_000_123_456_789
+    st = SimpleNamespace(
+        st_dev=7, st_ino=3, st_size=10, st_mtime_ns=old, st_ctime_ns=old, st_atime_ns=old,
+        st_mode=0o100644, st_uid=1000, st_gid=1000,
+    )
+    node = {"n": b"f", "t": "file", "m": 0o644, "u": 1000, "g": 1000, "s": 10}
+    cache = FilesCache(tmp_path, [b"/mnt"])
+    cache.remember(b"/mnt/f", st, node, time.time_ns())
+    cache.finish(True)
+    for change in ({"st_mode": 0o100600}, {"st_uid": 0}, {"st_gid": 0}):
+        later = FilesCache(tmp_path, [b"/mnt"])
+        assert later.lookup_raw(b"/mnt/f", SimpleNamespace(**{**vars(st), **change})) is None, change
+        assert later.last_known
+        later.finish(True)
+    later = FilesCache(tmp_path, [b"/mnt"])
+    assert later.lookup_raw(b"/mnt/f", st) == msgpack.packb(node)
+    later.finish(True)
+
+
+def test_a_version_5_cache_is_still_used(tmp_path):
+    """The cache the previous tuckbox wrote (no mode, uid and gid of their own: taken from the node): the
+    first run after an upgrade reads no unchanged file again, and a chmod is still seen."""
+    import msgpack
+
+    root, state = tmp_path / "src", tmp_path / "state"
+    paths = walk_order(make(root, ["a", "d/b", "d/c"]))
+    run(state, root, paths)
+    cache_file = next(state.iterdir())
+    with open(cache_file, "wb") as f:
+        f.write(msgpack.packb({"v": 5}))
+        for p in paths:
+            st = os.lstat(p)
+            node = {**node_of(p, st), "at": st.st_atime_ns}
+            f.write(msgpack.packb([_order(p), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                                   st.st_atime_ns, [], msgpack.packb(node)]))
+    cache = FilesCache(state, [os.fsencode(root)])
+    st = os.lstat(paths[0])
+    assert cache.lookup_raw(paths[0], st) is not None
+    st1 = os.lstat(paths[1])
+    chmodded = SimpleNamespace(**{k: getattr(st1, k) for k in dir(st1) if k.startswith("st_")})
+    chmodded.st_mode = 0o100000  # (ctime kept, as FAT and sshfs do)
+    assert cache.lookup_raw(paths[1], chmodded) is None and cache.last_known
+    cache.finish(False)
+    hits, misses = run(state, root, paths)
+    assert len(hits) == 3 and misses == []

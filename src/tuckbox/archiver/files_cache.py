@@ -1,11 +1,12 @@
 """The files cache: lets a backup skip reading files that have not changed, in constant memory.
 
 For each file the cache holds its path, (device, inode, size, mtime_ns,
-ctime_ns), its atime and chunk ids, and its whole tree node as stored last
-time, already encoded (``msgpack`` of its canonical map). A file whose five
-values match is unchanged, provided every chunk it names is still in the
-repository index; since every metadata change (mode, owner, xattrs, ACLs,
-link count) moves ctime, the stored node is reused as it is — as bytes,
+ctime_ns), its atime and chunk ids, its whole tree node as stored last
+time, already encoded (``msgpack`` of its canonical map), and that node's mode,
+uid and gid. A file whose five values and mode and owner match is unchanged,
+provided every chunk it names is still in the repository index; since every
+other metadata change (xattrs, ACLs, link count) moves ctime (mode and owner are
+compared because on FAT, sshfs and many FUSE file systems chmod and chown do not), the stored node is reused as it is — as bytes,
 spliced into its directory's tree without being decoded or encoded again
 (``snapshot.tree.RawNode``), unless its atime changed.
 
@@ -49,8 +50,11 @@ RACY_NS = 1_000_000_000
 COARSE_RACY_NS = 3_000_000_000
 _EMPTY = msgpack.packb({})
 UNTRUSTED_CTIME = -1  # the ctime of a record that must never match (a racy file's)
-VERSION = 5  # records: [walk-order key, dev, ino, size, mtime_ns, ctime_ns, atime_ns, chunk ids, packed node map]
-_FIELDS = 9
+# records: [walk-order key, dev, ino, size, mtime_ns, ctime_ns, atime_ns, chunk ids, packed node map, and its
+# mode, uid and gid] (those three are compared too: on FAT, sshfs and many FUSE file systems chmod and chown
+# leave ctime as it was)
+VERSION = 6
+_FIELDS = 12
 _TRAILER_LEN = len(msgpack.packb({"end": bytes(32)}))  # the trailer: {"end": BLAKE3 of the bytes before it}
 
 
@@ -97,7 +101,13 @@ def _consistent(rec: list[Any]) -> bool:
     return (
         isinstance(node, dict) and node.get("n") == rec[0].rpartition(b"\x00\x01")[2] and node.get("s", 0) == rec[3]
         and [c for c in node.get("c", ()) if type(c) is bytes] == rec[7]
+        and [node.get("m", 0), node.get("u", 0), node.get("g", 0)] == rec[9:]
     )
+
+
+def _owner_fields(node: dict[str, Any]) -> list[Any]:
+    """The mode (permission bits), uid and gid a node holds: the record's last three fields."""
+    return [node.get("m", 0), node.get("u", 0), node.get("g", 0)]
 
 
 def _racy_ns(st: os.stat_result) -> int:
@@ -156,7 +166,7 @@ class _Cursor:
         try:
             header = self._unpacker.unpack()
             self.version = header.get("v") if isinstance(header, dict) else None
-            if self.version not in (4, VERSION):
+            if self.version not in (4, 5, VERSION):
                 self._unpacker = None
         except Exception:  # noqa: BLE001 - unreadable: behave as empty
             self._unpacker = None
@@ -179,10 +189,16 @@ class _Cursor:
             self._unpacker = None
             return
         if self.version == 4 and isinstance(rec, list) and len(rec) == 7 and isinstance(rec[6], dict):
-            # written by an older tuckbox: read as a version 5 record (and rewritten, never copied)
+            # written by an older tuckbox: read as a version 6 record (and rewritten, never copied)
             node = rec[6]
             chunks = [c for c in node.get("c", ()) if type(c) is bytes]
-            rec = rec[:6] + [node.get("at", 0), chunks, msgpack.packb(node)]
+            rec = rec[:6] + [node.get("at", 0), chunks, msgpack.packb(node)] + _owner_fields(node)
+        elif self.version == 5 and isinstance(rec, list) and len(rec) == 9 and type(rec[8]) is bytes:
+            try:
+                node = msgpack.unpackb(rec[8])
+            except Exception:  # noqa: BLE001 - damaged: a record no file matches
+                node = None
+            rec = rec + (_owner_fields(node) if isinstance(node, dict) else [None, None, None])
         if (
             type(rec) is list and len(rec) == _FIELDS and type(rec[0]) is bytes
             and type(rec[7]) is list and type(rec[8]) is bytes
@@ -297,8 +313,9 @@ class FilesCache:
             rec = cursor.find(key)
             if rec is not None:
                 self.last_known = True
-                if (rec[1], rec[2], rec[3], rec[4], rec[5]) == (
-                    st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+                if (rec[1], rec[2], rec[3], rec[4], rec[5], rec[9], rec[10], rec[11]) == (
+                    st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode & 0o7777, st.st_uid,
+                    st.st_gid,
                 ) and (cursor.verified or _consistent(rec)):
                     self._last = rec
                     self._last_cursor = cursor
@@ -435,7 +452,7 @@ class FilesCache:
         if not trusted or max(st.st_mtime_ns, st.st_ctime_ns) >= read_at_ns - _racy_ns(st):
             # may change again within the same clock tick: recorded as known (the next run counts it as
             # changed, not new) but never trusted (no real file has a ctime before 1970)
-            self._record([key, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, UNTRUSTED_CTIME, 0, [], _EMPTY])
+            self._record([key, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, UNTRUSTED_CTIME, 0, [], _EMPTY, 0, 0, 0])
             return
         chunks = [c for c in node_map.get("c", ()) if type(c) is bytes]
         try:
@@ -444,6 +461,7 @@ class FilesCache:
             return  # a time msgpack cannot hold (a file dated 1500 or 31690): not remembered, read again next time
         self._record([
             key, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, node_map.get("at", 0), chunks, raw,
+            *_owner_fields(node_map),
         ])
 
     def _record(self, rec: list[Any]) -> None:
