@@ -212,7 +212,8 @@ def _restore_and_compare(w: World, snap_id: str, expected: Path, *, subset: bool
             _compare_subset(root, expected)
         else:
             problems = compare_trees(expected, root, check_atime=False)
-            assert problems == [], f"snapshot {snap_id[:8]} differs from the tree it was taken of: {problems}\n" + "\n".join(w.log)
+            shown = "\n".join(w.log)
+            assert problems == [], f"snapshot {snap_id[:8]} differs from the tree it was taken of: {problems}\n{shown}"
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
@@ -277,7 +278,8 @@ def run_ops(ops: list[tuple[str, int, int, int]]) -> None:
         src = work / "src"
         src.mkdir()
         config = Config.new("t", ChunkerParams(4096, 8192, 65536), pack_size=1 << 20)
-        repo = Repository.init(LocalBackend(str(work / "repo")), PASSWORD, created="t", host="h", user="u", config=config)
+        backend = LocalBackend(str(work / "repo"))
+        repo = Repository.init(backend, PASSWORD, created="t", host="h", user="u", config=config)
         w = World(work, src, repo)
         _initial(w)
         time.sleep(1.05)

@@ -6,8 +6,9 @@ time, already encoded (``msgpack`` of its canonical map), and that node's mode,
 uid and gid. A file whose five values and mode and owner match is unchanged,
 provided every chunk it names is still in the repository index; since every
 other metadata change (xattrs, ACLs, link count) moves ctime (mode and owner are
-compared because on FAT, sshfs and many FUSE file systems chmod and chown do not), the stored node is reused as it is — as bytes,
-spliced into its directory's tree without being decoded or encoded again
+compared because on FAT, sshfs and many FUSE file systems chmod and chown do
+not), the stored node is reused as it is — as bytes, spliced into its
+directory's tree without being decoded or encoded again
 (``snapshot.tree.RawNode``), unless its atime changed.
 
 The cache is a stream of records **in the order the backup walks** (in each
@@ -18,8 +19,9 @@ as it goes. A finished run renames its stream over the old one; an
 interrupted run leaves its stream as ``<name>.partial``, consulted first by
 the next run (it is flushed every second, so it survives ``kill -9``), so a
 resumed backup re-reads only files that were not yet saved. Files modified
-within ``RACY_NS`` of being read (``COARSE_RACY_NS`` where times are whole seconds) are never trusted, nor pseudo-files (/proc, sysfs: their content
-changes while their stat stays): their record only says the path was there (so the next run reports
+within ``RACY_NS`` of being read (``COARSE_RACY_NS`` where times are whole seconds) are never trusted,
+nor pseudo-files (/proc, sysfs: their content changes while their stat stays): their record only says
+the path was there (so the next run reports
 them as changed rather than new).
 
 A stream closed by its run ends in a trailer, ``{"end": BLAKE3 of every byte before it}``, checked when
@@ -101,7 +103,7 @@ def _consistent(rec: list[Any]) -> bool:
     return (
         isinstance(node, dict) and node.get("n") == rec[0].rpartition(b"\x00\x01")[2] and node.get("s", 0) == rec[3]
         and [c for c in node.get("c", ()) if type(c) is bytes] == rec[7]
-        and [node.get("m", 0), node.get("u", 0), node.get("g", 0)] == rec[9:]
+        and _owner_fields(node) == rec[9:]
     )
 
 
@@ -452,7 +454,9 @@ class FilesCache:
         if not trusted or max(st.st_mtime_ns, st.st_ctime_ns) >= read_at_ns - _racy_ns(st):
             # may change again within the same clock tick: recorded as known (the next run counts it as
             # changed, not new) but never trusted (no real file has a ctime before 1970)
-            self._record([key, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, UNTRUSTED_CTIME, 0, [], _EMPTY, 0, 0, 0])
+            self._record(
+                [key, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, UNTRUSTED_CTIME, 0, [], _EMPTY, 0, 0, 0]
+            )
             return
         chunks = [c for c in node_map.get("c", ()) if type(c) is bytes]
         try:
