@@ -14,7 +14,10 @@ repository's directories with ``replace=false``, which the node refuses (409)
 if the name is taken. The upload completes before the link is made, so a name
 shows either the whole object or nothing. Reads use HTTP Range requests on the
 file's cap (cached from listings, so repeated reads of a pack do not walk
-directories again).
+directories again). A lock that the grid cannot place as happily as its
+``shares.happy`` asks (a storage server is down) is stored as a mutable (SDMF)
+file instead, which Tahoe places on the servers there are: a restore or check
+of a grid that can still be read is never stopped by its lock.
 
 Layout: ``config`` at the top, ``data/XX/NAME`` as in every backend, and,
 unlike the other backends, ``keys|index|snapshots|locks/X/NAME`` split on the
@@ -63,6 +66,8 @@ _SHARD2 = re.compile(r"^[0-9a-f]{2}$")
 _TOP_DIRS = [t.value for t in ObjectType if t is not ObjectType.CONFIG]
 _CACHED_TYPES = {ObjectType.PACK, ObjectType.INDEX, ObjectType.SNAPSHOT, ObjectType.KEY}
 _FILECAP_CACHE_SIZE = 200_000
+# Tahoe's UploadUnhappinessError: "shares could be placed on only 2 server(s) such that ... at least 3 such servers"
+_UNHAPPY = re.compile(r"placed on only (\d+) server\(s\).*?at least (\d+) such servers", re.DOTALL)
 
 
 def _cap_kind(cap: str) -> str:
@@ -180,9 +185,13 @@ class TahoeBackend:
         if "NotWriteableError" in r.text:
             return PermanentError(f"cannot change {what} in {self.location}: the cap is read-only; use a write-cap")
         if "UploadUnhappinessError" in r.text:
+            m = _UNHAPPY.search(r.text)
+            counts = f" (placed on {m.group(1)} of the {m.group(2)} that shares.happy asks for)" if m else ""
             return TransientError(
-                f"too few Tahoe-LAFS storage servers accepted the shares of {what} in {self.location}; "
-                "check that the client node is connected to enough servers"
+                f"too few Tahoe-LAFS storage servers accepted the shares of {what} in {self.location}{counts}; "
+                "check that enough storage servers are up, connected to the client node and not full (an upload "
+                "of the same object cut off less than 30 minutes ago, say by a restart of the client node, also "
+                "holds them back: run the command again later)"
             )
         if code == 404:
             return ObjectNotFound(f"{what} not found in repository {self.location}")
@@ -315,6 +324,14 @@ class TahoeBackend:
         r = self._request(
             "PUT", self._u(cap, name), what, params={"replace": "false", "format": "CHK"}, content=bytes(data)
         )
+        if r.status_code not in (200, 201) and type is ObjectType.LOCK and "UploadUnhappinessError" in r.text:
+            # A grid with a storage server down cannot place an immutable file as happily as shares.happy asks,
+            # and without its lock a restore or check could not run at all, though every file can still be
+            # read (2 of 3 shares are enough). A lock is small and short-lived: it goes into a mutable file,
+            # which Tahoe places on the servers there are (reads, listings and unlinking treat it alike).
+            r = self._request(
+                "PUT", self._u(cap, name), what, params={"replace": "false", "format": "SDMF"}, content=bytes(data)
+            )
         if r.status_code not in (200, 201):
             raise self._fail(r, what)
         self._remember(type, name, r.text.strip())
