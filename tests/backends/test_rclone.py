@@ -168,3 +168,65 @@ def test_upload_throughput(fresh_backend):
         fresh_backend.save(ObjectType.PACK, f"{i:02x}" + "e" * 62, blob)
     secs = time.monotonic() - t0
     print(f"\nrclone: (local remote via serve webdav): 64 MiB uploaded in {secs:.1f} s = {64 / secs:.1f} MiB/s")
+
+
+def test_server_that_died_fails_at_once_and_says_so(rc):
+    """rclone serve is tuckbox's own child on this machine: once it has ended (killed, out of memory, crashed)
+    no retry brings it back, yet every call was retried for a minute (a backup: 67 s) and then blamed
+    'the WebDAV server' the user never configured. Also in a process forked from the opener (a backup's pack
+    process, a restore's workers), which cannot wait for the server."""
+    import signal
+
+    b = open_backend(f"rclone:{rc['RCLONE_REMOTE']}:{_fresh_path()}", _options(rc))
+    try:
+        b.create()
+        proc = b._server.proc
+        proc.send_signal(signal.SIGKILL)  # the server this test started, by its pid
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:  # the forked process: report what the call raised, and end
+            try:
+                b.stat(ObjectType.PACK, NAME)
+                os.write(write, b"no error")
+            except BaseException as e:  # noqa: BLE001
+                os.write(write, f"{type(e).__name__}: {e}".encode())
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read, "rb") as f:
+            in_fork = f.read().decode()
+        os.waitpid(child, 0)
+        assert in_fork.startswith("PermanentError: rclone, which served rclone:"), in_fork
+        assert "has stopped (it is gone)" in in_fork
+        t0 = time.monotonic()
+        with pytest.raises(PermanentError) as e:
+            b.load(ObjectType.PACK, NAME)
+        assert time.monotonic() - t0 < 5
+        assert "has stopped (killed by signal 9)" in str(e.value) and "run the command again" in str(e.value)
+        assert b._server.password not in str(e.value)
+    finally:
+        b.close()
+
+
+def test_remote_it_cannot_reach_is_named_with_rclones_reason(rc, tmp_path):
+    """rclone answers a listing of a remote it cannot reach with 405: the error said only 'the WebDAV server
+    at rclone:... answered 405'. rclone's own log line says why."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    conf = tmp_path / "rclone.conf"
+    conf.write_text(f"[gone]\ntype = webdav\nurl = http://127.0.0.1:{port}/\nvendor = other\n")
+    b = open_backend("rclone:gone:repo", {"rclone.binary": rc["RCLONE_BIN"], "rclone.config": str(conf)})
+    try:
+        with pytest.raises(PermanentError) as e:
+            b.exists()
+        msg = str(e.value)
+        assert "rclone could not use the remote of rclone:gone:repo" in msg, msg
+        assert "connection refused" in msg and f"127.0.0.1:{port}" in msg
+    finally:
+        b.close()

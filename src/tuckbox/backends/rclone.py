@@ -33,12 +33,15 @@ import subprocess
 import sys
 import sysconfig
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Callable
 from urllib.parse import quote
 
-from ..errors import PermanentError, UsageError
+import httpx
+
+from ..errors import PermanentError, TransientError, UsageError
 from ..redact import child_environment
 from .url import parse_float
 from .webdav import WebDAVBackend
@@ -49,6 +52,8 @@ _STARTED = re.compile(r"(?:WebDav Server started on|Serving on) \[?(http://127\.
 _LOG_PREFIX = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d ")
 _SECRET_KEY = re.compile(r"key|secret|pass|token|auth|sas|credential|cookie", re.IGNORECASE)
 _START_TIMEOUT = 30.0
+# ERROR lines rclone logs for an ordinary answer (a name that is not there, or taken), not a failing remote
+_BENIGN = re.compile(r"does not exist|not found|already exists|is a directory|not a directory", re.IGNORECASE)
 # rclone reads every flag from RCLONE_<FLAG>; make sure the user's environment
 # cannot change how the private server listens or authenticates.
 _SERVE_ENV = (
@@ -170,6 +175,9 @@ class _RcloneServer:
         except OSError as e:
             raise PermanentError(f"cannot run rclone ({binary}): {e.strerror}") from None
         self.tail: collections.deque[str] = collections.deque(maxlen=20)
+        self._owner = os.getpid()
+        self._pid = self.proc.pid
+        self.last_error: tuple[float, str] | None = None  # (time.monotonic(), line) of rclone's last ERROR
         self.url = self._wait_for_url(location)
         threading.Thread(target=self._drain, name="rclone-stderr", daemon=True).start()
 
@@ -206,9 +214,40 @@ class _RcloneServer:
             return
         try:
             for line in proc.stderr:
-                self.tail.append(_LOG_PREFIX.sub("", line.rstrip())[:300])
+                text = _LOG_PREFIX.sub("", line.rstrip())[:300]
+                self.tail.append(text)
+                if text.startswith(("ERROR", "CRITICAL")) and not _BENIGN.search(text):
+                    self.last_error = (time.monotonic(), text)
         except (OSError, ValueError):
             pass
+
+    def recent_error(self, within: float = 60.0) -> str | None:
+        """rclone's last ERROR line of the last ``within`` seconds, without its level (this process only: a
+        forked one does not read rclone's log)."""
+        last = self.last_error
+        if last is None or time.monotonic() - last[0] > within:
+            return None
+        return re.sub(r"^(ERROR|CRITICAL)\s*:\s*", "", last[1])
+
+    def ended(self) -> str | None:
+        """How the server ended (``exit code 1``, ``killed by signal 9``), or None while it runs. Also right in
+        a process forked from the one that started it, which cannot wait for it."""
+        proc = self.proc
+        if proc is None:
+            return "stopped by tuckbox"
+        if os.getpid() == self._owner:
+            code = proc.poll()
+            if code is None:
+                return None
+            return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        try:
+            with open(f"/proc/{self._pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return "it is gone"
+        except (OSError, IndexError):  # (no /proc: cannot tell)
+            return None
+        return "it is gone" if state in (b"Z", b"X") else None
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
@@ -265,6 +304,36 @@ class RcloneBackend(WebDAVBackend):
             dir_cache_time=options.get("rclone.dir_cache_time", "2s"),
             timeout=parse_float(options.get("rclone.timeout"), "rclone.timeout", 300.0),
         )
+
+    def _request(self, method: str, rel: str, what: str, **kwargs: object) -> httpx.Response:
+        try:
+            return super()._request(method, rel, what, **kwargs)
+        except TransientError:
+            # the private server is on this machine: when it has ended, no retry brings it back
+            ended = self._server.ended()
+            if ended is None:
+                raise
+            said = self._server.recent_error()
+            raise PermanentError(
+                f"rclone, which served {self.location} to tuckbox, has stopped ({ended})"
+                f"{f'; it said: {said}' if said else ''}; run the command again"
+            ) from None
+
+    def _fail(self, r: httpx.Response, what: str) -> Exception:
+        error = super()._fail(r, what)
+        if r.status_code in (401, 404, 412, 416, 423) or not isinstance(error, PermanentError):
+            return error
+        said = self._server.recent_error()
+        deadline = time.monotonic() + 1.0
+        while said is None and time.monotonic() < deadline:  # (rclone may log it just after it answers)
+            time.sleep(0.05)
+            said = self._server.recent_error()
+        if said is None:
+            return error
+        # rclone turns a remote it cannot reach into odd answers (405 for a listing, 403 for a rename): its own
+        # log says what went wrong
+        return PermanentError(f"rclone could not use the remote of {self.location} for {what} "
+                              f"(it answered {r.status_code}): {said}; check the remote (rclone config)")
 
     def server_log_tail(self) -> list[str]:
         """The last lines rclone logged (for diagnosing a failure)."""
