@@ -324,8 +324,9 @@ class RcloneBackend(WebDAVBackend):
         if r.status_code in (401, 404, 412, 416, 423) or not isinstance(error, PermanentError):
             return error
         said = self._server.recent_error()
-        deadline = time.monotonic() + 1.0
-        while said is None and time.monotonic() < deadline:  # (rclone may log it just after it answers)
+        deadline = time.monotonic() + 3.0
+        while said is None and time.monotonic() < deadline:  # (rclone may log it just after it answers; on a busy
+            # machine, seen up to a second later)
             time.sleep(0.05)
             said = self._server.recent_error()
         if said is None:
