@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .. import __version__
+from .. import __version__, allocator
 from ..backends.local import local_root
 from ..chunker import Chunker
 from ..errors import ObjectNotFound, TuckboxError
@@ -52,6 +52,7 @@ from .files_cache import FilesCache
 from .store import RunStore
 
 DEFAULT_CHECKPOINT_INTERVAL = 15 * 60.0
+WALK_KEEP_FREED = 32 << 20  # freed heap the walking process keeps (allocator.py)
 
 
 @dataclass
@@ -238,6 +239,10 @@ def run_backup(
         lock.release()
         journal.close(remove=True)
         raise
+    # the walk reads files and cuts chunks into fresh buffers (~1 MiB each): keep what it frees for the next
+    # ones instead of having the kernel clear and map those pages again (allocator.py). Only now: a pack
+    # process forked with this process's freed heap would count it as its own (it gives back what it frees)
+    allocator.keep_freed(WALK_KEEP_FREED)
     lock.refresh_in_background()
     repo.guard = lock.ensure_held
     store = RunStore(repo, packer)

@@ -157,12 +157,14 @@ class Packer(Ledger):
         connections: int = 4,
         index_every: int = 8,
         on_pack_saved: Callable[[PackRecord], None] | None = None,
+        compress_each: bool = False,
     ) -> None:
         super().__init__(index, write_index, index_every)
         self.backend = backend
         self.recipient = recipient
         self.pack_size = pack_size
         self.on_pack_saved = on_pack_saved
+        self._compress_each = compress_each  # (no walk shares this process's GIL: see compress_many)
         nworkers = workers or max(2, os.cpu_count() or 2)
         self._workers = ThreadPoolExecutor(nworkers, thread_name_prefix="tuckbox-pack")
         self._blob_slots = threading.BoundedSemaphore(nworkers + 1)
@@ -322,7 +324,7 @@ class Packer(Ledger):
         try:
             if self._stop.is_set():
                 batch = [b for b in batch if b[0] is not BlobType.DATA]
-            outputs = compress_many([d for _, _, d in batch])
+            outputs = compress_many([d for _, _, d in batch], self._compress_each)
             compressed = [(t, i, len(d), *out) for (t, i, d), out in zip(batch, outputs)]
             full: list[PackBuilder] = []
             with self._lock:

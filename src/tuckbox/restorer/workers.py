@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import msgpack
 
+from .. import allocator
 from ..longpath import open_deep
 
 from ..backends.fork import F_SETPIPE_SZ, PIPE_SIZE, die_with_parent, forkable
@@ -39,6 +40,8 @@ from ..backends.fork import unpickle_error
 from ..errors import TuckboxError
 from .writer import Dir, Window, WindowWriter, display
 
+WRITER_KEEP_FREED = 64 << 20  # freed heap a writer process keeps (allocator.py)
+WRITER_HEAP_PAD = 16 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -131,6 +134,9 @@ class WorkerProcesses:
                 up_recv.close()
                 die_with_parent(parent)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+                # a writer maps each window's pack ranges and frees them: kept for the next window instead of
+                # cleared and faulted in again (its peak stays below the restoring process's key derivation)
+                allocator.keep_freed(WRITER_KEEP_FREED, WRITER_HEAP_PAD)
                 _serve(down_recv, up_send, make_writer(_ChildReport(up_send)), self.target)
                 code = 0
             finally:
