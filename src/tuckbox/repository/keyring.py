@@ -100,7 +100,7 @@ def _entry_from_object(repo: Repository, name: str, raw: bytes) -> KeyEntry | No
         )
     info = keyfile_info(raw)
     if info.repository != repo.config.id:
-        return None  # left by an 'init' that failed after its key: it opens no repository (see Repository._unlock)
+        return None  # left by an 'init' that failed after its key: it opens no repository (see repository/unlock.py)
     return KeyEntry(name, name, info.kind, info.host, info.user, info.created, info.comment, info.protected,
                     in_use=in_use)
 

@@ -20,7 +20,7 @@ import blake3
 
 from ..backends.local import local_root
 from ..crypto import aead
-from ..crypto.keyfile import keyfile_info, make_keyfile, needs_passphrase, open_keyfile
+from ..crypto.keyfile import keyfile_info, make_keyfile, open_keyfile
 from ..crypto.keys import ROOT_LEN, KeyKind, KeySet, derive_keyset
 from ..errors import (
     IntegrityError,
@@ -33,7 +33,6 @@ from ..errors import (
     TuckboxError,
     UnsupportedFormat,
     UsageError,
-    WrongPassphrase,
 )
 from ..pack.format import PackKey
 from ..snapshot import model as snapmodel
@@ -47,8 +46,8 @@ from .journal import PackJournal
 from .packer import Packer
 from .packproc import PackProcess, open_packer
 from .snapcache import SnapshotCache
+from .unlock import PassphraseSource, unlock
 
-PassphraseSource = Callable[[], bytes]
 TREE_PACK_CACHE = 24 << 20  # bytes of whole tree packs kept in memory
 # the most a tree blob may hold (a directory of millions of entries); a data blob holds at most one chunk. Any
 # key writes the index that gives a blob's length, and the blob is decompressed into that much memory before
@@ -59,16 +58,6 @@ INDEX_SNAPSHOT = "master-index"  # the cache's copy of the loaded master index (
 
 def object_name(data: bytes) -> str:
     return blake3.blake3(data).hexdigest()
-
-
-def _key_names(names: list[str]) -> str:
-    return ", ".join(f"keys/{n[:8]}" for n in sorted(names))
-
-
-def _damaged_keys(location: str, names: list[str]) -> IntegrityError:
-    """Every passphrase key there is cannot be read (not a wrong passphrase: the key objects are damaged)."""
-    return IntegrityError(f"the passphrase key{'s' if len(names) > 1 else ''} of repository {location} "
-                          f"({_key_names(names)}) cannot be read: damaged; open it with --key-file or --recover")
 
 
 class Repository:
@@ -186,72 +175,12 @@ class Repository:
                 raise UsageError("the key file needs a passphrase; set TUCKBOX_PASSWORD_FILE or use a terminal")
             keys, key_name = open_keyfile(key_file, pw), object_name(key_file)
         else:
-            keys, key_name = cls._unlock(backend, passphrase, config.id)
+            keys, key_name = unlock(backend, passphrase, config.id)
         config.verify(doc, keys.config_key, backend.location)
         repo = cls(backend, config, keys, key_name)
         if load_index:
             repo.load_index()
         return repo
-
-    @staticmethod
-    def _unlock(backend: Backend, passphrase: PassphraseSource | None, repository_id: str) -> tuple[KeySet, str]:
-        names = [i.name for i in backend.list(ObjectType.KEY)]
-        if not names:
-            raise NotARepository(f"{backend.location} has no keys; it is damaged or not a tuckbox repository")
-
-        damaged: list[str] = []  # key objects that cannot be parsed
-        others: set[str] = set()  # the repository ids passphrase keys of another repository name
-
-        def read(name: str) -> tuple[str, bytes] | None:
-            try:
-                raw = backend.load(ObjectType.KEY, name)
-                # only this repository's keys: an 'init' killed after its key but before its config, then
-                # run again, leaves a key of a repository that never existed (same passphrase, other secret)
-                if needs_passphrase(raw):
-                    if keyfile_info(raw).repository == repository_id:
-                        return name, raw
-                    others.add(keyfile_info(raw).repository)
-            except IntegrityError:
-                damaged.append(name)
-            except ObjectNotFound:
-                pass
-            return None
-
-        if len(names) == 1:
-            found = [read(names[0])]
-        else:  # (a key for each host, each a round trip on remote storage: read at once)
-            with ThreadPoolExecutor(min(8, len(names))) as pool:
-                found = list(pool.map(read, names))
-        keyfiles = [k for k in found if k is not None]
-        if not keyfiles:
-            if len(others) == 1:  # (a killed 'init' leaves such a key beside the real ones, never alone)
-                raise IntegrityError(
-                    f"the config of repository {backend.location} names repository id {repository_id}, its "
-                    f"passphrase keys {next(iter(others))}: one of them is damaged"
-                )
-            if damaged:
-                raise _damaged_keys(backend.location, damaged)
-            raise NotARepository(f"{backend.location} has no readable passphrase key; use --key-file or --recover")
-        if passphrase is None:
-            raise UsageError("a passphrase is needed; set TUCKBOX_PASSWORD_FILE, TUCKBOX_PASSWORD_COMMAND or use a terminal")
-        pw = passphrase()
-        broken: list[str] = []
-        for name, raw in keyfiles:
-            try:
-                return open_keyfile(raw, pw), name
-            except WrongPassphrase:
-                continue
-            except IntegrityError:  # one damaged key must not keep the passphrase of another from opening
-                broken.append(name)
-        damaged += broken
-        if len(broken) == len(keyfiles):
-            raise _damaged_keys(backend.location, broken)
-        if damaged:
-            raise WrongPassphrase(
-                f"wrong passphrase for repository {backend.location}, or the one of {_key_names(damaged)} that it "
-                "opens is damaged (then open it with --key-file or --recover)"
-            )
-        raise WrongPassphrase(f"wrong passphrase for repository {backend.location} (or its key files were modified)")
 
     def add_key(
         self, keys: KeySet, passphrase: bytes | None, *, created: str, host: str, user: str, comment: str = ""
