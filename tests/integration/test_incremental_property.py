@@ -260,8 +260,10 @@ def interrupted_backup(w: World, after: int) -> None:
     w.backups += 1
     w.log.append(f"  interrupted backup {w.backups} after {after}: {result.interrupted}")
     if result.interrupted:
-        _restore_and_compare(w, result.snapshot.id, _copy(w), subset=True)
+        if result.snapshot is not None:  # (none when it stopped before any file was stored)
+            _restore_and_compare(w, result.snapshot.id, _copy(w), subset=True)
     else:
+        assert result.snapshot is not None
         w.snapshots.append((result.snapshot.id, _copy(w)))
 
 

@@ -160,6 +160,40 @@ def _ctrl_c_round(storage, tmp_path, big_size: tuple[int, int], left_out: bool,
         repo.close()
 
 
+def test_ctrl_c_before_any_file_was_stored_saves_no_checkpoint(tmp_path):
+    """Ctrl-C in a backup's first moments, before its first pack is stored: the checkpoint it used to save held
+    no file, became ``latest``, and ``restore latest`` restored nothing with exit 0. No checkpoint is saved, the
+    message says so and how to resume, and the next run backs everything up."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(60):
+        (src / f"f{i:02}").write_bytes(os.urandom(20 * KiB))
+    cli = Cli(tmp_path, local_storage(tmp_path / "repo"))
+    cli(*INIT)
+    locks = tmp_path / "repo" / "locks"
+    running = cli.start("--json", "--limit-upload", str(RATE), "backup", str(src))  # the first pack: 4 s
+    wait_for(lambda: any(locks.iterdir()) or running.proc.poll() is not None, 120, "the backup's lock")
+    time.sleep(0.3)
+    assert running.proc.poll() is None, "the backup ended before it could be interrupted"
+    running.proc.send_signal(signal.SIGINT)  # our own child, by pid
+    res = running.wait(timeout=60)
+    assert res.code == 130, f"exit {res.code}\n{res.err}"
+    assert journaled(cli.cache) == set(), "a pack was stored before the stop: the test came too late"
+    last = [line for line in res.err.splitlines() if line.strip()][-1]
+    assert last.startswith("tuckbox: interrupted before any file was saved") and "no checkpoint saved" in last, res.err
+    assert "run the same backup again to resume" in last, res.err
+    summary = res.summary()
+    assert summary["interrupted"] and summary["snapshot"] is None and summary["short_id"] is None, summary
+    assert json.loads(res.out.splitlines()[-1])["exit_code"] == 130
+    assert cli("snapshots", "--json").json() == []
+    cli("restore", "latest", "--target", str(tmp_path / "r"), expect=2)
+    assert cli("check", "--json").json()["ok"]
+    done = cli("--json", "backup", str(src)).summary()
+    assert done["files_new"] + done["files_changed"] == 60, done
+    cli("restore", "latest", "--target", str(tmp_path / "r"))
+    assert compare_trees(src, restored(tmp_path / "r", src)) == []
+
+
 def test_second_ctrl_c_quits_at_once(tmp_path):
     """The second SIGINT does not wait for anything; what was stored is adopted by the next run."""
     src = tmp_path / "src"

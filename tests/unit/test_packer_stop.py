@@ -170,3 +170,55 @@ def test_checkpoint_of_a_stopped_run_names_only_stored_data(tmp_path, monkeypatc
     assert not again.interrupted
     assert again.snapshot.summary["files_unmodified"] == len(files)
     assert len(_files(repo, again.snapshot.tree)) == len(sizes)
+
+
+def _stop_after(calls: int):
+    """A ``should_stop`` that says stop after the walking thread asked ``calls`` times (about once an entry)."""
+    asked = {"n": 0}
+    main = threading.main_thread()
+
+    def should_stop() -> bool:
+        if threading.current_thread() is main:
+            asked["n"] += 1
+        return asked["n"] > calls
+
+    return should_stop
+
+
+def _small_tree(src: Path, n: int, size: int) -> None:
+    (src / "sub").mkdir(parents=True)
+    for i in range(n):
+        (src / ("sub" if i % 2 else "") / f"f{i:03}").write_bytes(os.urandom(size + i))
+    time.sleep(1.1)  # files changed within a second of being read are not put in the files cache
+
+
+def test_a_run_stopped_before_any_file_was_stored_saves_no_checkpoint(tmp_path, monkeypatch):
+    """Stopped in its first moments (every file read so far still in the open pack): a checkpoint would hold
+    no file at all and become ``latest``, so a restore of it restored nothing and succeeded. None is saved;
+    the next run stores everything."""
+    src = tmp_path / "src"
+    _small_tree(src, 40, 10_000)
+    mem = MemoryBackend()
+    repo = _repo(mem, tmp_path, monkeypatch)
+    result = run_backup(repo, BackupRequest([str(src)], checkpoint_interval=0), should_stop=_stop_after(20))
+    assert result.interrupted and result.left_out > 0
+    assert result.snapshot is None and result.checkpoints == []
+    assert list(mem.list(ObjectType.SNAPSHOT)) == []
+    assert result.summary["files_left_out"] == result.left_out
+    assert {i.name for i in mem.list(ObjectType.PACK)} == _indexed_packs(mem, repo)
+    again = run_backup(repo, BackupRequest([str(src)]))
+    assert not again.interrupted and again.snapshot is not None
+    s = again.summary
+    assert s["files_new"] + s["files_changed"] == 40 and s["files_unmodified"] == 0, s
+    assert len(_files(repo, again.snapshot.tree)) == 40
+
+
+def test_a_run_stopped_before_it_began_saves_no_checkpoint(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    _small_tree(src, 4, 100)
+    mem = MemoryBackend()
+    repo = _repo(mem, tmp_path, monkeypatch)
+    result = run_backup(repo, BackupRequest([str(src)]), should_stop=lambda: True)
+    assert result.interrupted and result.snapshot is None and result.left_out == 0
+    assert list(mem.list(ObjectType.SNAPSHOT)) == []
+

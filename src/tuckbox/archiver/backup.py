@@ -32,7 +32,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from .. import __version__, allocator
 from ..backends.local import local_root
@@ -69,7 +69,7 @@ class BackupRequest:
 
 @dataclass
 class BackupResult:
-    snapshot: Snapshot
+    snapshot: Snapshot | None  # None: stopped before any file was finished, so no checkpoint was saved
     warnings: list[str]
     interrupted: bool = False
     adopted_packs: int = 0
@@ -77,6 +77,7 @@ class BackupResult:
     left_out: int = 0  # files finished by the walk but left out of the checkpoint: their data was not stored
     skipped_own: list[bytes] = field(default_factory=list)  # tuckbox's repository or cache inside the paths
     cache_problem: str = ""  # why the files cache or the pack journal could not be written (a full disk)
+    summary: dict[str, Any] = field(default_factory=dict)  # the snapshot's summary (also without a snapshot)
 
 
 def _own_dirs(repo: Repository) -> set[tuple[int, int]]:
@@ -265,7 +266,14 @@ def run_backup(
                 packer.stop()  # the watcher would, within its next poll
             return packer.stopping
 
-        def snapshot(tree: bytes, partial: bool) -> Snapshot:
+        def holds_a_file() -> bool:
+            """Whether the trees saved now hold anything but directories (a checkpoint of directories
+            alone would restore nothing, yet become ``latest``): what the walk finished, less what was
+            left out."""
+            s = archiver.summary
+            return s.files_new + s.files_changed + s.files_unmodified + s.others > left_out
+
+        def summary_now() -> dict[str, Any]:
             summary = archiver.summary.as_dict()
             if left_out:  # finished by the walk, but their data was not stored: not in this snapshot
                 summary["bytes_total"] -= left_bytes
@@ -279,6 +287,10 @@ def run_backup(
                     "packs_adopted": adopted,
                 }
             )
+            return summary
+
+        def snapshot(tree: bytes, partial: bool) -> Snapshot:
+            summary = summary_now()
             snap = Snapshot(
                 time=now_iso(), host=host, user=user, paths=paths, tree=tree,
                 tags=sorted(set(request.tags)), parent=parent, partial=partial,
@@ -315,6 +327,8 @@ def run_backup(
             if request.checkpoint_interval and now - clock["checkpoint"] >= request.checkpoint_interval:
                 if stopping():
                     return  # the stop saves the checkpoint, trimmed to what was stored
+                if not holds_a_file():
+                    return  # (looked at again after the next entry)
                 tree = archiver.partial_tree()
                 packer.flush()
                 if stopping():
@@ -347,17 +361,19 @@ def run_backup(
             tree, left_out, left_bytes = store.trim(tree)
             packer.flush()  # the trees of the checkpoint, and the index of every stored pack
         partial = archiver.stopped or left_out > 0
-        snap = snapshot(tree, partial=partial)
-        if partial:
+        snap: Snapshot | None = None
+        if not partial:
+            snap = snapshot(tree, partial=False)
+            checkpoints.supersede(repo)
+        elif holds_a_file():  # (else stopped before any file was finished: no checkpoint; the stored packs
+            snap = snapshot(tree, partial=True)  # are indexed, so the next run still uploads none of them again)
             checkpoints.replace(repo, written[-1:])  # (as above: the stop's checkpoint holds all the last one did)
             written.append(snap.id)
-        else:
-            checkpoints.supersede(repo)
         files_cache.finish(complete=not partial)
         repo.save_index_snapshot()  # every pack it stored is indexed: the next run loads the index at once
         finished = True
         return BackupResult(snap, archiver.summary.warnings, partial, adopted, written, left_out, archiver.skipped_own,
-                            files_cache.problem or journal.problem)
+                            files_cache.problem or journal.problem, snap.summary if snap is not None else summary_now())
     except KeyboardInterrupt:
         packer.stop(grace=0)  # quit at once: wait for no upload (the journal covers what was stored)
         raise

@@ -125,22 +125,27 @@ def run(args: argparse.Namespace) -> int:
     finally:
         progress.close()
         repo.close()
-    snap, s = result.snapshot, result.snapshot.summary
+    snap, s = result.snapshot, result.summary
     if result.cache_problem:
         warn(f"cannot write to the cache directory {display(os.fsencode(repo.cache.dir))} ({result.cache_problem}): "
              "the next backup reads again every file this one read, and an interrupted one starts its uploads over; "
              "make room there or set TUCKBOX_CACHE_DIR to another directory")
     if result.interrupted:
         if opt(args, "json"):
-            emit_json({"type": "summary", "snapshot": snap.id, "short_id": snap.short_id, "interrupted": True,
-                       "left_out": result.left_out, **s})
+            emit_json({"type": "summary", "snapshot": snap.id if snap else None, "short_id": snap.short_id if snap else None,
+                       "interrupted": True, "left_out": result.left_out, **s})
         unstored = f" ({result.left_out} file(s) whose data was still uploading left out)" if result.left_out else ""
-        message = (f"interrupted: checkpoint {snap.short_id} saved with what was done{unstored}; "
-                   "run the same backup again to resume")
+        if snap is None:  # (a checkpoint of no file would restore nothing, yet be 'latest')
+            message = (f"interrupted before any file was saved{unstored}: no checkpoint saved; "
+                       "run the same backup again to resume")
+        else:
+            message = (f"interrupted: checkpoint {snap.short_id} saved with what was done{unstored}; "
+                       "run the same backup again to resume")
         print(f"tuckbox: {message}", file=sys.stderr)
         if opt(args, "json"):  # (README: a run that did not succeed ends its stream with the error, as restore's does)
             emit_json({"type": "error", "message": message, "exit_code": EXIT_INTERRUPTED})
         return EXIT_INTERRUPTED
+    assert snap is not None  # (only an interrupted run may save none)
     if opt(args, "json"):
         emit_json({"type": "summary", "snapshot": snap.id, "short_id": snap.short_id, "interrupted": False,
                    **json_paths_fields("skipped_own", result.skipped_own), **s})
