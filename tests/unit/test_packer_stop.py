@@ -172,6 +172,9 @@ def test_checkpoint_of_a_stopped_run_names_only_stored_data(tmp_path, monkeypatc
     assert len(_files(repo, again.snapshot.tree)) == len(sizes)
 
 
+STOP_AFTER = 30
+
+
 def _stop_after(calls: int):
     """A ``should_stop`` that says stop after the walking thread asked ``calls`` times (about once an entry)."""
     asked = {"n": 0}
@@ -195,7 +198,7 @@ def _small_tree(src: Path, n: int, size: int) -> None:
 def test_a_run_stopped_before_any_file_was_stored_saves_no_checkpoint(tmp_path, monkeypatch):
     """Stopped in its first moments (every file read so far still in the open pack): a checkpoint would hold
     no file at all and become ``latest``, so a restore of it restored nothing and succeeded. None is saved;
-    the next run stores everything."""
+    the next run stores everything and counts every file as new, as a first backup does."""
     src = tmp_path / "src"
     _small_tree(src, 40, 10_000)
     mem = MemoryBackend()
@@ -209,7 +212,7 @@ def test_a_run_stopped_before_any_file_was_stored_saves_no_checkpoint(tmp_path, 
     again = run_backup(repo, BackupRequest([str(src)]))
     assert not again.interrupted and again.snapshot is not None
     s = again.summary
-    assert s["files_new"] + s["files_changed"] == 40 and s["files_unmodified"] == 0, s
+    assert (s["files_new"], s["files_changed"], s["files_unmodified"]) == (40, 0, 0), s
     assert len(_files(repo, again.snapshot.tree)) == 40
 
 
@@ -222,3 +225,27 @@ def test_a_run_stopped_before_it_began_saves_no_checkpoint(tmp_path, monkeypatch
     assert result.interrupted and result.snapshot is None and result.left_out == 0
     assert list(mem.list(ObjectType.SNAPSHOT)) == []
 
+
+def test_a_resumed_run_counts_new_and_changed_files_as_an_uninterrupted_run_would(tmp_path, monkeypatch):
+    """The files an interrupted run read but did not store were counted as "changed" by the run that resumed
+    it (its files cache named them); a file is changed only if the last complete backup had it."""
+    src = tmp_path / "src"
+    _small_tree(src, 40, 10_000)
+    mem = MemoryBackend()
+    repo = _repo(mem, tmp_path, monkeypatch)
+    assert run_backup(repo, BackupRequest([str(src)])).summary["files_new"] == 40
+    changed = [p for p in sorted(src.rglob("f*")) if int(p.name[1:]) % 3 == 0]
+    for p in changed:
+        p.write_bytes(os.urandom(9_000))
+    for i in range(40, 60):
+        (src / ("sub" if i % 2 else "") / f"f{i:03}").write_bytes(os.urandom(10_000))
+    time.sleep(1.1)
+    added = [p for p in sorted(src.rglob("f*")) if int(p.name[1:]) >= 40]
+    stopped = run_backup(repo, BackupRequest([str(src)], checkpoint_interval=0), should_stop=_stop_after(STOP_AFTER))
+    assert stopped.interrupted and stopped.snapshot is not None
+    saved = {src / k.split(str(src).lstrip("/") + "/", 1)[1] for k in _files(repo, stopped.snapshot.tree)}
+    assert set(changed) - saved and set(added) - saved, "the stop came too late: no file left out"
+    again = run_backup(repo, BackupRequest([str(src)]))
+    s = again.summary
+    want = (len(set(added) - saved), len(set(changed) - saved), 60 - len(set(added) - saved) - len(set(changed) - saved))
+    assert (s["files_new"], s["files_changed"], s["files_unmodified"]) == want, s

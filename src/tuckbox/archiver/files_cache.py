@@ -302,7 +302,8 @@ class FilesCache:
 
     def lookup_raw(self, path: bytes, st: os.stat_result, key: bytes | None = None) -> bytes | None:
         """The stored node (encoded) of an unchanged file, or None (``last_known`` then says whether
-        the path was in the cache at all, i.e. the file changed rather than being new). On a hit,
+        the last complete run had the path, i.e. the file changed rather than being new: a file only an
+        interrupted run's stream names may never have been saved, and is new to the repository). On a hit,
         ``last_chunks`` and ``last_atime`` are the record's chunk ids and atime. ``key``, if given,
         is the path's walk-order key (``order_prefix`` of its directory + its name)."""
         self._last = None
@@ -314,11 +315,14 @@ class FilesCache:
         for cursor in self._cursors:
             rec = cursor.find(key)
             if rec is not None:
-                self.last_known = True
+                if cursor is self._old:
+                    self.last_known = True
                 if (rec[1], rec[2], rec[3], rec[4], rec[5], rec[9], rec[10], rec[11]) == (
                     st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode & 0o7777, st.st_uid,
                     st.st_gid,
                 ) and (cursor.verified or _consistent(rec)):
+                    if cursor is not self._old:  # (a hit here is no hit yet: its chunks may never have been stored)
+                        self.last_known = self._old.find(key) is not None
                     self._last = rec
                     self._last_cursor = cursor
                     self.last_atime = rec[6]
