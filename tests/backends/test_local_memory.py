@@ -217,3 +217,26 @@ def test_url_schemes_are_case_insensitive(tmp_path, monkeypatch):
         open_backend("Gopher://host/x")
     (tmp_path / "Sftp:x").mkdir()
     assert open_backend("Sftp:x").location.endswith("Sftp:x")
+
+
+def test_local_foreign_names_what_the_object_directories_hold_that_is_not_an_object(tmp_path):
+    """What listings skip is named by ``foreign`` (for check to show): everything in the object directories
+    that tuckbox did not write, but not its own temporary files, nor the objects, nor files next to them."""
+    b = LocalBackend(str(tmp_path / "repo"))
+    b.create()
+    pack, snap = "ab" + "0" * 62, "cd" * 32
+    b.save(ObjectType.PACK, pack, b"p")
+    b.save(ObjectType.SNAPSHOT, snap, b"s")
+    root = tmp_path / "repo"
+    junk = ["snapshots/Thumbs.db", f"snapshots/{snap}.sync-conflict", "data/ab/desktop.ini",
+            "data/cd/" + "ab" + "1" * 62, "data/zz/x", "data/.DS_Store", "index/notes.txt", "keys/old.key"]
+    for name in junk:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"junk")
+    (root / "index" / ("ee" * 32)).mkdir()  # a directory with an object's name
+    (root / "data" / "ab" / ".tmp-0123").write_bytes(b"")  # tuckbox's own, from an interrupted save
+    (root / "README").write_text("my notes next to the repository")
+    want = sorted([*junk, "index/" + "ee" * 32 + "/"])
+    want[want.index("data/zz/x")] = "data/zz/"
+    assert sorted(b.foreign()) == want
+    assert [i.name for i in b.list(ObjectType.PACK)] == [pack]

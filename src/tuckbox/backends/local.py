@@ -116,6 +116,13 @@ def _user_name(uid: int) -> str:
         return f"uid {uid}"
 
 
+def _own(type: ObjectType, entry: os.DirEntry, shard: str) -> bool:
+    """Whether a directory entry is an object of ``type`` (in ``shard``) or a temporary file of one."""
+    if entry.name.startswith(".tmp-"):
+        return True
+    return is_object_name(type, entry.name) and entry.name.startswith(shard) and entry.is_file(follow_symlinks=False)
+
+
 class LocalBackend:
     checks_whole_loads = True  # a whole load reads the file to its end (objects appear whole: renamed into place)
 
@@ -362,6 +369,32 @@ class LocalBackend:
                 except FileNotFoundError:
                     continue
                 yield ObjectInfo(type, e.name, size)
+
+    def foreign(self) -> Iterator[str]:
+        """What the object directories hold that ``list`` skips and tuckbox did not write: a file a user, a sync
+        tool or an operating system left (``.DS_Store``, ``notes.txt``, a conflict copy, a pack in the wrong
+        shard, a subdirectory), as a path from the repository's top, sorted. Temporary files (``.tmp-*``) are
+        tuckbox's own and not named. Nothing is ever removed: check names them, every command leaves them."""
+        for type in ObjectType:
+            if type is ObjectType.CONFIG:
+                continue
+            base = os.path.join(self.root, type.value)
+            try:
+                top = sorted(os.scandir(base), key=lambda e: e.name)
+            except OSError:
+                continue
+            for e in top:
+                rel = f"{type.value}/{e.name}"
+                if type is ObjectType.PACK and _SHARD.match(e.name) and e.is_dir(follow_symlinks=False):
+                    try:
+                        inner = sorted(os.scandir(e.path), key=lambda i: i.name)
+                    except OSError:
+                        continue
+                    for i in inner:
+                        if not _own(type, i, e.name):
+                            yield f"{rel}/{i.name}" + ("/" if i.is_dir(follow_symlinks=False) else "")
+                elif type is ObjectType.PACK or not _own(type, e, ""):
+                    yield rel + ("/" if e.is_dir(follow_symlinks=False) else "")
 
     def remove(self, type: ObjectType, name: str) -> None:
         try:

@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
             out(args, f"note: {note}")
     # what is wrong goes to standard error under --json too: a log of standard error alone (a systemd unit's
     # journal) must show why the exit is 1
+    for warning in report.warnings:  # (not damage: the exit code stays 0)
+        print(f"warning: {warning}", file=sys.stderr)
     for err in report.errors:
         print(f"error: {err}", file=sys.stderr)
     for f in report.damaged_files:
@@ -80,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
     if not report.ok:
         print(f"{len(report.errors)} error(s) found ({summary})", file=sys.stderr)
     if opt(args, "json"):
-        emit_json({"ok": report.ok, "errors": report.errors, "damaged_files": report.damaged_files,
-                   "notes": report.notes, "counts": report.counts, "read_data": args.read_data,
+        emit_json({"ok": report.ok, "errors": report.errors, "warnings": report.warnings,
+                   "damaged_files": report.damaged_files, "notes": report.notes, "counts": report.counts, "read_data": args.read_data,
                    "read_data_subset": args.read_data_subset})
     elif report.ok:
         if args.read_data_subset is not None:
@@ -93,5 +95,6 @@ def run(args: argparse.Namespace) -> int:
             done = ", all data read and verified"
         else:
             done = ""
-        out(args, f"no errors found ({summary}{done})")
+        seen = f"; {len(report.warnings)} warning(s) above" if report.warnings else ""
+        out(args, f"no errors found ({summary}{done}){seen}")
     return 0 if report.ok else 1

@@ -30,11 +30,13 @@ from ..types import BlobType, ObjectType
 
 
 UNREADABLE_SHOWN = 10  # packs the storage did not deliver, named one by one; the rest counted in one line
+FOREIGN_SHOWN = 10  # files in the object directories that are not tuckbox's, named one by one; the rest counted
 
 
 @dataclass
 class CheckReport:
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # worth a look, not damage: the check still passes
     notes: list[str] = field(default_factory=list)
     damaged_files: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
@@ -164,6 +166,7 @@ class Checker:
                 "interrupted one: the next backup from that machine indexes them; or left by an interrupted "
                 "prune: the next prune removes them; harmless)"
             )
+        self._foreign()
         renew = getattr(backend, "renew_leases", None)
         if callable(renew):
             try:
@@ -187,6 +190,27 @@ class Checker:
             "snapshots": len(snaps),
         }
         return self.report
+
+    def _foreign(self) -> None:
+        """Name what the object directories hold that is not tuckbox's (another program's file, a sync tool's
+        copy): every command skips it and none removes it, so only the user can tell whether it is needed."""
+        foreign = getattr(self.repo.backend, "foreign", None)  # (storage that can tell: a local repository)
+        if not callable(foreign):
+            return
+        try:
+            names: list[str] = list(foreign())
+        except (OSError, TuckboxError):
+            return
+        for name in names[:FOREIGN_SHOWN]:
+            self.report.warnings.append(
+                f"{_display(name)}: not a tuckbox object; left alone (remove it yourself if nothing needs it)"
+            )
+        if len(names) > FOREIGN_SHOWN:
+            self.report.warnings.append(
+                f"{len(names) - FOREIGN_SHOWN} more file(s) in the repository's object directories are not tuckbox objects"
+            )
+        if names:
+            self.report.counts["foreign"] = len(names)
 
     def _mark_pack(self, pack: PackRecord, why: str) -> None:
         for entry in self.repo.index.pack_blobs(pack.name):
