@@ -48,7 +48,7 @@ from .fetch import COPY_MIN, GAP, GAP_REMOTE, BlobCache, DoneMark, Fetcher, Sour
 from .meta import Meta, file_mode
 from .workers import WorkerProcesses
 from .workers import usable as workers_usable
-from .writer import DONE, FAILED, PENDING, Dir, LinkGroup, Report, Window, WindowWriter, display, make_room, reach
+from .writer import DONE, FAILED, PENDING, Dir, LinkGroup, Report, Window, WindowWriter, display, link_key, make_room, reach
 from .writer import target_wide
 
 MARKER = markers.NAME
@@ -195,7 +195,8 @@ class _Run:
         self.window = Window(0)
         self.inflight: deque[Window] = deque()
         self.done_upto = -1  # every window with an id up to this one is complete
-        self.links: dict[tuple[int, int], LinkGroup] = {}
+        self.links: dict[tuple[int, int, int, bytes], LinkGroup] = {}
+        self.inodes: dict[tuple[int, int], bytes] = {}  # (device, inode) -> the first entry restored of it
         self.pending_links: list[tuple[LinkGroup, Dir, bytes]] = []
         self.pending_dirs: deque[tuple[int, Dir]] = deque()  # (last window below it, dir), in post-order
         self.late: list[Dir] = []
@@ -406,7 +407,7 @@ class _Run:
                     self._create_empty(d, node)
                     self.result.files += 1
                     self.under_way += 1
-                    group = self.links.get((m.get("d", 0), m.get("i")))
+                    group = self.links.get(link_key(m)) if m.get("i") else None
                     if group is not None and group.dir is d and group.name == node.name:
                         group.note()
             elif node := self._node(d, m):
@@ -457,9 +458,13 @@ class _Run:
 
     def _hardlink(self, d: Dir, m: dict[str, Any], data: bool) -> bool:
         """Record the first entry of a hardlink group (False: it holds the data), or link to it (True)."""
-        key = (m.get("d", 0), m["i"])
+        key = link_key(m)
         group = self.links.get(key)
         if group is None:
+            first = self.inodes.setdefault(key[:2], d.child(m["n"]))
+            if first != d.child(m["n"]):
+                self.report.warn(f"{display(d.child(m['n']))}: restored as a file of its own, not as a hardlink to "
+                                 f"{display(first)}: the backup read them with different contents (written to meanwhile)")
             self.links[key] = group = LinkGroup(self.target + d.child(m["n"]), d, m["n"])
             if data:
                 self.window.firsts.append((len(self.window.files), group))

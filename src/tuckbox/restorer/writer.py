@@ -22,11 +22,14 @@ from the maps and makes a ``Node`` only for files that need more than times.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+import msgpack
 
 from .. import directio
 from ..errors import IntegrityError, TuckboxError
@@ -114,6 +117,14 @@ class LinkGroup:
 
 
 PENDING, DONE, FAILED = 0, 1, 2
+
+
+def link_key(m: dict[str, Any]) -> tuple[int, int, int, bytes]:
+    """The hardlink group of a file entry: the (device, inode) the backup saw, and the contents it read. Entries
+    of one inode read with different contents (it was written to between them) are not linked to one another:
+    each is restored with the bytes its entry holds."""
+    content = hashlib.blake2b(msgpack.packb(m.get("c", [])), digest_size=16).digest()
+    return (m.get("d", 0), m["i"], m.get("s", 0), content)
 
 
 class Report:
