@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from tuckbox.archiver.backup import BackupRequest, run_backup
+from tuckbox.archiver.report import Progress
 from tuckbox.backends.memory import MemoryBackend
 from tuckbox.backends.wrappers import RateLimitBackend
 from tuckbox.repository.config import Config
@@ -249,3 +250,24 @@ def test_a_resumed_run_counts_new_and_changed_files_as_an_uninterrupted_run_woul
     s = again.summary
     want = (len(set(added) - saved), len(set(changed) - saved), 60 - len(set(added) - saved) - len(set(changed) - saved))
     assert (s["files_new"], s["files_changed"], s["files_unmodified"]) == want, s
+
+
+def test_no_timed_checkpoint_is_saved_before_a_file_is_finished(tmp_path, monkeypatch):
+    """A checkpoint interval that is already over when the walk has finished nothing yet (the first entries are
+    directories) saves no checkpoint either: it would hold no file."""
+    src = tmp_path / "src"
+    (src / "d" / "e").mkdir(parents=True)
+    (src / "d" / "e" / "f").write_bytes(b"x" * 100)
+    mem = MemoryBackend()
+    repo = _repo(mem, tmp_path, monkeypatch)
+    stop = threading.Event()
+
+    class StopAtTheFile(Progress):
+        def file_started(self, path: bytes, size: int) -> None:
+            stop.set()  # (its data goes no further than the open pack)
+
+    result = run_backup(repo, BackupRequest([str(src)], checkpoint_interval=1e-9), StopAtTheFile(), stop.is_set)
+    assert result.interrupted and result.snapshot is None and result.checkpoints == []
+    assert list(mem.list(ObjectType.SNAPSHOT)) == []
+    done = run_backup(repo, BackupRequest([str(src)], checkpoint_interval=1e-9))
+    assert not done.interrupted and [i.name for i in mem.list(ObjectType.SNAPSHOT)] == [done.snapshot.id]
