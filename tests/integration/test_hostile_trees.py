@@ -247,8 +247,8 @@ def test_a_blob_whose_index_entry_claims_gigabytes_is_refused_before_it_is_decom
     zeros = bytes(1 << 20)
     bomb = b"".join(stream.compress(zeros) for _ in range(claimed >> 20)) + stream.flush()
     real = packer_module.compress_many
-    monkeypatch.setattr(packer_module, "compress_many", lambda datas: [
-        (bomb, COMPRESSION_ZSTD) if bytes(d) == bomb else out for d, out in zip(datas, real(datas))])
+    monkeypatch.setattr(packer_module, "compress_many", lambda datas, each=False: [
+        (bomb, COMPRESSION_ZSTD) if bytes(d) == bomb else out for d, out in zip(datas, real(datas, each))])
     bomb_id = b"\x07" * 32
     write_index = forger.repo.write_index
 

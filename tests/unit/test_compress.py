@@ -16,6 +16,8 @@ def test_compress_many_equals_compress_and_round_trips() -> None:
     rng.shuffle(blobs)
     many = compress_many(blobs)
     assert [(bytes(p), c) for p, c in many] == [(bytes(p), c) for p, c in map(compress, blobs)]
+    # blob by blob (the pack process's way): the same bytes
+    assert [(bytes(p), c) for p, c in compress_many(blobs, each=True)] == [(bytes(p), c) for p, c in many]
     kinds = {c for _, c in many}
     assert kinds == {COMPRESSION_NONE, COMPRESSION_ZSTD}  # random data is stored raw, text compressed
     for blob, (payload, comp) in zip(blobs, many):
