@@ -132,6 +132,7 @@ class Restorer:
         meta = Meta(numeric_owner, fresh and not resume)
         run = _Run(self, target, resume, meta, Patterns(includes), Patterns(excludes))
         run.walk(maps)
+        run.report.finish()
         marker = os.path.join(target, MARKER)
         if (includes or excludes) and not run.chosen:
             if owed is not None:  # nothing was written: the marker owes what it did before

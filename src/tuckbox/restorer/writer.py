@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import stat
 import threading
 from dataclasses import dataclass, field
@@ -127,18 +128,54 @@ def link_key(m: dict[str, Any]) -> tuple[int, int, int, bytes]:
     return (m.get("d", 0), m["i"], m.get("s", 0), content)
 
 
+# a metadata warning that most likely repeats for every entry: the target's file system lacks what the snapshot
+# holds (no xattrs or ACLs on vfat, ramfs, many FUSE and network file systems; owners on vfat or a root-squashed
+# NFS export). Group: the phrase ("cannot restore extended attribute") and the system's reason.
+_ALIKE = re.compile(r": (cannot (?:restore extended attribute|restore ACL|set owner|set mode|set times))(?: \S+)?: ([^:]+)$")
+
+
+def warning_kind(msg: str) -> tuple[str, str] | None:
+    """The kind of a per-entry metadata warning (its phrase and reason), or None for any other warning."""
+    m = _ALIKE.search(msg)
+    return (m.group(1), m.group(2)) if m else None
+
+
 class Report:
-    """Counters, warnings and errors shared by the threads of one restore."""
+    """Counters, warnings and errors shared by the threads of one restore.
+
+    A metadata warning of a kind seen before (``warning_kind``: the same thing failing for the same reason,
+    as every file's xattrs do on a file system without them) is counted, not shown again: ``finish`` says
+    how many more times each kind came, so a restore of 100,000 files onto vfat says it in a few lines."""
 
     def __init__(self, result: Any, progress: Any) -> None:
         self.result = result
         self.progress = progress
         self.lock = threading.Lock()
+        self.alike: dict[tuple[str, str], int] = {}  # kind -> warnings after the first, not shown
 
     def warn(self, msg: str) -> None:
+        kind = warning_kind(msg)
         with self.lock:
+            if kind is not None:
+                if kind in self.alike:
+                    self.alike[kind] += 1
+                    return
+                self.alike[kind] = 0
             self.result.warnings.append(msg)
         self.progress.warning(msg)
+
+    def finish(self) -> None:
+        """Say how many more times each kind of repeated metadata warning came."""
+        with self.lock:
+            counts = [(kind, n) for kind, n in self.alike.items() if n]
+            self.alike = {kind: 0 for kind in self.alike}
+        for (what, reason), n in counts:
+            hint = (" (the target's file system does not support them)"
+                    if reason in (os.strerror(errno.EOPNOTSUPP), os.strerror(errno.ENOTSUP)) else "")
+            msg = f"{what}: {reason}, {n} more time{'s' if n > 1 else ''} (not listed one by one){hint}"
+            with self.lock:
+                self.result.warnings.append(msg)
+            self.progress.warning(msg)
 
     def error(self, msg: str) -> None:
         with self.lock:
