@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -9,6 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from tuckbox.archiver.backup import BackupRequest, run_backup
+from tuckbox.archiver.report import Progress
+from tuckbox.backends.local import LocalBackend
+from tuckbox.repository.repo import Repository
+from tuckbox.restorer.restorer import RestoreProgress, Restorer
 from tuckbox.restorer.writer import Report, warning_kind
 
 
@@ -55,12 +61,12 @@ def test_xattrs_the_target_cannot_hold_are_one_warning_per_kind_not_one_per_file
         f"warning: {w}".replace(f"{ramfs}/r/", f"{ramfs}/r2/") for w in lines]
 
 
-class _Progress:
+class _Progress(RestoreProgress):
     def __init__(self) -> None:
         self.said: list[str] = []
 
-    def warning(self, msg: str) -> None:
-        self.said.append(msg)
+    def warning(self, message: str) -> None:
+        self.said.append(message)
 
 
 def test_report_groups_only_repeated_metadata_warnings():
@@ -84,3 +90,43 @@ def test_report_groups_only_repeated_metadata_warnings():
     ]
     assert warning_kind("/r/f: cannot restore ACL system.posix_acl_access: Operation not supported") == (
         "cannot restore ACL", "Operation not supported")
+
+
+@pytest.mark.parametrize("err", [errno.EPERM, errno.EMLINK])
+def test_hardlinks_the_target_refuses_are_restored_as_copies(tmp_path, monkeypatch, err):
+    """vfat and exFAT (a USB stick: the usual place to restore onto) refuse link() with EPERM, and a file at
+    ext4's 65,000 links gets EMLINK. Every name but the first of each hardlinked file was 'not restored'
+    (exit 1): the files were on the stick under one name only. Now each further name is a copy (bytes, mode,
+    times), with one warning for the kind."""
+    monkeypatch.setenv("TUCKBOX_CACHE_DIR", str(tmp_path / "cache"))
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "big").write_bytes(os.urandom(3 << 20))
+    (src / "small").write_bytes(b"small\n")
+    (src / "empty").write_bytes(b"")
+    for name in ("big", "small", "empty"):
+        os.link(src / name, src / "d" / (name + "-1"))
+        os.link(src / name, src / (name + "-2"))
+        os.chmod(src / name, 0o640)
+        os.utime(src / name, ns=(1_500_000_000_123_456_789, 1_600_000_000_987_654_321))
+    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), b"pw", created="t", host="h", user="u")
+    snap = run_backup(repo, BackupRequest([str(src)]), Progress()).snapshot
+
+    def refuse(*args, **kwargs):
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(os, "link", refuse)
+    said = _Progress()
+    result = Restorer(repo, said).restore(snap, os.fsencode(tmp_path / "r"))
+    assert result.errors == []
+    out = Path(str(tmp_path / "r") + str(src))
+    for name in ("big", "small", "empty"):
+        want = (src / name).stat()
+        for copy in (out / name, out / "d" / (name + "-1"), out / (name + "-2")):
+            got = copy.stat()
+            assert copy.read_bytes() == (src / name).read_bytes()
+            assert (got.st_mode, got.st_mtime_ns, got.st_uid) == (want.st_mode, want.st_mtime_ns, want.st_uid)
+    assert result.files == 9
+    copies = [w for w in said.said if "made a copy" in w]
+    assert len(copies) == 2 and copies[0].endswith(os.strerror(err)), said.said
+    assert copies[1] == f"cannot hard-link, made a copy: {os.strerror(err)}, 5 more times (not listed one by one)"

@@ -49,7 +49,7 @@ from .meta import Meta, file_mode
 from .workers import WorkerProcesses
 from .workers import usable as workers_usable
 from .writer import DONE, FAILED, PENDING, Dir, LinkGroup, Report, Window, WindowWriter, display, link_key, make_room, reach
-from .writer import target_wide
+from .writer import copy_for_link, target_wide
 
 MARKER = markers.NAME
 WINDOW_FILES = 512  # files with data per window
@@ -487,10 +487,21 @@ class _Run:
         try:
             if self.resume:
                 make_room(reach(self.target, d, name))
-            if group.dir.fd >= 0:
-                os.link(group.name, name, src_dir_fd=group.dir.fd, dst_dir_fd=d.fd, follow_symlinks=False)
-            else:  # its directory is complete (and closed): by its path, which must still lead to it
-                link_deep(group.path, name, d.fd)
+            try:
+                if group.dir.fd >= 0:
+                    os.link(group.name, name, src_dir_fd=group.dir.fd, dst_dir_fd=d.fd, follow_symlinks=False)
+                else:  # its directory is complete (and closed): by its path, which must still lead to it
+                    link_deep(group.path, name, d.fd)
+            except OSError as e:
+                if not copy_for_link(group, d.fd, name, e):  # (no hardlinks on the target: a copy)
+                    raise
+                holder = group.path[len(self.target):]
+                self.report.warn(f"{display(d.child(name))}: cannot hard-link, made a copy of {display(holder)}: "
+                                 f"{e.strerror}")
+                self.result.files += 1
+                self.under_way += 1
+                return
+            if group.dir.fd < 0:
                 st = os.stat(name, dir_fd=d.fd, follow_symlinks=False)
                 if group.ident != (st.st_dev, st.st_ino):
                     os.unlink(name, dir_fd=d.fd)

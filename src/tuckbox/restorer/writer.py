@@ -128,10 +128,47 @@ def link_key(m: dict[str, Any]) -> tuple[int, int, int, bytes]:
     return (m.get("d", 0), m["i"], m.get("s", 0), content)
 
 
+def copy_for_link(group: LinkGroup, dst_fd: int, name: bytes, err: OSError) -> bool:
+    """Make ``name`` in ``dst_fd`` a copy of the restored holder of ``group`` (its bytes, mode, owner and
+    times) where the target refused the hardlink with ``err``: vfat and exFAT have none (EPERM), a file at
+    the file system's link limit gets no more (EMLINK). False for any other error (the caller reports it)."""
+    if err.errno not in _NO_LINK:
+        return False
+    if group.dir.fd >= 0:
+        src = os.open(group.name, _READ_BACK, dir_fd=group.dir.fd)
+    else:
+        src = open_deep(group.path, _READ_BACK)
+    try:
+        st = os.fstat(src)
+        if group.ident is not None and group.ident != (st.st_dev, st.st_ino):
+            raise OSError(errno.ESTALE, "the file it links to was replaced during the restore")
+        dst = os.open(name, _CREATE, file_mode(st.st_mode), dir_fd=dst_fd)
+        try:
+            while chunk := os.read(src, 1 << 20):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(dst, view):]
+            try:
+                os.fchown(dst, st.st_uid, st.st_gid)
+            except OSError:
+                pass  # (the holder's owner could be set, so this one only fails where that did: said there)
+            os.fchmod(dst, stat.S_IMODE(st.st_mode))
+            os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+    return True
+
+
 # a metadata warning that most likely repeats for every entry: the target's file system lacks what the snapshot
 # holds (no xattrs or ACLs on vfat, ramfs, many FUSE and network file systems; owners on vfat or a root-squashed
 # NFS export). Group: the phrase ("cannot restore extended attribute") and the system's reason.
-_ALIKE = re.compile(r": (cannot (?:restore extended attribute|restore ACL|set owner|set mode|set times))(?: \S+)?: ([^:]+)$")
+_ALIKE = re.compile(
+    r": (cannot (?:restore extended attribute|restore ACL|set owner|set mode|set times|hard-link, made a copy of))"
+    r"(?: .*?)?: ([^:]+)$"
+)
+_NO_LINK = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS}  # link() the target refuses
 
 
 def warning_kind(msg: str) -> tuple[str, str] | None:
@@ -172,7 +209,7 @@ class Report:
         for (what, reason), n in counts:
             hint = (" (the target's file system does not support them)"
                     if reason in (os.strerror(errno.EOPNOTSUPP), os.strerror(errno.ENOTSUP)) else "")
-            msg = f"{what}: {reason}, {n} more time{'s' if n > 1 else ''} (not listed one by one){hint}"
+            msg = f"{what.removesuffix(' of')}: {reason}, {n} more time{'s' if n > 1 else ''} (not listed one by one){hint}"
             with self.lock:
                 self.result.warnings.append(msg)
             self.progress.warning(msg)
