@@ -158,31 +158,52 @@ def _diff_level(load: LoadTree, a: bytes, b: bytes, prefix: bytes) -> Iterator[t
             yield "M", path
 
 
+# what find keeps per (tree id, path): in walk order, each match below it as (path, node) and each subtree with
+# matches below it as its own key (tree id, path); a subtree with none is left out
+Found = list[tuple[bytes, Any]]
+
+
 def find_in_tree(
     load: LoadTree, tree_id: bytes, prefix: bytes, match: Callable[[bytes, bytes], bool],
-    memo: dict[tuple[bytes, bytes], list[tuple[bytes, Node]]],
-) -> list[tuple[bytes, Node]]:
+    memo: dict[tuple[bytes, bytes], Found],
+) -> Iterator[tuple[bytes, Node]]:
     """Every entry below the tree at ``prefix`` that ``match(path, name)`` accepts, as (absolute path, node).
 
-    Snapshots share most of their trees, at the same paths, so the matches below every (tree, path) visited
-    are kept in ``memo`` and one seen before costs a lookup: searching years of snapshots reads each distinct
-    directory once. Only matches are kept, never whole listings. Depth first with an explicit stack.
+    Snapshots share most of their trees, at the same paths, so what matches below every (tree, path) visited
+    is kept in ``memo`` and one seen before costs a lookup: searching years of snapshots reads each distinct
+    directory once. Only matches are kept, never whole listings, and each only once: a directory refers to
+    its subdirectories' entries rather than holding a copy of their matches, so the memory stays that of the
+    distinct matches however many snapshots share them (copies grew with snapshots x matches: 300 snapshots
+    of 20,000 matching files took 270 MB). Depth first with an explicit stack.
     """
-    key = (tree_id, prefix)
-    if key in memo:
-        return memo[key]
-    # (tree id, its path, its nodes, next index, matches so far)
-    stack: list[tuple[bytes, bytes, list[Node], int, list[tuple[bytes, Node]]]] = [
-        (tree_id, prefix, load_nodes(load, tree_id, prefix), 0, [])
+    root = (tree_id, prefix)
+    if root not in memo:
+        _find(load, root, match, memo)
+    stack = [iter(memo[root])]
+    while stack:
+        for item in stack[-1]:
+            if type(item[1]) is bytes:  # a subtree's key: its matches come here
+                stack.append(iter(memo[item]))
+                break
+            yield item
+        else:
+            stack.pop()
+
+
+def _find(load: LoadTree, root: tuple[bytes, bytes], match: Callable[[bytes, bytes], bool],
+          memo: dict[tuple[bytes, bytes], Found]) -> None:
+    """Fill ``memo`` for ``root`` and every (tree, path) below it not in it yet."""
+    # (tree id, its path, its nodes, next index, what it holds so far)
+    stack: list[tuple[bytes, bytes, list[Node], int, Found]] = [
+        (root[0], root[1], load_nodes(load, root[0], root[1]), 0, [])
     ]
-    while True:
+    while stack:
         tid, base, nodes, i, found = stack[-1]
         if i == len(nodes):
             stack.pop()
             memo[(tid, base)] = found
-            if not stack:
-                return found
-            stack[-1][4].extend(found)
+            if stack and found:
+                stack[-1][4].append((tid, base))
             continue
         node = nodes[i]
         stack[-1] = (tid, base, nodes, i + 1, found)
@@ -190,8 +211,10 @@ def find_in_tree(
         if match(path, node.name):
             found.append((path, node))
         if node.type == DIR and node.subtree:
-            below = memo.get((node.subtree, path))
+            key = (node.subtree, path)
+            below = memo.get(key)
             if below is not None:
-                found.extend(below)
+                if below:
+                    found.append(key)
             else:
                 stack.append((node.subtree, path, load_nodes(load, node.subtree, path), 0, []))
