@@ -43,6 +43,19 @@ def more_descriptors(want: int = 1 << 16) -> None:
         pass
 
 
+def reason(e: OSError) -> str:
+    """``e``'s reason for a message; out of descriptors (a tree nested deeper than the open-file limit allows,
+    each directory on the way being held open) with what to do about it."""
+    if e.errno != errno.EMFILE:
+        return str(e.strerror)
+    try:
+        limit = f" ({resource.getrlimit(resource.RLIMIT_NOFILE)[1]})"
+    except (ValueError, OSError):
+        limit = ""
+    return (f"{e.strerror}: the tree is nested deeper than the open-file limit{limit} allows; "
+            "raise it ('ulimit -n 65536', LimitNOFILE= in a systemd unit) and run again")
+
+
 def fits(path: bytes) -> bool:
     """Whether one system call takes ``path``."""
     return len(path) < PATH_MAX

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from ..chunker import Chunker
 from ..fsmeta import Owners, SkipEntry, node_from_stat, open_for_backup, read_xattrs
-from ..longpath import held, more_descriptors, room_for_children
+from ..longpath import held, more_descriptors, reason, room_for_children
 from ..patterns import Patterns
 from ..snapshot.tree import DIR, FILE, INCOMPLETE, Node, RawNode
 from ..text import display_path as _display
@@ -217,7 +217,7 @@ class Archiver(FastPaths):
             if e.errno in (errno.ENOTDIR, errno.ELOOP):
                 self._warn(_replaced(path))
                 return None
-            self._warn(f"{_display(path)}: cannot list directory: {e.strerror}")
+            self._warn(f"{_display(path)}: cannot list directory: {reason(e)}")
             return self._save_tree([])  # (it is there, with its metadata, empty)
         try:
             now = os.fstat(anchor)
@@ -248,7 +248,7 @@ class Archiver(FastPaths):
             with os.scandir(fd) as it:
                 listing = sorted(((os.fsencode(e.name), e) for e in it), key=_first)
         except OSError as e:
-            self._warn(f"{_display(path)}: cannot list directory: {e.strerror}")
+            self._warn(f"{_display(path)}: cannot list directory: {reason(e)}")
             listing = []
         files: list[tuple[bytes, bytes, os.stat_result]] = []
         dirs: list[tuple[bytes, bytes, os.stat_result]] = []

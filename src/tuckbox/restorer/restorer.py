@@ -38,7 +38,7 @@ from ..backends.fork import after_fork, cpus, prepare_fork
 from ..backends.local import local_root
 from ..errors import TuckboxError, UsageError
 from ..fsmeta import create_special
-from ..longpath import link_deep, more_descriptors
+from ..longpath import link_deep, more_descriptors, reason
 from ..patterns import Patterns
 from ..snapshot.model import Snapshot
 from ..snapshot.tree import DIR, FILE, SYMLINK, Node, check_maps, tree_maps
@@ -385,7 +385,7 @@ class _Run:
             except OSError as e:
                 target_wide(e, self.target + d.path)
                 d.failed = True
-                self.report.error(f"{display(d.path)}: not restored (nor anything below it): cannot create it: {e.strerror}")
+                self.report.error(f"{display(d.path)}: not restored (nor anything below it): cannot create it: {reason(e)}")
                 continue
             self.open_dirs.add(d)
             self.result.dirs += 1
