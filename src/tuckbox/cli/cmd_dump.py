@@ -8,7 +8,7 @@ import shlex
 import sys
 
 from ..errors import UsageError
-from ..restorer.restorer import dump_file
+from ..restorer.dump import dump_file
 from ..snapshot.tree import FILE, SYMLINK
 from ..snapshot.walk import require_any
 from ..types import BlobType

@@ -588,20 +588,3 @@ class _Run:
         for w in warnings:
             self.report.warn(w)
 
-
-def dump_file(repo: Any, node: Node, write: Callable[[bytes], Any]) -> int:
-    """Write a file node's content (holes as zeros) through ``write``; return bytes written."""
-    total = 0
-    for item in node.content:
-        if isinstance(item, int):
-            left = item
-            while left:
-                n = min(left, 1 << 20)
-                write(bytes(n))
-                left -= n
-            total += item
-        else:
-            data = repo.load_blob(BlobType.DATA, item)
-            write(data)
-            total += len(data)
-    return total
