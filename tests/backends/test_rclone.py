@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from tuckbox.backends import open_backend
 from tuckbox.backends.rclone import RcloneBackend, redact_remote, split_spec
-from tuckbox.errors import ObjectExists, PermanentError, UsageError
+from tuckbox.errors import ObjectExists, PermanentError, TransientError, UsageError
 from tuckbox.testing.conformance import CONFORMANCE_CHECKS
 from tuckbox.testing.servers import server_env
 from tuckbox.types import ObjectType
@@ -223,10 +224,63 @@ def test_remote_it_cannot_reach_is_named_with_rclones_reason(rc, tmp_path):
     conf.write_text(f"[gone]\ntype = webdav\nurl = http://127.0.0.1:{port}/\nvendor = other\n")
     b = open_backend("rclone:gone:repo", {"rclone.binary": rc["RCLONE_BIN"], "rclone.config": str(conf)})
     try:
-        with pytest.raises(PermanentError) as e:
+        with pytest.raises(TransientError) as e:  # (a server that is down: retried, as SFTP and S3 are)
             b.exists()
         msg = str(e.value)
-        assert "rclone could not use the remote of rclone:gone:repo" in msg, msg
+        assert "rclone cannot reach the remote of rclone:gone:repo" in msg, msg
         assert "connection refused" in msg and f"127.0.0.1:{port}" in msg
+        assert "check that the remote's server is up" in msg
     finally:
         b.close()
+
+
+def test_a_remote_that_went_down_is_neither_not_found_nor_retried_for_minutes(rc, tmp_path):
+    """rclone answers 404 to a PUT or GET when it cannot reach its remote: tuckbox said "not found" (a listing
+    read as empty), and rclone retried every request 10 times under tuckbox's own retries, so a backup whose
+    remote went down gave up only after 5-13 minutes. Now each answer is quick and a retryable failure
+    that names rclone's reason."""
+    import socket
+
+    remote_root = tmp_path / "remote"
+    (remote_root / "repo").mkdir(parents=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # a WebDAV remote served by an rclone of the test's own, then stopped
+    remote = subprocess.Popen(
+        [rc["RCLONE_BIN"], "serve", "webdav", str(remote_root), "--addr", f"127.0.0.1:{port}"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    conf = tmp_path / "rclone.conf"
+    conf.write_text(f"[far]\ntype = webdav\nurl = http://127.0.0.1:{port}/\nvendor = other\n")
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        b = open_backend("rclone:far:repo", {"rclone.binary": rc["RCLONE_BIN"], "rclone.config": str(conf)})
+        try:
+            b.create()
+            b.save(ObjectType.PACK, NAME, b"stored")
+            remote.terminate()
+            remote.wait(10)
+            calls = {
+                "save": lambda: b.save(ObjectType.PACK, "cd" + "1" * 62, b"x" * 1000),
+                "load": lambda: b.load(ObjectType.PACK, NAME, 1, 3),
+                "list": lambda: list(b.list(ObjectType.SNAPSHOT)),
+            }
+            for what, call in calls.items():
+                started = time.monotonic()
+                with pytest.raises(TransientError) as e:
+                    call()
+                assert time.monotonic() - started < 20, what  # (rclone's own retries took minutes)
+                msg = str(e.value)
+                assert "rclone cannot reach the remote of rclone:far:repo" in msg, (what, msg)
+                assert "connection refused" in msg, (what, msg)
+        finally:
+            b.close()
+    finally:
+        if remote.poll() is None:
+            remote.kill()
+            remote.wait(10)

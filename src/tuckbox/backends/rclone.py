@@ -24,14 +24,18 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import mmap
+import fcntl
 import os
 import re
 import secrets
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import sysconfig
+import termios
 import threading
 import time
 import weakref
@@ -52,6 +56,14 @@ _STARTED = re.compile(r"(?:WebDav Server started on|Serving on) \[?(http://127\.
 _LOG_PREFIX = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d ")
 _SECRET_KEY = re.compile(r"key|secret|pass|token|auth|sas|credential|cookie", re.IGNORECASE)
 _START_TIMEOUT = 30.0
+_ERROR_SLOT = 1024
+# what rclone logs when the remote's server or the network failed (down, unreachable, slow, overloaded): worth a retry
+_NETWORK = re.compile(
+    r"connection refused|connection reset|broken pipe|i/o timeout|timed? ?out|deadline exceeded|unexpected EOF"
+    r"|\bEOF\b|no route to host|network is unreachable|host is down|StatusCode: (?:0|5\d\d)\b|SlowDown"
+    r"|too many requests|service unavailable|bad gateway|internal server error",
+    re.IGNORECASE,
+)
 # ERROR lines rclone logs for an ordinary answer (a name that is not there, or taken), not a failing remote
 _BENIGN = re.compile(r"does not exist|not found|already exists|is a directory|not a directory", re.IGNORECASE)
 # rclone reads every flag from RCLONE_<FLAG>; make sure the user's environment
@@ -159,6 +171,10 @@ class _RcloneServer:
             "--addr", "127.0.0.1:0",
             "--dir-cache-time", dir_cache_time,
             "--log-level", "NOTICE",
+            # tuckbox retries (backends/wrappers.py: about a minute, one give-up shared by every operation); rclone's
+            # own 10 low-level retries under each of those made one request to a remote that went down take
+            # minutes (a listing 3 min 40 s), so a backup gave up only after many minutes
+            "--low-level-retries", "1",
         ]
         try:
             self.proc: subprocess.Popen[str] | None = subprocess.Popen(
@@ -177,7 +193,10 @@ class _RcloneServer:
         self.tail: collections.deque[str] = collections.deque(maxlen=20)
         self._owner = os.getpid()
         self._pid = self.proc.pid
-        self.last_error: tuple[float, str] | None = None  # (time.monotonic(), line) of rclone's last ERROR
+        # rclone's last ERROR line and when (time.monotonic(), system-wide on Linux), in memory shared with the
+        # processes forked from this one (a backup's pack process, a restore's workers), which make most of the
+        # requests but do not read rclone's log: [seq u32][time f64][length u16][utf-8 text]
+        self._error = mmap.mmap(-1, _ERROR_SLOT)
         self.url = self._wait_for_url(location)
         threading.Thread(target=self._drain, name="rclone-stderr", daemon=True).start()
 
@@ -214,16 +233,47 @@ class _RcloneServer:
             return
         try:
             for line in proc.stderr:
-                text = _LOG_PREFIX.sub("", line.rstrip())[:300]
-                self.tail.append(text)
+                text = _LOG_PREFIX.sub("", line.rstrip())
+                self.tail.append(text[:300])
                 if text.startswith(("ERROR", "CRITICAL")) and not _BENIGN.search(text):
-                    self.last_error = (time.monotonic(), text)
+                    self._set_error(time.monotonic(), text[:600])
         except (OSError, ValueError):
             pass
 
+    def _set_error(self, when: float, text: str) -> None:
+        data = text.encode("utf-8", "replace")[: _ERROR_SLOT - 14]
+        seq = struct.unpack_from("I", self._error, 0)[0]
+        struct.pack_into("I", self._error, 0, seq + 1)  # odd: being written
+        struct.pack_into("dH", self._error, 4, when, len(data))
+        self._error[14 : 14 + len(data)] = data
+        struct.pack_into("I", self._error, 0, seq + 2)
+
+    @property
+    def last_error(self) -> tuple[float, str] | None:
+        """(time.monotonic(), line) of rclone's last ERROR, or None."""
+        for _ in range(100):
+            seq = struct.unpack_from("I", self._error, 0)[0]
+            when, length = struct.unpack_from("dH", self._error, 4)
+            text = self._error[14 : 14 + length].decode("utf-8", "replace")
+            if seq % 2 == 0 and struct.unpack_from("I", self._error, 0)[0] == seq:
+                return None if seq == 0 else (when, text)
+            time.sleep(0.001)
+        return None
+
+    def error_since(self, since: float) -> str | None:
+        """rclone's last ERROR line if it was logged at or after ``since`` (time.monotonic()), else None. Lines
+        rclone has written and this process has not read yet are waited for (up to a second): rclone logs why
+        it failed before it answers, but the thread reading its log may not have run since."""
+        deadline = time.monotonic() + 1.0
+        while _pending(self.proc) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        last = self.last_error
+        if last is None or last[0] < since:
+            return None
+        return re.sub(r"^(ERROR|CRITICAL)\s*:\s*", "", last[1])
+
     def recent_error(self, within: float = 60.0) -> str | None:
-        """rclone's last ERROR line of the last ``within`` seconds, without its level (this process only: a
-        forked one does not read rclone's log)."""
+        """rclone's last ERROR line of the last ``within`` seconds, without its level."""
         last = self.last_error
         if last is None or time.monotonic() - last[0] > within:
             return None
@@ -260,6 +310,18 @@ class _RcloneServer:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+
+
+def _pending(proc: subprocess.Popen[str] | None) -> bool:
+    """Whether rclone's log pipe holds bytes this process has not read yet (or they sit unparsed in its buffer)."""
+    if proc is None or proc.stderr is None:
+        return False
+    try:
+        buf = bytearray(4)
+        fcntl.ioctl(proc.stderr.fileno(), termios.FIONREAD, buf)
+    except (OSError, ValueError):
+        return False
+    return int.from_bytes(buf, sys.byteorder) > 0
 
 
 class RcloneBackend(WebDAVBackend):
@@ -306,35 +368,69 @@ class RcloneBackend(WebDAVBackend):
         )
 
     def _request(self, method: str, rel: str, what: str, **kwargs: object) -> httpx.Response:
+        started = time.monotonic()
         try:
             return super()._request(method, rel, what, **kwargs)
         except TransientError:
             # the private server is on this machine: when it has ended, no retry brings it back
             ended = self._server.ended()
             if ended is None:
-                raise
+                said = self._server.error_since(started - 0.05)  # (it cut the answer short: a remote that failed?)
+                if said is None:
+                    raise
+                raise TransientError(self._unreachable(what, "it cut its answer short", said)) from None
             said = self._server.recent_error()
             raise PermanentError(
                 f"rclone, which served {self.location} to tuckbox, has stopped ({ended})"
                 f"{f'; it said: {said}' if said else ''}; run the command again"
             ) from None
 
+    def _since(self, r: httpx.Response) -> float:
+        """When the request ``r`` answers began (time.monotonic(), a little before)."""
+        return time.monotonic() - r.elapsed.total_seconds() - 0.05
+
+    def _put_failed(self, r: httpx.Response) -> bool:
+        # rclone answers a PUT 404 when it cannot reach its remote: making the directory and asking again
+        # would cost two more requests to a remote that is down
+        return self._server.error_since(self._since(r)) is not None
+
     def _fail(self, r: httpx.Response, what: str) -> Exception:
         error = super()._fail(r, what)
-        if r.status_code in (401, 404, 412, 416, 423) or not isinstance(error, PermanentError):
+        if r.status_code in (401, 412, 416, 423):
             return error
-        said = self._server.recent_error()
-        deadline = time.monotonic() + 3.0
-        while said is None and time.monotonic() < deadline:  # (rclone may log it just after it answers; on a busy
-            # machine, seen up to a second later)
-            time.sleep(0.05)
+        if r.status_code == 404 or isinstance(error, TransientError):
+            # rclone answers 404 (or 405, 500) when it cannot reach its remote at all: "not found" is then no answer
+            # about the object. Only an error rclone logged while serving this request counts.
+            said = self._server.error_since(self._since(r))
+        else:
             said = self._server.recent_error()
+            deadline = time.monotonic() + 3.0
+            while said is None and time.monotonic() < deadline:  # (rclone may log it just after it answers; on a
+                # busy machine, seen up to a second later)
+                time.sleep(0.05)
+                said = self._server.recent_error()
         if said is None:
             return error
-        # rclone turns a remote it cannot reach into odd answers (405 for a listing, 403 for a rename): its own
-        # log says what went wrong
+        if _NETWORK.search(said):
+            return TransientError(self._unreachable(what, f"it answered {r.status_code}", said))
+        # rclone turns a remote it cannot use into odd answers (405 for a listing, 403 for a rename): its own log
+        # says what went wrong
         return PermanentError(f"rclone could not use the remote of {self.location} for {what} "
                               f"(it answered {r.status_code}): {said}; check the remote (rclone config)")
+
+    def _propfind(self, rel: str, depth: str, what: str) -> list[tuple[str, bool, int]]:
+        started = time.monotonic()
+        try:
+            return super()._propfind(rel, depth, what)
+        except TransientError as e:
+            said = None if str(e).startswith("rclone ") else self._server.error_since(started - 0.05)
+            if said is None:
+                raise
+            raise TransientError(self._unreachable(what, "its listing was cut short", said)) from None
+
+    def _unreachable(self, what: str, how: str, said: str) -> str:
+        return (f"rclone cannot reach the remote of {self.location} for {what} ({how}): {said}; check that the "
+                "remote's server is up and reachable (rclone lsd REMOTE:), then run the command again: it resumes")
 
     def server_log_tail(self) -> list[str]:
         """The last lines rclone logged (for diagnosing a failure)."""

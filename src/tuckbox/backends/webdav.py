@@ -306,12 +306,15 @@ class WebDAVBackend:
         tmp = posixpath.join(parent, f".tmp-{secrets.token_hex(8)}")
         try:
             r = self._request("PUT", tmp, what, content=bytes(data))
-            if r.status_code in (404, 409) and parent:  # the directory is missing: make it, once
+            failed = r.status_code in (404, 409) and self._put_failed(r)
+            if r.status_code in (404, 409) and parent and not failed:  # the directory is missing: make it, once
                 self._mkcol(parent)
                 r = self._request("PUT", tmp, what, content=bytes(data))
         except BaseException:
             self._discard(tmp)
             raise
+        if failed:
+            raise self._fail(r, what)  # (no temporary file was made: nothing to discard)
         if r.status_code not in (200, 201, 204):
             self._discard(tmp)
             raise self._fail(r, what)
@@ -322,6 +325,10 @@ class WebDAVBackend:
         except BaseException:
             self._discard(tmp)
             raise
+
+    def _put_failed(self, r: httpx.Response) -> bool:
+        """Whether a PUT answered 404/409 for another reason than a missing directory (rclone's server)."""
+        return False
 
     def _move_into_place(self, tmp: str, path: str, what: str) -> None:
         headers = {"Destination": self._url(path), "Overwrite": "F"}
