@@ -131,6 +131,27 @@ def test_unreachable_server_is_transient(dav):
         b.close()
 
 
+def test_a_server_that_is_down_is_named_with_what_to_do():
+    """A WebDAV server that is down: the error said 'network error talking to the WebDAV server ...
+    (ConnectError)', naming no action. It names the address (never the user or password), the reason and what
+    to check."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    b = open_backend(f"webdav+http://ann@127.0.0.1:{port}/repo", {"webdav.password": "hunter2-secret"})
+    try:
+        with pytest.raises(TransientError) as info:
+            b.exists()
+    finally:
+        b.close()
+    msg = str(info.value)
+    assert f"cannot connect to the WebDAV server at webdav+http://127.0.0.1:{port}/repo" in msg, msg
+    assert "Connection refused" in msg and "check that the server is up" in msg, msg
+    assert "hunter2" not in msg and "ann@" not in msg
+
+
 def test_https_to_a_plain_http_server_is_permanent_and_says_why(dav):
     """webdav+https:// to a server that speaks plain HTTP: every attempt fails the same handshake; it was
     retried for a minute and reported as "network error ... (ConnectError)"."""

@@ -150,8 +150,14 @@ class WebDAVBackend:
             tls = _tls_failure(e)
             if tls is not None:  # a handshake that failed once fails every time: no retries for a minute
                 raise PermanentError(f"the TLS handshake with the WebDAV server for {self.location} failed: {tls}") from None
+            if isinstance(e, httpx.ConnectError):  # (down, wrong host or port, no network: say where and what to do)
+                raise TransientError(
+                    f"cannot connect to the WebDAV server at {self.location} for {what} ({_os_reason(e)}); check that "
+                    "the server is up and the address in the repository URL is right, then run the command again"
+                ) from None
             raise TransientError(
-                f"network error talking to the WebDAV server for {what} in {self.location} ({type(e).__name__})"
+                f"network error talking to the WebDAV server for {what} in {self.location} ({type(e).__name__}); "
+                "check the server and the network, then run the command again"
             ) from None
         except httpx.HTTPError as e:
             raise TransientError(
@@ -452,3 +458,15 @@ def _tls_failure(e: BaseException) -> str | None:
             return f"{reason}"
         cur = cur.__cause__ or cur.__context__
     return None
+
+
+def _os_reason(e: BaseException) -> str:
+    """The system's words for a failed connection behind ``e`` ('Connection refused'), else its type's name."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.strerror:
+            return cur.strerror
+        cur = cur.__cause__ or cur.__context__
+    return type(e).__name__
